@@ -1,0 +1,48 @@
+"""steerlab: steering and analysis of dense and Mixture-of-Experts transformer LMs.
+
+Example:
+    >>> import steerlab as sl
+    >>> h = sl.load("shared:stories260K")
+    >>> out = sl.generate(h, ["Once upon a time"], max_new_tokens=8)
+    >>> isinstance(out.texts[0], str)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": ("steerlab.models.load", "load"),
+    "list_models": ("steerlab.models.load", "list_models"),
+    "ModelHandle": ("steerlab.models.handle", "ModelHandle"),
+    "generate": ("steerlab.generation", "generate"),
+    "GenerationResult": ("steerlab.generation", "GenerationResult"),
+    "forward": ("steerlab.generation", "forward"),
+    "capture": ("steerlab.capture", "capture"),
+    "Capture": ("steerlab.capture", "Capture"),
+    "intervene": ("steerlab.interventions.apply", "intervene"),
+    "make_sampler": ("steerlab.sampling", "make_sampler"),
+}
+
+if TYPE_CHECKING:  # pragma: no cover
+    from steerlab.capture import Capture, capture  # noqa: F401
+    from steerlab.generation import GenerationResult, forward, generate  # noqa: F401
+    from steerlab.interventions.apply import intervene  # noqa: F401
+    from steerlab.models.handle import ModelHandle  # noqa: F401
+    from steerlab.models.load import list_models, load  # noqa: F401
+    from steerlab.sampling import make_sampler  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:  # lazy: `import steerlab` stays fast for the CLI and dashboard
+    if name in _LAZY:
+        import importlib
+
+        mod, attr = _LAZY[name]
+        return getattr(importlib.import_module(mod), attr)
+    raise AttributeError(f"module 'steerlab' has no attribute {name!r}")
+
+
+__all__ = sorted(_LAZY) + ["__version__"]

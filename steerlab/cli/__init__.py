@@ -1,0 +1,1 @@
+"""The ``steerlab`` command line: thin typer shells over the library API."""

@@ -1,0 +1,25 @@
+"""Entry point of the ``steerlab`` console script. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import typer
+
+from steerlab.cli import core
+
+app = typer.Typer(
+    name="steerlab",
+    help="Steering and analysis workbench for dense and MoE transformer language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+core.register(app)
+
+# Command groups: one sub-app per module, one line each.
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,130 @@
+"""``ModelHandle``: one loaded model with its tokenizer, adapter and site map."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from steerlab import sites as _sites
+from steerlab.models.adapters import Adapter
+
+
+@dataclass
+class ModelHandle:
+    """A Hugging Face causal LM prepared for steerlab.
+
+    ``model`` is the plain HF model (eval mode, never rewritten); ``adapter`` knows its layout;
+    interventions and captures attach PyTorch hooks to its modules only while they run.
+
+    Example:
+        >>> import steerlab as sl
+        >>> h = sl.load("shared:stories260K")
+        >>> h.info()["n_layers"], "blocks.0.resid_pre" in h.sites
+        (5, True)
+    """
+
+    spec: str
+    model: nn.Module
+    tokenizer: Any
+    adapter: Adapter
+    path: Path | None = None
+    _bridge: Any = field(default=None, repr=False)
+    _nnsight: Any = field(default=None, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def config(self) -> Any:
+        return self.model.config
+
+    @cached_property
+    def sites(self) -> list[str]:
+        """Every site name of this model (see :mod:`steerlab.sites`)."""
+        return _sites.site_names(self.adapter)
+
+    def site(self, name: str) -> _sites.SiteRef:
+        """Resolve a site name (raises ``UnknownSiteError`` with suggestions)."""
+        return _sites.resolve(self.adapter, name)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def info(self) -> dict[str, Any]:
+        """Architecture summary (what ``steerlab info --json`` prints)."""
+        cfg = self.model.config
+        arch = (getattr(cfg, "architectures", None) or [type(self.model).__name__])[0]
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "spec": self.spec,
+            "architecture": arch,
+            "model_type": cfg.model_type,
+            "family": self.adapter.family,
+            "n_layers": self.adapter.n_layers,
+            "d_model": self.d_model,
+            "vocab_size": self.vocab_size,
+            "n_params": n_params,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "chat_template": bool(getattr(self.tokenizer, "chat_template", None)),
+            "sites": self.sites,
+            "moe": self.adapter.moe_info(),
+        }
+
+    def format_chat(self, user_text: str, system: str | None = None) -> str:
+        """Wrap a user message in the model's chat template (plain text if it has none)."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return user_text
+        msgs = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": user_text}
+        ]
+        return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    def tokenize(self, prompts: list[str], add_special_tokens: bool | None = None) -> dict[str, torch.Tensor]:
+        """Left-padded batch encoding on the model's device."""
+        kw: dict[str, Any] = {}
+        if add_special_tokens is not None:
+            kw["add_special_tokens"] = add_special_tokens
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, **kw)
+        return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    # -- the engines -------------------------------------------------------------------------------
+    def bridge(self) -> Any:
+        """A TransformerLens 4 ``TransformerBridge`` over this model's weights (shared, not copied).
+
+        The bridge wraps modules in place, so it is built on a structural copy whose parameters and
+        buffers are the very tensors of ``self.model``: edits through either are seen by both.
+        """
+        if self._bridge is None:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            memo = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
+            twin = copy.deepcopy(self.model, memo)
+            self._bridge = TransformerBridge.boot_transformers(
+                self.spec, hf_model=twin, device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
+            )
+        return self._bridge
+
+    def nnsight(self) -> Any:
+        """An ``nnsight.LanguageModel`` wrapping this very model (for ``.trace()``/``.generate()``)."""
+        if self._nnsight is None:
+            from nnsight import LanguageModel
+
+            self._nnsight = LanguageModel(self.model, tokenizer=self.tokenizer)
+        return self._nnsight

@@ -1,0 +1,12 @@
+"""Decoding rules: greedy, temperature, top-k, top-p, min-p (and top-H, see ``top_h``)."""
+
+from steerlab.sampling import basic as _basic  # noqa: F401  (registers samplers)
+from steerlab.sampling.base import (
+    Sampler,
+    SamplerLogitsProcessor,
+    available_samplers,
+    make_sampler,
+    register_sampler,
+)
+
+__all__ = ["Sampler", "SamplerLogitsProcessor", "available_samplers", "make_sampler", "register_sampler"]

@@ -1,0 +1,124 @@
+"""The sampler interface: one small class per decoding rule.
+
+A sampler turns next-token logits ``[batch, vocab]`` into token ids ``[batch]``. The order of
+operations is fixed and documented: **temperature first** (``logits / T``), then the rule's
+truncation on ``softmax(logits / T)``, then a draw from the renormalized kept set. Every
+sampler is also usable as a Hugging Face ``LogitsProcessor`` (``sampler.as_logits_processor()``)
+that returns the tempered, truncated logits (removed tokens at ``-inf``); pass it with
+``do_sample=True`` and *no* other HF temperature/top-k/top-p, since the processor already
+applied them.
+
+Example:
+    >>> import torch
+    >>> from steerlab.sampling import make_sampler
+    >>> s = make_sampler("top_p", p=0.9, temperature=0.7)
+    >>> s.sample(torch.randn(2, 50), generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([2])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from steerlab.errors import SpecError
+
+_REGISTRY: dict[str, type[Sampler]] = {}
+
+
+def register_sampler(cls: type[Sampler]) -> type[Sampler]:
+    """Class decorator adding a sampler to the registry under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def available_samplers() -> list[str]:
+    """Names accepted by :func:`make_sampler`."""
+    return sorted(_REGISTRY)
+
+
+def make_sampler(name: str, **params: Any) -> Sampler:
+    """Build a sampler by name, e.g. ``make_sampler("min_p", p=0.1, temperature=1.5)``."""
+    if name not in _REGISTRY:
+        raise SpecError(f"unknown sampler {name!r}; expected one of {available_samplers()}")
+    try:
+        return _REGISTRY[name](**params)
+    except TypeError as e:
+        raise SpecError(f"bad parameters {params!r} for sampler {name!r}: {e}") from e
+
+
+def check_temperature(temperature: float) -> float:
+    t = float(temperature)
+    if not math.isfinite(t) or t <= 0:
+        raise SpecError(
+            f"temperature must be a finite number > 0 when sampling, got {temperature!r}; "
+            "use the 'greedy' sampler for deterministic argmax decoding"
+        )
+    return t
+
+
+def check_logits(logits: Tensor) -> None:
+    if logits.ndim != 2:
+        raise SpecError(f"logits must have shape [batch, vocab], got {tuple(logits.shape)}")
+    if torch.isnan(logits).any():
+        rows = torch.isnan(logits).any(-1).nonzero().flatten().tolist()
+        raise SpecError(f"NaN in logits at batch rows {rows}; expected finite or -inf logits")
+
+
+class Sampler:
+    """Base class. Subclasses set ``name`` and implement :meth:`truncate`."""
+
+    name: ClassVar[str] = "base"
+    greedy: ClassVar[bool] = False
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = check_temperature(temperature)
+
+    # -- the rule -----------------------------------------------------------------------------
+    def truncate(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch vocab"]:
+        """Given tempered logits, return them with removed tokens set to ``-inf``."""
+        return logits
+
+    # -- shared machinery ---------------------------------------------------------------------
+    def filter_logits(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch vocab"]:
+        """Temperature, then truncation. Output is float32 with ``-inf`` for removed tokens."""
+        check_logits(logits)
+        scaled = logits.float() / self.temperature
+        return self.truncate(scaled)
+
+    def sample(
+        self, logits: Float[Tensor, "batch vocab"], generator: torch.Generator | None = None
+    ) -> Int[Tensor, " batch"]:
+        """Draw one token id per row."""
+        filtered = self.filter_logits(logits)
+        probs = torch.softmax(filtered, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-serializable), for artifacts and reproducibility."""
+        return {"temperature": self.temperature}
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "params": self.params()}
+
+    def as_logits_processor(self) -> SamplerLogitsProcessor:
+        """Wrap as a Hugging Face ``LogitsProcessor`` (tempered, truncated logits out)."""
+        return SamplerLogitsProcessor(self)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SamplerLogitsProcessor:
+    """Adapter making any :class:`Sampler` a ``transformers.LogitsProcessor``."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return self.sampler.filter_logits(scores).to(scores.dtype)
