@@ -21,14 +21,14 @@ _LAZY = {
     "generate": ("steerlab.generation", "generate"),
     "GenerationResult": ("steerlab.generation", "GenerationResult"),
     "forward": ("steerlab.generation", "forward"),
-    "capture": ("steerlab.capture", "capture"),
-    "Capture": ("steerlab.capture", "Capture"),
+    "capture": ("steerlab.activations", "capture"),
+    "Capture": ("steerlab.activations", "Capture"),
     "intervene": ("steerlab.interventions.apply", "intervene"),
     "make_sampler": ("steerlab.sampling", "make_sampler"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from steerlab.capture import Capture, capture  # noqa: F401
+    from steerlab.activations import Capture, capture  # noqa: F401
     from steerlab.generation import GenerationResult, forward, generate  # noqa: F401
     from steerlab.interventions.apply import intervene  # noqa: F401
     from steerlab.models.handle import ModelHandle  # noqa: F401

@@ -1,8 +1,12 @@
 """Forward passes and batched generation with interventions, the KV cache and pluggable samplers.
 
-Generation drives Hugging Face ``generate`` (its KV cache, left padding and stopping logic) with
-steerlab's sampler as the only logits processor and steerlab's hooks installed for the whole call;
-so a steered run costs what the hooks cost and nothing more.
+Generation is Hugging Face ``generate`` (its KV cache, left padding and stopping logic) with
+steerlab's sampler as the only logits processor, run by the nnsight engine so the interventions
+apply at every step. Without interventions the bare model runs: an unsteered call costs nothing
+extra.
+
+Position ids follow the attention mask (``cumsum - 1``, as ``generate`` does), so a left-padded
+row computes exactly what it computes alone.
 
 Example:
     >>> import steerlab as sl
@@ -17,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.apply import intervene
+from steerlab.interventions.compile import Plan, compile_plan
 from steerlab.sampling import Sampler, make_sampler
 
 
@@ -31,10 +36,10 @@ class GenerationResult:
     prompts: list[str]
     texts: list[str]
     token_ids: list[list[int]]
-    prompt_ids: Tensor
-    sequences: Tensor
+    prompt_ids: Int[Tensor, "batch prompt"]
+    sequences: Int[Tensor, "batch total"]
     settings: dict[str, Any]
-    scores: list[Tensor] | None = None  # raw next-token logits per step, [batch, vocab]
+    scores: list[Float[Tensor, "batch vocab"]] | None = None  # raw next-token logits per step
     records: dict[str, list[Tensor]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -47,19 +52,21 @@ class GenerationResult:
         }
 
 
-def _coerce_sampler(sampler: Sampler | str | dict | None) -> Sampler:
+def coerce_sampler(sampler: Sampler | str | dict | None) -> Sampler:
+    """A sampler from an instance, a name, or ``{"name": ..., "params": {...}}``; default greedy."""
     if sampler is None:
         return make_sampler("greedy")
     if isinstance(sampler, Sampler):
         return sampler
     if isinstance(sampler, str):
         return make_sampler(sampler)
-    if isinstance(sampler, dict):
+    if isinstance(sampler, dict) and "name" in sampler:
         return make_sampler(sampler["name"], **sampler.get("params", {}))
-    raise SpecError(f"sampler must be a Sampler, a name or a {{'name', 'params'}} dict, got {type(sampler).__name__}")
+    raise SpecError(f"sampler must be a Sampler, a name or a {{'name', 'params'}} dict, got {sampler!r}")
 
 
-def _check_prompts(prompts: Any) -> list[str]:
+def check_prompts(prompts: Any) -> list[str]:
+    """A non-empty list of strings (a single string becomes a list of one)."""
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -71,13 +78,14 @@ def _check_prompts(prompts: Any) -> list[str]:
     return prompts
 
 
-def encode(h: Any, prompts: list[str], chat: bool = False) -> dict[str, Tensor]:
-    """Tokenize (optionally through the chat template), left-padded, on the model's device."""
-    if chat:
-        texts = [h.format_chat(p) for p in prompts]
-        templated = bool(getattr(h.tokenizer, "chat_template", None))
-        return h.tokenize(texts, add_special_tokens=False if templated else None)
-    return h.tokenize(prompts)
+def position_ids(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Mask-derived positions, as Hugging Face ``generate`` computes them for left padding."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)
+
+
+def _plan(h: Any, interventions: Any, record: list[str] | None, plan: Plan | None) -> Plan:
+    return plan if plan is not None else compile_plan(h, interventions, record)
 
 
 @torch.no_grad()
@@ -94,27 +102,29 @@ def generate(
     stop_at_eos: bool = True,
     use_cache: bool = True,
     record: list[str] | None = None,
+    plan: Plan | None = None,
 ) -> GenerationResult:
     """Generate a completion for each prompt, batched, with interventions active at every step.
 
-    Deterministic for a ``seed`` (the global RNG is left untouched). ``use_cache=False`` recomputes
-    the whole sequence at every step (the reference that KV-cached steering must match).
+    ``interventions``: an ``InterventionSet``, a list of intervention models or dicts, or a spec
+    path. ``sampler``: a :class:`~steerlab.sampling.Sampler`, a name, or ``{"name", "params"}``.
+    Deterministic for a ``seed`` (the global RNG is left untouched). ``use_cache=False``
+    recomputes the whole sequence at every step (the reference KV-cached steering must match).
+    ``record``: sites whose activations are kept per step in ``result.records``.
     """
-    prompts = _check_prompts(prompts)
-    if int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
+    prompts = check_prompts(prompts)
+    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise SpecError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    smp = _coerce_sampler(sampler)
-    from transformers import GenerationConfig
+    smp = coerce_sampler(sampler)
+    compiled = _plan(h, interventions, record, plan)
+    from transformers import GenerationConfig, LogitsProcessorList
 
-    enc = encode(h, prompts, chat=chat)
+    enc = h.encode(prompts, chat=chat)
     prompt_len = enc["input_ids"].shape[1]
     eos = h.tokenizer.eos_token_id if stop_at_eos else None
     gc = GenerationConfig(
         max_new_tokens=int(max_new_tokens),
         do_sample=not smp.greedy,
-        temperature=1.0,
-        top_k=0,
-        top_p=1.0,
         pad_token_id=h.tokenizer.pad_token_id,
         eos_token_id=eos,
         bos_token_id=h.tokenizer.bos_token_id,
@@ -122,19 +132,13 @@ def generate(
         output_logits=output_scores,
         return_dict_in_generate=True,
     )
-    processors = [] if smp.greedy else [smp.as_logits_processor()]
-    from transformers import LogitsProcessorList
-
-    with intervene(h, interventions, record=record) as ctx, torch.random.fork_rng(devices=[]):
-        ctx.set_prompt(enc["attention_mask"], prompt_len)
+    processors = LogitsProcessorList([] if smp.greedy else [smp.as_logits_processor()])
+    with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out = h.model.generate(
-            **enc, generation_config=gc, logits_processor=LogitsProcessorList(processors)
-        )
+        out, records = h.engine.generate(enc, compiled, generation_config=gc, logits_processor=processors)
     seqs = out.sequences
-    new = seqs[:, prompt_len:]
     token_ids: list[list[int]] = []
-    for row in new.tolist():
+    for row in seqs[:, prompt_len:].tolist():
         if eos is not None and eos in row:
             row = row[: row.index(eos)]
         token_ids.append(row)
@@ -151,28 +155,53 @@ def generate(
     scores = [s.float() for s in out.logits] if output_scores else None
     return GenerationResult(
         prompts=prompts, texts=texts, token_ids=token_ids, prompt_ids=enc["input_ids"], sequences=seqs,
-        settings=settings, scores=scores, records=dict(ctx.records),
+        settings=settings, scores=scores, records=dict(records),
     )
 
 
 def _describe(interventions: Any) -> list[dict[str, Any]]:
     from steerlab.interventions.spec import as_set
 
-    js = as_set(interventions).to_json()["interventions"]
-    return js
+    return as_set(interventions).to_json()["interventions"]
 
 
 @torch.no_grad()
 def forward(
     h: Any,
-    input_ids: Tensor | list[str],
+    inputs: Tensor | list[str] | str | dict[str, Tensor],
     attention_mask: Tensor | None = None,
     interventions: Any = None,
-) -> Tensor:
-    """Logits ``[batch, pos, vocab]`` of one forward pass (prompts may be strings), with interventions."""
-    if isinstance(input_ids, (list, str)):
-        enc = h.tokenize(_check_prompts(input_ids))
-        input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
-    with intervene(h, interventions) as ctx:
-        ctx.set_prompt(attention_mask, input_ids.shape[1])
-        return h.model(input_ids=input_ids, attention_mask=attention_mask).logits
+    *,
+    chat: bool = False,
+    record: list[str] | None = None,
+    plan: Plan | None = None,
+    return_records: bool = False,
+) -> Any:
+    """Logits ``[batch, pos, vocab]`` of one forward pass, with interventions.
+
+    ``inputs``: prompts (strings), an encoding dict, or ``input_ids`` (with ``attention_mask``).
+    With ``return_records=True`` returns ``(logits, records)``.
+    """
+    enc = as_encoding(h, inputs, attention_mask, chat=chat)
+    compiled = _plan(h, interventions, record, plan)
+    out, records = h.engine.forward(enc, compiled, position_ids=position_ids(enc["attention_mask"]))
+    return (out.logits, dict(records)) if return_records else out.logits
+
+
+def as_encoding(
+    h: Any, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False
+) -> dict[str, Tensor]:
+    """Normalize prompts / an encoding / token ids into ``{"input_ids", "attention_mask"}``."""
+    if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or not inputs or isinstance(inputs[0], str)):
+        return h.encode(check_prompts(inputs), chat=chat)
+    if isinstance(inputs, dict):
+        ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+    elif isinstance(inputs, Tensor):
+        ids, mask = inputs, attention_mask
+    else:
+        raise SpecError(f"inputs must be prompts, an encoding dict or a token id tensor, got {type(inputs).__name__}")
+    if ids.ndim != 2:
+        raise SpecError(f"input_ids must have shape [batch, pos], got {tuple(ids.shape)}")
+    if mask is None:
+        mask = torch.ones_like(ids)
+    return {"input_ids": ids.to(h.device), "attention_mask": mask.to(h.device)}

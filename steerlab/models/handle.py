@@ -35,7 +35,7 @@ class ModelHandle:
     adapter: Adapter
     path: Path | None = None
     _bridge: Any = field(default=None, repr=False)
-    _nnsight: Any = field(default=None, repr=False)
+    _engine: Any = field(default=None, repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -97,12 +97,20 @@ class ModelHandle:
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, prompts: list[str], add_special_tokens: bool | None = None) -> dict[str, torch.Tensor]:
-        """Left-padded batch encoding on the model's device."""
+        """Left-padded batch encoding on the model's device (``input_ids``, ``attention_mask``)."""
         kw: dict[str, Any] = {}
         if add_special_tokens is not None:
             kw["add_special_tokens"] = add_special_tokens
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, **kw)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    def encode(self, prompts: list[str], chat: bool = False) -> dict[str, torch.Tensor]:
+        """Tokenize raw prompts, or wrap each in the chat template first (``chat=True``)."""
+        if not chat:
+            return self.tokenize(prompts)
+        texts = [self.format_chat(p) for p in prompts]
+        templated = bool(getattr(self.tokenizer, "chat_template", None))
+        return self.tokenize(texts, add_special_tokens=False if templated else None)
 
     # -- the engines -------------------------------------------------------------------------------
     def bridge(self) -> Any:
@@ -121,10 +129,15 @@ class ModelHandle:
             )
         return self._bridge
 
-    def nnsight(self) -> Any:
-        """An ``nnsight.LanguageModel`` wrapping this very model (for ``.trace()``/``.generate()``)."""
-        if self._nnsight is None:
-            from nnsight import LanguageModel
+    @property
+    def engine(self) -> Any:
+        """The nnsight engine that runs interventions, captures and generation on this model."""
+        if self._engine is None:
+            from steerlab.engines.nnsight_engine import NNsightEngine
 
-            self._nnsight = LanguageModel(self.model, tokenizer=self.tokenizer)
-        return self._nnsight
+            self._engine = NNsightEngine(self)
+        return self._engine
+
+    def nnsight(self) -> Any:
+        """The ``nnsight.TransformersModel`` wrapping this very model, for your own ``.trace()`` code."""
+        return self.engine.lm

@@ -66,6 +66,7 @@ def tiny_model(arch: str, seed: int = 0, **overrides: Any) -> ModelHandle:
         raise ModelSpecError(f"unknown tiny architecture {arch!r}; expected one of {list(TINY_CONFIGS)}")
     cls_name, kwargs = TINY_CONFIGS[arch]
     cfg = getattr(transformers, cls_name)(**{"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, **kwargs, **overrides})
+    cfg.architectures = [cls_name.removesuffix("Config") + ("LMHeadModel" if arch == "gpt2" else "ForCausalLM")]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     with torch.no_grad():  # give routers and biases some spread so routing is not degenerate

@@ -1,0 +1,412 @@
+"""Compile an intervention list (plus sites to record) into a :class:`Plan` for one model.
+
+Compilation validates everything against the model (sites, widths, expert indices, parameter
+names and shapes) before anything touches it, and orders the work in forward order: an engine
+then visits each module once per forward, reads the value there, applies the compiled ops and
+records what was asked. Nothing here knows how the model is run (see :mod:`steerlab.engines`).
+
+Example:
+    >>> import torch, steerlab as sl
+    >>> from steerlab.interventions import AddVector
+    >>> h = sl.load("shared:stories260K")
+    >>> plan = compile_plan(h, [AddVector(site="blocks.2.resid_post", vector=torch.ones(64))])
+    >>> [(v.path, v.kind) for v in plan.visits]
+    [('model.layers.2', 'output')]
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steerlab.errors import SpecError, UnknownSiteError
+from steerlab.interventions import ops
+from steerlab.interventions.positions import StepState
+from steerlab.interventions.spec import (
+    AddVector,
+    ExpertMask,
+    ParamEdit,
+    Patch,
+    ProjectOut,
+    ScaleUnits,
+    as_set,
+)
+from steerlab.models.adapters import route
+from steerlab.sites import MOE_SITES, SiteRef
+
+ActFn = Callable[[Tensor, Any, StepState], Tensor]  # (activation [b, t, d], mask, state) -> activation
+_COMPONENT_ORDER = {
+    "embed": 0, "resid_pre": 0, "attn_out": 1, "resid_mid": 2, "router": 3, "mlp_out": 4, "resid_post": 5,
+    "final_norm": 0, "logits": 1,
+}
+
+
+@dataclass
+class ActOp:
+    """One activation edit: ``fn`` applied at the positions selected by ``positions``."""
+
+    fn: ActFn
+    positions: Any
+    additive: bool = False
+
+
+@dataclass
+class Visit:
+    """One module read per forward, in forward order.
+
+    ``kind`` is ``"input"`` (the module's first positional argument) or ``"output"``; ``element``
+    picks a tuple element of the output (``None``: the tensor itself, or element 0 of a tuple).
+    ``apply(value, state)`` returns the replacement value, or ``None`` to leave it unchanged.
+    """
+
+    key: tuple[int, int]
+    path: str
+    kind: str
+    element: int | None
+    apply: Callable[[Any, StepState], Any]
+    records: list[str] = field(default_factory=list)
+    is_router: bool = False
+
+
+@dataclass
+class Plan:
+    """Everything an engine needs to run one intervention list on one model."""
+
+    visits: list[Visit]
+    editors: list[ParamEditor]
+    records: list[str]
+    needs_state: bool
+    n_interventions: int
+
+    @property
+    def empty(self) -> bool:
+        """True when the plan changes and records nothing (engines may then run the bare model)."""
+        return not self.visits and not self.editors
+
+
+# ---------------------------------------------------------------------------------------------
+# activation ops
+# ---------------------------------------------------------------------------------------------
+def _site_width(h: Any, ref: SiteRef) -> int:
+    return h.vocab_size if ref.component == "logits" else h.d_model
+
+
+def _check_width(ref: SiteRef, t: Tensor, width: int, field_name: str) -> None:
+    if t.shape[-1] != width:
+        raise SpecError(f"{field_name} width {t.shape[-1]} does not match site {ref.name!r}, whose width is {width}")
+
+
+def _compile_act(h: Any, iv: Any) -> tuple[SiteRef, ActOp]:
+    ref = h.site(iv.site)
+    if ref.is_router:
+        raise SpecError(f"site {iv.site!r} is a router output; use ExpertMask to change routing, not {type(iv).__name__}")
+    width = _site_width(h, ref)
+    device, dtype = h.device, h.dtype
+    if isinstance(iv, AddVector):
+        _check_width(ref, iv.vector, width, "vector")
+        vec, scale = iv.vector.to(device=device, dtype=dtype), iv.scale
+        return ref, ActOp(lambda x, m, s: ops.add_vector(x, vec, scale, m), iv.positions, additive=True)
+    if isinstance(iv, ProjectOut):
+        _check_width(ref, iv.direction, width, "direction")
+        d = iv.direction.to(device=device, dtype=dtype)
+        return ref, ActOp(lambda x, m, s: ops.project_out(x, d, m), iv.positions)
+    if isinstance(iv, ScaleUnits):
+        bad = [u for u in iv.units if u >= width]
+        if bad:
+            raise SpecError(f"units {bad} out of range for site {ref.name!r} of width {width}; expected 0..{width - 1}")
+        units = torch.tensor(iv.units, dtype=torch.long, device=device)
+        factor = iv.scale
+        return ref, ActOp(lambda x, m, s: ops.scale_units(x, units, factor, m), iv.positions)
+    if isinstance(iv, Patch):
+        _check_width(ref, iv.value, width, "value")
+        val = iv.value.to(device=device, dtype=dtype)
+        if val.ndim == 2:
+            if not isinstance(iv.positions, list) or len(iv.positions) != val.shape[0]:
+                raise SpecError(
+                    f"patch value of shape {tuple(val.shape)} needs an explicit positions list of length "
+                    f"{val.shape[0]}, got positions={iv.positions!r}"
+                )
+            return ref, ActOp(_rowwise_patch(val, list(iv.positions)), "all")
+
+        def full(x: Tensor, m: Any, s: StepState) -> Tensor:
+            if val.ndim == 3 and val.shape != x.shape:
+                raise SpecError(f"patch value shape {tuple(val.shape)} does not match activation shape {tuple(x.shape)}")
+            return ops.patch(x, val, m)
+
+        return ref, ActOp(full, iv.positions)
+    raise AssertionError(type(iv))  # pragma: no cover
+
+
+def _rowwise_patch(val: Tensor, positions: list[int]) -> ActFn:
+    def fn(x: Tensor, m: Any, state: StepState) -> Tensor:
+        out = x
+        for row, p in enumerate(positions):
+            mask = state.mask([p], x.device)
+            if mask is not False:
+                out = ops.patch(out, val[row], mask)
+        return out
+
+    return fn
+
+
+def run_ops(ops_list: list[ActOp], x: Tensor, state: StepState) -> Tensor:
+    """Apply compiled ops in order at their positions (pure: ``x`` is not modified)."""
+    for op in ops_list:
+        m = state.mask(op.positions, x.device)
+        if m is not False:
+            x = op.fn(x, m, state)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# expert masks
+# ---------------------------------------------------------------------------------------------
+def _validate_mask(h: Any, iv: ExpertMask) -> None:
+    adapter = h.adapter
+    if not adapter.is_moe:
+        raise SpecError(f"ExpertMask needs an MoE model; {h.spec!r} ({adapter.family}) has no routed experts")
+    if iv.layer >= adapter.n_layers:
+        raise SpecError(f"expert mask layer {iv.layer} out of range; the model has {adapter.n_layers} layers")
+    parts = adapter.layers[iv.layer]
+    if parts.rule is None:
+        raise SpecError(f"layer {iv.layer} is not an MoE layer; MoE layers: {adapter.moe_layers}")
+    n, k = parts.rule.n_experts, parts.rule.top_k
+    for what, idx in (("off", iv.off), ("on", iv.on), ("scale", list(iv.scale))):
+        bad = [e for e in idx if not 0 <= e < n]
+        if bad:
+            raise SpecError(f"expert index {bad} in {what!r} out of range for layer {iv.layer}; expected 0..{n - 1}")
+    both = set(iv.off) & set(iv.on)
+    if both:
+        raise SpecError(f"experts {sorted(both)} are both switched off and forced on in layer {iv.layer}")
+    if len(set(iv.on)) > k:
+        raise SpecError(f"{len(set(iv.on))} experts forced on in layer {iv.layer}, but top_k is {k}")
+    if n - len(set(iv.off)) < k:
+        raise SpecError(f"{len(set(iv.off))} of {n} experts switched off in layer {iv.layer}; at least top_k={k} must remain")
+
+
+def _compile_mask(h: Any, iv: ExpertMask) -> Callable[[tuple, StepState], tuple]:
+    parts = h.adapter.layers[iv.layer]
+    rule = parts.rule
+    n, device = rule.n_experts, h.device
+    off = torch.zeros(n, dtype=torch.bool, device=device)
+    off[list(iv.off)] = True
+    on = torch.zeros(n, dtype=torch.bool, device=device)
+    on[list(iv.on)] = True
+    gate_scale = None
+    if iv.scale:
+        gate_scale = torch.ones(n, dtype=torch.float32, device=device)
+        for e, s in iv.scale.items():
+            gate_scale[e] = s
+    bias = h.adapter.router_bias(parts.router)
+
+    def fn(out: tuple, state: StepState) -> tuple:
+        logits, weights, indices = out[0], out[1], out[2]
+        m = state.mask(iv.positions, logits.device)
+        if m is False:
+            return out
+        w, idx = route(
+            rule, logits, off=off if iv.off else None, on=on if iv.on else None, bias=bias,
+            gate_scale=gate_scale, renormalize=iv.renormalize,
+        )
+        w = w.to(weights.dtype)
+        if m is not None:
+            flat = m.reshape(-1, 1)
+            w, idx = torch.where(flat, w, weights), torch.where(flat, idx, indices)
+        return (logits, w, idx, *out[3:])
+
+    return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter edits
+# ---------------------------------------------------------------------------------------------
+class ParamEditor:
+    """Applies a :class:`ParamEdit` in place and restores the exact original values."""
+
+    def __init__(self, h: Any, iv: ParamEdit) -> None:
+        params = dict(h.model.named_parameters())
+        if iv.param not in params:
+            import difflib
+
+            close = difflib.get_close_matches(iv.param, list(params), n=3)
+            raise SpecError(f"unknown parameter {iv.param!r}" + (f"; did you mean {close}?" if close else ""))
+        p = params[iv.param]
+        self.param, self.iv = p, iv
+        if iv.mask is not None and tuple(iv.mask.shape) != tuple(p.shape):
+            raise SpecError(f"mask shape {tuple(iv.mask.shape)} does not match parameter {iv.param!r} shape {tuple(p.shape)}")
+        if iv.indices is not None:
+            bad = [i for i in iv.indices if i >= p.numel()]
+            if bad:
+                raise SpecError(f"flat indices {bad[:5]} out of range for parameter {iv.param!r} with {p.numel()} elements")
+        if iv.op == "add" and (iv.delta is None or tuple(iv.delta.shape) != tuple(p.shape)):
+            got = None if iv.delta is None else tuple(iv.delta.shape)
+            raise SpecError(f"op 'add' needs a delta of shape {tuple(p.shape)} for {iv.param!r}, got {got}")
+        self.saved: Tensor | None = None
+        self.idx: Tensor | None = None
+
+    def _select(self) -> Tensor:
+        p, iv = self.param, self.iv
+        if iv.mask is not None:
+            return iv.mask.to(p.device).reshape(-1).nonzero().flatten()
+        if iv.indices is not None:
+            return torch.tensor(iv.indices, dtype=torch.long, device=p.device)
+        return torch.arange(p.numel(), device=p.device)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        p, iv = self.param, self.iv
+        flat = p.data.view(-1)
+        idx = self._select()
+        cur = flat[idx]
+        self.idx, self.saved = idx, cur.clone()
+        if iv.op == "zero":
+            new = torch.zeros_like(cur)
+        elif iv.op == "scale":
+            new = cur * iv.value
+        elif iv.op == "noise":
+            g = torch.Generator(device="cpu").manual_seed(iv.seed)
+            new = cur + (torch.randn(cur.shape, generator=g) * iv.value).to(cur)
+        else:
+            new = cur + iv.delta.reshape(-1).to(p.device, p.dtype)[idx]
+        flat[idx] = new
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.saved is not None:
+            self.param.data.view(-1)[self.idx] = self.saved
+            self.saved = None
+
+
+# ---------------------------------------------------------------------------------------------
+# the plan
+# ---------------------------------------------------------------------------------------------
+def _as_btd(x: Tensor, state: StepState) -> Tensor:
+    """Router outputs are flat ``[batch*seq, ...]``; give them the ``[batch, seq, ...]`` shape."""
+    if x.ndim == 2 and x.shape[0] == state.batch * state.seq:
+        return x.reshape(state.batch, state.seq, -1)
+    return x
+
+
+def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = None) -> Plan:
+    """Validate ``interventions`` and ``record`` against ``h`` and order the work per module.
+
+    Raises :class:`SpecError`/:class:`UnknownSiteError` naming the intervention at fault; the
+    model is not touched.
+    """
+    ivs = as_set(interventions)
+    record = list(dict.fromkeys(record or []))
+    act_ops: dict[str, tuple[SiteRef, list[ActOp]]] = {}
+    mid_ops: dict[int, list[ActOp]] = defaultdict(list)
+    mask_ops: dict[int, list[Callable]] = defaultdict(list)
+    editors: list[ParamEditor] = []
+    needs_state = bool(record)
+    for i, iv in enumerate(ivs):
+        try:
+            if isinstance(iv, ExpertMask):
+                _validate_mask(h, iv)
+                mask_ops[iv.layer].append(_compile_mask(h, iv))
+                needs_state = True
+            elif isinstance(iv, ParamEdit):
+                editors.append(ParamEditor(h, iv))
+            else:
+                ref, op = _compile_act(h, iv)
+                needs_state = needs_state or op.positions != "all"
+                if ref.component == "resid_mid":
+                    mid_ops[ref.layer].append(op)  # type: ignore[index]
+                else:
+                    act_ops.setdefault(ref.name, (ref, []))[1].append(op)
+        except (SpecError, UnknownSiteError) as e:
+            label = f" ({iv.name})" if getattr(iv, "name", None) else ""
+            raise type(e)(f"intervention {i}{label}: {e}") from None
+    record_refs = [h.site(s) for s in record]
+
+    paths = {id(m): name for name, m in h.model.named_modules()}
+    visits: dict[tuple[str, str], Visit] = {}
+    n_layers = h.adapter.n_layers
+
+    def key_of(ref: SiteRef) -> tuple[int, int]:
+        if ref.layer is None:
+            return (-1 if ref.component == "embed" else n_layers, _COMPONENT_ORDER[ref.component])
+        comp = "router" if ref.is_router else ref.component
+        return (ref.layer, _COMPONENT_ORDER[comp])
+
+    def visit_for(ref: SiteRef) -> Visit:
+        kind = ref.kind
+        k = (paths[id(ref.module)], kind)
+        if k not in visits:
+            element = None if ref.is_router else ref.element
+            visits[k] = Visit(key_of(ref), k[0], kind, element, apply=_identity, is_router=ref.is_router)
+        return visits[k]
+
+    # plain activation sites: ops then records
+    tensor_fns: dict[tuple[str, str], list[Callable[[Tensor, StepState], Tensor]]] = defaultdict(list)
+    for _, (ref, ops_list) in act_ops.items():
+        v = visit_for(ref)
+        tensor_fns[(v.path, v.kind)].append(lambda x, s, ops_list=ops_list: run_ops(ops_list, x, s))
+
+    # resid_mid edits act on the attention output: mid = pre + attn, so attn' = ops(pre + attn) - pre
+    pre_store: dict[int, Tensor] = {}
+    for layer, ops_list in mid_ops.items():
+        attn_v = visit_for(h.site(f"blocks.{layer}.attn_out"))
+        if all(op.additive for op in ops_list):
+            tensor_fns[(attn_v.path, attn_v.kind)].append(lambda x, s, ops_list=ops_list: run_ops(ops_list, x, s))
+            continue
+        pre_v = visit_for(h.site(f"blocks.{layer}.resid_pre"))
+
+        def keep(x: Tensor, s: StepState, layer: int = layer) -> Tensor:
+            pre_store[layer] = x
+            return x
+
+        def mid(x: Tensor, s: StepState, layer: int = layer, ops_list: list[ActOp] = ops_list) -> Tensor:
+            pre = pre_store.pop(layer)
+            return run_ops(ops_list, pre + x, s) - pre
+
+        tensor_fns[(pre_v.path, pre_v.kind)].insert(0, keep)
+        tensor_fns[(attn_v.path, attn_v.kind)].append(mid)
+
+    router_fns: dict[tuple[str, str], list[Callable]] = defaultdict(list)
+    for layer, fns in mask_ops.items():
+        v = visit_for(h.site(f"blocks.{layer}.moe.router_logits"))
+        router_fns[(v.path, v.kind)].extend(fns)
+
+    for ref in record_refs:
+        visit_for(ref).records.append(ref.name)
+
+    for k, v in visits.items():
+        if k in router_fns:
+            v.apply = _chain(router_fns[k])
+        elif k in tensor_fns:
+            v.apply = _chain(tensor_fns[k])
+    ordered = sorted(visits.values(), key=lambda v: (v.key, v.kind != "input"))
+    return Plan(visits=ordered, editors=editors, records=record, needs_state=needs_state, n_interventions=len(ivs))
+
+
+def _identity(value: Any, state: StepState) -> None:
+    return None
+
+
+def _chain(fns: list[Callable[[Any, StepState], Any]]) -> Callable[[Any, StepState], Any]:
+    """Run ``fns`` in order; ``None`` when none of them replaced the value."""
+
+    def apply(value: Any, state: StepState) -> Any:
+        new = value
+        for fn in fns:
+            new = fn(new, state)
+        return None if new is value else new
+
+    return apply
+
+
+def record_value(visit: Visit, value: Any, state: StepState, sink: dict[str, list[Tensor]]) -> None:
+    """Append the recorded sites of ``visit`` (after its edits) to ``sink``, shaped ``[batch, seq, ...]``."""
+    for name in visit.records:
+        if name.endswith(MOE_SITES):
+            t = value[MOE_SITES.index(name.rsplit(".", 1)[1])]
+        else:
+            t = value
+        sink[name].append(_as_btd(t.detach(), state))

@@ -1,0 +1,88 @@
+"""Where one forward pass sits in a sequence, and the position masks of each selector.
+
+Every row is measured in its own coordinates: position 0 is its first real token (left padding
+excluded). A forward covers ``seq`` tokens starting ``offset`` tokens into the padded sequence
+(``offset`` is the KV-cache length; 0 without a cache). With ``prompt_len`` the padded prompt
+length, a forward at generation step ``s`` has ``offset = prompt_len + s - seq``, so selectors mean
+the same thing with and without the KV cache.
+
+Example:
+    >>> import torch
+    >>> st = StepState.start(torch.tensor([[0, 1, 1], [1, 1, 1]]), prompt_len=3)
+    >>> st.at_step(0, seq=3).mask({"last": 1}, torch.device("cpu")).tolist()
+    [[False, False, True], [False, False, True]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from steerlab.interventions.spec import LastK
+
+MaskOrAll = Bool[Tensor, "batch seq"] | None | bool  # None: every position; False: none
+
+
+@dataclass
+class StepState:
+    """Position bookkeeping for one forward: built once per run, advanced per step."""
+
+    pad_lens: Int[Tensor, " batch"]
+    prompt_len: int
+    batch: int
+    step: int = 0
+    seq: int = 0
+    offset: int = 0
+    _cache: dict[str, MaskOrAll] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, attention_mask: Tensor | None, prompt_len: int, batch: int | None = None) -> StepState:
+        if attention_mask is not None:
+            pad = (attention_mask.cumsum(-1) == 0).sum(-1).cpu()
+            batch = attention_mask.shape[0]
+        else:
+            batch = int(batch or 1)
+            pad = torch.zeros(batch, dtype=torch.long)
+        return cls(pad_lens=pad, prompt_len=int(prompt_len), batch=int(batch))
+
+    def at_step(self, step: int, seq: int) -> StepState:
+        """Move to generation step ``step`` whose forward covers ``seq`` tokens."""
+        if step != self.step or seq != self.seq or not self._cache:
+            self.step, self.seq = step, seq
+            self.offset = max(self.prompt_len + step - seq, 0)
+            self._cache = {}
+        return self
+
+    def mask(self, positions: Any, device: torch.device) -> MaskOrAll:
+        """``None`` (every position), ``False`` (none in this forward) or a ``[batch, seq]`` mask."""
+        if positions == "all":
+            return None
+        key = repr(positions)
+        if key in self._cache:
+            return self._cache[key]
+        pad = self.pad_lens.to(device)
+        cols = self.offset + torch.arange(self.seq, device=device)
+        pos = cols.unsqueeze(0) - pad.unsqueeze(1)  # [batch, seq] in each row's own coordinates
+        prompt_real = (self.prompt_len - pad).unsqueeze(1)
+        if positions == "prompt":
+            m = (pos >= 0) & (pos < prompt_real)
+        elif positions == "generated":
+            m = pos >= prompt_real
+        elif isinstance(positions, LastK):
+            m = (pos >= prompt_real - positions.last) & (pos < prompt_real)
+        else:
+            wanted = torch.tensor(list(positions), device=device, dtype=torch.long)
+            m = torch.isin(pos, wanted) & (pos < prompt_real)
+        out: MaskOrAll
+        if bool(m.all()):
+            out = None
+        elif not bool(m.any()):
+            out = False
+        else:
+            out = m
+        self._cache[key] = out
+        return out
