@@ -153,8 +153,13 @@ def capture(
     batch_size = max(1, min(batch_size, int(budget // max(per_prompt, 1))))
 
     config = {
-        "model": h.spec, "sites": sites, "n_prompts": len(prompts), "chat": chat, "engine": engine,
-        "batch_size": batch_size, "dtype": str(dtype).removeprefix("torch."),
+        "model": h.spec,
+        "sites": sites,
+        "n_prompts": len(prompts),
+        "chat": chat,
+        "engine": engine,
+        "batch_size": batch_size,
+        "dtype": str(dtype).removeprefix("torch."),
         "interventions": plan.n_interventions,
     }
     tmp: Path | None = None
@@ -172,19 +177,29 @@ def capture(
             ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu()
             acts = {s: _zero_padding(a.cpu(), mask, dtype) for s, a in acts.items()}
             if tmp is not None:
-                save_file({**acts, "__input_ids__": ids, "__attention_mask__": mask}, str(tmp / f"shard-{b:05d}.safetensors"))
+                save_file(
+                    {**acts, "__input_ids__": ids, "__attention_mask__": mask}, str(tmp / f"shard-{b:05d}.safetensors")
+                )
             else:
                 for s in sites:
                     parts[s].append(acts[s])
             ids_parts.append(ids)
             mask_parts.append(mask)
         cap = Capture(
-            prompts, sites, _concat(ids_parts, 0), _concat(mask_parts, 0),
-            {s: _concat(v, 0.0) for s, v in parts.items()} if tmp is None else {}, None, config,
+            prompts,
+            sites,
+            _concat(ids_parts, 0),
+            _concat(mask_parts, 0),
+            {s: _concat(v, 0.0) for s, v in parts.items()} if tmp is None else {},
+            None,
+            config,
         )
         if tmp is not None:
-            (tmp / INDEX_FILE).write_text(json.dumps({"format": "steerlab.capture", "version": 1,
-                                                      "prompts": prompts, "sites": sites, "config": config}))
+            (tmp / INDEX_FILE).write_text(
+                json.dumps(
+                    {"format": "steerlab.capture", "version": 1, "prompts": prompts, "sites": sites, "config": config}
+                )
+            )
             if out.exists():
                 shutil.rmtree(out)
             tmp.rename(out)
@@ -217,7 +232,9 @@ def _run_bridge(h: Any, enc: dict[str, Tensor], sites: list[str], plan: Any) -> 
         raise SteerlabError(f"the TransformerBridge of {h.spec!r} has no hooks {missing}; use engine='nnsight'")
     with torch.no_grad():
         _, cache = bridge.run_with_cache(
-            enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=position_ids(enc["attention_mask"]),
+            enc["input_ids"],
+            attention_mask=enc["attention_mask"],
+            position_ids=position_ids(enc["attention_mask"]),
             names_filter=list(names.values()),
         )
     batch, seq = enc["input_ids"].shape

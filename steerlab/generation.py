@@ -11,7 +11,7 @@ row computes exactly what it computes alone.
 Example:
     >>> import steerlab as sl
     >>> h = sl.load("shared:stories260K")
-    >>> sl.generate(h, ["Once upon a time"], max_new_tokens=6).texts[0]
+    >>> sl.generate(h, ["Once upon a time"], max_new_tokens=8).texts[0]
     ', there was a little girl'
 """
 
@@ -154,8 +154,14 @@ def generate(
     }
     scores = [s.float() for s in out.logits] if output_scores else None
     return GenerationResult(
-        prompts=prompts, texts=texts, token_ids=token_ids, prompt_ids=enc["input_ids"], sequences=seqs,
-        settings=settings, scores=scores, records=dict(records),
+        prompts=prompts,
+        texts=texts,
+        token_ids=token_ids,
+        prompt_ids=enc["input_ids"],
+        sequences=seqs,
+        settings=settings,
+        scores=scores,
+        records=dict(records),
     )
 
 
@@ -188,9 +194,7 @@ def forward(
     return (out.logits, dict(records)) if return_records else out.logits
 
 
-def as_encoding(
-    h: Any, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False
-) -> dict[str, Tensor]:
+def as_encoding(h: Any, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False) -> dict[str, Tensor]:
     """Normalize prompts / an encoding / token ids into ``{"input_ids", "attention_mask"}``."""
     if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or not inputs or isinstance(inputs[0], str)):
         return h.encode(check_prompts(inputs), chat=chat)

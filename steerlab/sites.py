@@ -79,7 +79,8 @@ def resolve(adapter: Adapter, name: str) -> SiteRef:
     i, comp = int(m.group(1)), m.group(2)
     if i >= adapter.n_layers:
         raise UnknownSiteError(
-            f"unknown site {name!r}: layer {i} out of range, the model has {adapter.n_layers} layers (0..{adapter.n_layers - 1})"
+            f"unknown site {name!r}: layer {i} out of range, "
+            f"the model has {adapter.n_layers} layers (0..{adapter.n_layers - 1})"
         )
     p = adapter.layers[i]
     if comp == "resid_pre":

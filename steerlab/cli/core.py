@@ -68,7 +68,9 @@ def generate_cmd(
         h = sl.load(model)
         ivs: Any = InterventionSet.load(intervention) if intervention else None
         smp = sl.make_sampler(sampler, **parse_params(param))
-        out = sl.generate(h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
+        out = sl.generate(
+            h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat
+        )
     if as_json:
         emit(out.to_json())
         return

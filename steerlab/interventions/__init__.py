@@ -15,6 +15,16 @@ from steerlab.interventions.spec import (
 )
 
 __all__ = [
-    "AddVector", "ExpertMask", "InterventionContext", "InterventionSet", "LastK", "ParamEdit", "Patch",
-    "ProjectOut", "ScaleUnits", "as_set", "intervene", "parse_intervention",
+    "AddVector",
+    "ExpertMask",
+    "InterventionContext",
+    "InterventionSet",
+    "LastK",
+    "ParamEdit",
+    "Patch",
+    "ProjectOut",
+    "ScaleUnits",
+    "as_set",
+    "intervene",
+    "parse_intervention",
 ]

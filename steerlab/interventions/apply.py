@@ -61,7 +61,9 @@ class InterventionContext:
 
 
 @contextmanager
-def intervene(handle: Any, interventions: Any = None, *, record: list[str] | None = None) -> Iterator[InterventionContext]:
+def intervene(
+    handle: Any, interventions: Any = None, *, record: list[str] | None = None
+) -> Iterator[InterventionContext]:
     """Validate ``interventions`` once and yield a context whose calls run with them.
 
     ``interventions``: an :class:`InterventionSet`, a list of intervention models or dicts, or a

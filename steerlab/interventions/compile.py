@@ -41,8 +41,15 @@ from steerlab.sites import MOE_SITES, SiteRef
 
 ActFn = Callable[[Tensor, Any, StepState], Tensor]  # (activation [b, t, d], mask, state) -> activation
 _COMPONENT_ORDER = {
-    "embed": 0, "resid_pre": 0, "attn_out": 1, "resid_mid": 2, "router": 3, "mlp_out": 4, "resid_post": 5,
-    "final_norm": 0, "logits": 1,
+    "embed": 0,
+    "resid_pre": 0,
+    "attn_out": 1,
+    "resid_mid": 2,
+    "router": 3,
+    "mlp_out": 4,
+    "resid_post": 5,
+    "final_norm": 0,
+    "logits": 1,
 }
 
 
@@ -104,7 +111,9 @@ def _check_width(ref: SiteRef, t: Tensor, width: int, field_name: str) -> None:
 def _compile_act(h: Any, iv: Any) -> tuple[SiteRef, ActOp]:
     ref = h.site(iv.site)
     if ref.is_router:
-        raise SpecError(f"site {iv.site!r} is a router output; use ExpertMask to change routing, not {type(iv).__name__}")
+        raise SpecError(
+            f"site {iv.site!r} is a router output; use ExpertMask to change routing, not {type(iv).__name__}"
+        )
     width = _site_width(h, ref)
     device, dtype = h.device, h.dtype
     if isinstance(iv, AddVector):
@@ -135,7 +144,9 @@ def _compile_act(h: Any, iv: Any) -> tuple[SiteRef, ActOp]:
 
         def full(x: Tensor, m: Any, s: StepState) -> Tensor:
             if val.ndim == 3 and val.shape != x.shape:
-                raise SpecError(f"patch value shape {tuple(val.shape)} does not match activation shape {tuple(x.shape)}")
+                raise SpecError(
+                    f"patch value shape {tuple(val.shape)} does not match activation shape {tuple(x.shape)}"
+                )
             return ops.patch(x, val, m)
 
         return ref, ActOp(full, iv.positions)
@@ -186,7 +197,9 @@ def _validate_mask(h: Any, iv: ExpertMask) -> None:
     if len(set(iv.on)) > k:
         raise SpecError(f"{len(set(iv.on))} experts forced on in layer {iv.layer}, but top_k is {k}")
     if n - len(set(iv.off)) < k:
-        raise SpecError(f"{len(set(iv.off))} of {n} experts switched off in layer {iv.layer}; at least top_k={k} must remain")
+        raise SpecError(
+            f"{len(set(iv.off))} of {n} experts switched off in layer {iv.layer}; at least top_k={k} must remain"
+        )
 
 
 def _compile_mask(h: Any, iv: ExpertMask) -> Callable[[tuple, StepState], tuple]:
@@ -210,8 +223,13 @@ def _compile_mask(h: Any, iv: ExpertMask) -> Callable[[tuple, StepState], tuple]
         if m is False:
             return out
         w, idx = route(
-            rule, logits, off=off if iv.off else None, on=on if iv.on else None, bias=bias,
-            gate_scale=gate_scale, renormalize=iv.renormalize,
+            rule,
+            logits,
+            off=off if iv.off else None,
+            on=on if iv.on else None,
+            bias=bias,
+            gate_scale=gate_scale,
+            renormalize=iv.renormalize,
         )
         w = w.to(weights.dtype)
         if m is not None:
@@ -238,11 +256,15 @@ class ParamEditor:
         p = params[iv.param]
         self.param, self.iv = p, iv
         if iv.mask is not None and tuple(iv.mask.shape) != tuple(p.shape):
-            raise SpecError(f"mask shape {tuple(iv.mask.shape)} does not match parameter {iv.param!r} shape {tuple(p.shape)}")
+            raise SpecError(
+                f"mask shape {tuple(iv.mask.shape)} does not match parameter {iv.param!r} shape {tuple(p.shape)}"
+            )
         if iv.indices is not None:
             bad = [i for i in iv.indices if i >= p.numel()]
             if bad:
-                raise SpecError(f"flat indices {bad[:5]} out of range for parameter {iv.param!r} with {p.numel()} elements")
+                raise SpecError(
+                    f"flat indices {bad[:5]} out of range for parameter {iv.param!r} with {p.numel()} elements"
+                )
         if iv.op == "add" and (iv.delta is None or tuple(iv.delta.shape) != tuple(p.shape)):
             got = None if iv.delta is None else tuple(iv.delta.shape)
             raise SpecError(f"op 'add' needs a delta of shape {tuple(p.shape)} for {iv.param!r}, got {got}")

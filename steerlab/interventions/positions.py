@@ -61,6 +61,8 @@ class StepState:
         """``None`` (every position), ``False`` (none in this forward) or a ``[batch, seq]`` mask."""
         if positions == "all":
             return None
+        if isinstance(positions, dict):
+            positions = LastK(**positions)
         key = repr(positions)
         if key in self._cache:
             return self._cache[key]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -36,7 +36,7 @@ class LastK(BaseModel):
     last: int = Field(ge=1)
 
 
-Positions = Union[Literal["all", "prompt", "generated"], LastK, list[Annotated[int, Field(ge=0)]]]
+Positions = Literal["all", "prompt", "generated"] | LastK | list[Annotated[int, Field(ge=0)]]
 
 
 def _to_tensor(value: Any, field_name: str) -> torch.Tensor:
@@ -175,7 +175,7 @@ class ParamEdit(_Base):
 
 
 Intervention = Annotated[
-    Union[AddVector, ProjectOut, ScaleUnits, Patch, ExpertMask, ParamEdit], Field(discriminator="type")
+    AddVector | ProjectOut | ScaleUnits | Patch | ExpertMask | ParamEdit, Field(discriminator="type")
 ]
 _ADAPTER: TypeAdapter = TypeAdapter(Intervention)
 _TENSOR_FIELDS = ("vector", "direction", "value", "mask", "delta")

@@ -91,9 +91,7 @@ class ModelHandle:
         """Wrap a user message in the model's chat template (plain text if it has none)."""
         if not getattr(self.tokenizer, "chat_template", None):
             return user_text
-        msgs = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": user_text}
-        ]
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
         return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
 
     def tokenize(self, prompts: list[str], add_special_tokens: bool | None = None) -> dict[str, torch.Tensor]:

@@ -21,8 +21,14 @@ FALLBACK_MODEL = "shared:stories260K"
 _CACHE: dict[tuple, ModelHandle] = {}
 _LOCK = threading.Lock()
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def default_model() -> str:

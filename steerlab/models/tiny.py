@@ -27,27 +27,70 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "mixtral": ("MixtralConfig", dict(**_COMMON, **_MOE, num_key_value_heads=2, num_local_experts=8)),
     "qwen2_moe": (
         "Qwen2MoeConfig",
-        dict(**_COMMON, **_MOE, num_key_value_heads=2, num_experts=8, moe_intermediate_size=48,
-             shared_expert_intermediate_size=96, norm_topk_prob=False),
+        dict(
+            **_COMMON,
+            **_MOE,
+            num_key_value_heads=2,
+            num_experts=8,
+            moe_intermediate_size=48,
+            shared_expert_intermediate_size=96,
+            norm_topk_prob=False,
+        ),
     ),
     "qwen3_moe": (
         "Qwen3MoeConfig",
-        dict(**_COMMON, **_MOE, num_key_value_heads=2, num_experts=8, moe_intermediate_size=48, norm_topk_prob=True,
-             head_dim=16),
+        dict(
+            **_COMMON,
+            **_MOE,
+            num_key_value_heads=2,
+            num_experts=8,
+            moe_intermediate_size=48,
+            norm_topk_prob=True,
+            head_dim=16,
+        ),
     ),
     "olmoe": ("OlmoeConfig", dict(**_COMMON, **_MOE, num_key_value_heads=2, num_experts=8, norm_topk_prob=False)),
     "deepseek_v2": (
         "DeepseekV2Config",
-        dict(**_COMMON, **_MOE, num_key_value_heads=4, n_routed_experts=8, n_shared_experts=1, moe_intermediate_size=48,
-             first_k_dense_replace=1, topk_method="group_limited_greedy", n_group=4, topk_group=2,
-             routed_scaling_factor=1.0, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
-             qk_nope_head_dim=8, v_head_dim=16),
+        dict(
+            **_COMMON,
+            **_MOE,
+            num_key_value_heads=4,
+            n_routed_experts=8,
+            n_shared_experts=1,
+            moe_intermediate_size=48,
+            first_k_dense_replace=1,
+            topk_method="group_limited_greedy",
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=1.0,
+            kv_lora_rank=16,
+            q_lora_rank=None,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+        ),
     ),
     "deepseek_v3": (
         "DeepseekV3Config",
-        dict(**_COMMON, **_MOE, num_key_value_heads=4, n_routed_experts=8, n_shared_experts=1, moe_intermediate_size=48,
-             first_k_dense_replace=1, n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True,
-             kv_lora_rank=16, q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16),
+        dict(
+            **_COMMON,
+            **_MOE,
+            num_key_value_heads=4,
+            n_routed_experts=8,
+            n_shared_experts=1,
+            moe_intermediate_size=48,
+            first_k_dense_replace=1,
+            n_group=4,
+            topk_group=2,
+            routed_scaling_factor=2.5,
+            norm_topk_prob=True,
+            kv_lora_rank=16,
+            q_lora_rank=32,
+            qk_rope_head_dim=8,
+            qk_nope_head_dim=8,
+            v_head_dim=16,
+        ),
     ),
     "granitemoe": ("GraniteMoeConfig", dict(**_COMMON, **_MOE, num_key_value_heads=2, num_local_experts=8)),
 }
@@ -65,7 +108,9 @@ def tiny_model(arch: str, seed: int = 0, **overrides: Any) -> ModelHandle:
     if arch not in TINY_CONFIGS:
         raise ModelSpecError(f"unknown tiny architecture {arch!r}; expected one of {list(TINY_CONFIGS)}")
     cls_name, kwargs = TINY_CONFIGS[arch]
-    cfg = getattr(transformers, cls_name)(**{"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, **kwargs, **overrides})
+    cfg = getattr(transformers, cls_name)(
+        **{"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, **kwargs, **overrides}
+    )
     cfg.architectures = [cls_name.removesuffix("Config") + ("LMHeadModel" if arch == "gpt2" else "ForCausalLM")]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)

@@ -54,7 +54,8 @@ def test_records_during_generation(stories):
     assert len(rec) == 5
     assert rec[0].shape[:2] == out.prompt_ids.shape and all(r.shape[1] == 1 for r in rec[1:])
     # the cached steps record what a full recompute gives at the same position
-    full = sl.capture(stories, [stories.tokenizer.decode(out.sequences[0, :-1], skip_special_tokens=True)],
-                      ["blocks.0.resid_post"])
+    full = sl.capture(
+        stories, [stories.tokenizer.decode(out.sequences[0, :-1], skip_special_tokens=True)], ["blocks.0.resid_post"]
+    )
     assert full["blocks.0.resid_post"].shape[1] >= 1
     assert torch.allclose(rec[-1][0, 0], full["blocks.0.resid_post"][0, -1], atol=1e-4)

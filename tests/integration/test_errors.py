@@ -22,7 +22,9 @@ def test_unknown_site_suggests_names(stories):
 
 
 def test_wrong_vector_width(stories):
-    with pytest.raises(SpecError, match=r"intervention 0: vector width 32 does not match site 'blocks.1.resid_post', whose width is 64"):
+    with pytest.raises(
+        SpecError, match=r"intervention 0: vector width 32 does not match site 'blocks.1.resid_post', whose width is 64"
+    ):
         sl.forward(stories, ["Hi"], interventions=[AddVector(site="blocks.1.resid_post", vector=torch.ones(32))])
     with pytest.raises(SpecError, match="direction width 10"):
         sl.forward(stories, ["Hi"], interventions=[ProjectOut(site="blocks.1.resid_post", direction=torch.ones(10))])

@@ -49,7 +49,9 @@ def test_kv_cache_matches_recompute(stories, positions):
         ProjectOut(site="blocks.3.resid_mid", direction=v, positions=positions),
     ]
     cached = sl.generate(stories, PROMPTS, interventions=ivs, max_new_tokens=16, output_scores=True)
-    recomputed = sl.generate(stories, PROMPTS, interventions=ivs, max_new_tokens=16, use_cache=False, output_scores=True)
+    recomputed = sl.generate(
+        stories, PROMPTS, interventions=ivs, max_new_tokens=16, use_cache=False, output_scores=True
+    )
     assert torch.equal(cached.sequences, recomputed.sequences)
     for a, b in zip(cached.scores, recomputed.scores, strict=True):
         assert torch.allclose(a, b, atol=1e-4)
@@ -63,8 +65,11 @@ def test_generated_only_leaves_the_first_token(stories):
     v = torch.randn(stories.d_model, generator=torch.Generator().manual_seed(2)) * 8
     plain = sl.generate(stories, PROMPTS, max_new_tokens=8, output_scores=True)
     steered = sl.generate(
-        stories, PROMPTS, [AddVector(site="blocks.2.resid_post", vector=v, positions="generated")],
-        max_new_tokens=8, output_scores=True,
+        stories,
+        PROMPTS,
+        [AddVector(site="blocks.2.resid_post", vector=v, positions="generated")],
+        max_new_tokens=8,
+        output_scores=True,
     )
     assert torch.equal(steered.scores[0], plain.scores[0])
     assert not torch.equal(steered.scores[2], plain.scores[2])
@@ -96,8 +101,12 @@ def test_project_out_removes_the_direction(stories):
         assert proj.abs().max().item() < 1e-4
         # resid_mid edits carry into the residual stream: resid_post = edited mid + mlp_out
         if site.endswith("resid_mid"):
-            c2 = sl.capture(stories, PROMPTS, [site, "blocks.2.mlp_out", "blocks.2.resid_post"],
-                            interventions=[ProjectOut(site=site, direction=d)])
+            c2 = sl.capture(
+                stories,
+                PROMPTS,
+                [site, "blocks.2.mlp_out", "blocks.2.resid_post"],
+                interventions=[ProjectOut(site=site, direction=d)],
+            )
             err = (c2[site] + c2["blocks.2.mlp_out"] - c2["blocks.2.resid_post"]).abs().max().item()
             assert err < 1e-4
 
@@ -118,8 +127,12 @@ def test_patching_reproduces_the_source_run(stories):
     patched = sl.forward(stories, [a], interventions=[Patch(site="blocks.0.resid_pre", value=src)])
     assert torch.allclose(patched, sl.forward(stories, [b]), atol=1e-5)
     # a [P, d] patch at explicit positions changes only those positions' residual
-    cap = sl.capture(stories, [a], ["blocks.0.resid_pre"],
-                     interventions=[Patch(site="blocks.0.resid_pre", value=src[0, [1, 3]], positions=[1, 3])])
+    cap = sl.capture(
+        stories,
+        [a],
+        ["blocks.0.resid_pre"],
+        interventions=[Patch(site="blocks.0.resid_pre", value=src[0, [1, 3]], positions=[1, 3])],
+    )
     got = cap["blocks.0.resid_pre"][0]
     assert torch.equal(got[[1, 3]], src[0, [1, 3]])
     orig = sl.capture(stories, [a], ["blocks.0.resid_pre"])["blocks.0.resid_pre"][0]
@@ -130,8 +143,12 @@ def test_param_edit_is_reversible_and_takes_effect(stories):
     before = _state(stories.model)
     name = "model.layers.1.mlp.down_proj.weight"
     base = sl.forward(stories, PROMPTS)
-    for op, kw in [("zero", {}), ("scale", {"value": 2.0}), ("noise", {"value": 0.5, "seed": 3}),
-                   ("add", {"delta": torch.ones(64, 172)})]:
+    for op, kw in [
+        ("zero", {}),
+        ("scale", {"value": 2.0}),
+        ("noise", {"value": 0.5, "seed": 3}),
+        ("add", {"delta": torch.ones(64, 172)}),
+    ]:
         with sl.intervene(stories, [ParamEdit(param=name, op=op, indices=[0, 1, 2, 500], **kw)]) as run:
             assert not torch.equal(run.forward(PROMPTS), base)
         after = _state(stories.model)
@@ -141,12 +158,16 @@ def test_param_edit_is_reversible_and_takes_effect(stories):
 
 def test_serialization_round_trip(stories, tmp_path):
     g = torch.Generator().manual_seed(4)
-    ivs = InterventionSet([
-        AddVector(site="blocks.1.resid_post", vector=torch.randn(64, generator=g), scale=2.5, positions=LastK(last=2)),
-        ProjectOut(site="blocks.2.resid_mid", direction=torch.randn(64, generator=g), positions="generated"),
-        ScaleUnits(site="blocks.3.mlp_out", units=[1, 2], scale=0.5),
-        ParamEdit(param="model.layers.0.mlp.up_proj.weight", op="noise", value=0.1, seed=7, indices=[3, 4]),
-    ])
+    ivs = InterventionSet(
+        [
+            AddVector(
+                site="blocks.1.resid_post", vector=torch.randn(64, generator=g), scale=2.5, positions=LastK(last=2)
+            ),
+            ProjectOut(site="blocks.2.resid_mid", direction=torch.randn(64, generator=g), positions="generated"),
+            ScaleUnits(site="blocks.3.mlp_out", units=[1, 2], scale=0.5),
+            ParamEdit(param="model.layers.0.mlp.up_proj.weight", op="noise", value=0.1, seed=7, indices=[3, 4]),
+        ]
+    )
     path = ivs.save(tmp_path / "spec.json")
     assert (tmp_path / "spec.safetensors").exists()
     loaded = InterventionSet.load(path)
@@ -202,8 +223,14 @@ def test_expert_masks_take_effect(tiny, arch):
     assert not torch.allclose(sl.forward(h, PROMPTS, interventions=[ExpertMask(layer=layer, off=[busiest])]), plain)
     assert not torch.allclose(sl.forward(h, PROMPTS, interventions=[ExpertMask(layer=layer, on=[idlest])]), plain)
     # generation with the KV cache honours the mask at every step
-    out = sl.generate(h, PROMPTS, interventions=[ExpertMask(layer=layer, off=[busiest])], max_new_tokens=6,
-                      record=[site], stop_at_eos=False)
+    out = sl.generate(
+        h,
+        PROMPTS,
+        interventions=[ExpertMask(layer=layer, off=[busiest])],
+        max_new_tokens=6,
+        record=[site],
+        stop_at_eos=False,
+    )
     assert all(not (step == busiest).any() for step in out.records[site])
     assert len(out.records[site]) == 6
 
@@ -225,8 +252,12 @@ def test_forced_expert_weight_in_sigmoid_router(tiny):
     """DeepSeek-V3: selection uses the biased score, weights use the unbiased one, renormalized."""
     h = tiny("deepseek_v3")
     layer = h.adapter.moe_layers[0]
-    cap = sl.capture(h, PROMPTS, [f"blocks.{layer}.moe.topk_indices", f"blocks.{layer}.moe.topk_weights"],
-                     interventions=[ExpertMask(layer=layer, on=[3])])
+    cap = sl.capture(
+        h,
+        PROMPTS,
+        [f"blocks.{layer}.moe.topk_indices", f"blocks.{layer}.moe.topk_weights"],
+        interventions=[ExpertMask(layer=layer, on=[3])],
+    )
     m = cap.attention_mask.bool()
     assert (cap[f"blocks.{layer}.moe.topk_indices"][m] == 3).any(-1).all()
     w = cap[f"blocks.{layer}.moe.topk_weights"][m]

@@ -25,7 +25,7 @@ def _reference(h, prompts):
 
 def _check_dense_parity(h, prompts=PROMPTS):
     L = h.adapter.n_layers
-    sites = [s for s in h.sites if not s.split(".")[-1] in ("router_logits", "topk_weights", "topk_indices")]
+    sites = [s for s in h.sites if s.split(".")[-1] not in ("router_logits", "topk_weights", "topk_indices")]
     cap = sl.capture(h, prompts, sites)
     enc, ref = _reference(h, prompts)
     m = enc["attention_mask"].bool()

@@ -23,9 +23,7 @@ def adapter_for(model: nn.Module) -> Adapter:
     """Build the adapter of a loaded Hugging Face causal LM."""
     mt = getattr(model.config, "model_type", None)
     if mt not in ADAPTERS:
-        raise SteerlabError(
-            f"architecture {mt!r} is not supported; supported model types: {sorted(ADAPTERS)}"
-        )
+        raise SteerlabError(f"architecture {mt!r} is not supported; supported model types: {sorted(ADAPTERS)}")
     return ADAPTERS[mt](model)
 
 
