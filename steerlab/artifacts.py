@@ -72,6 +72,11 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot serialize {type(obj).__name__} to JSON")
 
 
+def _own(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies that share no memory (safetensors refuses aliased tensors)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` via a temporary file and rename (never half-written)."""
     path = Path(path)
@@ -94,7 +99,7 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        save_file(_own(tensors), tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -129,7 +134,7 @@ def write_artifact(
     try:
         files = [META_FILE]
         if tensors:
-            save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / TENSOR_FILE))
+            save_file(_own(tensors), str(tmp / TENSOR_FILE))
             files.append(TENSOR_FILE)
         for name, content in (extra_files or {}).items():
             mode = "wb" if isinstance(content, bytes) else "w"

@@ -41,7 +41,7 @@ Positions = Literal["all", "prompt", "generated"] | LastK | list[Annotated[int, 
 
 def _to_tensor(value: Any, field_name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().float()
+        t = value.detach().cpu().float().clone()  # the spec owns its tensors
     else:
         try:
             t = torch.tensor(value, dtype=torch.float32)

@@ -133,3 +133,12 @@ def test_artifacts_are_atomic_and_listed(tmp_path):
     assert [a.kind for a in list_runs(tmp_path / "runs")] == ["demo"]
     with pytest.raises(SteerlabError, match="not a steerlab artifact"):
         read_artifact(tmp_path)
+
+
+def test_spec_owns_its_tensors_and_saves_shared_ones(tmp_path):
+    v = torch.ones(4)
+    s = InterventionSet([AddVector(site="a", vector=v), AddVector(site="b", vector=v)])
+    v += 1  # the caller's tensor changes; the spec keeps what it was given
+    assert torch.equal(s.items[0].vector, torch.ones(4))
+    back = InterventionSet.load(s.save(tmp_path / "s.json"))  # one tensor used twice still saves
+    assert torch.equal(back.items[1].vector, torch.ones(4))
