@@ -5,15 +5,15 @@ Names (``i`` is the decoder layer):
 ==============================  =================================================================
 ``embed``                       token embedding output
 ``blocks.{i}.resid_pre``        residual stream entering layer ``i``
-``blocks.{i}.attn_out``         attention output (before it is added to the residual)
+``blocks.{i}.attn_out``         attention output as added to the residual (resid_pre + attn_out = resid_mid)
 ``blocks.{i}.resid_mid``        residual after attention, before the MLP (not on parallel blocks)
-``blocks.{i}.mlp_out``          MLP or MoE block output (shared experts included)
+``blocks.{i}.mlp_out``          MLP or MoE block output as added to the residual (shared experts included)
 ``blocks.{i}.resid_post``       residual stream leaving layer ``i``
 ``blocks.{i}.moe.router_logits``  router logits ``[batch, pos, n_experts]`` (MoE layers)
 ``blocks.{i}.moe.topk_indices``   chosen experts ``[batch, pos, top_k]``
 ``blocks.{i}.moe.topk_weights``   their gate weights ``[batch, pos, top_k]``
 ``final_norm``                  final norm output
-``logits``                      unembedding output
+``logits``                      the model's output logits
 ==============================  =================================================================
 
 The names follow TransformerLens's ``blocks.{i}.hook_resid_pre`` convention without the ``hook_``
@@ -50,6 +50,7 @@ class SiteRef:
     layer: int | None
     component: str  # resid_pre, attn_out, ..., router_logits, embed, final_norm, logits
     is_router: bool = False
+    scale: float = 1.0  # site value = scale x module value (Granite's residual/embedding multipliers)
 
 
 def site_names(adapter: Adapter) -> list[str]:
@@ -68,11 +69,11 @@ def site_names(adapter: Adapter) -> list[str]:
 def resolve(adapter: Adapter, name: str) -> SiteRef:
     """Resolve a site name to its module; unknown names raise :class:`UnknownSiteError`."""
     if name == "embed":
-        return SiteRef(name, adapter.embed, "output", None, None, "embed")
+        return SiteRef(name, adapter.embed, "output", None, None, "embed", scale=adapter.site_scale("embed"))
     if name == "final_norm":
         return SiteRef(name, adapter.final_norm, "output", None, None, "final_norm")
     if name == "logits":
-        return SiteRef(name, adapter.lm_head, "output", None, None, "logits")
+        return SiteRef(name, adapter.lm_head, "output", None, None, "logits", scale=adapter.site_scale("logits"))
     m = _BLOCK_RE.match(name) or _MOE_RE.match(name)
     if m is None:
         raise UnknownSiteError(_unknown(adapter, name))
@@ -88,9 +89,9 @@ def resolve(adapter: Adapter, name: str) -> SiteRef:
     if comp == "resid_post":
         return SiteRef(name, p.layer, "output", None, i, comp)
     if comp == "attn_out":
-        return SiteRef(name, p.attn, "output", 0, i, comp)
+        return SiteRef(name, p.attn, "output", 0, i, comp, scale=adapter.site_scale(comp))
     if comp == "mlp_out":
-        return SiteRef(name, p.mlp, "output", None, i, comp)
+        return SiteRef(name, p.mlp, "output", None, i, comp, scale=adapter.site_scale(comp))
     if comp == "resid_mid":
         if p.ln2 is None:
             raise UnknownSiteError(

@@ -102,12 +102,15 @@ class NNsightEngine:
             if first:
                 state.at_step(step, _seq_len(v, t, state.batch))
                 first = False
+            if v.scale != 1.0:
+                t = t * v.scale
             new = v.apply(t, state)
             if new is not None:
+                raw = new / v.scale if v.scale != 1.0 else new
                 if v.kind == "input":
-                    env.input = new
+                    env.input = raw
                 else:
-                    env.output = new if v.is_router else _replace(value, v.element, new)
+                    env.output = raw if v.is_router else _replace(value, v.element, raw)
                 t = new
             if v.records:
                 record_value(v, t, state, sink)

@@ -78,6 +78,7 @@ class Visit:
     apply: Callable[[Any, StepState], Any]
     records: list[str] = field(default_factory=list)
     is_router: bool = False
+    scale: float = 1.0  # site value = scale x module value (see SiteRef.scale)
 
 
 @dataclass
@@ -362,7 +363,9 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
         k = (paths[id(ref.module)], kind)
         if k not in visits:
             element = None if ref.is_router else ref.element
-            visits[k] = Visit(key_of(ref), k[0], kind, element, apply=_identity, is_router=ref.is_router)
+            visits[k] = Visit(
+                key_of(ref), k[0], kind, element, apply=_identity, is_router=ref.is_router, scale=ref.scale
+            )
         return visits[k]
 
     # plain activation sites: ops then records

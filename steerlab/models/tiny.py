@@ -92,7 +92,19 @@ TINY_CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
             v_head_dim=16,
         ),
     ),
-    "granitemoe": ("GraniteMoeConfig", dict(**_COMMON, **_MOE, num_key_value_heads=2, num_local_experts=8)),
+    "granitemoe": (
+        "GraniteMoeConfig",
+        dict(**_COMMON, **_MOE, num_key_value_heads=2, num_local_experts=8, residual_multiplier=0.5,
+             embedding_multiplier=2.0, logits_scaling=2.0),
+    ),
+    "mistral": ("MistralConfig", dict(**_COMMON, intermediate_size=128, num_key_value_heads=2, sliding_window=None)),
+    "qwen2": ("Qwen2Config", dict(**_COMMON, intermediate_size=128, num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(**_COMMON, intermediate_size=128, num_key_value_heads=2, head_dim=16)),
+    "granite": (
+        "GraniteConfig",
+        dict(**_COMMON, intermediate_size=128, num_key_value_heads=2, residual_multiplier=0.5,
+             embedding_multiplier=2.0, logits_scaling=2.0),
+    ),
 }
 TINY_ARCHITECTURES = tuple(TINY_CONFIGS)
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "granitemoe")

@@ -262,3 +262,23 @@ def test_forced_expert_weight_in_sigmoid_router(tiny):
     assert (cap[f"blocks.{layer}.moe.topk_indices"][m] == 3).any(-1).all()
     w = cap[f"blocks.{layer}.moe.topk_weights"][m]
     assert torch.allclose(w.sum(-1), torch.full((w.shape[0],), 2.5), atol=1e-4)  # norm_topk x routed_scaling_factor
+
+
+@pytest.mark.parametrize("arch", ["granite", "granitemoe", "llama"])
+def test_edits_are_in_site_units_on_rescaled_residuals(tiny, arch):
+    """Granite multiplies each residual update: an edit of v at attn_out or resid_mid moves the
+    site's value by exactly v (and resid_pre + attn_out = resid_mid still holds)."""
+    h = tiny(arch)
+    v = torch.randn(h.d_model, generator=torch.Generator().manual_seed(5))
+    sites = ["blocks.1.resid_pre", "blocks.1.attn_out", "blocks.1.resid_mid"]
+    base = sl.capture(h, PROMPTS, sites)
+    m = base.attention_mask.bool()
+    for site in ("blocks.1.attn_out", "blocks.1.resid_mid"):
+        for iv in (AddVector(site=site, vector=v), ScaleUnits(site=site, units=[0], scale=3.0)):
+            cap = sl.capture(h, PROMPTS, sites, interventions=[iv])
+            if isinstance(iv, AddVector):
+                assert torch.allclose(cap[site][m], base[site][m] + v, atol=1e-4)
+            else:
+                assert torch.allclose(cap[site][m][:, 0], base[site][m][:, 0] * 3.0, atol=1e-4)
+            mid = cap["blocks.1.resid_pre"] + cap["blocks.1.attn_out"]
+            assert torch.allclose(mid[m], cap["blocks.1.resid_mid"][m], atol=1e-4)

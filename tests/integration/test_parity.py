@@ -45,6 +45,8 @@ def _check_dense_parity(h, prompts=PROMPTS):
         else:  # parallel residual: post = pre + attn + mlp
             total = cap[f"blocks.{i}.resid_pre"] + cap[f"blocks.{i}.attn_out"] + cap[f"blocks.{i}.mlp_out"]
             close(total, cap[f"blocks.{i}.resid_post"], f"parallel post {i}")
+    if h.adapter.family != "gpt2":  # GPT-2 adds position embeddings after the token embedding
+        close(cap["embed"], ref.hidden_states[0], "embed")
     close(cap["final_norm"], ref.hidden_states[L], "final_norm")
     close(cap["logits"], ref.logits, "logits")
     # the steerlab forward itself is the plain forward

@@ -81,6 +81,10 @@ class Adapter:
     def router_bias(self, router: nn.Module) -> Tensor | None:
         return None
 
+    def site_scale(self, component: str) -> float:
+        """Factor between a module's output and the site's value (1 unless the family rescales)."""
+        return 1.0
+
     # -- derived facts -----------------------------------------------------------------------------
     @property
     def n_layers(self) -> int:

@@ -29,10 +29,10 @@ def adapter_for(model: nn.Module) -> Adapter:
 
 @register
 class LlamaLike(Adapter):
-    """Llama, Mistral, Qwen2/3, Gemma, OLMo, Granite (dense): pre-norm blocks under ``model.layers``."""
+    """Llama, Mistral, Qwen2/3, OLMo: pre-norm blocks under ``model.layers``."""
 
     family = "llama"
-    model_types = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite", "phi3")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "olmo")
 
 
 @register
@@ -126,9 +126,31 @@ class DeepSeekV3(Adapter):
         return router.e_score_correction_bias
 
 
+class _GraniteScales(Adapter):
+    """Granite scales embeddings, each residual update and the logits; sites report the scaled values."""
+
+    def site_scale(self, component: str) -> float:
+        cfg = self.model.config
+        if component in ("attn_out", "mlp_out"):
+            return float(cfg.residual_multiplier)
+        if component == "embed":
+            return float(cfg.embedding_multiplier)
+        if component == "logits":
+            return 1.0 / float(cfg.logits_scaling)
+        return 1.0
+
+
 @register
-class GraniteMoE(Adapter):
-    """Granite-MoE: top-k on raw logits, softmax over the k chosen."""
+class Granite(_GraniteScales, LlamaLike):
+    """Granite (dense): Llama layout with embedding, residual and logit multipliers."""
+
+    family = "granite"
+    model_types = ("granite",)
+
+
+@register
+class GraniteMoE(_GraniteScales):
+    """Granite-MoE: top-k on raw logits, softmax over the k chosen; Granite's multipliers."""
 
     family = "granitemoe"
     model_types = ("granitemoe",)
