@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from steerlab.cli import core
+from steerlab.cli import core, dashboard, probes
 
 app = typer.Typer(
     name="steerlab",
@@ -13,8 +13,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 core.register(app)
+app.command("dashboard")(dashboard.dashboard)
 
 # Command groups: one sub-app per module, one line each.
+app.add_typer(probes.app, name="probes")
 
 
 def main() -> None:  # pragma: no cover

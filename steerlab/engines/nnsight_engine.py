@@ -80,13 +80,17 @@ class NNsightEngine:
 
     @property
     def lm(self) -> Any:
-        """The ``nnsight.TransformersModel`` wrapping the handle's very model (no copy)."""
+        """The ``nnsight.TransformersModel`` over a twin of the handle's model (same weights, own modules).
+
+        nnsight replaces every module's ``forward`` with its controller; doing that on a twin keeps
+        ``handle.model`` the plain Hugging Face model for unsteered runs and for users' own code.
+        """
         if self._lm is None:
             from nnsight.modeling.transformers import TransformersModel
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                lm = TransformersModel(self.handle.model, tokenizer=self.handle.tokenizer)
+                lm = TransformersModel(self.handle.twin(), tokenizer=self.handle.tokenizer)
             # generate's return value passes through nnsight's own Generator module; keep it there,
             # so it is available even when generation stops early (all rows at EOS)
             lm.generator._module.register_forward_hook(lambda m, a, out: self._gen_out.__setitem__("out", out))

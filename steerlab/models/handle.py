@@ -120,12 +120,25 @@ class ModelHandle:
         if self._bridge is None:
             from transformer_lens.model_bridge import TransformerBridge
 
-            memo = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
-            twin = copy.deepcopy(self.model, memo)
             self._bridge = TransformerBridge.boot_transformers(
-                self.spec, hf_model=twin, device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
+                self.spec, hf_model=self.twin(), device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
             )
         return self._bridge
+
+    def twin(self) -> nn.Module:
+        """A structural copy of ``model`` whose parameters and buffers are the very same tensors.
+
+        Engines that patch modules (nnsight replaces each ``forward``; the bridge swaps modules in)
+        work on a twin, so ``self.model`` stays the plain Hugging Face model, while parameter edits
+        made through either are seen by both. Costs module objects, not weights.
+        """
+        memo = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
+        twin = copy.deepcopy(self.model, memo)
+        for m in twin.modules():  # hooks someone left on the original must not live on in the twin
+            for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+                         "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+                getattr(m, attr).clear()
+        return twin
 
     @property
     def engine(self) -> Any:

@@ -282,3 +282,24 @@ def test_edits_are_in_site_units_on_rescaled_residuals(tiny, arch):
                 assert torch.allclose(cap[site][m][:, 0], base[site][m][:, 0] * 3.0, atol=1e-4)
             mid = cap["blocks.1.resid_pre"] + cap["blocks.1.attn_out"]
             assert torch.allclose(mid[m], cap["blocks.1.resid_mid"][m], atol=1e-4)
+
+
+def test_the_handle_model_stays_plain_hugging_face(tiny):
+    """Engines patch a twin that shares the weights; the user's model keeps its own forwards and hooks."""
+    h = tiny("olmoe")
+    seen = []
+    hd = h.model.model.layers[0].register_forward_hook(lambda m, a, o: seen.append(1))
+    try:
+        sl.generate(h, PROMPTS, [AddVector(site="blocks.1.resid_post", vector=torch.ones(h.d_model))], max_new_tokens=3)
+        assert seen == []  # the engine ran on the twin, without the user's hook
+        with torch.no_grad():
+            h.model(**h.tokenize(PROMPTS))
+        assert seen == [1]
+    finally:
+        hd.remove()
+    import types
+
+    assert all(isinstance(m.forward, types.MethodType) for m in h.model.modules())
+    # weights are shared: a parameter edit made through the handle shows in the engine's runs
+    with sl.intervene(h, [ParamEdit(param="lm_head.weight", op="zero")]) as run:
+        assert run.forward(PROMPTS).abs().max() == 0

@@ -82,11 +82,11 @@ def test_router_captures_match_router_outputs(tiny, arch):
         for i in layers
     ]
     try:
-        cap = sl.capture(h, PROMPTS, sites)
+        enc, _ = _reference(h, PROMPTS)  # the plain forward fills `truth`
     finally:
         for hd in handles:
             hd.remove()
-    enc, _ = _reference(h, PROMPTS)  # re-run to fill `truth` from the plain forward
+    cap = sl.capture(h, PROMPTS, sites)
     m = enc["attention_mask"].bool()
     b, t = m.shape
     for i in layers:
