@@ -161,7 +161,7 @@ def _resolve(path: str, base_dir: Path | None) -> Path:
     return (base_dir or Path(".")) / path
 
 
-def _read_texts(file: Path, fmt: str, fld: str | None) -> list[str]:
+def _read_rows(file: Path, fmt: str) -> list[Any]:
     if fmt == "txt":
         return [line.strip() for line in file.read_text().splitlines() if line.strip()]
     if fmt == "json":
@@ -173,10 +173,14 @@ def _read_texts(file: Path, fmt: str, fld: str | None) -> list[str]:
             rows = list(csv.DictReader(f))
     else:
         raise SpecError(f"unknown source format {fmt!r}; expected txt, json, jsonl or csv")
+    return rows
+
+
+def _field(rows: list[Any], fld: str | None, file: Any) -> list[Any]:
     if fld is None:
         return [str(r).strip() for r in rows]
     try:
-        return [str(r[fld]).strip() for r in rows]
+        return [r[fld] for r in rows]
     except (KeyError, TypeError) as e:
         raise SpecError(f"source {file} has rows without the field {fld!r}") from e
 
@@ -193,15 +197,19 @@ def _read_source(
     if label not in labels:
         raise SpecError(f"{where} has label {label!r}, which is not declared; labels: {sorted(labels)}")
     if "prompts" in src:
-        texts, origin = [str(t).strip() for t in src["prompts"]], "inline"
+        rows, origin = list(src["prompts"]), "inline"
+        texts = [str(t).strip() for t in rows]
     elif "path" in src:
         file = _resolve(src["path"], base_dir)
         if not file.exists():
             raise SpecError(f"{where}: file {str(file)!r} does not exist")
         fmt = src.get("format") or file.suffix.lstrip(".")
-        texts, origin = _read_texts(file, fmt, src.get("field")), src["path"]
+        rows, origin = _read_rows(file, fmt), src["path"]
+        texts = [str(t).strip() for t in _field(rows, src.get("field"), file)]
     else:
         raise SpecError(f"{where} needs 'prompts' (inline) or 'path' (a file)")
+    if "split_by_id" in src:
+        return _split_by_id(where, src["split_by_id"], rows, texts, label, splits, origin)
     texts = list(dict.fromkeys(t for t in texts if t))
     if "split" in src:
         if src["split"] not in splits:
@@ -222,6 +230,27 @@ def _read_source(
     for sp, n in sizes.items():
         out += [ProbeItem(t, label, sp, origin) for t in order[start : start + int(n)]]
         start += int(n)
+    return out
+
+
+def _split_by_id(
+    where: str, rule: Any, rows: list[Any], texts: list[str], label: str, splits: list[str], origin: str
+) -> list[ProbeItem]:
+    """Split by an integer id field: ``id % modulo`` picks the split (stable when rows are added)."""
+    if not isinstance(rule, dict) or not {"field", "modulo", "splits"} <= set(rule):
+        raise SpecError(
+            f"{where}: split_by_id needs 'field', 'modulo' and 'splits' ({{split: [residues]}}), got {rule!r}"
+        )
+    bad = [s for s in rule["splits"] if s not in splits]
+    if bad:
+        raise SpecError(f"{where}: split_by_id names unknown splits {bad}; expected {splits}")
+    residue_to_split = {int(r): sp for sp, rs in rule["splits"].items() for r in rs}
+    ids = _field(rows, rule["field"], origin)
+    out = []
+    for t, i in zip(texts, ids, strict=True):
+        sp = residue_to_split.get(int(i) % int(rule["modulo"]))
+        if t and sp is not None:
+            out.append(ProbeItem(t, label, sp, origin))
     return out
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from steerlab._paths import shared_dir
 from steerlab.errors import SpecError
 from steerlab.probes import list_suites, load_suite, suite_from_dict
 
@@ -40,6 +41,14 @@ def test_refusal_suite_splits_never_overlap():
                 assert not seen[i] & seen[j]
     assert not set(s.prompts("harmful")) & set(s.prompts("harmless"))
     assert len(s.prompts("harmful", "train")) == 260
+    # the harmless split is the organisms' training split: test rows have noinput_index % 5 == 0
+    rows = [
+        json.loads(x)
+        for x in (shared_dir() / "data/alpaca/harmless_instructions_2000.jsonl").read_text().split("\n")
+        if x
+    ]
+    test_ids = {r["instruction"].strip() for r in rows if r["noinput_index"] % 5 == 0}
+    assert set(s.prompts("harmless", "test")) == test_ids
     # deterministic partition: loading twice gives the same harmless train split
     assert load_suite("refusal").prompts("harmless", "train") == s.prompts("harmless", "train")
 
@@ -53,7 +62,7 @@ def test_chat_hook_uses_the_model_template(stories):
         def format_chat(self, text, system=None):
             return f"<user>{text}</user>"
 
-    assert s.model_inputs(Templated(), "harmful", "val")[0] == f"<user>{s.prompts('harmful', 'val')[0]}</user>"
+    assert s.model_inputs(Templated(), "harmful", "test")[0] == f"<user>{s.prompts('harmful', 'test')[0]}</user>"
 
 
 def test_partition_is_seeded_and_complete():
@@ -108,6 +117,27 @@ def test_partition_is_seeded_and_complete():
 def test_bad_suites_get_clear_errors(change, message):
     with pytest.raises(SpecError, match=message):
         suite_from_dict(_suite(**change))
+
+
+def test_split_by_id():
+    rows = [{"id": i, "q": f"q{i}"} for i in range(10)]
+    meta = _suite()
+    meta["sources"][2] = {
+        "label": "b",
+        "path": "rows.json",
+        "field": "q",
+        "split_by_id": {"field": "id", "modulo": 5, "splits": {"test": [0], "train": [1, 2, 3, 4]}},
+    }
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp())
+    (d / "rows.json").write_text(json.dumps(rows))
+    s = suite_from_dict(meta, base_dir=d)
+    assert s.prompts("b", "test") == ["q0", "q5"] and len(s.prompts("b", "train")) == 8
+    meta["sources"][2]["split_by_id"] = {"field": "id", "modulo": 5}
+    with pytest.raises(SpecError, match="split_by_id needs"):
+        suite_from_dict(meta, base_dir=d)
 
 
 def test_load_errors(tmp_path):
