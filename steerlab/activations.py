@@ -113,6 +113,7 @@ def capture(
     interventions: Any = None,
     batch_size: int = 16,
     chat: bool = False,
+    system: str | None = None,
     out: str | Path | None = None,
     max_memory_mb: float = 2048.0,
     dtype: torch.dtype = torch.float32,
@@ -138,7 +139,7 @@ def capture(
         raise SteerlabError("engine='bridge' captures unmodified activations; use the nnsight engine for interventions")
     plan = compile_plan(h, interventions, sites)  # validates sites and interventions up front
 
-    enc_all = h.encode(prompts, chat=chat)
+    enc_all = h.encode(prompts, chat=chat, system=system)
     n_tokens = int(enc_all["attention_mask"].sum())
     bytes_per_token = sum(_site_width(h, s) for s in sites) * torch.empty((), dtype=dtype).element_size()
     max_pos = enc_all["input_ids"].shape[1]
@@ -157,6 +158,7 @@ def capture(
         "sites": sites,
         "n_prompts": len(prompts),
         "chat": chat,
+        "system": system,
         "engine": engine,
         "batch_size": batch_size,
         "dtype": str(dtype).removeprefix("torch."),
@@ -172,7 +174,7 @@ def capture(
         ids_parts, mask_parts = [], []
         starts = range(0, len(prompts), batch_size)
         for b, start in enumerate(tqdm(starts, desc="capture", disable=not progress, unit="batch")):
-            enc = h.encode(prompts[start : start + batch_size], chat=chat)
+            enc = h.encode(prompts[start : start + batch_size], chat=chat, system=system)
             acts = (_run_bridge if engine == "bridge" else _run_nnsight)(h, enc, sites, plan)
             ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu()
             acts = {s: _zero_padding(a.cpu(), mask, dtype) for s, a in acts.items()}

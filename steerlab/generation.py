@@ -98,6 +98,7 @@ def generate(
     seed: int = 0,
     *,
     chat: bool = False,
+    system: str | None = None,
     output_scores: bool = False,
     stop_at_eos: bool = True,
     use_cache: bool = True,
@@ -108,6 +109,7 @@ def generate(
 
     ``interventions``: an ``InterventionSet``, a list of intervention models or dicts, or a spec
     path. ``sampler``: a :class:`~steerlab.sampling.Sampler`, a name, or ``{"name", "params"}``.
+    ``chat``: wrap prompts in the model's chat template (with an optional ``system`` message).
     Deterministic for a ``seed`` (the global RNG is left untouched). ``use_cache=False``
     recomputes the whole sequence at every step (the reference KV-cached steering must match).
     ``record``: sites whose activations are kept per step in ``result.records``.
@@ -119,7 +121,7 @@ def generate(
     compiled = _plan(h, interventions, record, plan)
     from transformers import GenerationConfig, LogitsProcessorList
 
-    enc = h.encode(prompts, chat=chat)
+    enc = h.encode(prompts, chat=chat, system=system)
     prompt_len = enc["input_ids"].shape[1]
     eos = h.tokenizer.eos_token_id if stop_at_eos else None
     gc = GenerationConfig(
@@ -149,6 +151,7 @@ def generate(
         "max_new_tokens": int(max_new_tokens),
         "seed": seed,
         "chat": chat,
+        "system": system,
         "use_cache": use_cache,
         "interventions": _describe(interventions),
     }
@@ -179,6 +182,7 @@ def forward(
     interventions: Any = None,
     *,
     chat: bool = False,
+    system: str | None = None,
     record: list[str] | None = None,
     plan: Plan | None = None,
     return_records: bool = False,
@@ -188,16 +192,18 @@ def forward(
     ``inputs``: prompts (strings), an encoding dict, or ``input_ids`` (with ``attention_mask``).
     With ``return_records=True`` returns ``(logits, records)``.
     """
-    enc = as_encoding(h, inputs, attention_mask, chat=chat)
+    enc = as_encoding(h, inputs, attention_mask, chat=chat, system=system)
     compiled = _plan(h, interventions, record, plan)
     out, records = h.engine.forward(enc, compiled, position_ids=position_ids(enc["attention_mask"]))
     return (out.logits, dict(records)) if return_records else out.logits
 
 
-def as_encoding(h: Any, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False) -> dict[str, Tensor]:
+def as_encoding(
+    h: Any, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False, system: str | None = None
+) -> dict[str, Tensor]:
     """Normalize prompts / an encoding / token ids into ``{"input_ids", "attention_mask"}``."""
     if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or not inputs or isinstance(inputs[0], str)):
-        return h.encode(check_prompts(inputs), chat=chat)
+        return h.encode(check_prompts(inputs), chat=chat, system=system)
     if isinstance(inputs, dict):
         ids, mask = inputs["input_ids"], inputs.get("attention_mask")
     elif isinstance(inputs, Tensor):

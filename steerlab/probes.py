@@ -74,8 +74,12 @@ class ProbeSuite:
         """Prompts after the suite's ``user_template`` (the user turn a model sees)."""
         return [self.user_template.format(prompt=p) for p in self.prompts(label, split)]
 
+    def chat_kwargs(self) -> dict[str, Any]:
+        """How to run the suite's user texts: ``chat``/``system`` arguments for capture and generate."""
+        return {"chat": self.chat, "system": self.system}
+
     def model_inputs(self, h: Any, label: str, split: str | None = None) -> list[str]:
-        """Texts ready for tokenization on ``h``: through its chat template when the suite asks for it."""
+        """The full texts ``h`` sees (through its chat template when the suite asks for it), for display."""
         texts = self.user_texts(label, split)
         return [h.format_chat(t, system=self.system) for t in texts] if self.chat else texts
 

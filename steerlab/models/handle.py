@@ -102,11 +102,12 @@ class ModelHandle:
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, **kw)
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
-    def encode(self, prompts: list[str], chat: bool = False) -> dict[str, torch.Tensor]:
-        """Tokenize raw prompts, or wrap each in the chat template first (``chat=True``)."""
+    def encode(self, prompts: list[str], chat: bool = False, system: str | None = None) -> dict[str, torch.Tensor]:
+        """Tokenize raw prompts, or wrap each in the chat template first (``chat=True``, with an
+        optional ``system`` message); templated text gets no extra special tokens."""
         if not chat:
             return self.tokenize(prompts)
-        texts = [self.format_chat(p) for p in prompts]
+        texts = [self.format_chat(p, system=system) for p in prompts]
         templated = bool(getattr(self.tokenizer, "chat_template", None))
         return self.tokenize(texts, add_special_tokens=False if templated else None)
 

@@ -1,0 +1,155 @@
+"""``steerlab experts``: fTRI imaging of behavior experts and MoTE switching with random controls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from steerlab.cli.common import emit, fail
+
+app = typer.Typer(
+    help="Experts: image which MoE experts fire for a behavior, switch them off or on.", no_args_is_help=True
+)
+
+SCOPE_HELP = "Token scope: prompt, decision (first assistant token), generated; comma-separated to combine."
+
+
+@app.command("image")
+def image_cmd(
+    model: str = typer.Argument(None, help="MoE model spec (default: the embedded default model)."),
+    suite: str = typer.Option("refusal", "--suite", help="Probe suite name or folder."),
+    split: str = typer.Option("train", "--split"),
+    scope: str = typer.Option("decision", "--scope", help=SCOPE_HELP),
+    permutations: int = typer.Option(2000, "--permutations", help="Permutations for the p-values."),
+    limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per label (0: all)."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    top: int = typer.Option(20, "--top", help="Experts in the ranked table."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Image the experts that separate the suite's behavior prompts from its control prompts."""
+    import steerlab as sl
+    from steerlab.experts.ftri import image
+    from steerlab.experts.report import token_raster, write_image
+    from steerlab.probes import load_suite
+
+    with fail():
+        h = sl.load(model)
+        s = load_suite(suite)
+        take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)
+        behavior, control = take(s.user_texts(s.behavior, split)), take(s.user_texts(s.control, split))
+        res = image(
+            h,
+            behavior,
+            control,
+            scope.split(","),
+            n_permutations=permutations,
+            by_token=True,
+            progress=True,
+            **s.chat_kwargs(),
+        )
+        res.config.update(
+            {
+                "suite": s.name,
+                "suite_version": s.version,
+                "split": split,
+                "behavior": s.behavior,
+                "control": s.control,
+                "limit": limit or None,
+            }
+        )
+        raster = token_raster(h, behavior[0], **s.chat_kwargs())
+        path = write_image(out, h, res, behavior, control, raster=raster, top=top)
+    table = res.table(top)
+    if as_json:
+        emit({"artifact": str(path), "config": res.config, "top": table})
+        return
+    typer.echo(f"wrote {path}")
+    for r in table:
+        typer.echo(
+            f"  layer {r['layer']:>2} expert {r['expert']:>3}  diff {r['diff']:+.3f}  "
+            f"log-odds {r['log_odds']:+.2f}  q {r['q_value']:.3g}"
+        )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Argument(None, help="MoE model spec (default: the embedded default model)."),
+    suite: str = typer.Option("refusal", "--suite", help="Probe suite name or folder."),
+    k: int = typer.Option(None, "--k", help="Experts to switch; default: chosen by a sweep on the train split."),
+    controls: int = typer.Option(20, "--controls", help="Random expert sets (matched by layer)."),
+    match_rate: bool = typer.Option(False, "--match-rate", help="Also match random experts by base selection rate."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per set (0: all)."),
+    image_dir: Path = typer.Option(None, "--image", help="Reuse an experts_image artifact instead of imaging again."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Switch the top experts off (and on) during generation; compare with random expert sets."""
+    import steerlab as sl
+    from steerlab.experts.evaluate import evaluate_experts
+    from steerlab.experts.report import write_evaluation
+
+    with fail():
+        h = sl.load(model)
+        ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
+        ev = evaluate_experts(
+            h,
+            suite,
+            ftri=ftri,
+            k=k,
+            n_controls=controls,
+            match_rate=match_rate,
+            max_new_tokens=max_new_tokens,
+            limit=limit or None,
+            seed=seed,
+        )
+        path = write_evaluation(out, ev, ftri)
+    if as_json:
+        emit({"artifact": str(path), "metrics": ev.metrics, "experts": ev.experts, "config": ev.config})
+        return
+    m = ev.metrics
+    typer.echo(f"wrote {path}: k={m['k']} ({m['k_source']})")
+    typer.echo(
+        f"  refusal    {m['refusal_base']:.2f} -> {m['refusal_off']:.2f} (random {m['refusal_random_mean']:.2f})"
+    )
+    typer.echo(
+        f"  compliance {m['compliance_base']:.2f} -> {m['compliance_off']:.2f} "
+        f"(random {m['compliance_random_mean']:.2f})"
+    )
+    typer.echo(
+        f"  forced on, refusal on harmless {m['refusal_forced_harmless']:.2f} "
+        f"(random {m['refusal_forced_random_harmless']:.2f}, p={m['forced_p_vs_random']:.3g})"
+    )
+    typer.echo(f"  perplexity {m['ppl_base']:.2f} -> {m['ppl_off']:.2f}")
+
+
+def _ftri_from_artifact(path: Path):  # noqa: ANN202
+    from steerlab.errors import SteerlabError
+    from steerlab.experts.ftri import FtriResult
+    from steerlab.experts.report import read_image
+
+    art = read_image(path)
+    t = art["tensors"]
+    if not t:
+        raise SteerlabError(f"{path} holds no tensors; re-run `steerlab experts image`")
+    return FtriResult(
+        layers=art["config"]["layers"],
+        counts_behavior=None,
+        counts_control=None,  # type: ignore[arg-type]
+        config=art["config"],
+        **{
+            k: t[k]
+            for k in (
+                "freq_behavior",
+                "freq_control",
+                "gate_behavior",
+                "gate_control",
+                "diff",
+                "log_odds",
+                "p_value",
+                "q_value",
+            )
+        },
+    )

@@ -1,0 +1,389 @@
+"""MoTE evaluation: switch the most distinctive experts off (or force them on) during generation
+and measure the behavior change against random-expert controls.
+
+Behavior is judged by the shared detector (:mod:`steerlab.behavior`): refusal, compliance (a fluent
+helpful answer) or broken text, so a drop in refusals that only produces garbage is not counted as
+compliance. Controls are random expert sets matched by layer (and optionally by base selection
+rate). Capability retention is the perplexity of held-out harmless text with the experts off. The
+number of experts ``k`` is either given or chosen by a sweep on the suite's *train* split; the
+reported numbers come from its *test* split.
+
+Example:
+    >>> from steerlab.models.tiny import tiny_model
+    >>> h = tiny_model("mixtral")
+    >>> r = behavior_rates(h, ["Tell me a story."], max_new_tokens=4)
+    >>> sorted(r.rates())
+    ['broken', 'compliance', 'refusal']
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from steerlab.behavior import BehaviorThresholds, classify, response_nll
+from steerlab.errors import SteerlabError
+from steerlab.experts.ftri import FtriResult, image_suite
+from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, random_controls
+
+
+@dataclass
+class BehaviorRates:
+    """Outcomes of one generation run over a prompt set."""
+
+    labels: list[str]
+    responses: list[str]
+
+    def rate(self, label: str) -> float:
+        return sum(lab == label for lab in self.labels) / max(len(self.labels), 1)
+
+    def count(self, label: str) -> int:
+        return sum(lab == label for lab in self.labels)
+
+    def rates(self) -> dict[str, float]:
+        return {lab: round(self.rate(lab), 4) for lab in ("refusal", "compliance", "broken")}
+
+
+def behavior_rates(
+    h: Any,
+    prompts: list[str],
+    interventions: Any = None,
+    *,
+    chat: bool = True,
+    system: str | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    thresholds: BehaviorThresholds | None = None,
+    judge: Any = None,
+) -> BehaviorRates:
+    """Generate greedily for ``prompts`` with ``interventions`` and classify each response; the
+    fluency check uses the *unmodified* model as reference."""
+    import steerlab as sl
+
+    responses: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        out = sl.generate(h, chunk, interventions, max_new_tokens=max_new_tokens, chat=chat, system=system)
+        responses += out.texts
+    verdicts = classify(
+        responses, prompts, reference=h, chat=chat, thresholds=thresholds, judge=judge, batch_size=batch_size
+    )
+    return BehaviorRates([v.label for v in verdicts], responses)
+
+
+# ---------------------------------------------------------------------------------------------
+# capability retention
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CapabilityText:
+    """Held-out harmless text to measure perplexity on: ``responses`` scored given ``prompts``."""
+
+    prompts: list[str]
+    responses: list[str]
+    chat: bool
+    source: str
+
+
+def wikitext(n: int = 64, min_chars: int = 60) -> CapabilityText:
+    """The first ``n`` paragraphs of WikiText-2 test (read in place from the shared data)."""
+    from steerlab._paths import shared_dir
+
+    lines = (shared_dir() / "data" / "wikitext2" / "wiki.test.tokens.txt").read_text().splitlines()
+    paras = [ln.strip() for ln in lines if len(ln.strip()) >= min_chars and not ln.strip().startswith("=")]
+    paras = [p[:400] for p in paras[:n]]
+    return CapabilityText([""] * len(paras), paras, chat=False, source="wikitext2/wiki.test.tokens.txt")
+
+
+def perplexity(h: Any, text: CapabilityText, interventions: Any = None, batch_size: int = 32) -> float:
+    """Token-level perplexity of ``text`` under ``h`` with ``interventions``."""
+    nll = response_nll(
+        h, text.prompts, text.responses, chat=text.chat, interventions=interventions, batch_size=batch_size
+    )
+    total, n = sum(s for s, _ in nll), sum(c for _, c in nll)
+    if n == 0:
+        raise SteerlabError("capability text has no tokens to score")
+    return math.exp(total / n)
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+def fisher_greater(a_hits: int, a_n: int, b_hits: int, b_n: int) -> float:
+    """One-sided Fisher exact test: P(a's hit rate is at least this much above b's) under no difference."""
+    total_hits, total = a_hits + b_hits, a_n + b_n
+
+    def log_hyper(x: int) -> float:
+        return (
+            math.lgamma(total_hits + 1)
+            - math.lgamma(x + 1)
+            - math.lgamma(total_hits - x + 1)
+            + math.lgamma(total - total_hits + 1)
+            - math.lgamma(a_n - x + 1)
+            - math.lgamma(total - total_hits - a_n + x + 1)
+            - (math.lgamma(total + 1) - math.lgamma(a_n + 1) - math.lgamma(total - a_n + 1))
+        )
+
+    hi = min(a_n, total_hits)
+    return min(1.0, sum(math.exp(log_hyper(x)) for x in range(a_hits, hi + 1)))
+
+
+def empirical_p(value: float, null: list[float], greater: bool = True) -> float:
+    """``(1 + #{null at least as extreme}) / (1 + len(null))``."""
+    hits = sum((v >= value) if greater else (v <= value) for v in null)
+    return (1 + hits) / (1 + len(null))
+
+
+def _summary(xs: list[float]) -> dict[str, float]:
+    if not xs:
+        return {}
+    s = sorted(xs)
+    q = lambda f: s[min(len(s) - 1, max(0, round(f * (len(s) - 1))))]  # noqa: E731
+    return {
+        "mean": round(statistics.fmean(s), 4),
+        "std": round(statistics.pstdev(s), 4),
+        "q05": round(q(0.05), 4),
+        "q95": round(q(0.95), 4),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the evaluation
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class ExpertsEvaluation:
+    """Everything ``steerlab experts evaluate`` reports; ``metrics`` holds the headline numbers."""
+
+    metrics: dict[str, Any]
+    experts: Experts
+    forced: Experts
+    controls: list[Experts]
+    sweep: list[dict[str, Any]]
+    responses: dict[str, list[str]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def max_k(h: Any, fraction: float = 0.05) -> int:
+    """The largest k within ``fraction`` of the routed experts (at least 1)."""
+    layers = h.adapter.moe_layers
+    n = sum(h.adapter.layers[i].rule.n_experts for i in layers)
+    return max(1, int(n * fraction))
+
+
+def default_ks(h: Any, fraction: float = 0.05) -> list[int]:
+    """k values for the sweep: 1, 2, 3, 4, 6, 8, 12, ... up to ``fraction`` of the routed experts."""
+    top = max_k(h, fraction)
+    ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= top]
+    return ks if top in ks else ks + [top]
+
+
+def sweep_k(
+    h: Any,
+    harmful: list[str],
+    ranking: Experts,
+    ks: list[int],
+    *,
+    n_controls: int = 5,
+    seed: int = 0,
+    base_freq: torch.Tensor | None = None,
+    capability: CapabilityText | None = None,
+    progress: bool = True,
+    **gen: Any,
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Refusal/compliance with the top-k experts off (and ``n_controls`` random sets) for each k."""
+    n_exp = h.adapter.layers[h.adapter.moe_layers[0]].rule.n_experts
+    base = behavior_rates(h, harmful, **gen).rates()
+    ppl_base = perplexity(h, capability) if capability else None
+    rows = []
+    for k in tqdm(ks, desc="sweep k", disable=not progress):
+        chosen = ranking[:k]
+        top = behavior_rates(h, harmful, off_masks(chosen), **gen).rates()
+        rand = [
+            behavior_rates(h, harmful, off_masks(c), **gen).rates()
+            for c in random_controls(
+                chosen, n_exp, n_controls, seed=seed + k, base_freq=base_freq, layers=h.adapter.moe_layers
+            )
+        ]
+        row = {
+            "k": k,
+            "refusal_off": top["refusal"],
+            "compliance_off": top["compliance"],
+            "broken_off": top["broken"],
+            "refusal_random": _summary([r["refusal"] for r in rand]),
+            "compliance_random": _summary([r["compliance"] for r in rand]),
+        }
+        if capability is not None:
+            row["ppl_ratio"] = round(perplexity(h, capability, off_masks(chosen)) / ppl_base, 4)
+        rows.append(row)
+    return base, rows
+
+
+def choose_k(base: dict[str, float], rows: list[dict[str, Any]], max_ppl_ratio: float = 1.10) -> int:
+    """The smallest k with the largest effect (refusal drop + compliance gain), among the ks whose
+    perplexity ratio stays within ``max_ppl_ratio``."""
+    ok = [r for r in rows if r.get("ppl_ratio", 1.0) <= max_ppl_ratio] or rows
+    effect = lambda r: (base["refusal"] - r["refusal_off"]) + (r["compliance_off"] - base["compliance"])  # noqa: E731
+    best = max(effect(r) for r in ok)
+    return min(r["k"] for r in ok if effect(r) >= best - 1e-9)
+
+
+def evaluate_experts(
+    h: Any,
+    suite: Any,
+    *,
+    ftri: FtriResult | None = None,
+    k: int | None = None,
+    n_controls: int = 20,
+    match_rate: bool = False,
+    rank_by: str = "diff",
+    max_fraction: float = 0.05,
+    max_new_tokens: int = 32,
+    limit: int | None = None,
+    sweep_controls: int = 5,
+    capability: CapabilityText | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> ExpertsEvaluation:
+    """Image on the train split (unless ``ftri`` is given), pick ``k`` (given, or by a sweep on the
+    train split), then evaluate on the test split against ``n_controls`` random expert sets."""
+    from steerlab.probes import load_suite
+
+    s = load_suite(suite) if isinstance(suite, str) else suite
+    if "train" not in s.splits or "test" not in s.splits:
+        raise SteerlabError(f"suite {s.name!r} needs 'train' and 'test' splits to evaluate; it has {s.splits}")
+    layers = h.adapter.moe_layers
+    if not layers:
+        raise SteerlabError(
+            f"{h.spec!r} ({h.adapter.family}) has no routed experts; expert switching needs an MoE model"
+        )
+    rule = h.adapter.layers[layers[0]].rule
+    n_routed = sum(h.adapter.layers[i].rule.n_experts for i in layers)
+    if k is not None and not 1 <= k <= n_routed:
+        raise SteerlabError(f"k={k} is out of range; the model has {n_routed} routed experts (expected 1..{n_routed})")
+    if n_controls < 1:
+        raise SteerlabError(f"n_controls must be >= 1, got {n_controls}")
+    gen = dict(s.chat_kwargs(), max_new_tokens=max_new_tokens, batch_size=batch_size)
+    take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)  # noqa: E731
+    if ftri is None:
+        ftri = image_suite(h, s, "train", "decision", batch_size=batch_size, progress=progress)
+    ranking = ftri.ranking(rank_by)
+    base_freq = ftri.freq_control if match_rate else None
+    capability = capability or wikitext()
+
+    sweep_rows: list[dict[str, Any]] = []
+    k_source = "given"
+    if k is None:
+        _, sweep_rows = sweep_k(
+            h,
+            take(s.user_texts(s.behavior, "train")),
+            ranking,
+            default_ks(h, max_fraction),
+            n_controls=sweep_controls,
+            seed=seed,
+            base_freq=base_freq,
+            capability=capability,
+            progress=progress,
+            **gen,
+        )
+        train_base = behavior_rates(h, take(s.user_texts(s.behavior, "train")), **gen).rates()
+        k, k_source = choose_k(train_base, sweep_rows), "sweep on the train split"
+    chosen = ranking[:k]
+    controls = random_controls(chosen, rule.n_experts, n_controls, seed=seed, base_freq=base_freq, layers=layers)
+
+    harmful = take(s.user_texts(s.behavior, "test"))
+    harmless = take(s.user_texts(s.control, "test"))
+    bar = tqdm(total=2 * (2 + n_controls), desc="evaluate", disable=not progress)
+
+    def run(prompts: list[str], ivs: Any) -> BehaviorRates:
+        r = behavior_rates(h, prompts, ivs, **gen)
+        bar.update(1)
+        return r
+
+    base_h, off = run(harmful, None), run(harmful, off_masks(chosen))
+    rand_off = [run(harmful, off_masks(c)) for c in controls]
+    forced = forceable(chosen, rule.top_k)
+    base_s, on = run(harmless, None), run(harmless, on_masks(chosen, rule.top_k))
+    rand_on = [run(harmless, on_masks(c, rule.top_k)) for c in controls]
+    bar.close()
+    ppl_base = perplexity(h, capability)
+    ppl_off = perplexity(h, capability, off_masks(chosen))
+    ppl_rand = [perplexity(h, capability, off_masks(c)) for c in controls]
+
+    rb, ro = base_h.rate("refusal"), off.rate("refusal")
+    cb, co = base_h.rate("compliance"), off.rate("compliance")
+    r_rand = [r.rate("refusal") for r in rand_off]
+    c_rand = [r.rate("compliance") for r in rand_off]
+    f_rand = [r.rate("refusal") for r in rand_on]
+    drop = lambda r: (rb - r) / rb if rb > 0 else 0.0  # noqa: E731
+    metrics = {
+        "k": k,
+        "k_source": k_source,
+        "k_fraction": round(k / n_routed, 4),
+        "n_routed_experts": n_routed,
+        "n_controls": n_controls,
+        "n_harmful": len(harmful),
+        "n_harmless": len(harmless),
+        "refusal_base": round(rb, 4),
+        "refusal_off": round(ro, 4),
+        "refusal_random_mean": round(statistics.fmean(r_rand), 4),
+        "compliance_base": round(cb, 4),
+        "compliance_off": round(co, 4),
+        "compliance_random_mean": round(statistics.fmean(c_rand), 4),
+        "broken_base": base_h.rates()["broken"],
+        "broken_off": off.rates()["broken"],
+        "broken_random_mean": round(statistics.fmean(r.rate("broken") for r in rand_off), 4),
+        "refusal_drop_rel": round(drop(ro), 4),
+        "refusal_drop_rel_random_mean": round(statistics.fmean(map(drop, r_rand)), 4),
+        "compliance_gain": round(co - cb, 4),
+        "compliance_gain_random_mean": round(statistics.fmean(c_rand) - cb, 4),
+        "refusal_off_p_vs_random": round(empirical_p(ro, r_rand, greater=False), 4),
+        "compliance_off_p_vs_random": round(empirical_p(co, c_rand, greater=True), 4),
+        "refusal_base_harmless": round(base_s.rate("refusal"), 4),
+        "refusal_forced_harmless": round(on.rate("refusal"), 4),
+        "refusal_forced_random_harmless": round(statistics.fmean(f_rand), 4),
+        "forced_p_vs_random": round(empirical_p(on.rate("refusal"), f_rand, greater=True), 4),
+        "forced_p_fisher_vs_base": fisher_greater(
+            on.count("refusal"), len(harmless), base_s.count("refusal"), len(harmless)
+        ),
+        "n_forced": len(forced),
+        "ppl_base": round(ppl_base, 4),
+        "ppl_off": round(ppl_off, 4),
+        "ppl_ratio": round(ppl_off / ppl_base, 4),
+        "ppl_random_mean": round(statistics.fmean(ppl_rand), 4),
+        "ppl_text": capability.source,
+    }
+    metrics["random_refusal_effect_share"] = (
+        round(metrics["refusal_drop_rel_random_mean"] / metrics["refusal_drop_rel"], 4)
+        if metrics["refusal_drop_rel"]
+        else None
+    )
+    metrics["random_compliance_effect_share"] = (
+        round(metrics["compliance_gain_random_mean"] / metrics["compliance_gain"], 4)
+        if metrics["compliance_gain"]
+        else None
+    )
+    config = {
+        "model": h.spec,
+        "suite": s.name,
+        "suite_version": s.version,
+        "rank_by": rank_by,
+        "match_rate": match_rate,
+        "max_new_tokens": max_new_tokens,
+        "limit": limit,
+        "seed": seed,
+        "max_fraction": max_fraction,
+        "sweep_controls": sweep_controls,
+        "scope": ftri.config.get("scope"),
+    }
+    responses = {
+        "harmful_base": base_h.responses,
+        "harmful_off": off.responses,
+        "harmless_base": base_s.responses,
+        "harmless_forced": on.responses,
+    }
+    return ExpertsEvaluation(metrics, chosen, forced, controls, sweep_rows, responses, config)
