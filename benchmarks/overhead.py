@@ -101,7 +101,7 @@ def bench_model(name: str, batches: list[int], tokens: int, rounds: int, beside:
         enc = h.tokenize(prompts)
         pad = h.tokenizer.pad_token_id
 
-        def raw_generate(enc: dict = enc) -> Any:
+        def raw_generate(enc: dict = enc, pad: int = pad) -> Any:
             with torch.no_grad():
                 return h.model.generate(
                     **enc, max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=pad
@@ -124,7 +124,7 @@ def bench_model(name: str, batches: list[int], tokens: int, rounds: int, beside:
             with torch.no_grad():
                 return h.model(**enc)
 
-        res["forward_steer_vector"] = paired(lambda: sl.forward(h, enc, interventions=steer), raw_forward, rounds)
+        res["forward_steer_vector"] = paired(lambda enc=enc: sl.forward(h, enc, interventions=steer), raw_forward, rounds)
         out["batches"][bs] = res
         print(f"[{name} b{bs}] " + ", ".join(f"{k} {v['ratio']:.3f}x" for k, v in res.items()), file=sys.stderr)
     return out
