@@ -84,8 +84,15 @@ def _load(name: str) -> Any:
 
         # a mid-size from-config MoE, so the forward is not trivially small
         return tiny_model(
-            "qwen2_moe", hidden_size=256, intermediate_size=512, moe_intermediate_size=128, num_experts=16,
-            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, shared_expert_intermediate_size=256,
+            "qwen2_moe",
+            hidden_size=256,
+            intermediate_size=512,
+            moe_intermediate_size=128,
+            num_experts=16,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            shared_expert_intermediate_size=256,
         )
     raise SystemExit(f"unknown model {name!r}; expected stories, smollm or moe")
 
@@ -124,7 +131,9 @@ def bench_model(name: str, batches: list[int], tokens: int, rounds: int, beside:
             with torch.no_grad():
                 return h.model(**enc)
 
-        res["forward_steer_vector"] = paired(lambda enc=enc: sl.forward(h, enc, interventions=steer), raw_forward, rounds)
+        res["forward_steer_vector"] = paired(
+            lambda enc=enc: sl.forward(h, enc, interventions=steer), raw_forward, rounds
+        )
         out["batches"][bs] = res
         print(f"[{name} b{bs}] " + ", ".join(f"{k} {v['ratio']:.3f}x" for k, v in res.items()), file=sys.stderr)
     return out
@@ -139,9 +148,12 @@ def _nnsight_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: 
     def run() -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.no_grad(), lm.generate(
-                dict(enc), max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=pad
-            ) as tracer:
+            with (
+                torch.no_grad(),
+                lm.generate(
+                    dict(enc), max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=pad
+                ) as tracer,
+            ):
                 for _ in tracer.all():
                     env = lm.get(path)
                     out = env.output
@@ -161,8 +173,12 @@ def _bridge_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: i
     def run() -> None:
         with torch.no_grad(), bridge.hooks(fwd_hooks=[(name, hook)]):
             bridge.generate(
-                enc["input_ids"], max_new_tokens=tokens, do_sample=False, stop_at_eos=False,
-                use_past_kv_cache=True, verbose=False,
+                enc["input_ids"],
+                max_new_tokens=tokens,
+                do_sample=False,
+                stop_at_eos=False,
+                use_past_kv_cache=True,
+                verbose=False,
             )
 
     return run
@@ -190,14 +206,26 @@ def main(argv: list[str] | None = None) -> int:
     floor_keys = [k for k in ratios if k.startswith("smollm_") and k.endswith("generate_steer_vector_ratio")]
     report = {
         "benchmark": "overhead",
-        "settings": {"tokens": args.tokens, "rounds": args.rounds, "threads": args.threads, "batches": batches,
-                     "torch": torch.__version__},
+        "settings": {
+            "tokens": args.tokens,
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "batches": batches,
+            "torch": torch.__version__,
+        },
         "models": {m: {"spec": r["spec"], "n_params": r["n_params"]} for m, r in results.items()},
         "ratios": ratios,
-        "floor": {"generate_steer_vector_ratio_max": FLOOR, "checked": floor_keys,
-                  "passed": all(ratios[k] <= FLOOR for k in floor_keys) if floor_keys else None},
-        "seconds": {f"{m}_b{bs}_{c}": {"steerlab_s": round(v["case_s"], 5), "baseline_s": round(v["base_s"], 5)}
-                    for m, r in results.items() for bs, cs in r["batches"].items() for c, v in cs.items()},
+        "floor": {
+            "generate_steer_vector_ratio_max": FLOOR,
+            "checked": floor_keys,
+            "passed": all(ratios[k] <= FLOOR for k in floor_keys) if floor_keys else None,
+        },
+        "seconds": {
+            f"{m}_b{bs}_{c}": {"steerlab_s": round(v["case_s"], 5), "baseline_s": round(v["base_s"], 5)}
+            for m, r in results.items()
+            for bs, cs in r["batches"].items()
+            for c, v in cs.items()
+        },
     }
     if args.json:
         print(json.dumps(report, indent=2))
