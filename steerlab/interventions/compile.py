@@ -88,13 +88,7 @@ class Plan:
     visits: list[Visit]
     editors: list[ParamEditor]
     records: list[str]
-    needs_state: bool
     n_interventions: int
-
-    @property
-    def empty(self) -> bool:
-        """True when the plan changes and records nothing (engines may then run the bare model)."""
-        return not self.visits and not self.editors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -327,18 +321,15 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
     mid_ops: dict[int, list[ActOp]] = defaultdict(list)
     mask_ops: dict[int, list[Callable]] = defaultdict(list)
     editors: list[ParamEditor] = []
-    needs_state = bool(record)
     for i, iv in enumerate(ivs):
         try:
             if isinstance(iv, ExpertMask):
                 _validate_mask(h, iv)
                 mask_ops[iv.layer].append(_compile_mask(h, iv))
-                needs_state = True
             elif isinstance(iv, ParamEdit):
                 editors.append(ParamEditor(h, iv))
             else:
                 ref, op = _compile_act(h, iv)
-                needs_state = needs_state or op.positions != "all"
                 if ref.component == "resid_mid":
                     mid_ops[ref.layer].append(op)  # type: ignore[index]
                 else:
@@ -408,7 +399,7 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
         elif k in tensor_fns:
             v.apply = _chain(tensor_fns[k])
     ordered = sorted(visits.values(), key=lambda v: (v.key, v.kind != "input"))
-    return Plan(visits=ordered, editors=editors, records=record, needs_state=needs_state, n_interventions=len(ivs))
+    return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs))
 
 
 def _identity(value: Any, state: StepState) -> None:

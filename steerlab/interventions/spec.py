@@ -233,9 +233,6 @@ class InterventionSet:
             for f in _TENSOR_FIELDS:
                 if isinstance(d.get(f), torch.Tensor):
                     d[f] = {"$tensor": f"{i}.{f}"}
-            if isinstance(d.get("positions"), dict) is False and hasattr(iv, "positions"):
-                pos = iv.positions
-                d["positions"] = pos.model_dump() if isinstance(pos, LastK) else pos
             if "scale" in d and isinstance(d["scale"], dict):
                 d["scale"] = {str(k): v for k, v in d["scale"].items()}
             out.append(d)
