@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from steerlab.cli import core, dashboard, probes
+from steerlab.cli import core, dashboard, experts, organisms, probes, sampling
 
 app = typer.Typer(
     name="steerlab",
@@ -16,7 +16,10 @@ core.register(app)
 app.command("dashboard")(dashboard.dashboard)
 
 # Command groups: one sub-app per module, one line each.
+app.add_typer(sampling.app, name="sampling")
 app.add_typer(probes.app, name="probes")
+app.add_typer(organisms.app, name="organisms")
+app.add_typer(experts.app, name="experts")
 
 
 def main() -> None:  # pragma: no cover

@@ -270,7 +270,7 @@ def evaluate_experts(
     gen = dict(s.chat_kwargs(), max_new_tokens=max_new_tokens, batch_size=batch_size)
     take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)  # noqa: E731
     if ftri is None:
-        ftri = image_suite(h, s, "train", "decision", batch_size=batch_size, progress=progress)
+        ftri = image_suite(h, s, "train", "decision", limit=limit, batch_size=batch_size, progress=progress)
     ranking = ftri.ranking(rank_by)
     base_freq = ftri.freq_control if match_rate else None
     capability = capability or wikitext()

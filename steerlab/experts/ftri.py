@@ -341,15 +341,28 @@ def image(
 
 
 def image_suite(
-    h: Any, suite: Any, split: str = "train", scope: str | list[str] = "decision", **kwargs: Any
+    h: Any,
+    suite: Any,
+    split: str = "train",
+    scope: str | list[str] = "decision",
+    limit: int | None = None,
+    **kwargs: Any,
 ) -> FtriResult:
     """:func:`image` on a probe suite's behavior vs control prompts of one split (chat template applied
-    as the suite asks)."""
+    as the suite asks; at most ``limit`` prompts per label)."""
     from steerlab.probes import load_suite
 
     s = load_suite(suite) if isinstance(suite, str) else suite
-    res = image(h, s.user_texts(s.behavior, split), s.user_texts(s.control, split), scope, **s.chat_kwargs(), **kwargs)
+    behavior, control = s.user_texts(s.behavior, split)[:limit], s.user_texts(s.control, split)[:limit]
+    res = image(h, behavior, control, scope, **s.chat_kwargs(), **kwargs)
     res.config.update(
-        {"suite": s.name, "suite_version": s.version, "split": split, "behavior": s.behavior, "control": s.control}
+        {
+            "suite": s.name,
+            "suite_version": s.version,
+            "split": split,
+            "behavior": s.behavior,
+            "control": s.control,
+            "limit": limit,
+        }
     )
     return res

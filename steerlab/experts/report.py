@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +77,42 @@ def token_raster(h: Any, prompt: str, chat: bool = True, system: str | None = No
     }
 
 
+def image_payload(
+    h: Any,
+    res: FtriResult,
+    behavior: list[str],
+    control: list[str],
+    raster: dict[str, Any] | None = None,
+    top: int = 20,
+) -> dict[str, Any]:
+    """Everything an ``experts_image`` artifact holds, as :func:`~steerlab.artifacts.write_artifact`
+    keyword arguments (the dashboard shows it before saving, the CLI writes it)."""
+    from steerlab.viz.experts import expert_raster, ftri_heatmap
+    from steerlab.viz.runs import figure_files
+
+    tensors = {name: getattr(res, name).contiguous() for name in _STATS}
+    figures = {"heatmap": ftri_heatmap(res.diff, res.layers, q_values=res.q_value)}
+    data: dict[str, Any] = {
+        "ranking": res.table(top=len(res.layers) * res.diff.shape[1]),
+        "examples": expert_examples(h, res, behavior, control),
+    }
+    if raster is not None:
+        data["raster"] = raster
+        hl = [(r["layer"], r["expert"]) for r in res.table(top)]
+        figures["raster"] = expert_raster(
+            torch.tensor(raster["experts"]), raster["tokens"], raster["layers"], highlight=hl
+        )
+    metrics = {"top": res.table(top)[:5], "significant_q05": int((res.q_value < 0.05).sum())}
+    return {
+        "kind": "experts_image",
+        "config": res.config,
+        "metrics": metrics,
+        "data": data,
+        "tensors": tensors,
+        "extra_files": figure_files(figures),
+    }
+
+
 def write_image(
     out: str | Path,
     h: Any,
@@ -88,26 +123,7 @@ def write_image(
     top: int = 20,
 ) -> Path:
     """Write an ``experts_image`` artifact."""
-    from steerlab.viz.experts import expert_raster, ftri_heatmap
-
-    tensors = {name: getattr(res, name).contiguous() for name in _STATS}
-    heat = ftri_heatmap(res.diff, res.layers, q_values=res.q_value)
-    files = {"heatmap.html": heat.to_html(include_plotlyjs="cdn", full_html=True)}
-    data: dict[str, Any] = {
-        "ranking": res.table(top=len(res.layers) * res.diff.shape[1]),
-        "examples": expert_examples(h, res, behavior, control),
-        "figures": {"heatmap": json.loads(heat.to_json())},
-    }
-    if raster is not None:
-        data["raster"] = raster
-        hl = [(r["layer"], r["expert"]) for r in res.table(top)]
-        fig = expert_raster(torch.tensor(raster["experts"]), raster["tokens"], raster["layers"], highlight=hl)
-        files["raster.html"] = fig.to_html(include_plotlyjs="cdn", full_html=True)
-        data["figures"]["raster"] = json.loads(fig.to_json())
-    metrics = {"top": res.table(top)[:5], "significant_q05": int((res.q_value < 0.05).sum())}
-    return write_artifact(
-        out, kind="experts_image", config=res.config, metrics=metrics, data=data, tensors=tensors, extra_files=files
-    )
+    return write_artifact(out, **image_payload(h, res, behavior, control, raster, top))
 
 
 def read_image(path: str | Path) -> dict[str, Any]:
@@ -121,19 +137,14 @@ def read_image(path: str | Path) -> dict[str, Any]:
 def write_evaluation(out: str | Path, ev: ExpertsEvaluation, res: FtriResult | None = None) -> Path:
     """Write an ``experts_evaluate`` artifact (with the k-sweep figure when a sweep ran)."""
     from steerlab.viz.experts import ftri_heatmap, rate_vs_k
+    from steerlab.viz.runs import figure_files
 
-    files: dict[str, str] = {}
-    figures: dict[str, Any] = {}
+    figures = {}
     if ev.sweep:
-        base = {"refusal": ev.metrics["refusal_base"], "compliance": ev.metrics["compliance_base"]}
-        fig = rate_vs_k(ev.sweep, base=None if ev.metrics.get("k_source") != "given" else base)
-        files["rate_vs_k.html"] = fig.to_html(include_plotlyjs="cdn", full_html=True)
-        figures["rate_vs_k"] = json.loads(fig.to_json())
+        figures["rate_vs_k"] = rate_vs_k(ev.sweep)
     tensors = {}
     if res is not None:
-        heat = ftri_heatmap(res.diff, res.layers, q_values=res.q_value)
-        files["heatmap.html"] = heat.to_html(include_plotlyjs="cdn", full_html=True)
-        figures["heatmap"] = json.loads(heat.to_json())
+        figures["heatmap"] = ftri_heatmap(res.diff, res.layers, q_values=res.q_value)
         tensors = {name: getattr(res, name).contiguous() for name in _STATS}
     data = {
         "experts": ev.experts,
@@ -141,7 +152,6 @@ def write_evaluation(out: str | Path, ev: ExpertsEvaluation, res: FtriResult | N
         "controls": ev.controls,
         "sweep": ev.sweep,
         "responses": {k: v[:20] for k, v in ev.responses.items()},
-        "figures": figures,
     }
     return write_artifact(
         out,
@@ -150,5 +160,5 @@ def write_evaluation(out: str | Path, ev: ExpertsEvaluation, res: FtriResult | N
         metrics=ev.metrics,
         data=data,
         tensors=tensors,
-        extra_files=files,
+        extra_files=figure_files(figures),
     )

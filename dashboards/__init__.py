@@ -1,0 +1,1 @@
+"""The steerlab Streamlit dashboard (``steerlab dashboard``). See docs/dashboard.md."""
