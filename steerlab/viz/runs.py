@@ -80,14 +80,22 @@ def tensor_summary(art: Artifact) -> list[dict[str, Any]]:
     return rows
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
 def figure_files(figures: dict[str, Any], html: bool = True) -> dict[str, str]:
     """``extra_files`` for :func:`~steerlab.artifacts.write_artifact`: each plotly figure as
-    ``NAME.plotly.json`` (and ``NAME.html`` with plotly.js from its CDN when ``html``)."""
+    ``NAME.plotly.json`` and, when ``html``, a standalone ``NAME.html`` that loads plotly.js from a
+    copy in the same folder (so the figures open offline)."""
     out: dict[str, str] = {}
     for name, fig in figures.items():
         out[name + FIGURE_SUFFIX] = fig.to_json()
         if html:
-            out[name + ".html"] = fig.to_html(include_plotlyjs="cdn", full_html=True)
+            out[name + ".html"] = fig.to_html(include_plotlyjs=PLOTLY_JS, full_html=True)
+    if html and figures:
+        from plotly.offline import get_plotlyjs
+
+        out[PLOTLY_JS] = get_plotlyjs()
     return out
 
 
