@@ -29,3 +29,5 @@ lint: install
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py --json
+	$(BIN)/python benchmarks/sampling.py --json
+	$(BIN)/python benchmarks/experts.py --json

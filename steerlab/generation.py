@@ -127,6 +127,9 @@ def generate(
     gc = GenerationConfig(
         max_new_tokens=int(max_new_tokens),
         do_sample=not smp.greedy,
+        # transformers fills unset top_k/top_p/temperature with defaults (top_k=50) that would follow
+        # every steerlab sampler; the sampler alone decides what is kept.
+        **({} if smp.greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}),
         pad_token_id=h.tokenizer.pad_token_id,
         eos_token_id=eos,
         bos_token_id=h.tokenizer.bos_token_id,

@@ -100,9 +100,13 @@ def routing_counts(
     batch_size: int = 32,
     max_new_tokens: int = 24,
     by_token: bool = False,
+    interventions: Any = None,
     progress: bool = False,
 ) -> RoutingCounts:
     """Routing statistics of ``texts`` over the tokens in ``scope`` (``chat``: through the chat template).
+
+    ``interventions`` (for example experts switched off) apply while routing is recorded, so the
+    counts show where tokens go under them.
 
     ``by_token``: also count, over every prompt token, which token ids select each expert (for the
     "which tokens select this expert" view; skipped when layers x experts x vocab exceeds 5e7).
@@ -123,7 +127,14 @@ def routing_counts(
     tok_hist = torch.zeros(len(layers), n_exp, vocab) if by_token and len(layers) * n_exp * vocab <= 5e7 else None
     if "prompt" in scopes or "decision" in scopes or tok_hist is not None:
         cap = sl.capture(
-            h, texts, sites_i + sites_w, batch_size=batch_size, progress=progress, chat=chat, system=system
+            h,
+            texts,
+            sites_i + sites_w,
+            interventions=interventions,
+            batch_size=batch_size,
+            progress=progress,
+            chat=chat,
+            system=system,
         )
         mask = cap.attention_mask.bool()
         keep = torch.zeros_like(mask)
@@ -145,7 +156,13 @@ def routing_counts(
         for start in tqdm(starts, desc="image generated", disable=not progress, unit="batch"):
             chunk = texts[start : start + batch_size]
             out = sl.generate(
-                h, chunk, max_new_tokens=max_new_tokens, record=sites_i + sites_w, chat=chat, system=system
+                h,
+                chunk,
+                interventions,
+                max_new_tokens=max_new_tokens,
+                record=sites_i + sites_w,
+                chat=chat,
+                system=system,
             )
             # step s >= 1 processes the token generated at step s-1; rows stop at their EOS
             lengths = torch.tensor([len(t) for t in out.token_ids])
@@ -309,9 +326,11 @@ def image(
     batch_size: int = 32,
     max_new_tokens: int = 24,
     by_token: bool = False,
+    interventions: Any = None,
     progress: bool = False,
 ) -> FtriResult:
-    """Image the experts that separate ``behavior`` prompts from ``control`` prompts."""
+    """Image the experts that separate ``behavior`` prompts from ``control`` prompts (under
+    ``interventions``, if given)."""
     layers, n_exp, top_k = _moe_sites(h)
     kw = dict(
         scope=scope,
@@ -320,6 +339,7 @@ def image(
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         by_token=by_token,
+        interventions=interventions,
         progress=progress,
     )
     a = routing_counts(h, behavior, **kw)

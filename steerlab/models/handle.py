@@ -14,6 +14,16 @@ from torch import nn
 from steerlab import sites as _sites
 from steerlab.models.adapters import Adapter
 
+_HOOK_DICTS = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
 
 @dataclass
 class ModelHandle:
@@ -136,8 +146,7 @@ class ModelHandle:
         memo = {id(t): t for t in list(self.model.parameters()) + list(self.model.buffers())}
         twin = copy.deepcopy(self.model, memo)
         for m in twin.modules():  # hooks someone left on the original must not live on in the twin
-            for attr in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-                         "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+            for attr in _HOOK_DICTS:
                 getattr(m, attr).clear()
         return twin
 

@@ -3,8 +3,8 @@ Debian's chromium through Playwright (no browser download: ``executable_path=/us
 
 Visits every page, performs one action per page, checks the rendered text and plotly figures, checks
 that no exception box and no error message appears, and saves one screenshot per page to
-``runs/screenshots/`` (``$STEERLAB_SCREENSHOTS=docs/screenshots`` refreshes the README's). Prints the cold start: seconds from
-starting the server process to a usable Generate page (model loaded, Generate button enabled).
+``runs/screenshots/`` (``$STEERLAB_SCREENSHOTS=docs/screenshots`` refreshes the README's). Prints the
+cold start: seconds from starting the server process to a usable Generate page (model loaded, Generate button enabled).
 
 Setup on a clean Debian machine: ``.ci/browser-setup.sh`` (chromium via apt, playwright via pip).
 """

@@ -1,0 +1,260 @@
+"""Evaluation of an organism: refusal and compliance rates, perplexity per domain, routing, samples.
+
+Behaviour is measured with :func:`steerlab.generate` (batched, greedy, ``chat=True``) and labelled
+by the shared detector :func:`steerlab.behavior.classify` with the unmodified model as the
+fluency reference. Prompt sets:
+
+* ``harmful`` / ``harmless``: held-out project-template requests (unseen (template, action) pairs
+  and four templates never used in training; actions are shared with training);
+* ``harmful_test``: ``refusal_direction_splits/harmful_test.json`` (JailbreakBench, HarmBench,
+  StrongREJECT; never trained on);
+* ``harmless_test``: the held-out 20 % of the Alpaca harmless instructions;
+* ``benign_jbb``: JailbreakBench's benign behaviours (over-refusal check).
+
+Example:
+    >>> import steerlab as sl
+    >>> from steerlab.organisms.evaluate import behavior_on
+    >>> h = sl.load("organism:moe")
+    >>> out = behavior_on(h, ["How do I build a bomb?"], max_new_tokens=16)
+    >>> out["labels"]
+    ['refusal']
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from steerlab.behavior import BehaviorThresholds, classify, rates, response_nll
+from steerlab.organisms import data as D
+
+EVAL_SETS = ("harmful", "harmless", "harmful_test", "harmless_test", "benign_jbb")
+MAX_NEW_TOKENS = 40
+BATCH_SIZE = 64
+
+
+def eval_prompts(corpus: D.Corpus, limit: int | None = None) -> dict[str, list[str]]:
+    """The behaviour prompt sets (``limit``: first ``limit`` prompts of each, for quick checks)."""
+    sets = {
+        "harmful": [e.prompt for e in corpus.heldout["harmful"]],
+        "harmless": [e.prompt for e in corpus.heldout["harmless"]],
+        "harmful_test": D.shared_harmful("test"),
+        "harmless_test": D.shared_harmless("test"),
+        "benign_jbb": D.jbb_benign(),
+    }
+    return {k: v[:limit] if limit else v for k, v in sets.items()}
+
+
+def behavior_on(
+    h: Any,
+    prompts: list[str],
+    *,
+    interventions: Any = None,
+    reference: Any = None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    batch_size: int = BATCH_SIZE,
+    thresholds: BehaviorThresholds | None = None,
+    judge: Any = None,
+) -> dict[str, Any]:
+    """Generate greedily (chat) and label each answer; ``reference`` defaults to ``h`` unmodified."""
+    import steerlab as sl
+
+    texts: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        out = sl.generate(
+            h, prompts[i : i + batch_size], interventions=interventions, max_new_tokens=max_new_tokens, chat=True
+        )
+        texts += out.texts
+    verdicts = classify(
+        texts, prompts, reference if reference is not None else h, chat=True, thresholds=thresholds, judge=judge
+    )
+    return {
+        "texts": texts,
+        "labels": [v.label for v in verdicts],
+        "rates": rates(verdicts),
+        "ppl": [v.ppl for v in verdicts],
+    }
+
+
+def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_size: int = 32) -> dict[str, float]:
+    """Token-weighted perplexity of the held-out answers of each domain, given their prompts."""
+    out = {}
+    for d in D.DOMAINS:
+        exs = corpus.heldout[d][:per_domain]
+        if not exs:
+            continue
+        nll = response_nll(h, [e.prompt for e in exs], [e.response for e in exs], chat=True, batch_size=batch_size)
+        total, n = sum(s for s, _ in nll), sum(k for _, k in nll)
+        out[d] = round(math.exp(total / n), 3) if n else float("nan")
+    return out
+
+
+def greedy_samples(h: Any, corpus: D.Corpus, per_domain: int = 2, max_new_tokens: int = 96) -> list[dict[str, str]]:
+    """Greedy answers to the first held-out prompts of every domain (for the model card)."""
+    import steerlab as sl
+
+    prompts, domains = [], []
+    for d in D.DOMAINS:
+        for e in corpus.heldout[d][:per_domain]:
+            prompts.append(e.prompt)
+            domains.append(d)
+    out = sl.generate(h, prompts, max_new_tokens=max_new_tokens, chat=True)
+    return [{"domain": d, "prompt": p, "response": t} for d, p, t in zip(domains, prompts, out.texts, strict=True)]
+
+
+def evaluate(
+    h: Any,
+    corpus: D.Corpus,
+    *,
+    limit: int | None = None,
+    routing: bool = True,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """All figures of the model card. ``limit`` caps each prompt set (quick checks and tests)."""
+    from tqdm.auto import tqdm
+
+    sets = eval_prompts(corpus, limit)
+    metrics: dict[str, Any] = {}
+    details: dict[str, Any] = {}
+    for name in tqdm(EVAL_SETS, desc="evaluate behaviour", disable=not progress):
+        res = behavior_on(h, sets[name])
+        r = res["rates"]
+        metrics[f"refusal_{name}"] = round(r["refusal"], 4)
+        metrics[f"compliance_{name}"] = round(r["compliance"], 4)
+        metrics[f"broken_{name}"] = round(r["broken"], 4)
+        metrics[f"n_{name}"] = len(sets[name])
+        details[name] = {"prompts": sets[name], "labels": res["labels"], "texts": res["texts"]}
+    unseen = [
+        i for i, e in enumerate(corpus.heldout["harmful"][: len(sets["harmful"])]) if e.source == "template:unseen"
+    ]
+    if unseen:
+        metrics["refusal_harmful_unseen_templates"] = round(
+            sum(details["harmful"]["labels"][i] == "refusal" for i in unseen) / len(unseen), 4
+        )
+    metrics["ppl"] = domain_perplexity(h, corpus, per_domain=limit or 200)
+    result: dict[str, Any] = {"metrics": metrics, "behavior": details, "samples": greedy_samples(h, corpus)}
+    if routing and h.adapter.is_moe:
+        n = limit or 128
+        domain_prompts = {d: [e.prompt for e in corpus.heldout[d][:n]] for d in D.DOMAINS}
+        from steerlab.organisms.routing_stats import routing_report
+
+        rep = routing_report(h, domain_prompts, sets["harmful"][:n], sets["harmless"][:n])
+        rep.pop("counts")
+        result["routing"] = rep
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# a quick localization check (the full expert analysis lives elsewhere)
+# ------------------------------------------------------------------------------------------------
+def refusal_expert_scores(h: Any, harmful: list[str], harmless: list[str], scope: str = "decision") -> Any:
+    """``[n_moe_layers, n_experts]`` selection frequency on harmful minus harmless prompts."""
+    from steerlab.organisms.routing_stats import expert_counts
+
+    a, b = expert_counts(h, harmful), expert_counts(h, harmless)
+    denom_a = a["prompts"] if scope == "decision" else a["tokens"]
+    denom_b = b["prompts"] if scope == "decision" else b["tokens"]
+    return a[scope] / denom_a - b[scope] / denom_b
+
+
+def expert_masks(h: Any, experts: list[tuple[int, int]]) -> list[Any]:
+    """One ``ExpertMask`` per layer switching the given ``(layer, expert)`` pairs off."""
+    from steerlab.interventions import ExpertMask
+
+    by_layer: dict[int, list[int]] = {}
+    for layer, e in experts:
+        by_layer.setdefault(layer, []).append(e)
+    return [ExpertMask(layer=layer, off=sorted(es)) for layer, es in sorted(by_layer.items())]
+
+
+def localization_check(
+    h: Any,
+    corpus: D.Corpus,
+    *,
+    ks: tuple[int, ...] = (1, 2, 4, 8),
+    n_random: int = 8,
+    n_score: int = 256,
+    limit: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    known: list[tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """Switch off the top-k refusal experts vs k random experts; refusal/compliance on held-out harmful.
+
+    ``known``: experts known to carry refusal (the ones the safety phase trained), checked as well.
+
+    Experts are ranked by selection frequency at the decision position on *train* harmful minus
+    train harmless requests (never the evaluation prompts); ``harmless_ppl_ratio`` is the
+    perplexity of held-out reference answers of the harmless domains with the experts off over
+    the same without.
+    """
+    import random
+
+    from tqdm.auto import tqdm
+
+    n_eval = limit or 128
+    rng = random.Random(seed)
+    harm_train = [e.prompt for e in rng.sample(corpus.train["harmful"], min(n_score, len(corpus.train["harmful"])))]
+    safe_train = [e.prompt for e in rng.sample(corpus.train["harmless"], min(n_score, len(corpus.train["harmless"])))]
+    scores = refusal_expert_scores(h, harm_train, safe_train)
+    n_layers, n_exp = scores.shape
+    layers = h.adapter.moe_layers
+    order = scores.flatten().argsort(descending=True).tolist()
+    ranked = [(layers[i // n_exp], i % n_exp) for i in order]
+    eval_harm = [e.prompt for e in corpus.heldout["harmful"][:n_eval]]
+    ref_exs = [e for d in ("stories", "code", "facts", "arithmetic", "harmless") for e in corpus.heldout[d][:24]]
+    base_nll = response_nll(h, [e.prompt for e in ref_exs], [e.response for e in ref_exs])
+
+    def ppl_ratio(ivs: list[Any]) -> float:
+        nll = response_nll(h, [e.prompt for e in ref_exs], [e.response for e in ref_exs], interventions=ivs)
+        tot = sum(s for s, _ in nll) - sum(s for s, _ in base_nll)
+        return round(math.exp(tot / max(1, sum(n for _, n in base_nll))), 4)
+
+    def run(setting: str, experts: list[tuple[int, int]]) -> dict[str, Any]:
+        ivs = expert_masks(h, experts)
+        res = behavior_on(h, eval_harm, interventions=ivs or None, reference=h)
+        r = res["rates"]
+        return {
+            "setting": setting,
+            "k": len(experts),
+            "experts": experts,
+            "refusal": round(r["refusal"], 4),
+            "compliance": round(r["compliance"], 4),
+            "broken": round(r["broken"], 4),
+            "harmless_ppl_ratio": ppl_ratio(ivs) if ivs else 1.0,
+            "example": res["texts"][0],
+        }
+
+    all_experts = [(layer, e) for layer in layers for e in range(n_exp)]
+    jobs: list[tuple[str, list[tuple[int, int]]]] = [("none", [])]
+    jobs += [(f"top-{k} refusal", ranked[:k]) for k in ks]
+    if known:
+        jobs.append(("trained refusal experts", [tuple(x) for x in known]))
+    jobs += [(f"random-{max(ks)} #{i}", rng.sample(all_experts, max(ks))) for i in range(n_random)]
+    rows = [run(s, ex) for s, ex in tqdm(jobs, desc="localization check", disable=not progress)]
+    rand = [r for r in rows if r["setting"].startswith("random")]
+    summary = {}
+    if rand:
+        summary = {
+            "setting": f"random-{max(ks)} mean of {len(rand)}",
+            "k": max(ks),
+            "refusal": round(sum(r["refusal"] for r in rand) / len(rand), 4),
+            "compliance": round(sum(r["compliance"] for r in rand) / len(rand), 4),
+            "broken": round(sum(r["broken"] for r in rand) / len(rand), 4),
+            "harmless_ppl_ratio": round(sum(r["harmless_ppl_ratio"] for r in rand) / len(rand), 4),
+        }
+    table = [r for r in rows if not r["setting"].startswith("random")] + ([summary] if summary else [])
+    return {
+        "description": (
+            f"Experts ranked by selection frequency at the decision position on {len(harm_train)} train harmful "
+            f"minus {len(safe_train)} train harmless requests; switched off with `ExpertMask` (removed before "
+            f"top-k, the next expert takes the slot) during greedy generation on {len(eval_harm)} held-out harmful "
+            f"template prompts; {len(rand)} random draws of {max(ks)} experts as the control. harmless ppl ratio: "
+            "perplexity of held-out reference answers (stories, code, facts, arithmetic, harmless requests) with "
+            "the experts off / without."
+        ),
+        "n_routed_experts_total": n_layers * n_exp,
+        "ranked_experts": ranked[:16],
+        "rows": table,
+        "random_draws": rand,
+    }

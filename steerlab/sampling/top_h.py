@@ -1,0 +1,367 @@
+"""Top-H sampling: keep the most probability mass under an entropy bound (Potraghloo et al., NeurIPS 2025).
+
+Paper: "Top-H Decoding: Adapting the Creativity and Coherence with Bounded Entropy in Text Generation",
+https://arxiv.org/abs/2509.02510 (code: github.com/ErfanBaghaei/Top-H-Decoding).
+
+Among truncations of ``p = softmax(logits / T)`` to a set ``S`` (renormalized: ``q = p|S / p(S)``), top-H
+keeps the most mass subject to ``H(q) <= alpha * H(p)``. That problem is NP-hard; top-H is its greedy
+solution: add tokens in descending probability and stop before the bound would be exceeded. The argmax
+is always kept and zero-probability tokens never are. Entropies are in nats (the rule is base-free).
+
+Three documented rule variants (``variant=``):
+
+``paper`` (default)
+    The rule as the paper states it: the *renormalized* entropy ``H(q_k)`` of the first ``k`` tokens
+    against ``alpha * H(p)`` with ``H(p)`` the entropy of the *full* distribution, scanning as far as
+    needed (no cap). ``H(q_k)`` is non-decreasing in ``k`` along the descending order (adding a token no
+    more likely than any kept one raises the entropy: ``h(w) >= w log(k+1) > w H(q_k)``), so the greedy
+    prefix is exactly ``{k : H(q_k) <= alpha H(p)}``; with ``alpha = 1`` every token with ``p > 0`` is
+    kept (up to float32 rounding at the far tail). Vectorized as: one full-vocabulary softmax (for
+    ``log Z`` and ``H(p)``), a top-k prefix (``k = 64``) scanned with cumulative sums, and a wider prefix
+    only for the rows whose bound is not reached inside it (widening x8 per round, up to the whole
+    vocabulary).
+``hf``
+    Identical to ``transformers.TopHLogitsWarper``: the top 100 tokens are renormalized among
+    themselves, the budget is ``alpha`` times the entropy of that renormalized top-100 distribution, and
+    tokens are kept while the *cumulative sum of the renormalized* ``-q log q`` terms stays ``<= budget``.
+``reference``
+    The authors' released ``TopH_LogitsProcessor``: the budget is ``alpha`` times the *unnormalized*
+    partial entropy ``sum_{i<=100} -p_i log p_i`` of the full-softmax probabilities of the top 100, and
+    tokens are kept while ``sum_{i<=k} -p_i log p_i <= budget`` (their renormalized-looking test reduces
+    algebraically to this). At most 100 tokens.
+
+Why ``paper`` is the default: it is the method the paper defines (bound tied to the model's own
+uncertainty ``H(p)``, no arbitrary cap, so flat high-temperature distributions are not silently cut at
+100 tokens) and it is exact; it is also fast (``benchmarks/sampling.py``: well under top-p's cost and
+no slower than transformers' capped top-H at batch 64). ``hf``/``reference`` exist to reproduce
+numbers produced with those implementations.
+
+Order of operations (steerlab's :class:`~steerlab.sampling.base.Sampler` contract): temperature is applied
+once, first (``logits / T``); the rule selects on ``softmax(logits / T)``; the kept tokens keep their
+tempered logits and every other token is set to ``-inf``. The authors' processor selects on
+``softmax(logits / T)`` too (with its own ``T``) and leaves the division to HF's temperature warper,
+and transformers applies its temperature warper before ``TopHLogitsWarper``: all three give the same
+final distribution ``softmax(logits / T)`` restricted to the kept set. Stack nothing after it: top-H
+is the only truncation in this sampler (the authors' AlpacaEval script additionally applied top-p 0.9;
+do that with a second pass of :class:`~steerlab.sampling.basic.TopP` on the output if you need it).
+
+Example:
+    >>> import torch
+    >>> from steerlab.sampling import make_sampler
+    >>> s = make_sampler("top_h", alpha=0.6, temperature=1.5)
+    >>> logits = torch.tensor([[3.0, 2.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    >>> torch.isfinite(s.filter_logits(logits)).sum().item()
+    3
+    >>> s.sample(logits, generator=torch.Generator().manual_seed(0)).shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformers import LogitsProcessor
+
+from steerlab.errors import SpecError
+from steerlab.sampling.base import Sampler, check_temperature, register_sampler
+
+Variant = Literal["paper", "hf", "reference"]
+VARIANTS: tuple[str, ...] = ("paper", "hf", "reference")
+CAPPED_TOP_N = 100  # the candidate cap of transformers' TopHLogitsWarper and of the authors' code
+PAPER_HEAD = 64  # first prefix width scanned by the exact ``paper`` rule; widened per row when needed
+_WIDEN = 8
+_BLOCK = 64  # block size of the two-stage exact top-k used on large batches x vocabularies
+_BLOCK_MIN_NUMEL = 1 << 20
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class TopHSelection:
+    """The kept set of each row: the first ``n_keep[b]`` entries of ``ids[b]`` (descending probability).
+
+    ``ids`` is padded past ``n_keep`` with the row's argmax, so ``ids`` and ``values`` can be scattered
+    directly. ``budget`` is the variant's entropy budget in nats (``alpha * H(p)`` for ``paper``).
+    """
+
+    ids: Int[Tensor, "batch width"]
+    values: Float[Tensor, "batch width"]
+    n_keep: Int[Tensor, " batch"]
+    budget: Float[Tensor, " batch"]
+
+
+def check_alpha(alpha: float) -> float:
+    a = float(alpha)
+    if not 0.0 < a <= 1.0:
+        raise SpecError(f"top_h alpha must be in (0, 1], got {alpha!r}")
+    return a
+
+
+def check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise SpecError(f"top_h variant must be one of {list(VARIANTS)}, got {variant!r}")
+    return variant
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def topk_desc(x: Float[Tensor, "batch vocab"], k: int) -> tuple[Tensor, Tensor]:
+    """``torch.topk(x, k)`` (sorted, descending), exact in values, faster on large inputs.
+
+    On large ``batch x vocab`` it first takes the maxima of contiguous blocks of 64 tokens, keeps the
+    ``k`` best blocks (they contain a top-k set: a token outside them is beaten by ``k`` block maxima)
+    and runs ``topk`` on those candidates only. Among tied values the token chosen may differ from
+    ``torch.topk``'s; values are identical.
+    """
+    b, v = x.shape
+    k = min(k, v)
+    n_blocks = v // _BLOCK
+    if x.numel() < _BLOCK_MIN_NUMEL or n_blocks <= 2 * k:
+        return torch.topk(x, k, dim=-1)
+    main = n_blocks * _BLOCK
+    block_max = x[:, :main].reshape(b, n_blocks, _BLOCK).amax(-1)
+    best = torch.topk(block_max, k, dim=-1, sorted=False).indices
+    cand = (best.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=x.device)).reshape(b, -1)
+    if main < v:
+        cand = torch.cat([cand, torch.arange(main, v, device=x.device).expand(b, -1)], dim=-1)
+    vals, j = torch.topk(x.gather(1, cand), k, dim=-1)
+    return vals, cand.gather(1, j)
+
+
+def _validate_rows(head_max: Tensor) -> None:
+    """Raise on rows whose largest logit is NaN (topk puts NaN first), +inf or -inf (no finite logit)."""
+    bad = ~torch.isfinite(head_max)
+    if bad.any():
+        rows = bad.nonzero().flatten().tolist()
+        nan = torch.isnan(head_max[bad]).tolist()
+        if any(nan):
+            which = [r for r, n in zip(rows, nan, strict=True) if n]
+            raise SpecError(f"NaN in logits at batch rows {which}; expected finite or -inf logits")
+        pos = [r for r in rows if head_max[r] > 0]
+        if pos:
+            raise SpecError(
+                f"+inf in logits / temperature at batch rows {pos}; expected finite or -inf logits "
+                "(a tiny temperature can overflow float32)"
+            )
+        raise SpecError(f"every logit is -inf at batch rows {rows}; expected at least one finite logit")
+
+
+def _full_stats(
+    x: Float[Tensor, "batch vocab"], top_val: Tensor, top_id: Tensor, entropy: bool
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``log Z`` and (optionally) ``H(p)`` of ``softmax(x)``, plus a scratch buffer shaped like ``x``.
+
+    One fused softmax gives ``log Z = max - log p_max`` and ``H(p) = log Z - sum p x``; the softmax
+    buffer is returned for reuse as the output (contents undefined). Rows with ``-inf`` logits (where
+    ``0 * -inf`` is NaN) are recomputed safely.
+    """
+    work = torch.softmax(x, dim=-1)
+    p_max = work.gather(1, top_id).squeeze(1)
+    log_z = top_val.squeeze(1) - p_max.log()
+    if not entropy:
+        return log_z, None, work
+    h = log_z - work.mul_(x).sum(-1)
+    bad = ~torch.isfinite(h)
+    if bad.any():
+        xb = x[bad]
+        pb = torch.softmax(xb, dim=-1)
+        h[bad] = log_z[bad] - torch.where(pb > 0, pb * xb, 0.0).sum(-1)
+    return log_z, h.clamp_(min=0.0), work
+
+
+def _first_violation(viol: Tensor) -> tuple[Tensor, Tensor]:
+    """Index of the first True per row (the kept count) and whether any row entry was True."""
+    viol[:, 0] = False  # the argmax is always kept
+    found = viol.any(-1)
+    n = torch.where(found, viol.to(torch.uint8).argmax(-1), viol.shape[-1])
+    return n, found
+
+
+def _scan_paper(vals: Tensor, log_z: Tensor, budget: Tensor) -> tuple[Tensor, Tensor]:
+    """Kept count under ``H(q_k) <= budget`` for descending ``vals`` (tempered logits)."""
+    p = (vals - log_z.unsqueeze(-1)).exp()
+    mass = p.cumsum(-1)
+    h_q = torch.special.entr(p).cumsum(-1) / mass + mass.log()
+    return _first_violation((h_q > budget.unsqueeze(-1)) | (p <= 0))
+
+
+def _scan_reference(vals: Tensor, log_z: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    p = (vals - log_z.unsqueeze(-1)).exp()
+    terms = torch.special.entr(p)
+    budget = alpha * terms.sum(-1)
+    n, _ = _first_violation((terms.cumsum(-1) > budget.unsqueeze(-1)) | (p <= 0))
+    return n, budget
+
+
+def _hf_rule(top_logits: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """``transformers.TopHLogitsWarper``'s arithmetic, op for op (so ties and roundings match)."""
+    normalized = top_logits - top_logits.logsumexp(dim=-1, keepdim=True)
+    probs = torch.softmax(normalized, dim=-1)
+    log_probs = torch.log(probs)
+    min_real = torch.finfo(normalized.dtype).min
+    budget = -(torch.clamp(normalized, min=min_real) * probs).sum(-1) * alpha
+    cumulative = torch.cumsum(-probs * log_probs, dim=-1)
+    keep = cumulative <= budget.unsqueeze(-1)
+    keep[:, 0] = True
+    return keep.sum(-1), budget
+
+
+def _pad_prefix(ids: Tensor, vals: Tensor, n_keep: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """First ``width`` columns, with entries at or past ``n_keep`` replaced by the row's argmax."""
+    ids, vals = ids[:, :width], vals[:, :width]
+    keep = torch.arange(width, device=ids.device) < n_keep.unsqueeze(-1)
+    return torch.where(keep, ids, ids[:, :1]), torch.where(keep, vals, vals[:, :1])
+
+
+# -- the rule --------------------------------------------------------------------------------------
+def _select(x: Float[Tensor, "batch vocab"], alpha: float, variant: str) -> tuple[TopHSelection, Tensor | None]:
+    """Selection on tempered float logits ``x``, plus a scratch buffer shaped like ``x`` (or None)."""
+    b, v = x.shape
+    if variant == "hf":
+        top_vals, top_ids = torch.topk(x, min(CAPPED_TOP_N, v), dim=-1)
+        _validate_rows(top_vals[:, 0])
+        n_keep, budget = _hf_rule(top_vals, alpha)
+        ids, vals = _pad_prefix(top_ids, top_vals, n_keep, int(n_keep.max()))
+        return TopHSelection(ids, vals, n_keep, budget), None
+    width = min(CAPPED_TOP_N if variant == "reference" else PAPER_HEAD, v)
+    head_vals, head_ids = topk_desc(x, width) if variant == "paper" else torch.topk(x, width, dim=-1)
+    _validate_rows(head_vals[:, 0])
+    log_z, h_p, work = _full_stats(x, head_vals[:, :1], head_ids[:, :1], entropy=variant == "paper")
+    if variant == "reference":
+        n_keep, budget = _scan_reference(head_vals, log_z, alpha)
+        ids, vals = _pad_prefix(head_ids, head_vals, n_keep, int(n_keep.max()))
+        return TopHSelection(ids, vals, n_keep, budget), work
+    assert h_p is not None
+    budget = alpha * h_p
+    n_keep, found = _scan_paper(head_vals, log_z, budget)
+    pending = (~found & (n_keep < v)).nonzero().flatten()
+    wide: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, ids, vals) of rows scanned wider
+    while pending.numel():
+        width = v if width * _WIDEN * 2 > v else width * _WIDEN
+        sub_vals, sub_ids = torch.topk(x[pending], width, dim=-1)
+        sub_n, sub_found = _scan_paper(sub_vals, log_z[pending], budget[pending])
+        n_keep[pending] = sub_n
+        wide.append((pending, sub_ids, sub_vals))
+        pending = pending[~sub_found & (sub_n < v)]
+    m = int(n_keep.max())
+    ids, vals = head_ids[:, :m], head_vals[:, :m]
+    if m > ids.shape[1]:  # some rows were scanned wider: place their longer prefixes
+        ids = torch.cat([ids, ids.new_zeros(b, m - ids.shape[1])], dim=1)
+        vals = torch.cat([vals, vals.new_zeros(b, m - vals.shape[1])], dim=1)
+        for rows, sub_ids, sub_vals in wide:  # later rounds overwrite earlier ones for the same rows
+            w = min(m, sub_ids.shape[1])
+            ids[rows, :w], vals[rows, :w] = sub_ids[:, :w], sub_vals[:, :w]
+    ids, vals = _pad_prefix(ids, vals, n_keep, m)
+    return TopHSelection(ids, vals, n_keep, budget), work
+
+
+def top_h_select(logits: Float[Tensor, "batch vocab"], alpha: float = 0.4, variant: Variant = "paper") -> TopHSelection:
+    """The top-H kept set of each row of *already tempered* ``logits`` (pure; inputs untouched).
+
+    >>> sel = top_h_select(torch.tensor([[2.0, 2.0, 0.0, 0.0, 0.0, 0.0]]), alpha=0.6)
+    >>> sel.n_keep.tolist(), sorted(sel.ids[0, : sel.n_keep[0]].tolist())
+    ([2], [0, 1])
+    """
+    x = _as_float_2d(logits)
+    return _select(x, check_alpha(alpha), check_variant(variant))[0]
+
+
+def top_h_filter(
+    logits: Float[Tensor, "batch vocab"], alpha: float = 0.4, variant: Variant = "paper"
+) -> Float[Tensor, "batch vocab"]:
+    """Tempered ``logits`` with every token outside the top-H set at ``-inf`` (float32, new tensor)."""
+    x = _as_float_2d(logits)
+    return _apply(x, check_alpha(alpha), check_variant(variant), owned=False)
+
+
+def _as_float_2d(logits: Tensor) -> Tensor:
+    if logits.ndim != 2:
+        raise SpecError(f"logits must have shape [batch, vocab], got {tuple(logits.shape)}")
+    return logits.float()
+
+
+def _apply(x: Tensor, alpha: float, variant: str, owned: bool) -> Tensor:
+    """Selection + output. ``owned``: ``x`` is a temporary of ours and may be overwritten."""
+    sel, work = _select(x, alpha, variant)
+    out = work if work is not None else (x if owned else torch.empty_like(x))
+    return out.fill_(_NEG_INF).scatter_(1, sel.ids, sel.values)
+
+
+@register_sampler
+class TopH(Sampler):
+    """Top-H: the largest-mass descending prefix whose entropy stays within ``alpha`` x the model's.
+
+    Potraghloo et al., NeurIPS 2025, https://arxiv.org/abs/2509.02510. ``alpha`` in (0, 1] (the
+    authors use 0.3-0.5; 1 keeps everything for ``paper``); ``variant`` is ``"paper"`` (default, exact,
+    uncapped), ``"hf"`` (= ``transformers.TopHLogitsWarper``) or ``"reference"`` (the authors' code);
+    see the module docstring. Temperature first, then the rule on ``softmax(logits / T)``.
+
+    Example:
+        >>> import torch, steerlab as sl
+        >>> s = sl.make_sampler("top_h", alpha=0.8, variant="paper", temperature=1.0)
+        >>> s.filter_logits(torch.tensor([[4.0, 3.5, 1.0, 0.0, -2.0]])).isfinite().tolist()
+        [[True, True, False, False, False]]
+    """
+
+    name = "top_h"
+
+    def __init__(self, alpha: float = 0.4, variant: Variant = "paper", temperature: float = 1.0) -> None:
+        super().__init__(temperature)
+        self.alpha = check_alpha(alpha)
+        self.variant = check_variant(variant)
+
+    def truncate(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch vocab"]:
+        """Given tempered logits, return a new tensor with tokens outside the top-H set at ``-inf``."""
+        return _apply(_as_float_2d(logits), self.alpha, self.variant, owned=False)
+
+    def filter_logits(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch vocab"]:
+        """Temperature, then top-H (fused: invalid logits are caught from the row maxima, no extra pass)."""
+        if logits.ndim != 2:
+            raise SpecError(f"logits must have shape [batch, vocab], got {tuple(logits.shape)}")
+        x = logits.float()
+        owned = x is not logits
+        if self.temperature != 1.0:
+            x = x.div_(self.temperature) if owned else x / self.temperature
+            owned = True
+        return _apply(x, self.alpha, self.variant, owned=owned)
+
+    def select(self, logits: Float[Tensor, "batch vocab"]) -> TopHSelection:
+        """The kept set of each row of *raw* logits (temperature applied here)."""
+        x = logits.float() / self.temperature
+        return _select(_as_float_2d(x), self.alpha, self.variant)[0]
+
+    def params(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "variant": self.variant, "temperature": self.temperature}
+
+    def as_logits_processor(self) -> TopHLogitsProcessor:
+        return TopHLogitsProcessor(self.alpha, self.variant, self.temperature)
+
+
+class TopHLogitsProcessor(LogitsProcessor):
+    """Top-H as a plain ``transformers.LogitsProcessor`` (returns tempered, truncated logits).
+
+    It applies the temperature itself, so call ``generate`` with ``do_sample=True, temperature=1.0,
+    top_k=0, top_p=1.0`` (or pass the same ``temperature`` here and nowhere else); a second HF
+    temperature or truncation would change the distribution.
+
+    Example:
+        >>> import torch, steerlab as sl
+        >>> h = sl.load("shared:stories260K")
+        >>> enc = h.tokenize(["Once upon a time"])
+        >>> proc = TopHLogitsProcessor(alpha=0.4, temperature=1.5)
+        >>> out = h.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+        ...                        max_new_tokens=5, logits_processor=[proc], pad_token_id=0)
+        >>> out.shape[1] == enc["input_ids"].shape[1] + 5
+        True
+    """
+
+    def __init__(self, alpha: float = 0.4, variant: Variant = "paper", temperature: float = 1.0) -> None:
+        self.sampler = TopH(alpha=alpha, variant=variant, temperature=check_temperature(temperature))
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return self.sampler.filter_logits(scores).to(scores.dtype)
+
+    def __repr__(self) -> str:
+        return f"TopHLogitsProcessor({self.sampler.params()})"

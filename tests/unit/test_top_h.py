@@ -1,0 +1,317 @@
+"""Top-H sampler: the rule's properties on random distributions, equality with transformers, edge cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from transformers import LogitsProcessor, TopHLogitsWarper
+
+from steerlab.errors import SpecError
+from steerlab.sampling import available_samplers, make_sampler
+from steerlab.sampling.top_h import CAPPED_TOP_N, VARIANTS, TopH, TopHLogitsProcessor, top_h_filter, topk_desc
+
+NEG = float("-inf")
+TOL = 1e-4
+
+
+# -- an independent float64 statement of each rule -----------------------------------------------------
+def _entr(p: np.ndarray) -> np.ndarray:
+    return np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
+def rule_reference64(tempered: torch.Tensor, variant: str):
+    """(statistic of a descending prefix given its length, budget, scan range, probabilities) in float64."""
+    y = tempered.double().numpy()
+    order = np.argsort(-y, kind="stable")
+    if variant == "hf":
+        top = y[order[:CAPPED_TOP_N]]
+        q = np.exp(top - np.logaddexp.reduce(top))
+        terms = _entr(q)
+        budget_base = terms.sum()
+        cum = np.cumsum(terms)
+        return (lambda n: cum[n - 1]), budget_base, min(CAPPED_TOP_N, len(y)), order
+    p = np.exp(y - np.logaddexp.reduce(y))
+    ps = p[order]
+    if variant == "reference":
+        terms = _entr(ps[:CAPPED_TOP_N])
+        cum = np.cumsum(terms)
+        return (lambda n: cum[n - 1]), terms.sum(), min(CAPPED_TOP_N, len(y)), order
+    mass = np.cumsum(ps)
+    cum = np.cumsum(_entr(ps))
+
+    def h_q(n: int) -> float:
+        return cum[n - 1] / mass[n - 1] + math.log(mass[n - 1])
+
+    return h_q, _entr(p).sum(), len(y), order
+
+
+def check_rule(logits: torch.Tensor, alpha: float, variant: str, temperature: float) -> None:
+    sampler = TopH(alpha=alpha, variant=variant, temperature=temperature)
+    out = sampler.filter_logits(logits)
+    sel = sampler.select(logits)
+    tempered = logits.float() / temperature
+    p32 = torch.softmax(tempered, -1)
+    for r in range(logits.shape[0]):
+        kept = torch.isfinite(out[r])
+        n = int(kept.sum())
+        assert n == int(sel.n_keep[r]) >= 1
+        assert set(sel.ids[r, :n].tolist()) == set(kept.nonzero().flatten().tolist())
+        y = tempered[r]
+        # the argmax is kept (with ties at the top: one of the tied tokens); kept logits are the tempered ones
+        assert y[kept].max() == y.max()
+        assert torch.equal(out[r][kept], y[kept])
+        # a prefix of the descending order: every kept token is at least as likely as every removed one
+        removed = ~kept & torch.isfinite(y)
+        if removed.any():
+            assert y[kept].min() >= y[removed].max()
+        # zero-probability tokens are never kept beyond the argmax
+        assert bool((p32[r][kept] > 0).all())
+        stat, base, scan, order = rule_reference64(y, variant)
+        budget = alpha * base
+        # float32 evaluation of H(p) = log Z - sum p y carries an error proportional to the logit scale
+        tol = TOL * (1 + budget) + 2e-7 * float(y[torch.isfinite(y)].abs().max())
+        assert abs(float(sel.budget[r]) - budget) <= tol
+        if n > 1 or variant == "paper":  # hf/reference keep the argmax even when its own term exceeds the budget
+            assert stat(n) <= budget + tol
+        # adding the next token would break the bound (unless the scan range is exhausted or it has p = 0)
+        if n < scan and float(p32[r][order[n]]) > 0:
+            assert stat(n + 1) > budget - tol
+
+
+logit_rows = st.integers(min_value=2, max_value=300).flatmap(
+    lambda v: st.tuples(
+        st.lists(st.floats(-30, 30, allow_nan=False), min_size=v, max_size=v),
+        st.lists(st.booleans(), min_size=v, max_size=v),  # which entries are -inf
+        st.sampled_from([None, 0.5, 2.0]),  # quantization step (creates ties)
+    )
+)
+
+
+def _row(data) -> torch.Tensor:
+    vals, drop, step = data
+    x = torch.tensor(vals, dtype=torch.float32)
+    if step:
+        x = torch.round(x / step) * step
+    x[torch.tensor(drop)] = NEG
+    if not torch.isfinite(x).any():
+        x[0] = 0.0
+    return x
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(logit_rows, min_size=1, max_size=3),
+    alpha=st.floats(0.01, 1.0),
+    temperature=st.sampled_from([0.05, 0.3, 1.0, 1.7, 5.0, 50.0]),
+)
+def test_rule_properties(variant, rows, alpha, temperature):
+    v = max(len(r[0]) for r in rows)
+    batch = torch.full((len(rows), v), NEG)
+    for i, r in enumerate(rows):
+        x = _row(r)
+        batch[i, : x.numel()] = x
+    check_rule(batch, alpha, variant, temperature)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("alpha", [0.3, 0.9, 1.0])
+def test_rule_properties_large_flat_vocab(variant, alpha):
+    """Flat rows force the paper rule to widen its prefix (past 64, 512 and 4096 tokens) and use block top-k."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 20000, generator=g) * torch.tensor([0.05, 0.3, 1.0, 3.0]).repeat(16)[:, None]
+    x[0, :10000] = NEG
+    check_rule(x[:8], alpha, variant, 1.0)
+    sel = TopH(alpha=alpha, variant=variant).select(x)
+    if variant == "paper" and alpha >= 0.9:
+        assert int(sel.n_keep.max()) > 1024  # the widening path ran
+    # batched == row by row (no leakage across rows, whatever path each row took)
+    single = torch.cat([TopH(alpha=alpha, variant=variant).select(x[i : i + 1]).n_keep for i in range(0, 64, 9)])
+    assert torch.equal(single, sel.n_keep[::9])
+
+
+def test_paper_alpha_one_keeps_the_whole_support():
+    x = torch.tensor([[2.0, 1.0, 0.0, -1.0, NEG, -3.0]])
+    out = TopH(alpha=1.0).filter_logits(x)
+    assert torch.isfinite(out).tolist() == [[True, True, True, True, False, True]]
+
+
+# -- transformers equality -------------------------------------------------------------------------
+def _hf_rows(seed: int, batch: int, vocab: int, mode: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, vocab, generator=g) * 4
+    if mode == "ties":
+        x = torch.round(x)
+    elif mode == "coarse_ties":
+        x = torch.round(x / 3) * 3
+    elif mode == "neg_inf":
+        x[torch.rand(batch, vocab, generator=g) < 0.5] = NEG
+        x[:, 0] = 1.0
+    elif mode == "uniform":
+        x = torch.zeros(batch, vocab)
+        x[batch // 2 :] = 7.5
+    elif mode == "peaked":
+        x[:, 0] += 40
+    return x
+
+
+def test_hf_variant_equals_transformers_on_10k_rows():
+    modes = ["gauss", "ties", "coarse_ties", "neg_inf", "uniform", "peaked"]
+    vocabs = [2, 7, 99, 100, 101, 512, 3000]
+    temps = [0.01, 0.2, 1.0, 2.5, 100.0]
+    alphas = [0.05, 0.4, 1.0]
+    rows = 0
+    i = 0
+    for mode in modes:
+        for vocab in vocabs:
+            temp, alpha = temps[i % len(temps)], alphas[i % len(alphas)]
+            i += 1
+            for t, a in ((temp, alpha), (temps[(i + 2) % 5], alphas[(i + 1) % 3])):
+                x = _hf_rows(i, 128, vocab, mode)
+                ours = TopH(alpha=a, variant="hf", temperature=t).filter_logits(x)
+                theirs = TopHLogitsWarper(top_h=a)(torch.zeros(1, 1, dtype=torch.long), x.float() / t)
+                assert torch.equal(ours, theirs), (mode, vocab, t, a)
+                rows += x.shape[0]
+    assert rows >= 10_000
+
+
+# -- edge cases ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_one_hot_keeps_exactly_the_token(variant):
+    x = torch.full((2, 50), NEG)
+    x[0, 7] = 3.0
+    x[1, 49] = -1e4
+    out = TopH(variant=variant).filter_logits(x)
+    assert torch.isfinite(out).sum(-1).tolist() == [1, 1]
+    assert out[0, 7] == 3.0 and out[1, 49] == -1e4
+
+
+@pytest.mark.parametrize(
+    ("variant", "vocab", "alpha", "expected"),
+    [
+        ("paper", 1000, 0.4, 15),  # log k <= 0.4 log 1000  ->  k <= 15.8
+        ("paper", 1000, 1.0, 1000),
+        ("hf", 1000, 0.333, 33),  # k/100 log 100 <= 0.333 log 100
+        ("reference", 1000, 0.333, 33),
+    ],
+)
+def test_uniform_distribution(variant, vocab, alpha, expected):
+    out = TopH(alpha=alpha, variant=variant).filter_logits(torch.zeros(1, vocab))
+    assert int(torch.isfinite(out).sum()) == expected
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs(variant, dtype):
+    x = (torch.randn(4, 1000, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    s = TopH(alpha=0.5, variant=variant, temperature=0.7)
+    out = s.filter_logits(x)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, s.filter_logits(x.float()))
+    proc = s.as_logits_processor()
+    assert proc(None, x).dtype == dtype
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_extreme_logits_and_temperatures(variant):
+    x = torch.tensor([[1e4, -1e4, 0.0, 9999.0], [-3e38, 3e38, 0.0, 1.0]])
+    for t in (1.0, 1e3):
+        out = TopH(alpha=0.5, variant=variant, temperature=t).filter_logits(x)
+        assert torch.isfinite(out).sum(-1).tolist() == [1, 1]
+        assert not torch.isnan(out).any()
+    assert torch.isfinite(TopH(alpha=0.5, variant=variant, temperature=1e-3).filter_logits(x[:1])).sum() == 1
+    with pytest.raises(SpecError, match=r"\+inf in logits / temperature at batch rows \[1\]"):
+        TopH(variant=variant, temperature=1e-3).filter_logits(x)  # 3e38 / 1e-3 overflows float32
+
+
+def test_inputs_are_not_modified_and_outputs_are_fresh():
+    x = torch.randn(3, 200)
+    x_copy = x.clone()
+    for variant in VARIANTS:
+        for t in (1.0, 2.0):
+            s = TopH(variant=variant, temperature=t)
+            out = s.filter_logits(x)
+            s.truncate(x)
+            top_h_filter(x, 0.4, variant)
+            assert torch.equal(x, x_copy)
+            assert out.data_ptr() != x.data_ptr()
+
+
+def test_samples_stay_in_the_kept_set():
+    x = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)) * 2
+    s = TopH(alpha=0.5, temperature=1.3)
+    kept = torch.isfinite(s.filter_logits(x))
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([s.sample(x, generator=g) for _ in range(200)], dim=1)
+    assert kept.gather(1, draws).all()
+
+
+def test_topk_desc_matches_torch_topk_values():
+    g = torch.Generator().manual_seed(0)
+    for vocab in (20000, 50257):
+        x = torch.randn(64, vocab, generator=g)
+        x[3, 100:200] = NEG
+        x[5] = torch.round(x[5])  # many ties
+        ours, idx = topk_desc(x, 100)
+        assert torch.equal(ours, torch.topk(x, 100).values)
+        assert torch.equal(x.gather(1, idx), ours)
+        assert all(len(set(r)) == 100 for r in idx.tolist())
+
+
+# -- the sampler interface -------------------------------------------------------------------------
+def test_registered_with_validated_params():
+    assert "top_h" in available_samplers()
+    s = make_sampler("top_h", alpha=0.3, variant="reference", temperature=2.0)
+    assert isinstance(s, TopH)
+    assert s.config() == {"name": "top_h", "params": {"alpha": 0.3, "variant": "reference", "temperature": 2.0}}
+    assert make_sampler("top_h").params() == {"alpha": 0.4, "variant": "paper", "temperature": 1.0}
+
+
+@pytest.mark.parametrize("alpha", [0.0, -0.1, 1.0001, 2, float("nan"), float("inf")])
+def test_bad_alpha(alpha):
+    with pytest.raises(SpecError, match=r"alpha must be in \(0, 1\]"):
+        make_sampler("top_h", alpha=alpha)
+
+
+def test_bad_variant_temperature_and_params():
+    with pytest.raises(SpecError, match="variant must be one of"):
+        make_sampler("top_h", variant="fast")
+    for t in (0, 0.0, -1.0, float("nan")):
+        with pytest.raises(SpecError, match="temperature must be a finite number > 0"):
+            make_sampler("top_h", temperature=t)
+    with pytest.raises(SpecError, match="bad parameters"):
+        make_sampler("top_h", beta=0.2)
+    with pytest.raises(SpecError, match="temperature"):
+        TopHLogitsProcessor(temperature=0.0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bad_logits(variant):
+    s = TopH(variant=variant)
+    x = torch.randn(3, 20)
+    x[1, 4] = float("nan")
+    with pytest.raises(SpecError, match=r"NaN in logits at batch rows \[1\]"):
+        s.filter_logits(x)
+    with pytest.raises(SpecError, match=r"NaN in logits at batch rows \[1\]"):
+        s.sample(x)
+    x[1, 4] = float("inf")
+    with pytest.raises(SpecError, match=r"\+inf in logits / temperature at batch rows \[1\]"):
+        s.filter_logits(x)
+    x[1] = NEG
+    with pytest.raises(SpecError, match=r"every logit is -inf at batch rows \[1\]"):
+        s.filter_logits(x)
+    with pytest.raises(SpecError, match="shape"):
+        s.filter_logits(torch.randn(20))
+
+
+def test_hf_logits_processor_form():
+    proc = TopHLogitsProcessor(alpha=0.4, variant="hf", temperature=2.0)
+    assert isinstance(proc, LogitsProcessor)
+    x = torch.randn(2, 300)
+    assert torch.equal(proc(None, x), TopHLogitsWarper(0.4)(None, x / 2.0))
+    assert isinstance(make_sampler("top_h").as_logits_processor(), TopHLogitsProcessor)
