@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -258,3 +258,64 @@ def rates(verdicts: Sequence[Verdict]) -> dict[str, float]:
     """Fraction of each label (``refusal``, ``compliance``, ``broken``); zeros for an empty list."""
     n = len(verdicts)
     return {lab: (sum(v.label == lab for v in verdicts) / n if n else 0.0) for lab in LABELS}
+
+
+@dataclass
+class BehaviorRates:
+    """Outcomes of one greedy generation run over a prompt set: responses, labels and their perplexities."""
+
+    labels: list[str]
+    responses: list[str]
+    ppl: list[float | None] = field(default_factory=list)
+
+    def rate(self, label: str) -> float:
+        return sum(lab == label for lab in self.labels) / max(len(self.labels), 1)
+
+    def count(self, label: str) -> int:
+        return sum(lab == label for lab in self.labels)
+
+    def rates(self) -> dict[str, float]:
+        return {lab: round(self.rate(lab), 4) for lab in LABELS}
+
+
+def behavior_rates(
+    h: Any,
+    prompts: list[str],
+    interventions: Any = None,
+    *,
+    chat: bool = True,
+    system: str | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 64,
+    reference: Any = None,
+    thresholds: BehaviorThresholds | None = None,
+    judge: Judge | None = None,
+) -> BehaviorRates:
+    """Generate greedily for ``prompts`` with ``interventions`` and label each response.
+
+    The fluency check uses ``reference`` (default: ``h`` itself, which runs without the
+    interventions: they only apply inside this call's generation).
+
+    Example:
+        >>> from steerlab.models.tiny import tiny_model
+        >>> r = behavior_rates(tiny_model("llama"), ["Tell me a story."], max_new_tokens=4)
+        >>> sorted(r.rates())
+        ['broken', 'compliance', 'refusal']
+    """
+    import steerlab as sl
+
+    responses: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        out = sl.generate(h, chunk, interventions, max_new_tokens=max_new_tokens, chat=chat, system=system)
+        responses += out.texts
+    verdicts = classify(
+        responses,
+        prompts,
+        reference=reference if reference is not None else h,
+        chat=chat,
+        thresholds=thresholds,
+        judge=judge,
+        batch_size=batch_size,
+    )
+    return BehaviorRates([v.label for v in verdicts], responses, [v.ppl for v in verdicts])

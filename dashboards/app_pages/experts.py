@@ -56,7 +56,9 @@ tab_image, tab_switch, tab_k = st.tabs(["Imaging", "Switch and regenerate", "Beh
 with tab_image:
     suites = list_suites()
     c1, c2, c3, c4 = st.columns([2, 1, 2, 1])
-    shell.init_state(f"{P}.suite", "refusal" if "refusal" in suites else suites[0])
+    # an organism's trained behavior is imaged best on its own templates; any other model on real prompts
+    preferred = "organism-refusal" if str(h.spec).startswith("organism:") else "refusal"
+    shell.init_state(f"{P}.suite", preferred if preferred in suites else suites[0])
     suite_name = c1.selectbox("Probe suite", suites, key=f"{P}.suite")
     suite = load_suite(suite_name)
     shell.init_state(f"{P}.split", "train" if "train" in suite.splits else suite.splits[0])
@@ -165,7 +167,7 @@ with tab_switch:
         help="off: removed before top-k (the next expert takes the slot); on: forced into the top-k "
         f"(at most top_k={rule.top_k} per layer)",
     )
-    suite = load_suite(st.session_state.get(f"{P}.suite", "refusal"))
+    suite = load_suite(st.session_state.get(f"{P}.suite", preferred))
     shell.init_state(
         f"{P}.sw_prompts",
         "\n".join(

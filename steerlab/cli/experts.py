@@ -79,6 +79,10 @@ def evaluate_cmd(
     k: int = typer.Option(None, "--k", help="Experts to switch; default: chosen by a sweep on the train split."),
     controls: int = typer.Option(20, "--controls", help="Random expert sets (matched by layer)."),
     match_rate: bool = typer.Option(False, "--match-rate", help="Also match random experts by base selection rate."),
+    select: str = typer.Option(
+        "ftri", "--select", help="Switching order: ftri (MoTE ranking), reimage, or ablation (refined on train)."
+    ),
+    candidates: int = typer.Option(40, "--candidates", help="fTRI candidates for --select ablation."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
     limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per set (0: all)."),
     image_dir: Path = typer.Option(None, "--image", help="Reuse an experts_image artifact instead of imaging again."),
@@ -101,6 +105,8 @@ def evaluate_cmd(
             k=k,
             n_controls=controls,
             match_rate=match_rate,
+            select=select,
+            n_candidates=candidates,
             max_new_tokens=max_new_tokens,
             limit=limit or None,
             seed=seed,
@@ -110,7 +116,7 @@ def evaluate_cmd(
         emit({"artifact": str(path), "metrics": ev.metrics, "experts": ev.experts, "config": ev.config})
         return
     m = ev.metrics
-    typer.echo(f"wrote {path}: k={m['k']} ({m['k_source']})")
+    typer.echo(f"wrote {path}: k={m['k']} ({m['k_source']}, select={select})")
     typer.echo(
         f"  refusal    {m['refusal_base']:.2f} -> {m['refusal_off']:.2f} (random {m['refusal_random_mean']:.2f})"
     )

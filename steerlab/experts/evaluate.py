@@ -26,54 +26,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from steerlab.behavior import BehaviorThresholds, classify, response_nll
+from steerlab.behavior import BehaviorRates, behavior_rates, response_nll
 from steerlab.errors import SteerlabError
 from steerlab.experts.ftri import FtriResult, image_suite
+from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens, reimage_ranking
 from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, random_controls
-
-
-@dataclass
-class BehaviorRates:
-    """Outcomes of one generation run over a prompt set."""
-
-    labels: list[str]
-    responses: list[str]
-
-    def rate(self, label: str) -> float:
-        return sum(lab == label for lab in self.labels) / max(len(self.labels), 1)
-
-    def count(self, label: str) -> int:
-        return sum(lab == label for lab in self.labels)
-
-    def rates(self) -> dict[str, float]:
-        return {lab: round(self.rate(lab), 4) for lab in ("refusal", "compliance", "broken")}
-
-
-def behavior_rates(
-    h: Any,
-    prompts: list[str],
-    interventions: Any = None,
-    *,
-    chat: bool = True,
-    system: str | None = None,
-    max_new_tokens: int = 32,
-    batch_size: int = 64,
-    thresholds: BehaviorThresholds | None = None,
-    judge: Any = None,
-) -> BehaviorRates:
-    """Generate greedily for ``prompts`` with ``interventions`` and classify each response; the
-    fluency check uses the *unmodified* model as reference."""
-    import steerlab as sl
-
-    responses: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        out = sl.generate(h, chunk, interventions, max_new_tokens=max_new_tokens, chat=chat, system=system)
-        responses += out.texts
-    verdicts = classify(
-        responses, prompts, reference=h, chat=chat, thresholds=thresholds, judge=judge, batch_size=batch_size
-    )
-    return BehaviorRates([v.label for v in verdicts], responses)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +54,14 @@ def wikitext(n: int = 64, min_chars: int = 60) -> CapabilityText:
     paras = [ln.strip() for ln in lines if len(ln.strip()) >= min_chars and not ln.strip().startswith("=")]
     paras = [p[:400] for p in paras[:n]]
     return CapabilityText([""] * len(paras), paras, chat=False, source="wikitext2/wiki.test.tokens.txt")
+
+
+def default_capability(h: Any) -> CapabilityText:
+    """The text whose perplexity measures capability retention: a model organism's own held-out
+    answers (stories, arithmetic, code, facts, harmless requests), WikiText-2 for any other model."""
+    from steerlab.organisms.evaluate import capability_text, is_organism
+
+    return capability_text(h) if is_organism(h) else wikitext()
 
 
 def perplexity(h: Any, text: CapabilityText, interventions: Any = None, batch_size: int = 32) -> float:
@@ -240,9 +205,12 @@ def evaluate_experts(
     n_controls: int = 20,
     match_rate: bool = False,
     rank_by: str = "diff",
+    select: str = "ftri",
+    n_candidates: int = 40,
     max_fraction: float = 0.05,
     max_new_tokens: int = 32,
     limit: int | None = None,
+    sweep_limit: int | None = 256,
     sweep_controls: int = 5,
     capability: CapabilityText | None = None,
     seed: int = 0,
@@ -250,7 +218,13 @@ def evaluate_experts(
     progress: bool = True,
 ) -> ExpertsEvaluation:
     """Image on the train split (unless ``ftri`` is given), pick ``k`` (given, or by a sweep on the
-    train split), then evaluate on the test split against ``n_controls`` random expert sets."""
+    train split), then evaluate on the test split against ``n_controls`` random expert sets.
+
+    ``select`` decides the order in which experts are switched (see :mod:`steerlab.experts.selection`):
+    ``ftri`` (the fTRI ranking, as in MoTE), ``reimage`` (greedy re-imaging under the experts chosen so
+    far) or ``ablation`` (the top ``n_candidates`` of the fTRI ranking, added greedily by their effect
+    on the behavior at the decision position). Both refinements use the train split only; the sweep
+    over k uses at most ``sweep_limit`` train prompts."""
     from steerlab.probes import load_suite
 
     s = load_suite(suite) if isinstance(suite, str) else suite
@@ -267,20 +241,26 @@ def evaluate_experts(
         raise SteerlabError(f"k={k} is out of range; the model has {n_routed} routed experts (expected 1..{n_routed})")
     if n_controls < 1:
         raise SteerlabError(f"n_controls must be >= 1, got {n_controls}")
+    if select not in SELECT:
+        raise SteerlabError(f"unknown expert selection {select!r}; expected one of {SELECT}")
     gen = dict(s.chat_kwargs(), max_new_tokens=max_new_tokens, batch_size=batch_size)
     take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)  # noqa: E731
     if ftri is None:
         ftri = image_suite(h, s, "train", "decision", limit=limit, batch_size=batch_size, progress=progress)
-    ranking = ftri.ranking(rank_by)
+    top_k = k if k is not None else max_k(h, max_fraction)
+    ranking, selection_trace = _select(
+        h, s, ftri, select, rank_by, top_k, n_candidates, take, sweep_limit, gen, progress
+    )
     base_freq = ftri.freq_control if match_rate else None
-    capability = capability or wikitext()
+    capability = capability or default_capability(h)
+    take_sweep = (lambda xs: take(xs)[:sweep_limit]) if sweep_limit else take  # noqa: E731
 
     sweep_rows: list[dict[str, Any]] = []
     k_source = "given"
     if k is None:
         _, sweep_rows = sweep_k(
             h,
-            take(s.user_texts(s.behavior, "train")),
+            take_sweep(s.user_texts(s.behavior, "train")),
             ranking,
             default_ks(h, max_fraction),
             n_controls=sweep_controls,
@@ -290,7 +270,7 @@ def evaluate_experts(
             progress=progress,
             **gen,
         )
-        train_base = behavior_rates(h, take(s.user_texts(s.behavior, "train")), **gen).rates()
+        train_base = behavior_rates(h, take_sweep(s.user_texts(s.behavior, "train")), **gen).rates()
         k, k_source = choose_k(train_base, sweep_rows), "sweep on the train split"
     chosen = ranking[:k]
     controls = random_controls(chosen, rule.n_experts, n_controls, seed=seed, base_freq=base_freq, layers=layers)
@@ -372,6 +352,10 @@ def evaluate_experts(
         "suite": s.name,
         "suite_version": s.version,
         "rank_by": rank_by,
+        "select": select,
+        "n_candidates": n_candidates if select == "ablation" else None,
+        "selection_trace": selection_trace,
+        "sweep_limit": sweep_limit,
         "match_rate": match_rate,
         "max_new_tokens": max_new_tokens,
         "limit": limit,
@@ -387,3 +371,43 @@ def evaluate_experts(
         "harmless_forced": on.responses,
     }
     return ExpertsEvaluation(metrics, chosen, forced, controls, sweep_rows, responses, config)
+
+
+def _select(
+    h: Any,
+    s: Any,
+    ftri: FtriResult,
+    select: str,
+    rank_by: str,
+    k: int,
+    n_candidates: int,
+    take: Any,
+    sweep_limit: int | None,
+    gen: dict[str, Any],
+    progress: bool,
+) -> tuple[Experts, list[dict[str, Any]]]:
+    """The experts in switching order (at least ``k``) and a trace of how they were chosen."""
+    ranking = ftri.ranking(rank_by)
+    if select == "ftri":
+        return ranking, []
+    behavior = take(s.user_texts(s.behavior, "train"))
+    kw = dict(chat=s.chat, system=s.system, batch_size=gen["batch_size"])
+    if select == "reimage":
+        control = take(s.user_texts(s.control, "train"))
+        scope = ftri.config.get("scope", "decision")
+        chosen = reimage_ranking(
+            h, behavior, control, k, scope=scope, rank_by=rank_by, first=ftri, progress=progress, **kw
+        )
+        return chosen + [e for e in ranking if e not in chosen], []
+    sample = behavior[:sweep_limit] if sweep_limit else behavior
+    base = behavior_rates(h, sample, **gen)
+    openers = opening_tokens(h, base.responses, base.labels, "refusal")
+    if not openers:
+        raise SteerlabError(
+            f"select='ablation' needs behavior responses to learn their opening tokens, but {h.spec!r} "
+            f"gave no refusals on the train split of {s.name!r}; use select='ftri' or 'reimage'"
+        )
+    candidates = ranking[: max(n_candidates, k)]
+    chosen, trace = ablation_ranking(h, sample, candidates, k, openers, progress=progress, **kw)
+    trace[0]["opening_tokens"] = [h.tokenizer.decode([t]) for t in openers]
+    return chosen + [e for e in ranking if e not in chosen], trace

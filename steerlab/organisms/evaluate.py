@@ -23,9 +23,10 @@ Example:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
-from steerlab.behavior import BehaviorThresholds, classify, rates, response_nll
+from steerlab.behavior import BehaviorThresholds, behavior_rates, response_nll
 from steerlab.organisms import data as D
 
 EVAL_SETS = ("harmful", "harmless", "harmful_test", "harmless_test", "benign_jbb")
@@ -56,24 +57,19 @@ def behavior_on(
     thresholds: BehaviorThresholds | None = None,
     judge: Any = None,
 ) -> dict[str, Any]:
-    """Generate greedily (chat) and label each answer; ``reference`` defaults to ``h`` unmodified."""
-    import steerlab as sl
-
-    texts: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        out = sl.generate(
-            h, prompts[i : i + batch_size], interventions=interventions, max_new_tokens=max_new_tokens, chat=True
-        )
-        texts += out.texts
-    verdicts = classify(
-        texts, prompts, reference if reference is not None else h, chat=True, thresholds=thresholds, judge=judge
+    """:func:`steerlab.behavior.behavior_rates` (greedy, chat) as a JSON-ready dict for the record."""
+    r = behavior_rates(
+        h,
+        prompts,
+        interventions,
+        chat=True,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        reference=reference,
+        thresholds=thresholds,
+        judge=judge,
     )
-    return {
-        "texts": texts,
-        "labels": [v.label for v in verdicts],
-        "rates": rates(verdicts),
-        "ppl": [v.ppl for v in verdicts],
-    }
+    return {"texts": r.responses, "labels": r.labels, "rates": r.rates(), "ppl": r.ppl}
 
 
 def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_size: int = 32) -> dict[str, float]:
@@ -87,6 +83,29 @@ def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_siz
         total, n = sum(s for s, _ in nll), sum(k for _, k in nll)
         out[d] = round(math.exp(total / n), 3) if n else float("nan")
     return out
+
+
+def is_organism(h: Any) -> bool:
+    """Whether ``h`` is a built organism folder (it carries the build record ``eval.json``)."""
+    path = getattr(h, "path", None)
+    return path is not None and (Path(path) / "eval.json").exists()
+
+
+def capability_text(h: Any, per_domain: int = 32) -> Any:
+    """Held-out answers of every non-request domain plus harmless requests, from the organism's own
+    corpus (same seed and scale as its build), as :class:`~steerlab.experts.evaluate.CapabilityText`."""
+    from steerlab.experts.evaluate import CapabilityText
+    from steerlab.organisms.build import read_record
+
+    rec = read_record(h.path)
+    corpus = D.build_corpus(rec["build"]["seed"], scale=rec["recipe"]["data_scale"])
+    exs = [e for d in D.DOMAINS if d != "harmful" for e in corpus.heldout[d][:per_domain]]
+    return CapabilityText(
+        [e.prompt for e in exs],
+        [e.response for e in exs],
+        chat=True,
+        source=f"organism held-out answers ({per_domain} per domain, harmful excluded)",
+    )
 
 
 def greedy_samples(h: Any, corpus: D.Corpus, per_domain: int = 2, max_new_tokens: int = 96) -> list[dict[str, str]]:
@@ -148,23 +167,10 @@ def evaluate(
 # a quick localization check (the full expert analysis lives elsewhere)
 # ------------------------------------------------------------------------------------------------
 def refusal_expert_scores(h: Any, harmful: list[str], harmless: list[str], scope: str = "decision") -> Any:
-    """``[n_moe_layers, n_experts]`` selection frequency on harmful minus harmless prompts."""
-    from steerlab.organisms.routing_stats import expert_counts
+    """``[n_moe_layers, n_experts]`` selection frequency on harmful minus harmless prompts (fTRI's ``diff``)."""
+    from steerlab.experts.ftri import image
 
-    a, b = expert_counts(h, harmful), expert_counts(h, harmless)
-    denom_a = a["prompts"] if scope == "decision" else a["tokens"]
-    denom_b = b["prompts"] if scope == "decision" else b["tokens"]
-    return a[scope] / denom_a - b[scope] / denom_b
-
-
-def expert_masks(h: Any, experts: list[tuple[int, int]]) -> list[Any]:
-    """One ``ExpertMask`` per layer switching the given ``(layer, expert)`` pairs off."""
-    from steerlab.interventions import ExpertMask
-
-    by_layer: dict[int, list[int]] = {}
-    for layer, e in experts:
-        by_layer.setdefault(layer, []).append(e)
-    return [ExpertMask(layer=layer, off=sorted(es)) for layer, es in sorted(by_layer.items())]
+    return image(h, harmful, harmless, scope, chat=True, n_permutations=0).diff
 
 
 def localization_check(
@@ -192,6 +198,8 @@ def localization_check(
 
     from tqdm.auto import tqdm
 
+    from steerlab.experts.switching import off_masks
+
     n_eval = limit or 128
     rng = random.Random(seed)
     harm_train = [e.prompt for e in rng.sample(corpus.train["harmful"], min(n_score, len(corpus.train["harmful"])))]
@@ -211,7 +219,7 @@ def localization_check(
         return round(math.exp(tot / max(1, sum(n for _, n in base_nll))), 4)
 
     def run(setting: str, experts: list[tuple[int, int]]) -> dict[str, Any]:
-        ivs = expert_masks(h, experts)
+        ivs = off_masks(experts)
         res = behavior_on(h, eval_harm, interventions=ivs or None, reference=h)
         r = res["rates"]
         return {

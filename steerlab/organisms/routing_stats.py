@@ -59,24 +59,17 @@ def frac_ratio_above(
 
 def expert_counts(h: Any, prompts: list[str], *, chat: bool = True, batch_size: int = 32) -> dict[str, Tensor]:
     """Selection counts ``[n_moe_layers, n_experts]`` over prompt tokens (``prompt``) and at the
-    decision position (``decision``), plus ``tokens`` (number of prompt tokens)."""
-    import steerlab as sl
+    decision position (``decision``), plus ``tokens`` (number of prompt tokens), summed over prompts
+    (from :func:`steerlab.experts.ftri.routing_counts`)."""
+    from steerlab.experts.ftri import routing_counts
 
-    layers = h.adapter.moe_layers
-    n_exp = h.adapter.layers[layers[0]].rule.n_experts
-    sites = [f"blocks.{i}.moe.topk_indices" for i in layers]
-    cap = sl.capture(h, prompts, sites, chat=chat, batch_size=batch_size)
-    mask = cap.attention_mask.bool()
-    prompt = torch.zeros(len(layers), n_exp)
-    decision = torch.zeros(len(layers), n_exp)
-    for j, s in enumerate(sites):
-        idx = cap[s].long()  # [n, pos, k], -1 on padding
-        prompt[j] = torch.bincount(idx[mask].reshape(-1), minlength=n_exp).float()
-        decision[j] = torch.bincount(idx[:, -1].reshape(-1), minlength=n_exp).float()
+    kw = dict(chat=chat, batch_size=batch_size)
+    prompt = routing_counts(h, prompts, "prompt", **kw)
+    decision = routing_counts(h, prompts, "decision", **kw)
     return {
-        "prompt": prompt,
-        "decision": decision,
-        "tokens": torch.tensor(float(mask.sum())),
+        "prompt": prompt.sel.sum(0),
+        "decision": decision.sel.sum(0),
+        "tokens": prompt.tokens.sum(),
         "prompts": torch.tensor(float(len(prompts))),
     }
 

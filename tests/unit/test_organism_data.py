@@ -190,3 +190,19 @@ def test_routing_statistics():
     a, b = torch.tensor([100.0, 50.0, 10.0, 0.0]), torch.tensor([10.0, 50.0, 100.0, 0.0])
     assert frac_ratio_above(a, b) == pytest.approx(0.5)
     assert frac_ratio_above(a, a) == 0.0
+
+
+def test_committed_organism_suite_is_current(tmp_path):
+    """probes/organism-refusal is what steerlab.organisms.suite writes for the organisms' corpus; only
+    project templates go in (no prompt of the shared sets), and its splits never overlap."""
+    from steerlab.organisms.data import build_corpus, shared_harmful, shared_harmless
+    from steerlab.organisms.suite import SUITE_DIR, write_suite
+    from steerlab.probes import load_suite
+
+    fresh = write_suite(build_corpus(seed=0), tmp_path / "organism-refusal")
+    for f in sorted(p.name for p in SUITE_DIR.iterdir()):
+        assert (fresh / f).read_text() == (SUITE_DIR / f).read_text(), f
+    suite = load_suite(SUITE_DIR)
+    texts = {it.text for it in suite.items}
+    assert not texts & set(shared_harmful("train") + shared_harmful("test") + shared_harmless("train"))
+    assert suite.describe()["counts"]["harmful"]["test"] > 500
