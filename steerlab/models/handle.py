@@ -131,8 +131,11 @@ class ModelHandle:
         if self._bridge is None:
             from transformer_lens.model_bridge import TransformerBridge
 
+            twin = self.twin()
+            if not getattr(twin.config, "architectures", None):  # the bridge picks its adapter by this name
+                twin.config.architectures = [type(twin).__name__]
             self._bridge = TransformerBridge.boot_transformers(
-                self.spec, hf_model=self.twin(), device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
+                self.spec, hf_model=twin, device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
             )
         return self._bridge
 

@@ -83,6 +83,7 @@ def make_model(recipe: Recipe, tokenizer: Any, seed: int) -> nn.Module:
     )
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.config.architectures = [type(model).__name__]  # tools that dispatch on it (TransformerBridge) need it
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = None
