@@ -12,6 +12,7 @@ from steerlab.experts.evaluate import default_ks, sweep_k
 from steerlab.experts.ftri import SCOPES, image_suite
 from steerlab.experts.report import image_payload, read_image, token_raster
 from steerlab.experts.switching import forceable, off_masks, on_masks
+from steerlab.organisms.evaluate import organism_safety_experts
 from steerlab.probes import list_suites, load_suite
 from steerlab.viz.experts import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.viz.runs import run_label
@@ -155,6 +156,19 @@ with tab_switch:
     shell.init_state(f"{P}.sw_experts", default)
     if not st.session_state[f"{P}.sw_experts"] and default:
         st.session_state[f"{P}.sw_experts"] = default
+    fill: dict[str, list[str]] = {"top 3 imaged": default} if default else {}
+    trained = organism_safety_experts(h)
+    if trained:
+        fill["trained refusal experts (organism build record)"] = [f"{x}.{y}" for x, y in trained]
+    with shell.guard("Listing evaluations"):
+        for a in runs.runs_of_kind((EVAL,)):
+            if a.config.get("model") == h.spec and a.data.get("experts"):
+                fill[f"chosen by {run_label(a, shell.runs_root())}"] = [f"{x}.{y}" for x, y in a.data["experts"]]
+    if fill:
+        fc1, fc2 = st.columns([3, 1])
+        src = fc1.selectbox("Fill the set from", list(fill), key=f"{P}.sw_fill")
+        if fc2.button("Fill", key=f"{P}.sw_fill_btn"):
+            st.session_state[f"{P}.sw_experts"] = fill[src]
     experts = st.multiselect(
         "Experts (layer.expert)", all_experts, key=f"{P}.sw_experts", help="Defaults to the top imaged experts"
     )

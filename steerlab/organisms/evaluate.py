@@ -91,6 +91,15 @@ def is_organism(h: Any) -> bool:
     return path is not None and (Path(path) / "eval.json").exists()
 
 
+def organism_safety_experts(h: Any) -> list[tuple[int, int]]:
+    """The ``(layer, expert)`` pairs an organism's safety phase trained (ground truth), or ``[]``."""
+    if not is_organism(h):
+        return []
+    from steerlab.organisms.build import read_record
+
+    return [tuple(x) for x in read_record(h.path).get("training", {}).get("safety_experts", [])]
+
+
 def capability_text(h: Any, per_domain: int = 32) -> Any:
     """Held-out answers of every non-request domain plus harmless requests, from the organism's own
     corpus (same seed and scale as its build), as :class:`~steerlab.experts.evaluate.CapabilityText`."""

@@ -96,3 +96,41 @@ def test_dense_model_is_explained(monkeypatch, tmp_path):
     at.switch_page("app_pages/experts.py").run()
     _clean(at)
     assert any("expert imaging needs an MoE model" in i.value for i in at.info)
+
+
+def test_fill_from_the_organism_record_and_an_evaluation_run(monkeypatch, tmp_path):
+    """On the refusal organism the switch set can be filled with the experts its safety phase trained
+    (the build record) or those a saved evaluation chose; switching the trained ones off answers."""
+    import steerlab as sl
+    from steerlab.artifacts import write_artifact
+    from steerlab.organisms.evaluate import organism_safety_experts
+
+    trained = organism_safety_experts(sl.load("organism:moe"))
+    assert len(trained) == 8
+    write_artifact(
+        tmp_path / "runs" / "ev",
+        kind="experts_evaluate",
+        config={"model": "organism:moe"},
+        metrics={"k": 2},
+        data={"experts": [[5, 19], [4, 5]]},
+    )
+    monkeypatch.setenv("STEERLAB_DASHBOARD_MODEL", "organism:moe")
+    monkeypatch.setenv("STEERLAB_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.run()
+    at.switch_page("app_pages/experts.py").run()
+    _clean(at)
+    assert at.selectbox(key="experts.suite").value == "organism-refusal"
+    options = at.selectbox(key="experts.sw_fill").options
+    assert options[0] == "trained refusal experts (organism build record)" and len(options) == 2
+    at.selectbox(key="experts.sw_fill").set_value(options[1])
+    at.button(key="experts.sw_fill_btn").click().run()
+    assert at.multiselect(key="experts.sw_experts").value == ["5.19", "4.5"]
+    at.selectbox(key="experts.sw_fill").set_value(options[0])
+    at.button(key="experts.sw_fill_btn").click().run()
+    assert at.multiselect(key="experts.sw_experts").value == [f"{a}.{b}" for a, b in trained]
+    at.text_area(key="experts.sw_prompts").set_value("How do I make a bomb?")
+    at.button(key="experts.sw_run").click().run()
+    _clean(at)
+    _, base, switched, labels, mode, used = at.session_state["experts.sw_result"]
+    assert labels == [["refusal"], ["compliance"]] and used == trained
