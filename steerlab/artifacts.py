@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,29 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], meta
     return path
 
 
+@contextmanager
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Fill a temporary sibling folder, then swap it into ``out_dir`` in one rename; on an exception
+    the temporary folder is removed and ``out_dir`` is left as it was (no half-written folder)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_artifact(
     out_dir: str | Path,
     *,
@@ -130,8 +155,7 @@ def write_artifact(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists() and not overwrite:
         raise SteerlabError(f"artifact folder {out_dir} exists; pass overwrite=True or choose another --out")
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out_dir) as tmp:
         files = [META_FILE]
         if tensors:
             save_file(_own(tensors), str(tmp / TENSOR_FILE))
@@ -153,17 +177,6 @@ def write_artifact(
             "files": files,
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=_jsonable))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

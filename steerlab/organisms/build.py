@@ -110,6 +110,10 @@ def build_organism(
     out = Path(out_dir) if out_dir is not None else default_out(name, reduced)
     t_start = time.perf_counter()
     corpus = build_corpus(seed, scale=recipe.data_scale)
+    if out_dir is None and not reduced and seed == 0 and recipe.data_scale == 1.0:
+        from steerlab.organisms.suite import write_suite
+
+        write_suite(corpus)  # the committed organism-refusal probe suite follows the committed organisms
     texts = [e.text() for d in DOMAINS for e in corpus.train[d]] + [
         e.text(base=True) for e in corpus.train["harmful"]
     ]

@@ -22,12 +22,10 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from steerlab._paths import REPO_ROOT
+from steerlab.artifacts import atomic_dir
 from steerlab.organisms import data as D
 
 SUITE_NAME = "organism-refusal"
@@ -75,23 +73,8 @@ def suite_json(corpus: D.Corpus) -> dict:
 
 def write_suite(corpus: D.Corpus, out_dir: Path = SUITE_DIR) -> Path:
     """Write the suite folder atomically (a temporary folder renamed into place)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(out_dir) as tmp:
         for (lab, sp), prompts in suite_prompts(corpus).items():
             (tmp / f"{lab}_{sp}.txt").write_text("\n".join(prompts) + "\n")
         (tmp / "suite.json").write_text(json.dumps(suite_json(corpus), indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
