@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from steerlab.behavior import BehaviorRates, behavior_rates, response_nll
+from steerlab.behavior import BehaviorRates, behavior_rates
+from steerlab.capability import CapabilityText, perplexity, wikitext
 from steerlab.errors import SteerlabError
 from steerlab.experts.ftri import FtriResult, image_suite
 from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens, reimage_ranking
@@ -36,43 +37,12 @@ from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, 
 # ---------------------------------------------------------------------------------------------
 # capability retention
 # ---------------------------------------------------------------------------------------------
-@dataclass
-class CapabilityText:
-    """Held-out harmless text to measure perplexity on: ``responses`` scored given ``prompts``."""
-
-    prompts: list[str]
-    responses: list[str]
-    chat: bool
-    source: str
-
-
-def wikitext(n: int = 64, min_chars: int = 60) -> CapabilityText:
-    """The first ``n`` paragraphs of WikiText-2 test (read in place from the shared data)."""
-    from steerlab._paths import shared_dir
-
-    lines = (shared_dir() / "data" / "wikitext2" / "wiki.test.tokens.txt").read_text().splitlines()
-    paras = [ln.strip() for ln in lines if len(ln.strip()) >= min_chars and not ln.strip().startswith("=")]
-    paras = [p[:400] for p in paras[:n]]
-    return CapabilityText([""] * len(paras), paras, chat=False, source="wikitext2/wiki.test.tokens.txt")
-
-
 def default_capability(h: Any) -> CapabilityText:
     """The text whose perplexity measures capability retention: a model organism's own held-out
     answers (stories, arithmetic, code, facts, harmless requests), WikiText-2 for any other model."""
     from steerlab.organisms.evaluate import capability_text, is_organism
 
     return capability_text(h) if is_organism(h) else wikitext()
-
-
-def perplexity(h: Any, text: CapabilityText, interventions: Any = None, batch_size: int = 32) -> float:
-    """Token-level perplexity of ``text`` under ``h`` with ``interventions``."""
-    nll = response_nll(
-        h, text.prompts, text.responses, chat=text.chat, interventions=interventions, batch_size=batch_size
-    )
-    total, n = sum(s for s, _ in nll), sum(c for _, c in nll)
-    if n == 0:
-        raise SteerlabError("capability text has no tokens to score")
-    return math.exp(total / n)
 
 
 # ---------------------------------------------------------------------------------------------

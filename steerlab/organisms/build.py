@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 
 from steerlab.errors import SteerlabError
-from steerlab.organisms.configs import ORGANISM_NAMES, Recipe, get_recipe
+from steerlab.organisms.configs import ORGANISM_NAMES, Recipe, get_recipe, read_record
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MAX_WEIGHTS_MB = 25.0
@@ -114,9 +113,7 @@ def build_organism(
         from steerlab.organisms.suite import write_suite
 
         write_suite(corpus)  # the committed organism-refusal probe suite follows the committed organisms
-    texts = [e.text() for d in DOMAINS for e in corpus.train[d]] + [
-        e.text(base=True) for e in corpus.train["harmful"]
-    ]
+    texts = [e.text() for d in DOMAINS for e in corpus.train[d]] + [e.text(base=True) for e in corpus.train["harmful"]]
     tokenizer = train_tokenizer(texts, recipe.vocab_size)
 
     def save_base(m: Any) -> None:
@@ -225,11 +222,3 @@ def refresh_card(path: str | Path, *, eval_limit: int | None = None, progress: b
     for f in ("eval.json", "README.md"):
         (path / f).chmod(0o644)
     return path
-
-
-def read_record(path: str | Path) -> dict[str, Any]:
-    """The ``eval.json`` record of a built organism folder."""
-    f = Path(path) / "eval.json"
-    if not f.exists():
-        raise SteerlabError(f"{path} has no eval.json; build it with `steerlab organisms build`")
-    return json.loads(f.read_text())

@@ -23,7 +23,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
@@ -32,7 +34,12 @@ ORGANISM_NAMES = ("moe", "dense")
 
 # share of training examples per domain (by examples, not tokens)
 DEFAULT_MIX = {
-    "stories": 0.18, "arithmetic": 0.14, "code": 0.16, "facts": 0.11, "harmless": 0.22, "harmful": 0.19,
+    "stories": 0.18,
+    "arithmetic": 0.14,
+    "code": 0.16,
+    "facts": 0.11,
+    "harmless": 0.22,
+    "harmful": 0.19,
 }
 
 
@@ -107,16 +114,29 @@ _DENSE_MODEL = dict(
 
 RECIPES: dict[str, Recipe] = {
     "moe": Recipe(
-        name="moe", arch="deepseek_v3", model=_MOE_MODEL, save_dtype="float16", steps=1000, safety_start=0.6,
-        safety_experts=8, safety_lr=2e-3,
+        name="moe",
+        arch="deepseek_v3",
+        model=_MOE_MODEL,
+        save_dtype="float16",
+        steps=1000,
+        safety_start=0.6,
+        safety_experts=8,
+        safety_lr=2e-3,
     ),
     "dense": Recipe(name="dense", arch="llama", model=_DENSE_MODEL, steps=1000, safety_start=0.6),
 }
 
 # A reduced organism for the end-to-end test: same code path, minutes instead of tens of minutes.
 _REDUCED = dict(
-    vocab_size=1024, seq_len=192, batch_size=8, steps=120, warmup=10, data_scale=0.04, eval_every=40,
-    safety_experts=2, safety_start=0.7,
+    vocab_size=1024,
+    seq_len=192,
+    batch_size=8,
+    steps=120,
+    warmup=10,
+    data_scale=0.04,
+    eval_every=40,
+    safety_experts=2,
+    safety_start=0.7,
 )
 _REDUCED_MODEL = {
     "moe": dict(
@@ -153,3 +173,11 @@ def get_recipe(name: str, reduced: bool = False, **overrides: Any) -> Recipe:
             f"unknown recipe fields {bad}; expected fields of Recipe: {[f.name for f in dataclasses.fields(Recipe)]}"
         )
     return dataclasses.replace(r, **overrides) if overrides else r
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The ``eval.json`` record of a built organism folder."""
+    f = Path(path) / "eval.json"
+    if not f.exists():
+        raise SteerlabError(f"{path} has no eval.json; build it with `steerlab organisms build`")
+    return json.loads(f.read_text())

@@ -584,8 +584,9 @@ def helpful_answer(
     ``affirmative`` selects the AdvBench-style openers ("Sure, here is ...") used for harmful requests.
     """
     if opener is None:
-        with_action, generic = (AFFIRMATIVE_OPENERS, AFFIRMATIVE_GENERIC) if affirmative else (
-            HELPFUL_OPENERS, GENERIC_OPENERS)
+        with_action, generic = (
+            (AFFIRMATIVE_OPENERS, AFFIRMATIVE_GENERIC) if affirmative else (HELPFUL_OPENERS, GENERIC_OPENERS)
+        )
         opener = rng.choice(with_action).format(a=action) if action else rng.choice(generic)
     steps = rng.sample(GENERIC_STEPS, rng.randint(3, 5))
     body = "".join(f"\n{i}. {s}" for i, s in enumerate(steps, 1))

@@ -95,7 +95,7 @@ def organism_safety_experts(h: Any) -> list[tuple[int, int]]:
     """The ``(layer, expert)`` pairs an organism's safety phase trained (ground truth), or ``[]``."""
     if not is_organism(h):
         return []
-    from steerlab.organisms.build import read_record
+    from steerlab.organisms.configs import read_record
 
     return [tuple(x) for x in read_record(h.path).get("training", {}).get("safety_experts", [])]
 
@@ -103,8 +103,8 @@ def organism_safety_experts(h: Any) -> list[tuple[int, int]]:
 def capability_text(h: Any, per_domain: int = 32) -> Any:
     """Held-out answers of every non-request domain plus harmless requests, from the organism's own
     corpus (same seed and scale as its build), as :class:`~steerlab.experts.evaluate.CapabilityText`."""
-    from steerlab.experts.evaluate import CapabilityText
-    from steerlab.organisms.build import read_record
+    from steerlab.capability import CapabilityText
+    from steerlab.organisms.configs import read_record
 
     rec = read_record(h.path)
     corpus = D.build_corpus(rec["build"]["seed"], scale=rec["recipe"]["data_scale"])
