@@ -345,20 +345,8 @@ def diversity_coherence_figure(rows: list[dict[str, Any]], model: str = "") -> A
                     legendgroup=label,
                     showlegend=c == 1,
                     line={"color": color},
-                    error_x={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [p["hi"] - p["mean"] for p in ppl],
-                        "arrayminus": [p["mean"] - p["lo"] for p in ppl],
-                        "thickness": 1,
-                    },
-                    error_y={
-                        "type": "data",
-                        "symmetric": False,
-                        "array": [v["hi"] - v["mean"] for v in m],
-                        "arrayminus": [v["mean"] - v["lo"] for v in m],
-                        "thickness": 1,
-                    },
+                    error_x=_error_bars(ppl),
+                    error_y=_error_bars(m),
                 ),
                 row=1,
                 col=c,
@@ -367,6 +355,17 @@ def diversity_coherence_figure(rows: list[dict[str, Any]], model: str = "") -> A
             fig.update_xaxes(type="log", title_text="judge perplexity (lower = coherent)", row=1, col=c)
     fig.update_layout(title=f"diversity vs coherence across temperatures {model}".strip(), height=520, width=1500)
     return fig
+
+
+def _error_bars(cis: list[dict[str, float]]) -> dict[str, Any]:
+    """Asymmetric plotly error bars from ``{"mean", "lo", "hi"}`` intervals."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [c["hi"] - c["mean"] for c in cis],
+        "arrayminus": [c["mean"] - c["lo"] for c in cis],
+        "thickness": 1,
+    }
 
 
 def figure_payload(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
