@@ -12,13 +12,14 @@ app = typer.Typer(
     help="Experts: image which MoE experts fire for a behavior, switch them off or on.", no_args_is_help=True
 )
 
+SUITE_HELP = "Probe suite name or folder (default: organism-refusal on organisms, else refusal)."
 SCOPE_HELP = "Token scope: prompt, decision (first assistant token), generated; comma-separated to combine."
 
 
 @app.command("image")
 def image_cmd(
     model: str = typer.Argument(None, help="MoE model spec (default: the embedded default model)."),
-    suite: str = typer.Option("refusal", "--suite", help="Probe suite name or folder."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
     split: str = typer.Option("train", "--split"),
     scope: str = typer.Option("decision", "--scope", help=SCOPE_HELP),
     permutations: int = typer.Option(2000, "--permutations", help="Permutations for the p-values."),
@@ -35,7 +36,7 @@ def image_cmd(
 
     with fail():
         h = sl.load(model)
-        s = load_suite(suite)
+        s = load_suite(suite or default_suite(h))
         take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)
         behavior, control = take(s.user_texts(s.behavior, split)), take(s.user_texts(s.control, split))
         res = image(
@@ -75,7 +76,7 @@ def image_cmd(
 @app.command("evaluate")
 def evaluate_cmd(
     model: str = typer.Argument(None, help="MoE model spec (default: the embedded default model)."),
-    suite: str = typer.Option("refusal", "--suite", help="Probe suite name or folder."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
     k: int = typer.Option(None, "--k", help="Experts to switch; default: chosen by a sweep on the train split."),
     controls: int = typer.Option(20, "--controls", help="Random expert sets (matched by layer)."),
     match_rate: bool = typer.Option(False, "--match-rate", help="Also match random experts by base selection rate."),
@@ -100,7 +101,7 @@ def evaluate_cmd(
         ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
         ev = evaluate_experts(
             h,
-            suite,
+            suite or default_suite(h),
             ftri=ftri,
             k=k,
             n_controls=controls,
@@ -129,6 +130,13 @@ def evaluate_cmd(
         f"(random {m['refusal_forced_random_harmless']:.2f}, p={m['forced_p_vs_random']:.3g})"
     )
     typer.echo(f"  perplexity {m['ppl_base']:.2f} -> {m['ppl_off']:.2f}")
+
+
+def default_suite(h) -> str:  # noqa: ANN001
+    """``organism-refusal`` on a model organism (its trained behavior), ``refusal`` on any other model."""
+    from steerlab.organisms.evaluate import is_organism
+
+    return "organism-refusal" if is_organism(h) else "refusal"
 
 
 def _ftri_from_artifact(path: Path):  # noqa: ANN202

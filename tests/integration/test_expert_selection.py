@@ -66,6 +66,13 @@ def test_reimage_ranking_images_again_under_the_mask(tiny):
     assert len(set(chosen)) == 3
 
 
+def test_cli_default_suite_follows_the_model(tiny):
+    from steerlab.cli.experts import default_suite
+
+    assert default_suite(sl.load("organism:moe")) == "organism-refusal"
+    assert default_suite(tiny("mixtral")) == "refusal"
+
+
 def test_unknown_selection_is_refused(tiny):
     with pytest.raises(SteerlabError, match="unknown expert selection 'best'"):
         evaluate_experts(tiny("mixtral"), "refusal", k=1, select="best", limit=2)
