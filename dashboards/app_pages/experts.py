@@ -8,7 +8,7 @@ import streamlit as st
 import steerlab as sl
 from dashboards.lib import runs, shell
 from steerlab.behavior import classify
-from steerlab.experts.evaluate import default_ks, sweep_k
+from steerlab.experts.evaluate import default_ks, default_suite, sweep_k
 from steerlab.experts.ftri import SCOPES, image_suite
 from steerlab.experts.report import image_payload, read_image, token_raster
 from steerlab.experts.switching import forceable, off_masks, on_masks
@@ -57,8 +57,7 @@ tab_image, tab_switch, tab_k = st.tabs(["Imaging", "Switch and regenerate", "Beh
 with tab_image:
     suites = list_suites()
     c1, c2, c3, c4 = st.columns([2, 1, 2, 1])
-    # an organism's trained behavior is imaged best on its own templates; any other model on real prompts
-    preferred = "organism-refusal" if str(h.spec).startswith("organism:") else "refusal"
+    preferred = default_suite(h)
     shell.init_state(f"{P}.suite", preferred if preferred in suites else suites[0])
     suite_name = c1.selectbox("Probe suite", suites, key=f"{P}.suite")
     suite = load_suite(suite_name)

@@ -30,6 +30,7 @@ def image_cmd(
 ) -> None:
     """Image the experts that separate the suite's behavior prompts from its control prompts."""
     import steerlab as sl
+    from steerlab.experts.evaluate import default_suite
     from steerlab.experts.ftri import image
     from steerlab.experts.report import token_raster, write_image
     from steerlab.probes import load_suite
@@ -93,7 +94,7 @@ def evaluate_cmd(
 ) -> None:
     """Switch the top experts off (and on) during generation; compare with random expert sets."""
     import steerlab as sl
-    from steerlab.experts.evaluate import evaluate_experts
+    from steerlab.experts.evaluate import default_suite, evaluate_experts
     from steerlab.experts.report import write_evaluation
 
     with fail():
@@ -130,13 +131,6 @@ def evaluate_cmd(
         f"(random {m['refusal_forced_random_harmless']:.2f}, p={m['forced_p_vs_random']:.3g})"
     )
     typer.echo(f"  perplexity {m['ppl_base']:.2f} -> {m['ppl_off']:.2f}")
-
-
-def default_suite(h) -> str:  # noqa: ANN001
-    """``organism-refusal`` on a model organism (its trained behavior), ``refusal`` on any other model."""
-    from steerlab.organisms.evaluate import is_organism
-
-    return "organism-refusal" if is_organism(h) else "refusal"
 
 
 def _ftri_from_artifact(path: Path):  # noqa: ANN202

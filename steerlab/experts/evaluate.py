@@ -37,6 +37,14 @@ from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, 
 # ---------------------------------------------------------------------------------------------
 # capability retention
 # ---------------------------------------------------------------------------------------------
+def default_suite(h: Any) -> str:
+    """The probe suite an expert analysis of ``h`` uses unless told otherwise: ``organism-refusal`` on
+    a model organism (its trained behavior is ground truth there), ``refusal`` on any other model."""
+    from steerlab.organisms.evaluate import is_organism
+
+    return "organism-refusal" if is_organism(h) else "refusal"
+
+
 def default_capability(h: Any) -> CapabilityText:
     """The text whose perplexity measures capability retention: a model organism's own held-out
     answers (stories, arithmetic, code, facts, harmless requests), WikiText-2 for any other model."""
@@ -126,12 +134,15 @@ def sweep_k(
     seed: int = 0,
     base_freq: torch.Tensor | None = None,
     capability: CapabilityText | None = None,
+    base: dict[str, float] | None = None,
     progress: bool = True,
     **gen: Any,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Refusal/compliance with the top-k experts off (and ``n_controls`` random sets) for each k."""
+    """Refusal/compliance with the top-k experts off (and ``n_controls`` random sets) for each k.
+
+    ``base``: the rates of the unswitched model on ``harmful`` when the caller already has them."""
     n_exp = h.adapter.layers[h.adapter.moe_layers[0]].rule.n_experts
-    base = behavior_rates(h, harmful, **gen).rates()
+    base = base if base is not None else behavior_rates(h, harmful, **gen).rates()
     ppl_base = perplexity(h, capability) if capability else None
     rows = []
     for k in tqdm(ks, desc="sweep k", disable=not progress):
@@ -217,31 +228,33 @@ def evaluate_experts(
     take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)  # noqa: E731
     if ftri is None:
         ftri = image_suite(h, s, "train", "decision", limit=limit, batch_size=batch_size, progress=progress)
+    # one sample of train behavior prompts, one unswitched run over it: the sweep and the ablation share it
+    train_sample = take(s.user_texts(s.behavior, "train"))[:sweep_limit]
+    train_base = behavior_rates(h, train_sample, **gen) if k is None or select == "ablation" else None
     top_k = k if k is not None else max_k(h, max_fraction)
     ranking, selection_trace = _select(
-        h, s, ftri, select, rank_by, top_k, n_candidates, take, sweep_limit, gen, progress
+        h, s, ftri, select, rank_by, top_k, n_candidates, take, train_sample, train_base, gen["batch_size"], progress
     )
     base_freq = ftri.freq_control if match_rate else None
     capability = capability or default_capability(h)
-    take_sweep = (lambda xs: take(xs)[:sweep_limit]) if sweep_limit else take  # noqa: E731
 
     sweep_rows: list[dict[str, Any]] = []
     k_source = "given"
     if k is None:
         _, sweep_rows = sweep_k(
             h,
-            take_sweep(s.user_texts(s.behavior, "train")),
+            train_sample,
             ranking,
             default_ks(h, max_fraction),
             n_controls=sweep_controls,
             seed=seed,
             base_freq=base_freq,
             capability=capability,
+            base=train_base.rates(),
             progress=progress,
             **gen,
         )
-        train_base = behavior_rates(h, take_sweep(s.user_texts(s.behavior, "train")), **gen).rates()
-        k, k_source = choose_k(train_base, sweep_rows), "sweep on the train split"
+        k, k_source = choose_k(train_base.rates(), sweep_rows), "sweep on the train split"
     chosen = ranking[:k]
     controls = random_controls(chosen, rule.n_experts, n_controls, seed=seed, base_freq=base_freq, layers=layers)
 
@@ -352,32 +365,33 @@ def _select(
     k: int,
     n_candidates: int,
     take: Any,
-    sweep_limit: int | None,
-    gen: dict[str, Any],
+    train_sample: list[str],
+    train_base: BehaviorRates | None,
+    batch_size: int,
     progress: bool,
 ) -> tuple[Experts, list[dict[str, Any]]]:
-    """The experts in switching order (at least ``k``) and a trace of how they were chosen."""
+    """The experts in switching order (at least ``k``) and a trace of how they were chosen.
+
+    ``reimage`` images the (``take``-limited) train split again; ``ablation`` scores ``train_sample``,
+    learning the refusal opening tokens from ``train_base`` (its unswitched responses)."""
     ranking = ftri.ranking(rank_by)
     if select == "ftri":
         return ranking, []
-    behavior = take(s.user_texts(s.behavior, "train"))
-    kw = dict(chat=s.chat, system=s.system, batch_size=gen["batch_size"])
+    kw = dict(chat=s.chat, system=s.system, batch_size=batch_size)
     if select == "reimage":
-        control = take(s.user_texts(s.control, "train"))
+        behavior, control = take(s.user_texts(s.behavior, "train")), take(s.user_texts(s.control, "train"))
         scope = ftri.config.get("scope", "decision")
         chosen = reimage_ranking(
             h, behavior, control, k, scope=scope, rank_by=rank_by, first=ftri, progress=progress, **kw
         )
         return chosen + [e for e in ranking if e not in chosen], []
-    sample = behavior[:sweep_limit] if sweep_limit else behavior
-    base = behavior_rates(h, sample, **gen)
-    openers = opening_tokens(h, base.responses, base.labels, "refusal")
+    openers = opening_tokens(h, train_base.responses, train_base.labels, "refusal")
     if not openers:
         raise SteerlabError(
             f"select='ablation' needs behavior responses to learn their opening tokens, but {h.spec!r} "
             f"gave no refusals on the train split of {s.name!r}; use select='ftri' or 'reimage'"
         )
     candidates = ranking[: max(n_candidates, k)]
-    chosen, trace = ablation_ranking(h, sample, candidates, k, openers, progress=progress, **kw)
+    chosen, trace = ablation_ranking(h, train_sample, candidates, k, openers, progress=progress, **kw)
     trace[0]["opening_tokens"] = [h.tokenizer.decode([t]) for t in openers]
     return chosen + [e for e in ranking if e not in chosen], trace

@@ -56,10 +56,9 @@ def reimage_ranking(
     chosen: Experts = []
     for _ in tqdm(range(k), desc="re-image", disable=not progress):
         if chosen or first is None:
-            ivs = off_masks(chosen) if chosen else None
-            res = image(h, behavior, control, scope, n_permutations=0, interventions=ivs, **image_kw)
+            res = image(h, behavior, control, scope, n_permutations=0, interventions=off_masks(chosen), **image_kw)
         else:
-            res = first
+            res = first  # the first round is the imaging the caller already has
         chosen.append(next(e for e in res.ranking(rank_by) if e not in chosen))
     return chosen
 
