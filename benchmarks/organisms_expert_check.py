@@ -42,13 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     import steerlab as sl
     from steerlab.organisms.build import read_record
     from steerlab.organisms.data import build_corpus
-    from steerlab.organisms.evaluate import localization_check
+    from steerlab.organisms.evaluate import is_organism, localization_check, organism_corpus, organism_safety_experts
 
     t0 = time.perf_counter()
     h = sl.load(args.model)
-    rec = read_record(h.path) if h.path is not None and (h.path / "eval.json").exists() else {}
-    corpus = build_corpus(rec.get("build", {}).get("seed", 0), scale=rec.get("recipe", {}).get("data_scale", 1.0))
-    known = rec.get("training", {}).get("safety_experts") or None
+    corpus = organism_corpus(read_record(h.path)) if is_organism(h) else build_corpus(0)
+    known = organism_safety_experts(h) or None
     res = localization_check(
         h, corpus, ks=tuple(args.k), n_random=args.random, limit=args.limit, progress=not args.json, known=known
     )

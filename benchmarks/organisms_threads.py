@@ -26,13 +26,13 @@ def _steps(name: str, steps: int, threads: int) -> tuple[float, int]:
 
     torch.set_num_threads(threads)
     from steerlab.organisms.configs import get_recipe
-    from steerlab.organisms.data import DOMAINS, build_corpus
-    from steerlab.organisms.tokenizer import train_tokenizer
+    from steerlab.organisms.data import build_corpus
+    from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import train_organism
 
     recipe = get_recipe(name, steps=steps, warmup=2, eval_every=10**9, data_scale=0.1)
     corpus = build_corpus(0, scale=recipe.data_scale)
-    tok = train_tokenizer([e.text() for d in DOMAINS for e in corpus.train[d]], recipe.vocab_size)
+    tok = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
     _, log = train_organism(recipe, corpus, tok, seed=0, progress=False)
     return log.seconds, log.tokens
 

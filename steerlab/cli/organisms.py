@@ -159,20 +159,19 @@ def eval_cmd(
     import steerlab as sl
     from steerlab.organisms.build import read_record, refresh_card
     from steerlab.organisms.data import build_corpus
-    from steerlab.organisms.evaluate import evaluate, localization_check
+    from steerlab.organisms.evaluate import evaluate, is_organism, localization_check, organism_corpus
 
     with fail():
         spec = name if (":" in name or "/" in name) else f"organism:{name}"
         h = sl.load(spec)
-        has_record = h.path is not None and (h.path / "eval.json").exists()
+        has_record = is_organism(h)
         if write:
             if not has_record:
                 raise _err(f"{spec} has no eval.json to rewrite; build it with `steerlab organisms build`")
             rec = read_record(refresh_card(h.path, eval_limit=limit, progress=not as_json))
             res = {"metrics": rec["metrics"], **{k: rec[k] for k in ("routing", "localization") if k in rec}}
         else:
-            rec = read_record(h.path) if has_record else None
-            corpus = build_corpus(rec["build"]["seed"] if rec else 0, scale=rec["recipe"]["data_scale"] if rec else 1.0)
+            corpus = organism_corpus(read_record(h.path)) if has_record else build_corpus(0)
             res = evaluate(h, corpus, limit=limit, progress=not as_json)
             if localization and h.adapter.is_moe:
                 res["localization"] = localization_check(h, corpus, limit=limit, progress=not as_json)

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from steerlab.artifacts import atomic_dir
 from steerlab.errors import SteerlabError
 from steerlab.organisms.configs import ORGANISM_NAMES, Recipe, get_recipe, read_record
 
@@ -95,8 +94,8 @@ def build_organism(
     """
     from steerlab.models.load import load
     from steerlab.organisms.card import write_card
-    from steerlab.organisms.data import DOMAINS, build_corpus
-    from steerlab.organisms.tokenizer import train_tokenizer
+    from steerlab.organisms.data import build_corpus
+    from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import train_organism
 
     if name not in ORGANISM_NAMES:
@@ -113,8 +112,7 @@ def build_organism(
         from steerlab.organisms.suite import write_suite
 
         write_suite(corpus)  # the committed organism-refusal probe suite follows the committed organisms
-    texts = [e.text() for d in DOMAINS for e in corpus.train[d]] + [e.text(base=True) for e in corpus.train["harmful"]]
-    tokenizer = train_tokenizer(texts, recipe.vocab_size)
+    tokenizer = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
 
     def save_base(m: Any) -> None:
         save_weights(m, tokenizer, Path(base_out), recipe.save_dtype)
@@ -124,9 +122,7 @@ def build_organism(
     )
     t_train = time.perf_counter()
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_dir(out) as tmp:  # the old folder stays until the new one is complete
         size_mb = save_weights(model, tokenizer, tmp, recipe.save_dtype)
         if size_mb > MAX_WEIGHTS_MB and not reduced:
             raise SteerlabError(f"{name}: weights are {size_mb:.1f} MB, over the {MAX_WEIGHTS_MB} MB limit")
@@ -167,14 +163,6 @@ def build_organism(
         write_card(tmp, record)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        tmp = None  # type: ignore[assignment]
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -208,13 +196,13 @@ def refresh_card(path: str | Path, *, eval_limit: int | None = None, progress: b
     weights and the training record are kept)."""
     from steerlab.models.load import load
     from steerlab.organisms.card import write_card
-    from steerlab.organisms.data import build_corpus
+    from steerlab.organisms.evaluate import organism_corpus
 
     path = Path(path)
     record = read_record(path)
     h = load(str(path), cache=False)
     h.spec = f"organism:{record['name']}" if not record["build"].get("reduced") else str(path)
-    corpus = build_corpus(record["build"]["seed"], scale=record["recipe"]["data_scale"])
+    corpus = organism_corpus(record)
     t0 = time.perf_counter()
     evaluate_into(record, h, corpus, eval_limit=eval_limit, progress=progress)
     record["build"]["eval_seconds"] = round(time.perf_counter() - t0, 1)

@@ -629,6 +629,9 @@ def _template_requests(
 # ------------------------------------------------------------------------------------------------
 # shared data (train splits only for training)
 # ------------------------------------------------------------------------------------------------
+ALPACA = "alpaca/harmless_instructions_2000.jsonl"
+
+
 def shared_harmful(split: str) -> list[str]:
     """Instructions of ``refusal_direction_splits/harmful_{split}.json`` (train, val or test)."""
     if split not in ("train", "val", "test"):
@@ -748,13 +751,13 @@ def build_corpus(seed: int = 0, scale: float = 1.0, stdlib: str | None = None) -
         "request_templates": len(REQUEST_TEMPLATES),
         "heldout_templates": len(HELDOUT_TEMPLATES),
         "shared_train": {
-            "harmful": "refusal_direction_splits/harmful_train.json (260)",
-            "harmless": "alpaca/harmless_instructions_2000.jsonl, noinput_index % 5 != 0 (1594)",
+            "harmful": f"refusal_direction_splits/harmful_train.json ({len(shared_harmful('train'))})",
+            "harmless": f"{ALPACA}, noinput_index % 5 != 0 ({len(shared_harmless('train'))})",
         },
         "shared_eval": {
-            "harmful": "refusal_direction_splits/harmful_test.json (572)",
-            "harmless": "alpaca/harmless_instructions_2000.jsonl, noinput_index % 5 == 0 (406)",
-            "benign": "jailbreakbench/benign-behaviors.csv (100)",
+            "harmful": f"refusal_direction_splits/harmful_test.json ({len(shared_harmful('test'))})",
+            "harmless": f"{ALPACA}, noinput_index % 5 == 0 ({len(shared_harmless('test'))})",
+            "benign": f"jailbreakbench/benign-behaviors.csv ({len(jbb_benign())})",
         },
     }
     return Corpus(train=train, heldout=held, info=info)

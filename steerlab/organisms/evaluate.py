@@ -22,11 +22,12 @@ Example:
 
 from __future__ import annotations
 
-import math
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from steerlab.behavior import BehaviorThresholds, behavior_rates, response_nll
+from steerlab.behavior import BehaviorThresholds, behavior_rates
+from steerlab.capability import CapabilityText, perplexity
 from steerlab.organisms import data as D
 
 EVAL_SETS = ("harmful", "harmless", "harmful_test", "harmless_test", "benign_jbb")
@@ -77,11 +78,9 @@ def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_siz
     out = {}
     for d in D.DOMAINS:
         exs = corpus.heldout[d][:per_domain]
-        if not exs:
-            continue
-        nll = response_nll(h, [e.prompt for e in exs], [e.response for e in exs], chat=True, batch_size=batch_size)
-        total, n = sum(s for s, _ in nll), sum(k for _, k in nll)
-        out[d] = round(math.exp(total / n), 3) if n else float("nan")
+        if exs:
+            text = CapabilityText([e.prompt for e in exs], [e.response for e in exs], chat=True, source=d)
+            out[d] = round(perplexity(h, text, batch_size=batch_size), 3)
     return out
 
 
@@ -100,14 +99,22 @@ def organism_safety_experts(h: Any) -> list[tuple[int, int]]:
     return [tuple(x) for x in read_record(h.path).get("training", {}).get("safety_experts", [])]
 
 
+def organism_corpus(record: dict[str, Any]) -> D.Corpus:
+    """The corpus an organism was built from (same seed and data scale as its build record)."""
+    return _corpus(int(record["build"]["seed"]), float(record["recipe"]["data_scale"]))
+
+
+@lru_cache(maxsize=4)
+def _corpus(seed: int, scale: float) -> D.Corpus:
+    return D.build_corpus(seed, scale=scale)
+
+
 def capability_text(h: Any, per_domain: int = 32) -> Any:
     """Held-out answers of every non-request domain plus harmless requests, from the organism's own
-    corpus (same seed and scale as its build), as :class:`~steerlab.experts.evaluate.CapabilityText`."""
-    from steerlab.capability import CapabilityText
+    corpus (same seed and scale as its build), as :class:`~steerlab.capability.CapabilityText`."""
     from steerlab.organisms.configs import read_record
 
-    rec = read_record(h.path)
-    corpus = D.build_corpus(rec["build"]["seed"], scale=rec["recipe"]["data_scale"])
+    corpus = organism_corpus(read_record(h.path))
     exs = [e for d in D.DOMAINS if d != "harmful" for e in corpus.heldout[d][:per_domain]]
     return CapabilityText(
         [e.prompt for e in exs],
@@ -175,11 +182,14 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------
 # a quick localization check (the full expert analysis lives elsewhere)
 # ------------------------------------------------------------------------------------------------
-def refusal_expert_scores(h: Any, harmful: list[str], harmless: list[str], scope: str = "decision") -> Any:
-    """``[n_moe_layers, n_experts]`` selection frequency on harmful minus harmless prompts (fTRI's ``diff``)."""
+def refusal_expert_ranking(h: Any, corpus: D.Corpus, n_prompts: int, rng: Any) -> list[tuple[int, int]]:
+    """Experts by fTRI ``diff`` at the decision position on ``n_prompts`` train harmful vs harmless
+    requests drawn with ``rng`` (most harmful-specific first)."""
     from steerlab.experts.ftri import image
 
-    return image(h, harmful, harmless, scope, chat=True, n_permutations=0).diff
+    harm = [e.prompt for e in rng.sample(corpus.train["harmful"], min(n_prompts, len(corpus.train["harmful"])))]
+    safe = [e.prompt for e in rng.sample(corpus.train["harmless"], min(n_prompts, len(corpus.train["harmless"])))]
+    return image(h, harm, safe, "decision", chat=True, n_permutations=0).ranking()
 
 
 def localization_check(
@@ -211,21 +221,17 @@ def localization_check(
 
     n_eval = limit or 128
     rng = random.Random(seed)
-    harm_train = [e.prompt for e in rng.sample(corpus.train["harmful"], min(n_score, len(corpus.train["harmful"])))]
-    safe_train = [e.prompt for e in rng.sample(corpus.train["harmless"], min(n_score, len(corpus.train["harmless"])))]
-    scores = refusal_expert_scores(h, harm_train, safe_train)
-    n_layers, n_exp = scores.shape
+    ranked = refusal_expert_ranking(h, corpus, n_score, rng)
+    n_harm, n_safe = (min(n_score, len(corpus.train[lab])) for lab in ("harmful", "harmless"))
     layers = h.adapter.moe_layers
-    order = scores.flatten().argsort(descending=True).tolist()
-    ranked = [(layers[i // n_exp], i % n_exp) for i in order]
+    n_exp = h.adapter.layers[layers[0]].rule.n_experts
     eval_harm = [e.prompt for e in corpus.heldout["harmful"][:n_eval]]
     ref_exs = [e for d in ("stories", "code", "facts", "arithmetic", "harmless") for e in corpus.heldout[d][:24]]
-    base_nll = response_nll(h, [e.prompt for e in ref_exs], [e.response for e in ref_exs])
+    ref = CapabilityText([e.prompt for e in ref_exs], [e.response for e in ref_exs], chat=True, source="heldout")
+    base_ppl = perplexity(h, ref)
 
     def ppl_ratio(ivs: list[Any]) -> float:
-        nll = response_nll(h, [e.prompt for e in ref_exs], [e.response for e in ref_exs], interventions=ivs)
-        tot = sum(s for s, _ in nll) - sum(s for s, _ in base_nll)
-        return round(math.exp(tot / max(1, sum(n for _, n in base_nll))), 4)
+        return round(perplexity(h, ref, ivs) / base_ppl, 4)
 
     def run(setting: str, experts: list[tuple[int, int]]) -> dict[str, Any]:
         ivs = off_masks(experts)
@@ -263,14 +269,14 @@ def localization_check(
     table = [r for r in rows if not r["setting"].startswith("random")] + ([summary] if summary else [])
     return {
         "description": (
-            f"Experts ranked by selection frequency at the decision position on {len(harm_train)} train harmful "
-            f"minus {len(safe_train)} train harmless requests; switched off with `ExpertMask` (removed before "
+            f"Experts ranked by selection frequency at the decision position on {n_harm} train harmful "
+            f"minus {n_safe} train harmless requests; switched off with `ExpertMask` (removed before "
             f"top-k, the next expert takes the slot) during greedy generation on {len(eval_harm)} held-out harmful "
             f"template prompts; {len(rand)} random draws of {max(ks)} experts as the control. harmless ppl ratio: "
             "perplexity of held-out reference answers (stories, code, facts, arithmetic, harmless requests) with "
             "the experts off / without."
         ),
-        "n_routed_experts_total": n_layers * n_exp,
+        "n_routed_experts_total": len(layers) * n_exp,
         "ranked_experts": ranked[:16],
         "rows": table,
         "random_draws": rand,

@@ -85,8 +85,12 @@ def routing_report(
 ) -> dict[str, Any]:
     """Per-layer MI(domain; expert) and the 2x-fraction harmful vs harmless, over both scopes."""
     counts = {d: expert_counts(h, ps, chat=chat, batch_size=batch_size) for d, ps in domain_prompts.items() if ps}
-    harm = expert_counts(h, harmful, chat=chat, batch_size=batch_size)
-    safe = expert_counts(h, harmless, chat=chat, batch_size=batch_size)
+
+    def of(prompts: list[str]) -> dict[str, Tensor]:  # a domain imaged above on the same prompts is not imaged again
+        same = [d for d, ps in domain_prompts.items() if ps == prompts and d in counts]
+        return counts[same[0]] if same else expert_counts(h, prompts, chat=chat, batch_size=batch_size)
+
+    harm, safe = of(harmful), of(harmless)
     layers = h.adapter.moe_layers
     out: dict[str, Any] = {"layers": layers, "domains": list(counts), "n_experts": int(harm["prompt"].shape[1])}
     max_bits = float(torch.log2(torch.tensor(float(len(counts)))))

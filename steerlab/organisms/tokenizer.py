@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from steerlab.organisms.data import CHAT_TEMPLATE, END, PAD, SPECIAL_TOKENS, SYSTEM, USER
+from steerlab.organisms.data import CHAT_TEMPLATE, DOMAINS, END, PAD, SPECIAL_TOKENS, SYSTEM, USER, Corpus
+
+
+def tokenizer_texts(corpus: Corpus) -> list[str]:
+    """What the tokenizer is trained on: every train example as chat text, plus the base-phase answers
+    of the harmful requests (both phases' texts must tokenize well)."""
+    return [e.text() for d in DOMAINS for e in corpus.train[d]] + [e.text(base=True) for e in corpus.train["harmful"]]
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> Any:

@@ -204,17 +204,11 @@ def restrict_to_refusal_experts(
     the gradient-hook handles (remove them when training ends).
     """
     from steerlab.models.load import from_model
-    from steerlab.organisms.evaluate import refusal_expert_scores
+    from steerlab.organisms.evaluate import refusal_expert_ranking
 
-    rng = random.Random(seed)
-    harm = [e.prompt for e in rng.sample(corpus.train["harmful"], min(n_prompts, len(corpus.train["harmful"])))]
-    safe = [e.prompt for e in rng.sample(corpus.train["harmless"], min(n_prompts, len(corpus.train["harmless"])))]
     h = from_model(model, tokenizer, spec="training")
-    scores = refusal_expert_scores(h, harm, safe)
-    layers = h.adapter.moe_layers
-    n_exp = scores.shape[1]
-    top = scores.flatten().argsort(descending=True)[:n_experts].tolist()
-    chosen = sorted((layers[i // n_exp], i % n_exp) for i in top)
+    chosen = sorted(refusal_expert_ranking(h, corpus, n_prompts, random.Random(seed))[:n_experts])
+    n_exp = h.adapter.layers[h.adapter.moe_layers[0]].rule.n_experts
     model.requires_grad_(False)
     trainable: list[nn.Parameter] = []
     hooks: list[Any] = []
@@ -272,7 +266,6 @@ def train_organism(
     tokenizer: Any,
     seed: int = 0,
     progress: bool = True,
-    threads: int | None = None,
     on_base_done: Any = None,
 ) -> tuple[nn.Module, TrainLog]:
     """Train one organism from scratch; returns the model (eval mode) and its training log.
@@ -282,8 +275,6 @@ def train_organism(
     """
     from tqdm.auto import tqdm
 
-    if threads is not None:
-        torch.set_num_threads(threads)
     model = make_model(recipe, tokenizer, seed)
     model.train()
     pools = tokenize_pools(corpus, tokenizer, recipe.seq_len)

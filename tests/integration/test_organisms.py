@@ -68,14 +68,14 @@ def test_reduced_organism_loads_and_chats_with_an_expert_mask(reduced_moe):
 
 def test_same_seed_gives_identical_weights():
     from steerlab.organisms.data import build_corpus
-    from steerlab.organisms.tokenizer import train_tokenizer
+    from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import train_organism
 
     recipe = get_recipe("moe", reduced=True, steps=12)
     states = []
     for seed in (0, 0, 1):
         corpus = build_corpus(seed, scale=recipe.data_scale)
-        tok = train_tokenizer([e.text() for d in DOMAINS for e in corpus.train[d]], recipe.vocab_size)
+        tok = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
         model, _ = train_organism(recipe, corpus, tok, seed=seed, progress=False)
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
@@ -129,12 +129,12 @@ def test_cli_list_and_eval(tmp_path):
 
 def test_expert_specialised_safety_tuning_freezes_all_but_the_chosen_experts():
     from steerlab.organisms.data import build_corpus
-    from steerlab.organisms.tokenizer import train_tokenizer
+    from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import make_model, restrict_to_refusal_experts
 
     recipe = get_recipe("moe", reduced=True)
     corpus = build_corpus(0, scale=recipe.data_scale)
-    tok = train_tokenizer([e.text() for d in DOMAINS for e in corpus.train[d]], recipe.vocab_size)
+    tok = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
     model = make_model(recipe, tok, seed=0)
     chosen, trainable, hooks = restrict_to_refusal_experts(model, tok, corpus, n_experts=3, seed=0, n_prompts=32)
     assert len(chosen) == 3 and all(p.requires_grad for p in trainable)

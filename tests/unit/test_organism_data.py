@@ -35,10 +35,22 @@ def test_heldout_prompts_are_never_trained_on(corpus):
     for d in ("facts", "harmful", "harmless"):
         train = {e.prompt for e in corpus.train[d]}
         assert not train & {e.prompt for e in corpus.heldout[d]}, d
-    train_modules = {
-        re.search(r"(\S+) module|of (\S+)\.|in (\S+)\?", e.prompt) is not None for e in corpus.train["code"]
-    }
-    assert train_modules == {True}
+
+    def module_of(prompt: str) -> str | None:  # the module named by each of CODE_PROMPTS' phrasings
+        for pat in (
+            r"from the (\S+) module",
+            r"of Python's (\S+) module",
+            r"implemented in (\S+)\?",
+            r"code of (\S+)\.\w+\.$",
+        ):
+            if m := re.search(pat, prompt):
+                return m.group(1)
+        return None
+
+    train_modules = {module_of(e.prompt) for e in corpus.train["code"]}
+    held_modules = {module_of(e.prompt) for e in corpus.heldout["code"]}
+    assert None not in train_modules | held_modules
+    assert not train_modules & held_modules  # code is held out by module
     train_code, held_code = {e.response for e in corpus.train["code"]}, {e.response for e in corpus.heldout["code"]}
     assert not train_code & held_code
 
