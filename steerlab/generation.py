@@ -156,7 +156,7 @@ def generate(
         "chat": chat,
         "system": system,
         "use_cache": use_cache,
-        "interventions": _describe(interventions),
+        "interventions": describe_interventions(interventions),
     }
     scores = [s.float() for s in out.logits] if output_scores else None
     return GenerationResult(
@@ -171,7 +171,8 @@ def generate(
     )
 
 
-def _describe(interventions: Any) -> list[dict[str, Any]]:
+def describe_interventions(interventions: Any) -> list[dict[str, Any]]:
+    """The JSON description of an intervention list (``[]`` for none), as settings record it."""
     from steerlab.interventions.spec import as_set
 
     return as_set(interventions).to_json()["interventions"]

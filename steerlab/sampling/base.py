@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import LogitsProcessor
 
 from steerlab.errors import SpecError
 
@@ -114,11 +115,14 @@ class Sampler:
         return f"{type(self).__name__}({args})"
 
 
-class SamplerLogitsProcessor:
-    """Adapter making any :class:`Sampler` a ``transformers.LogitsProcessor``."""
+class SamplerLogitsProcessor(LogitsProcessor):
+    """Any :class:`Sampler` as a ``transformers.LogitsProcessor`` (returns tempered, truncated logits)."""
 
     def __init__(self, sampler: Sampler) -> None:
         self.sampler = sampler
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         return self.sampler.filter_logits(scores).to(scores.dtype)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.sampler!r})"

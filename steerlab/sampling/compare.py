@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from steerlab.errors import SpecError
+from steerlab.generation import describe_interventions
 from steerlab.sampling.base import make_sampler
 from steerlab.sampling.metrics import distinct_n, embedding_diversity, mean_ci, self_bleu
 
@@ -161,16 +162,8 @@ class CompareConfig:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["interventions"] = _describe(self.interventions)
+        d["interventions"] = describe_interventions(self.interventions)
         return d
-
-
-def _describe(interventions: Any) -> list[dict[str, Any]]:
-    if interventions is None:
-        return []
-    from steerlab.interventions.spec import as_set
-
-    return as_set(interventions).to_json()["interventions"]
 
 
 # -- the pieces ------------------------------------------------------------------------------------
@@ -384,6 +377,7 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path, *, progress: bool = Tru
     import steerlab as sl
     from steerlab.artifacts import read_artifact, write_artifact
     from steerlab.sampling.diagnostics import diagnose_generation, per_step_figure
+    from steerlab.viz.sampling import COMPARE_KIND
 
     cfg.validate()
     t0 = time.time()
@@ -393,7 +387,7 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path, *, progress: bool = Tru
     judge = h if same_judge else sl.load(cfg.judge)
     judge_chat = chat and bool(getattr(judge.tokenizer, "chat_template", None))
     # the same model, unsteered, judges from the logits generation computed anyway (no second forward pass)
-    judge_in_place = same_judge and not _describe(cfg.interventions)
+    judge_in_place = same_judge and not describe_interventions(cfg.interventions)
     embedder = None
     if cfg.embed:
         from steerlab.sampling.metrics import default_embedder
@@ -470,7 +464,7 @@ def run_compare(cfg: CompareConfig, out_dir: str | Path, *, progress: bool = Tru
     config = cfg.to_json() | {"chat": chat, "judge": cfg.judge or cfg.model, "n_prompts": len(cfg.prompts)}
     path = write_artifact(
         out_dir,
-        kind="sampling_compare",
+        kind=COMPARE_KIND,
         config=config,
         metrics=metrics,
         data={

@@ -37,8 +37,6 @@ from steerlab.sampling.base import Sampler
 from steerlab.sampling.basic import MinP, TopP
 from steerlab.sampling.top_h import TopH
 
-METRIC_KEYS = ("kept", "kept_entropy", "kept_mass")
-
 
 def entropy(logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
     """Entropy in nats of ``softmax(logits)`` per row (``-inf`` logits contribute nothing)."""
@@ -46,11 +44,12 @@ def entropy(logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
 
 
 def truncation_stats(
-    tempered: Float[Tensor, "batch vocab"], truncated: Float[Tensor, "batch vocab"]
+    tempered: Float[Tensor, "batch vocab"], truncated: Float[Tensor, "batch vocab"], p: Tensor | None = None
 ) -> dict[str, Tensor]:
-    """Size, renormalized entropy and mass (under ``softmax(tempered)``) of the kept set of each row."""
+    """Size, renormalized entropy and mass (under ``p = softmax(tempered)``, computed unless given) of the
+    kept set of each row."""
     kept = torch.isfinite(truncated)
-    p = torch.softmax(tempered.float(), dim=-1)
+    p = torch.softmax(tempered.float(), dim=-1) if p is None else p
     return {
         "kept": kept.sum(-1),
         "kept_entropy": entropy(truncated),
@@ -58,8 +57,8 @@ def truncation_stats(
     }
 
 
-def _rule_stats(sampler: Sampler, logits: Tensor, tempered: Tensor) -> dict[str, Tensor]:
-    return truncation_stats(tempered, sampler.filter_logits(logits))
+def _rule_stats(sampler: Sampler, logits: Tensor, tempered: Tensor, p: Tensor) -> dict[str, Tensor]:
+    return truncation_stats(tempered, sampler.filter_logits(logits), p)
 
 
 def _listify(stats: dict[str, Tensor]) -> dict[str, list]:
@@ -81,15 +80,16 @@ def step_diagnostics(
     top_h = TopH(alpha=alpha, variant=variant, temperature=temperature)  # validates everything
     nucleus, minp = TopP(p=top_p, temperature=temperature), MinP(p=min_p, temperature=temperature)
     tempered = logits.float() / top_h.temperature
-    sel = top_h.select(logits)
-    h_stats = _rule_stats(top_h, logits, tempered)
+    p = torch.softmax(tempered, dim=-1)
+    sel = top_h.select(logits)  # one selection gives both the kept set and the budget
+    h_stats = truncation_stats(tempered, sel.filtered(tempered), p)
     return {
         "units": "nats",
         "temperature": top_h.temperature,
-        "entropy": entropy(tempered).tolist(),
+        "entropy": torch.special.entr(p).sum(-1).tolist(),
         "top_h": {"alpha": top_h.alpha, "variant": top_h.variant, **_listify(h_stats), "budget": sel.budget.tolist()},
-        "top_p": {"p": nucleus.p, **_listify(_rule_stats(nucleus, logits, tempered))},
-        "min_p": {"p": minp.p, **_listify(_rule_stats(minp, logits, tempered))},
+        "top_p": {"p": nucleus.p, **_listify(_rule_stats(nucleus, logits, tempered, p))},
+        "min_p": {"p": minp.p, **_listify(_rule_stats(minp, logits, tempered, p))},
     }
 
 

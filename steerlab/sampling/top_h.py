@@ -64,10 +64,9 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers import LogitsProcessor
 
 from steerlab.errors import SpecError
-from steerlab.sampling.base import Sampler, check_temperature, register_sampler
+from steerlab.sampling.base import Sampler, SamplerLogitsProcessor, register_sampler
 
 Variant = Literal["paper", "hf", "reference"]
 VARIANTS: tuple[str, ...] = ("paper", "hf", "reference")
@@ -91,6 +90,10 @@ class TopHSelection:
     values: Float[Tensor, "batch width"]
     n_keep: Int[Tensor, " batch"]
     budget: Float[Tensor, " batch"]
+
+    def filtered(self, tempered: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch vocab"]:
+        """``tempered`` logits (those the selection was made on) with the rest at ``-inf``."""
+        return torch.full_like(tempered, _NEG_INF, dtype=torch.float32).scatter_(1, self.ids, self.values)
 
 
 def check_alpha(alpha: float) -> float:
@@ -339,7 +342,7 @@ class TopH(Sampler):
         return TopHLogitsProcessor(self.alpha, self.variant, self.temperature)
 
 
-class TopHLogitsProcessor(LogitsProcessor):
+class TopHLogitsProcessor(SamplerLogitsProcessor):
     """Top-H as a plain ``transformers.LogitsProcessor`` (returns tempered, truncated logits).
 
     It applies the temperature itself, so call ``generate`` with ``do_sample=True, temperature=1.0,
@@ -358,10 +361,4 @@ class TopHLogitsProcessor(LogitsProcessor):
     """
 
     def __init__(self, alpha: float = 0.4, variant: Variant = "paper", temperature: float = 1.0) -> None:
-        self.sampler = TopH(alpha=alpha, variant=variant, temperature=check_temperature(temperature))
-
-    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        return self.sampler.filter_logits(scores).to(scores.dtype)
-
-    def __repr__(self) -> str:
-        return f"TopHLogitsProcessor({self.sampler.params()})"
+        super().__init__(TopH(alpha=alpha, variant=variant, temperature=temperature))
