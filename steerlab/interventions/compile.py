@@ -36,7 +36,7 @@ from steerlab.interventions.spec import (
     ScaleUnits,
     as_set,
 )
-from steerlab.models.adapters import route
+from steerlab.models.adapters.routing import mask_problem, route
 from steerlab.sites import MOE_SITES, SiteRef
 
 ActFn = Callable[[Tensor, Any, StepState], Tensor]  # (activation [b, t, d], mask, state) -> activation
@@ -89,6 +89,7 @@ class Plan:
     editors: list[ParamEditor]
     records: list[str]
     n_interventions: int
+    selectors: list[Any] = field(default_factory=list)  # every position selector, checked per batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,63 +174,134 @@ def run_ops(ops_list: list[ActOp], x: Tensor, state: StepState) -> Tensor:
 # expert masks
 # ---------------------------------------------------------------------------------------------
 def _validate_mask(h: Any, iv: ExpertMask) -> None:
+    """Check one mask on its own: an MoE layer, expert indices in range, satisfiable by itself."""
     adapter = h.adapter
     if not adapter.is_moe:
         raise SpecError(f"ExpertMask needs an MoE model; {h.spec!r} ({adapter.family}) has no routed experts")
     if iv.layer >= adapter.n_layers:
         raise SpecError(f"expert mask layer {iv.layer} out of range; the model has {adapter.n_layers} layers")
-    parts = adapter.layers[iv.layer]
-    if parts.rule is None:
+    rule = adapter.layers[iv.layer].rule
+    if rule is None:
         raise SpecError(f"layer {iv.layer} is not an MoE layer; MoE layers: {adapter.moe_layers}")
-    n, k = parts.rule.n_experts, parts.rule.top_k
+    n = rule.n_experts
     for what, idx in (("off", iv.off), ("on", iv.on), ("scale", list(iv.scale))):
         bad = [e for e in idx if not 0 <= e < n]
         if bad:
             raise SpecError(f"expert index {bad} in {what!r} out of range for layer {iv.layer}; expected 0..{n - 1}")
-    both = set(iv.off) & set(iv.on)
-    if both:
-        raise SpecError(f"experts {sorted(both)} are both switched off and forced on in layer {iv.layer}")
-    if len(set(iv.on)) > k:
-        raise SpecError(f"{len(set(iv.on))} experts forced on in layer {iv.layer}, but top_k is {k}")
-    if n - len(set(iv.off)) < k:
-        raise SpecError(
-            f"{len(set(iv.off))} of {n} experts switched off in layer {iv.layer}; at least top_k={k} must remain"
+    problem = mask_problem(rule, set(iv.off), set(iv.on))
+    if problem:
+        raise SpecError(f"{problem} in layer {iv.layer}")
+
+
+@dataclass(frozen=True)
+class MergedMask:
+    """The masks of one layer that apply at a position, merged: union of ``off`` and of ``on``,
+    product of gate ``scale`` per expert, ``renormalize`` if any asks for it.
+
+    >>> m = MergedMask.of([ExpertMask(layer=0, off=[1], scale={2: 0.5}), ExpertMask(layer=0, off=[3], scale={2: 0.5})])
+    >>> sorted(m.off), m.scale
+    ([1, 3], {2: 0.25})
+    """
+
+    off: frozenset[int]
+    on: frozenset[int]
+    scale: dict[int, float]
+    renormalize: bool
+
+    @classmethod
+    def of(cls, masks: list[ExpertMask]) -> MergedMask:
+        scale: dict[int, float] = {}
+        for m in masks:
+            for e, s in m.scale.items():
+                scale[e] = scale.get(e, 1.0) * s
+        return cls(
+            off=frozenset(e for m in masks for e in m.off),
+            on=frozenset(e for m in masks for e in m.on),
+            scale=scale,
+            renormalize=any(m.renormalize for m in masks),
         )
 
 
-def _compile_mask(h: Any, iv: ExpertMask) -> Callable[[tuple, StepState], tuple]:
-    parts = h.adapter.layers[iv.layer]
-    rule = parts.rule
-    n, device = rule.n_experts, h.device
-    off = torch.zeros(n, dtype=torch.bool, device=device)
-    off[list(iv.off)] = True
-    on = torch.zeros(n, dtype=torch.bool, device=device)
-    on[list(iv.on)] = True
+RouterOut = tuple  # (router_logits, topk_weights, topk_indices, ...)
+
+
+def _merged_router(h: Any, layer: int, merged: MergedMask) -> Callable[[RouterOut], RouterOut]:
+    """The router output redone under one merged mask; its tensors are built once.
+
+    An off-only mask on a rule whose routing is local to the chosen experts
+    (:attr:`RoutingRule.off_is_local`) returns the router's own output unchanged when no token chose
+    an off expert, and otherwise redoes the routing.
+    """
+    parts = h.adapter.layers[layer]
+    rule, device = parts.rule, h.device
+    n = rule.n_experts
+
+    def flags(idx: frozenset[int]) -> Tensor | None:
+        if not idx:
+            return None
+        t = torch.zeros(n, dtype=torch.bool, device=device)
+        t[sorted(idx)] = True
+        return t
+
+    off, on = flags(merged.off), flags(merged.on)
     gate_scale = None
-    if iv.scale:
+    if merged.scale:
         gate_scale = torch.ones(n, dtype=torch.float32, device=device)
-        for e, s in iv.scale.items():
+        for e, s in merged.scale.items():
             gate_scale[e] = s
     bias = h.adapter.router_bias(parts.router)
+    only_off = off is not None and on is None and gate_scale is None and not merged.renormalize and rule.off_is_local
 
-    def fn(out: tuple, state: StepState) -> tuple:
+    def fn(out: RouterOut) -> RouterOut:
         logits, weights, indices = out[0], out[1], out[2]
-        m = state.mask(iv.positions, logits.device)
-        if m is False:
+        if only_off and not bool(off[indices].any()):  # type: ignore[index]
             return out
         w, idx = route(
-            rule,
-            logits,
-            off=off if iv.off else None,
-            on=on if iv.on else None,
-            bias=bias,
-            gate_scale=gate_scale,
-            renormalize=iv.renormalize,
+            rule, logits, off=off, on=on, bias=bias, gate_scale=gate_scale, renormalize=merged.renormalize
         )
-        w = w.to(weights.dtype)
-        if m is not None:
-            flat = m.reshape(-1, 1)
-            w, idx = torch.where(flat, w, weights), torch.where(flat, idx, indices)
+        return (logits, w.to(weights.dtype), idx, *out[3:])
+
+    return fn
+
+
+def _compile_layer_masks(h: Any, layer: int, masks: list[ExpertMask]) -> Callable[[RouterOut, StepState], RouterOut]:
+    """One router edit for all ``masks`` of ``layer``: at each position the masks whose ``positions``
+    select it are merged (:class:`MergedMask`) and routing is redone once from the router's logits."""
+    groups: dict[str, list[ExpertMask]] = {}
+    for m in masks:
+        groups.setdefault(repr(m.positions), []).append(m)
+    selectors = [g[0].positions for g in groups.values()]
+    members = list(groups.values())
+    routers: dict[int, Callable[[RouterOut], RouterOut]] = {}
+
+    def router(bits: int) -> Callable[[RouterOut], RouterOut]:
+        if bits not in routers:
+            chosen = [m for g, ms in enumerate(members) if bits >> g & 1 for m in ms]
+            routers[bits] = _merged_router(h, layer, MergedMask.of(chosen))
+        return routers[bits]
+
+    if len(selectors) == 1 and selectors[0] == "all":
+        only = router(1)
+        return lambda out, state: only(out)
+
+    def fn(out: RouterOut, state: StepState) -> RouterOut:
+        logits, weights, indices = out[0], out[1], out[2]
+        sel = [state.mask(p, logits.device) for p in selectors]
+        if all(m is None or m is False for m in sel):
+            bits = sum(1 << g for g, m in enumerate(sel) if m is None)
+            return router(bits)(out) if bits else out
+        code = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        for g, m in enumerate(sel):
+            if m is None:
+                code += 1 << g
+            elif m is not False:
+                code += m.reshape(-1).long() << g
+        w, idx = weights, indices
+        for bits in code.unique().tolist():
+            if bits:
+                new = router(bits)(out)
+                here = (code == bits).unsqueeze(1)
+                w, idx = torch.where(here, new[1], w), torch.where(here, new[2], idx)
         return (logits, w, idx, *out[3:])
 
     return fn
@@ -319,13 +391,13 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
     record = list(dict.fromkeys(record or []))
     act_ops: dict[str, tuple[SiteRef, list[ActOp]]] = {}
     mid_ops: dict[int, list[ActOp]] = defaultdict(list)
-    mask_ops: dict[int, list[Callable]] = defaultdict(list)
+    masks: dict[int, list[tuple[int, ExpertMask]]] = defaultdict(list)
     editors: list[ParamEditor] = []
     for i, iv in enumerate(ivs):
         try:
             if isinstance(iv, ExpertMask):
                 _validate_mask(h, iv)
-                mask_ops[iv.layer].append(_compile_mask(h, iv))
+                masks[iv.layer].append((i, iv))
             elif isinstance(iv, ParamEdit):
                 editors.append(ParamEditor(h, iv))
             else:
@@ -337,6 +409,16 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
         except (SpecError, UnknownSiteError) as e:
             label = f" ({iv.name})" if getattr(iv, "name", None) else ""
             raise type(e)(f"intervention {i}{label}: {e}") from None
+    for layer, numbered in masks.items():
+        # masks on one layer compose (see ExpertMask); all of them together must be satisfiable
+        problem = mask_problem(
+            h.adapter.layers[layer].rule,
+            {e for _, m in numbered for e in m.off},
+            {e for _, m in numbered for e in m.on},
+        )
+        if problem and len(numbered) > 1:
+            which = ", ".join(str(i) for i, _ in numbered)
+            raise SpecError(f"interventions {which} (expert masks on layer {layer}) combined: {problem}")
     record_refs = [h.site(s) for s in record]
 
     paths = {id(m): name for name, m in h.model.named_modules()}
@@ -386,9 +468,9 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
         tensor_fns[(attn_v.path, attn_v.kind)].append(mid)
 
     router_fns: dict[tuple[str, str], list[Callable]] = defaultdict(list)
-    for layer, fns in mask_ops.items():
+    for layer, numbered in masks.items():
         v = visit_for(h.site(f"blocks.{layer}.moe.router_logits"))
-        router_fns[(v.path, v.kind)].extend(fns)
+        router_fns[(v.path, v.kind)].append(_compile_layer_masks(h, layer, [m for _, m in numbered]))
 
     for ref in record_refs:
         visit_for(ref).records.append(ref.name)
@@ -399,7 +481,8 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
         elif k in tensor_fns:
             v.apply = _chain(tensor_fns[k])
     ordered = sorted(visits.values(), key=lambda v: (v.key, v.kind != "input"))
-    return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs))
+    selectors = [iv.positions for iv in ivs if getattr(iv, "positions", "all") != "all"]
+    return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs), selectors=selectors)
 
 
 def _identity(value: Any, state: StepState) -> None:

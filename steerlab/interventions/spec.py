@@ -132,7 +132,19 @@ class Patch(_SiteOp):
 
 class ExpertMask(_Base):
     """Switch routed experts of one MoE layer off (removed before top-k), force them on, or
-    rescale their gate weights; ``renormalize`` rescales the chosen weights to sum to 1."""
+    rescale their gate weights; ``renormalize`` rescales the chosen weights to sum to 1.
+
+    Several masks on one layer compose: at each position, the masks whose ``positions`` select it
+    merge into one (union of ``off``, union of ``on``, product of the ``scale`` factors of an expert,
+    ``renormalize`` if any of them asks for it), and routing is redone once from the router's logits.
+    All masks of a layer taken together must be satisfiable (whatever their positions): no expert
+    both off and on, at least ``top_k`` experts left routable (for grouped routers, within the
+    chosen groups), at most ``top_k`` forced on; otherwise compilation raises ``SpecError``.
+
+    Example:
+        >>> two = [ExpertMask(layer=1, off=[0]), ExpertMask(layer=1, off=[3], scale={2: 0.5})]
+        >>> # routes exactly like ExpertMask(layer=1, off=[0, 3], scale={2: 0.5})
+    """
 
     type: Literal["expert_mask"] = "expert_mask"
     layer: int = Field(ge=0)

@@ -35,6 +35,57 @@ class RoutingRule:
     sorted_topk: bool = True
     weights_dtype_follows_logits: bool = True
 
+    @property
+    def off_is_local(self) -> bool:
+        """Whether switching experts off leaves a token's routing as it was when none of the experts
+        it chose is off: true when a chosen weight does not depend on the other experts' scores (no
+        softmax over all experts, or one renormalized over the k) and no expert groups are chosen.
+
+        >>> [RoutingRule(n_experts=8, top_k=2, norm_topk=norm).off_is_local for norm in (False, True)]
+        [False, True]
+        """
+        return (self.score != "softmax" or self.norm_topk) and (self.group is None or self.n_group == 1)
+
+
+def mask_problem(rule: RoutingRule, off: set[int], on: set[int]) -> str | None:
+    """Why switching ``off`` experts off and forcing ``on`` experts on cannot be honoured by ``rule``
+    at every token (``None`` when it can). Grouped rules choose ``topk_group`` groups first, so the
+    forced-on experts must fit in that many groups and, in the worst case, the chosen groups must
+    still hold ``top_k`` routable experts (a ``top2sum`` group scores only with two of them).
+
+    >>> r = RoutingRule(n_experts=4, top_k=2)
+    >>> mask_problem(r, {0, 1, 2}, set())
+    '3 of 4 experts switched off; at least top_k=2 must remain'
+    """
+    n, k = rule.n_experts, rule.top_k
+    both = off & on
+    if both:
+        return f"experts {sorted(both)} are both switched off and forced on"
+    if len(on) > k:
+        return f"{len(on)} experts forced on ({sorted(on)}), but top_k is {k}"
+    if n - len(off) < k:
+        return f"{len(off)} of {n} experts switched off; at least top_k={k} must remain"
+    if rule.group is None or rule.n_group <= 1:
+        return None
+    per = n // rule.n_group
+    routable = [sum(e not in off for e in range(g * per, (g + 1) * per)) for g in range(rule.n_group)]
+    on_groups = sorted({e // per for e in on})
+    if len(on_groups) > rule.topk_group:
+        return (
+            f"forced-on experts {sorted(on)} lie in {len(on_groups)} expert groups, but only "
+            f"topk_group={rule.topk_group} groups are chosen per token"
+        )
+    if rule.group == "top2sum" and any(routable[g] < 2 for g in on_groups):
+        return f"a group holding a forced-on expert of {sorted(on)} needs a second routable expert to be scored"
+    rest = sorted(routable[g] for g in range(rule.n_group) if g not in on_groups)
+    worst = sum(routable[g] for g in on_groups) + sum(rest[: rule.topk_group - len(on_groups)])
+    if worst < k:
+        return (
+            f"switching off {sorted(off)} can leave {worst} routable experts in the topk_group={rule.topk_group} "
+            f"chosen groups of {per}; at least top_k={k} must remain"
+        )
+    return None
+
 
 def route(
     rule: RoutingRule,
