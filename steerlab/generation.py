@@ -26,6 +26,7 @@ from torch import Tensor
 
 from steerlab.errors import SpecError
 from steerlab.interventions.compile import Plan, compile_plan
+from steerlab.interventions.positions import check_positions
 from steerlab.sampling import Sampler, make_sampler
 
 
@@ -122,6 +123,7 @@ def generate(
     from transformers import GenerationConfig, LogitsProcessorList
 
     enc = h.encode(prompts, chat=chat, system=system)
+    check_positions(compiled.selectors, enc["attention_mask"])
     prompt_len = enc["input_ids"].shape[1]
     eos = h.tokenizer.eos_token_id if stop_at_eos else None
     gc = GenerationConfig(
@@ -131,7 +133,9 @@ def generate(
         # every steerlab sampler; the sampler alone decides what is kept.
         **({} if smp.greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}),
         pad_token_id=h.tokenizer.pad_token_id,
-        eos_token_id=eos,
+        # transformers fills an unset (None) eos_token_id from the model's generation config, so "no
+        # EOS" must be said with an empty list: generation then runs max_new_tokens for every row.
+        eos_token_id=eos if eos is not None else [],
         bos_token_id=h.tokenizer.bos_token_id,
         use_cache=use_cache,
         output_logits=output_scores,
@@ -198,6 +202,7 @@ def forward(
     """
     enc = as_encoding(h, inputs, attention_mask, chat=chat, system=system)
     compiled = _plan(h, interventions, record, plan)
+    check_positions(compiled.selectors, enc["attention_mask"])
     out, records = h.engine.forward(enc, compiled, position_ids=position_ids(enc["attention_mask"]))
     return (out.logits, dict(records)) if return_records else out.logits
 

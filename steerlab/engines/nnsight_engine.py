@@ -76,6 +76,7 @@ class NNsightEngine:
         self.handle = handle
         self.lock = threading.RLock()
         self._lm: Any = None
+        self._key: tuple = ()
         self._gen_out: dict[str, Any] = {}
 
     @property
@@ -85,7 +86,8 @@ class NNsightEngine:
         nnsight replaces every module's ``forward`` with its controller; doing that on a twin keeps
         ``handle.model`` the plain Hugging Face model for unsteered runs and for users' own code.
         """
-        if self._lm is None:
+        key = self.handle.tensors_key()
+        if self._lm is None or key != self._key:  # a tensor of the model was replaced: rebuild the twin
             from nnsight.modeling.transformers import TransformersModel
 
             with warnings.catch_warnings():
@@ -94,7 +96,7 @@ class NNsightEngine:
             # generate's return value passes through nnsight's own Generator module; keep it there,
             # so it is available even when generation stops early (all rows at EOS)
             lm.generator._module.register_forward_hook(lambda m, a, out: self._gen_out.__setitem__("out", out))
-            self._lm = lm
+            self._lm, self._key = lm, key
         return self._lm
 
     # -- the per-forward body --------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from steerlab.errors import SpecError
 from steerlab.interventions.spec import LastK
 
 MaskOrAll = Bool[Tensor, "batch seq"] | None | bool  # None: every position; False: none
@@ -88,3 +89,37 @@ class StepState:
             out = m
         self._cache[key] = out
         return out
+
+
+def check_positions(selectors: list[Any], attention_mask: Int[Tensor, "batch pos"]) -> None:
+    """Raise :class:`SpecError` where a selector reaches past a row's prompt.
+
+    Explicit positions and ``{"last": k}`` count within each row's own prompt (padding excluded),
+    so ``positions=[100]`` on a 7-token prompt, or ``{"last": 1000}``, is an error naming the row
+    and its length rather than a silent no-op or a silent ``"prompt"``.
+
+    Example:
+        >>> check_positions([[0, 2]], torch.tensor([[0, 1, 1, 1]]))
+        >>> check_positions([{"last": 4}], torch.tensor([[0, 1, 1, 1]]))
+        Traceback (most recent call last):
+        ...
+        steerlab.errors.SpecError: positions {'last': 4} ask for the last 4 prompt tokens, but prompt row 0 has 3 tokens
+    """
+    if not selectors:
+        return
+    lengths = attention_mask.long().sum(-1).tolist()
+    shortest = min(range(len(lengths)), key=lengths.__getitem__)
+    n = lengths[shortest]
+    for sel in selectors:
+        if isinstance(sel, (dict, LastK)):
+            k = (sel if isinstance(sel, LastK) else LastK(**sel)).last
+            if k > n:
+                raise SpecError(
+                    f"positions {{'last': {k}}} ask for the last {k} prompt tokens, "
+                    f"but prompt row {shortest} has {n} tokens"
+                )
+        elif isinstance(sel, (list, tuple)) and sel and max(sel) >= n:
+            raise SpecError(
+                f"position {max(sel)} in positions {list(sel)} is past the end of prompt row {shortest}, "
+                f"which has {n} tokens (positions count from 0 within each row's prompt)"
+            )

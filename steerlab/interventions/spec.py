@@ -20,14 +20,13 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from steerlab.artifacts import atomic_save_tensors, atomic_write_text
+from steerlab.artifacts import atomic_write_bytes, atomic_write_text, safetensors_bytes
 from steerlab.errors import SpecError
 
 
@@ -54,7 +53,8 @@ def _to_tensor(value: Any, field_name: str) -> torch.Tensor:
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True)
+    # allow_inf_nan=False: every float field (scales, values, gate scales) must be finite
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True, allow_inf_nan=False)
     name: str | None = None  # optional label, shown in artifacts and the dashboard
 
 
@@ -77,13 +77,6 @@ class AddVector(_SiteOp):
         if t.ndim != 1:
             raise ValueError(f"vector must be 1-D [d_model], got shape {tuple(t.shape)}")
         return t
-
-    @field_validator("scale")
-    @classmethod
-    def _scale(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError(f"scale must be finite, got {v!r}")
-        return v
 
 
 class ProjectOut(_SiteOp):
@@ -177,7 +170,14 @@ class ParamEdit(_Base):
     def _mask(cls, v: Any) -> torch.Tensor | None:
         if v is None:
             return None
-        t = v if isinstance(v, torch.Tensor) else torch.tensor(v)
+        if not isinstance(v, (torch.Tensor, list)):
+            raise ValueError(f"mask must be a bool tensor or a nested list of booleans/0/1, got {type(v).__name__}")
+        try:
+            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.tensor(v)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"mask must be a rectangular nested list of booleans/0/1: {e}") from e
+        if t.dtype != torch.bool and not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError("mask values must be booleans or 0/1")
         return t.bool()
 
     @field_validator("delta", mode="before")
@@ -260,20 +260,46 @@ class InterventionSet:
         return out
 
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON) and, if any tensors, ``path`` with suffix ``.safetensors``; atomic."""
+        """Write the set to ``path`` (JSON) and its tensors, if any, to the content-named side file
+        ``STEM.<sha256 of the tensors, 16 hex>.safetensors`` that the JSON names in ``tensors_file``.
+
+        Crash-safe: the side file is written in full (fsynced, renamed into place) before the JSON,
+        which then replaces the old JSON in one ``os.replace``, the single commit point (see
+        :func:`~steerlab.artifacts.atomic_write_bytes`); side files of earlier saves are deleted only
+        after it. So after a crash at any point, :meth:`load` returns the old set or the new set,
+        tensors included; at worst an unused side file stays behind (the next save deletes it).
+
+        Example:
+            >>> import tempfile, torch
+            >>> from steerlab.interventions import AddVector
+            >>> s = InterventionSet([AddVector(site="blocks.1.resid_post", vector=torch.ones(64))])
+            >>> p = s.save(tempfile.mkdtemp() + "/steer.json")
+            >>> InterventionSet.load(p).items[0].vector.sum().item()
+            64.0
+        """
+        import hashlib
+        import re
+
         path = Path(path)
         tensors = self.tensors()
         meta = self.to_json()
+        keep = None
         if tensors:
-            side = path.with_suffix(".safetensors")
-            meta["tensors_file"] = side.name
-            atomic_save_tensors(side, tensors)
+            data = safetensors_bytes(tensors)
+            keep = f"{path.stem}.{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
+            meta["tensors_file"] = keep
+            atomic_write_bytes(path.with_name(keep), data)
         atomic_write_text(path, json.dumps(meta, indent=2))
+        stale = re.compile(rf"{re.escape(path.stem)}(\.[0-9a-f]{{16}})?\.safetensors")  # also the unhashed name
+        for f in path.parent.iterdir():
+            if f.name != keep and stale.fullmatch(f.name):
+                f.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> InterventionSet:
-        """Read a spec written by :meth:`save` (or hand-written JSON with inline lists)."""
+        """Read a spec written by :meth:`save` (or hand-written JSON with inline lists); its tensors
+        come from the side file that the JSON names (``tensors_file``). Raises :class:`SpecError`."""
         path = Path(path)
         if not path.exists():
             raise SpecError(f"intervention spec file {str(path)!r} does not exist")
@@ -281,22 +307,33 @@ class InterventionSet:
             meta = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise SpecError(f"intervention spec {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}") from e
+        except (OSError, UnicodeDecodeError) as e:
+            raise SpecError(f"intervention spec {str(path)!r} cannot be read: {e}") from e
         return cls.from_json(meta, base_dir=path.parent)
 
     @classmethod
     def from_json(cls, meta: Any, base_dir: Path | None = None) -> InterventionSet:
+        """Build a set from :meth:`to_json` output (``tensors_file`` resolved against ``base_dir``)
+        or a bare list of intervention dicts. Raises :class:`SpecError` naming what is wrong."""
         if isinstance(meta, list):
             meta = {"interventions": meta}
         if not isinstance(meta, dict) or not isinstance(meta.get("interventions"), list):
             raise SpecError("intervention spec must be a JSON object with an 'interventions' list (or a bare list)")
         tensors: dict[str, torch.Tensor] = {}
         if meta.get("tensors_file"):
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
             side = (base_dir or Path(".")) / meta["tensors_file"]
             if not side.exists():
                 raise SpecError(f"tensors file {str(side)!r} named by the spec does not exist")
-            tensors = load_file(str(side))
+            try:
+                tensors = load_file(str(side))
+            except (OSError, SafetensorError) as e:
+                raise SpecError(
+                    f"tensors file {str(side)!r} named by the spec is not a readable safetensors file ({e}); "
+                    "expected the tensors written by InterventionSet.save"
+                ) from e
         items = []
         for i, d in enumerate(meta["interventions"]):
             if not isinstance(d, dict):
@@ -309,7 +346,16 @@ class InterventionSet:
                         raise SpecError(f"intervention {i}: tensor {ref['$tensor']!r} missing from the tensors file")
                     d[f] = tensors[ref["$tensor"]]
             if isinstance(d.get("scale"), dict):
-                d["scale"] = {int(k): v for k, v in d["scale"].items()}
+                scale = {}
+                for k, v in d["scale"].items():
+                    try:
+                        scale[int(k)] = v
+                    except (TypeError, ValueError):
+                        raise SpecError(
+                            f"intervention {i}: scale key {k!r} is not an integer; expected expert indices as keys, "
+                            'e.g. {"3": 0.5}'
+                        ) from None
+                d["scale"] = scale
             items.append(parse_intervention(d))
         return cls(items)
 

@@ -46,6 +46,7 @@ class ModelHandle:
     path: Path | None = None
     _bridge: Any = field(default=None, repr=False)
     _engine: Any = field(default=None, repr=False)
+    _bridge_key: tuple = field(default=(), repr=False)
 
     @property
     def device(self) -> torch.device:
@@ -128,8 +129,11 @@ class ModelHandle:
         The bridge wraps modules in place, so it is built on a structural copy whose parameters and
         buffers are the very tensors of ``self.model``: edits through either are seen by both.
         """
-        if self._bridge is None:
+        key = self.tensors_key()
+        if self._bridge is None or self._bridge_key != key:
             from transformer_lens.model_bridge import TransformerBridge
+
+            self._bridge_key = key
 
             twin = self.twin()
             if not getattr(twin.config, "architectures", None):  # the bridge picks its adapter by this name
@@ -138,6 +142,17 @@ class ModelHandle:
                 self.spec, hf_model=twin, device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
             )
         return self._bridge
+
+    def tensors_key(self) -> tuple[tuple[str, int], ...]:
+        """Identity of the model's parameter and buffer *objects* (not their values).
+
+        In-place edits keep the key; replacing a tensor (``lm_head.weight = nn.Parameter(...)``,
+        ``load_state_dict(assign=True)``, a module swapped in) changes it, and the engines rebuild
+        their twin so a steered run never uses stale weights.
+        """
+        named = list(self.model.named_parameters(remove_duplicate=False))
+        named += list(self.model.named_buffers(remove_duplicate=False))
+        return tuple((n, id(t)) for n, t in named)
 
     def twin(self) -> nn.Module:
         """A structural copy of ``model`` whose parameters and buffers are the very same tensors.
