@@ -20,8 +20,7 @@ Example:
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,9 +31,11 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from steerlab.artifacts import atomic_dir, resolve_dir
 from steerlab.errors import SteerlabError
 from steerlab.generation import check_prompts, forward, position_ids
 from steerlab.interventions.compile import compile_plan
+from steerlab.interventions.positions import check_positions
 from steerlab.sites import tl_hook_name
 
 INDEX_FILE = "capture.json"
@@ -74,7 +75,7 @@ class Capture:
     @classmethod
     def load(cls, path: str | Path) -> Capture:
         """Open a capture written with ``out=`` (activations are read on first access)."""
-        path = Path(path)
+        path = resolve_dir(path)  # a crash mid-swap left the old capture whole in its backup
         index = path / INDEX_FILE
         if not index.exists():
             raise SteerlabError(f"{path} is not a steerlab capture: expected {INDEX_FILE} in it")
@@ -123,7 +124,9 @@ def capture(
     """Capture activations at ``sites`` for ``prompts``.
 
     ``interventions`` apply during the capture (recorded values are post-intervention).
-    ``out``: stream each batch to ``out/shard-*.safetensors`` (written atomically as one folder).
+    ``out``: stream each batch to ``out/shard-*.safetensors``; the folder is swapped in by
+    :func:`~steerlab.artifacts.atomic_dir`, so after a crash at any point ``Capture.load(out)`` reads
+    the old capture or the new one, whole (an error mid-capture leaves the old one as it was).
     ``max_memory_mb``: the most activation memory held at once; an in-memory capture that would
     exceed it raises, naming the estimate and the way out (``out=`` or a larger bound).
     """
@@ -140,6 +143,7 @@ def capture(
     plan = compile_plan(h, interventions, sites)  # validates sites and interventions up front
 
     enc_all = h.encode(prompts, chat=chat, system=system)
+    check_positions(plan.selectors, enc_all["attention_mask"])
     n_tokens = int(enc_all["attention_mask"].sum())
     bytes_per_token = sum(_site_width(h, s) for s in sites) * torch.empty((), dtype=dtype).element_size()
     max_pos = enc_all["input_ids"].shape[1]
@@ -164,14 +168,9 @@ def capture(
         "dtype": str(dtype).removeprefix("torch."),
         "interventions": plan.n_interventions,
     }
-    tmp: Path | None = None
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        parts: dict[str, list[Tensor]] = {s: [] for s in sites}
-        ids_parts, mask_parts = [], []
+    parts: dict[str, list[Tensor]] = {s: [] for s in sites}
+    ids_parts, mask_parts = [], []
+    with atomic_dir(out) if out is not None else nullcontext() as tmp:  # out: old or new folder, whole
         starts = range(0, len(prompts), batch_size)
         for b, start in enumerate(tqdm(starts, desc="capture", disable=not progress, unit="batch")):
             enc = h.encode(prompts[start : start + batch_size], chat=chat, system=system)
@@ -187,30 +186,21 @@ def capture(
                     parts[s].append(acts[s])
             ids_parts.append(ids)
             mask_parts.append(mask)
-        cap = Capture(
-            prompts,
-            sites,
-            _concat(ids_parts, 0),
-            _concat(mask_parts, 0),
-            {s: _concat(v, 0.0) for s, v in parts.items()} if tmp is None else {},
-            None,
-            config,
-        )
         if tmp is not None:
             (tmp / INDEX_FILE).write_text(
                 json.dumps(
                     {"format": "steerlab.capture", "version": 1, "prompts": prompts, "sites": sites, "config": config}
                 )
             )
-            if out.exists():
-                shutil.rmtree(out)
-            tmp.rename(out)
-            tmp = None
-            cap.path = out
-        return cap
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return Capture(
+        prompts,
+        sites,
+        _concat(ids_parts, 0),
+        _concat(mask_parts, 0),
+        {s: _concat(v, 0.0) for s, v in parts.items()} if out is None else {},
+        None if out is None else Path(out),
+        config,
+    )
 
 
 def _zero_padding(a: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:

@@ -1,0 +1,248 @@
+"""Crash safety of every replacement: a writer killed before ANY of its renames or deletions leaves
+the path reading as the old content whole or the new content whole.
+
+Each case forks a child that runs the writer with ``os.replace``/``rename``/``unlink``/``remove``/
+``rmdir`` and the folder exchange patched to ``os._exit`` at their N-th call, for N = 1, 2, ... until
+the writer completes; the parent then reads the path and compares it with the old and the new
+content captured before (byte for byte, or the loaded values).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import steerlab as sl
+from steerlab import artifacts
+from steerlab.activations import Capture
+from steerlab.artifacts import atomic_dir, read_artifact, resolve_dir, write_artifact
+from steerlab.errors import SpecError
+from steerlab.interventions import AddVector, ExpertMask, InterventionSet, ProjectOut
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the crash harness forks")
+
+CRASHED = 77
+MUTATORS = ("replace", "rename", "unlink", "remove", "rmdir")
+
+
+def _run(write: Callable[[], None], crash_at: int) -> int:
+    """Run ``write`` in a forked child that exits at its ``crash_at``-th mutating call (0: never)."""
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 1
+        try:
+            calls = 0
+
+            def counted(fn: Callable) -> Callable:
+                def call(*args, **kwargs):  # noqa: ANN202
+                    nonlocal calls
+                    calls += 1
+                    if calls == crash_at:
+                        os._exit(CRASHED)
+                    return fn(*args, **kwargs)
+
+                return call
+
+            for name in MUTATORS:
+                setattr(os, name, counted(getattr(os, name)))
+            artifacts._exchange = counted(artifacts._exchange)
+            write()
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def crash_everywhere(tmp: Path, setup: Callable[[Path], None], write: Callable[[Path], None],
+                     state: Callable[[Path], object], old: object, new: object) -> list[object]:
+    """For every crash point: fresh ``setup``, crashed ``write``, then ``state`` must be ``old`` or
+    ``new``; then a complete ``write`` must give ``new``. Returns the states seen, in crash order."""
+    seen = []
+    for n in itertools.count(1):
+        base = tmp / f"crash-{n}"
+        base.mkdir()
+        setup(base)
+        code = _run(functools.partial(write, base), crash_at=n)
+        assert code in (CRASHED, 0), f"writer failed (exit {code}) at crash point {n}"
+        got = state(base)
+        assert got == old or got == new, f"crash before mutating call {n}: neither old nor new: {got!r}"
+        seen.append("old" if got == old else "new")
+        assert _run(functools.partial(write, base), crash_at=0) == 0  # the next writer recovers and completes
+        assert state(base) == new, f"rewrite after crash point {n} did not give the new content"
+        if code == 0:
+            return seen
+    raise AssertionError("unreachable")
+
+
+def snapshot(folder: Path) -> dict[str, bytes] | None:
+    """Every file under ``folder`` (relative path -> bytes), None if there is no folder."""
+    if not folder.is_dir():
+        return None
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _exchange_supported(tmp: Path) -> bool:
+    a, b = tmp / "xa", tmp / "xb"
+    a.mkdir(), b.mkdir()
+    try:
+        return artifacts._exchange(a, b)
+    finally:
+        a.rmdir(), b.rmdir()
+
+
+@pytest.fixture(params=["exchange", "fallback"])
+def mode(request, monkeypatch, tmp_path) -> str:
+    """Both swaps: renameat2 exchange (Linux) and the rename-with-backup fallback (elsewhere)."""
+    if request.param == "fallback":
+        monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    elif not _exchange_supported(tmp_path):
+        pytest.skip("this filesystem has no renameat2(RENAME_EXCHANGE)")
+    return request.param
+
+
+OLD = {"a.txt": b"old a", "sub/x.bin": bytes(range(50)), "only-old.txt": b"1"}
+NEW = {"a.txt": b"new a, longer", "sub/x.bin": bytes(range(50, 0, -1)), "only-new.txt": b"2"}
+
+
+def _fill(folder: Path, files: dict[str, bytes]) -> None:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_atomic_dir_reads_old_or_new_after_a_crash_anywhere(tmp_path, mode, existing):
+    def setup(base: Path) -> None:
+        if existing:
+            with atomic_dir(base / "out") as d:
+                _fill(d, OLD)
+
+    def write(base: Path) -> None:
+        with atomic_dir(base / "out") as d:
+            _fill(d, NEW)
+
+    old = OLD if existing else None
+    # exchange: ``out`` itself is always whole, for any reader; fallback: through resolve_dir
+    read = (lambda b: snapshot(b / "out")) if mode == "exchange" else (lambda b: snapshot(resolve_dir(b / "out")))
+    seen = crash_everywhere(tmp_path, setup, write, read, old, NEW)
+    assert seen[0] == "old" and seen[-1] == "new"  # the crash points span the swap
+    if existing and mode == "fallback":
+        assert len(seen) >= 4  # crash between the two renames was among them (out missing, backup whole)
+
+
+def test_fallback_window_is_read_from_the_backup_and_repaired(tmp_path, monkeypatch):
+    """The state between the fallback's two renames: ``out`` missing, ``.out.old`` whole."""
+    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    write_artifact(tmp_path / "run", kind="demo", config={"v": "old"}, tensors={"x": torch.arange(3.0)})
+    os.replace(tmp_path / "run", tmp_path / ".run.old")  # what a crash right after the first rename leaves
+    art = read_artifact(tmp_path / "run")
+    assert art.config == {"v": "old"} and art.tensors["x"].tolist() == [0.0, 1.0, 2.0]
+    assert [a.config for a in artifacts.list_runs(tmp_path)] == [{"v": "old"}]
+    write_artifact(tmp_path / "run", kind="demo", config={"v": "new"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert read_artifact(tmp_path / "run").config == {"v": "new"}
+
+
+def test_write_artifact_reads_old_or_new_after_a_crash_anywhere(tmp_path, mode):
+    def setup(base: Path) -> None:
+        write_artifact(base / "run", kind="demo", config={"v": "old"}, metrics={"m": 1.0},
+                       tensors={"x": torch.zeros(4)}, extra_files={"old.txt": "o"})
+
+    def write(base: Path) -> None:
+        write_artifact(base / "run", kind="demo", config={"v": "new"}, metrics={"m": 2.0},
+                       tensors={"x": torch.arange(4.0), "y": torch.ones(2)}, extra_files={"new.txt": "n"})
+
+    def state(base: Path) -> tuple:
+        a = read_artifact(base / "run")
+        files = {f: (a.path / f).read_bytes() for f in a.files if f.endswith(".txt")}
+        return a.config["v"], a.metrics, sorted(a.files), {k: v.tolist() for k, v in a.tensors.items()}, files
+
+    old = ("old", {"m": 1.0}, ["artifact.json", "old.txt", "tensors.safetensors"], {"x": [0.0] * 4}, {"old.txt": b"o"})
+    new = ("new", {"m": 2.0}, ["artifact.json", "new.txt", "tensors.safetensors"],
+           {"x": [0.0, 1.0, 2.0, 3.0], "y": [1.0, 1.0]}, {"new.txt": b"n"})
+    seen = crash_everywhere(tmp_path, setup, write, state, old, new)
+    assert seen[0] == "old" and seen[-1] == "new"
+
+
+def test_capture_out_reads_old_or_new_after_a_crash_anywhere(tmp_path, mode, stories):
+    site = "blocks.1.resid_post"
+    old_prompts, new_prompts = ["Once upon a time", "The dog"], ["A cat sat", "Tim ran", "The sun was hot"]
+
+    def run(base: Path, prompts: list[str]) -> None:
+        sl.capture(stories, prompts, [site], out=base / "cap", batch_size=1)
+
+    def state(base: Path) -> tuple | None:
+        if not resolve_dir(base / "cap").exists():
+            return None
+        c = Capture.load(base / "cap")
+        return c.prompts, [p.name for p in c.shards()], snapshot(resolve_dir(base / "cap"))
+
+    ref = tmp_path / "ref"
+    for name, prompts in (("old", old_prompts), ("new", new_prompts)):
+        (ref / name).mkdir(parents=True)
+        run(ref / name, prompts)
+    old, new = state(ref / "old"), state(ref / "new")
+    assert old[0] == old_prompts and len(old[1]) == 2 and new[0] == new_prompts and len(new[1]) == 3
+    (tmp_path / "crashes").mkdir()
+    seen = crash_everywhere(tmp_path / "crashes", lambda b: run(b, old_prompts), lambda b: run(b, new_prompts),
+                            state, old, new)
+    assert seen[0] == "old" and seen[-1] == "new"
+
+
+# -- InterventionSet.save / load ---------------------------------------------------------------
+
+OLD_SET = InterventionSet([AddVector(site="blocks.1.resid_post", vector=torch.ones(64), scale=1.0),
+                           ExpertMask(layer=0, off=[1], scale={2: 0.5})])
+NEW_SET = InterventionSet([AddVector(site="blocks.2.resid_post", vector=torch.arange(64.0), scale=3.0),
+                           ProjectOut(site="blocks.0.resid_post", direction=torch.linspace(-1, 1, 64))])
+
+
+def _set_state(path: Path) -> tuple:
+    s = InterventionSet.load(path)
+    return json.dumps(s.to_json(), sort_keys=True), {k: v.tolist() for k, v in s.tensors().items()}
+
+
+def _expected(s: InterventionSet) -> tuple:
+    # built from the set in memory: interventions as dicts, tensors by their values
+    return json.dumps(s.to_json(), sort_keys=True), {k: v.tolist() for k, v in s.tensors().items()}
+
+
+def test_intervention_set_save_loads_old_or_new_after_a_crash_anywhere(tmp_path):
+    seen = crash_everywhere(tmp_path, lambda b: OLD_SET.save(b / "s.json"), lambda b: NEW_SET.save(b / "s.json"),
+                            lambda b: _set_state(b / "s.json"), _expected(OLD_SET), _expected(NEW_SET))
+    assert seen[0] == "old" and seen[-1] == "new"
+    assert _expected(NEW_SET)[1]["0.vector"] == [float(i) for i in range(64)]
+
+
+def test_save_keeps_one_side_file_named_by_the_json(tmp_path):
+    path = tmp_path / "steer.json"
+    (tmp_path / "steer.safetensors").write_bytes(b"left by an older steerlab")
+    (tmp_path / "steer.v2.json").write_text("{}")  # another spec's files are not touched
+    OLD_SET.save(path)
+    NEW_SET.save(path)
+    side = json.loads(path.read_text())["tensors_file"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["steer.json", side, "steer.v2.json"])
+    assert side.startswith("steer.") and side.endswith(".safetensors") and len(side.split(".")[1]) == 16
+    InterventionSet([ExpertMask(layer=0, off=[1])]).save(path)  # no tensors: no side file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["steer.json", "steer.v2.json"]
+
+
+def test_corrupt_tensors_file_is_a_spec_error(tmp_path):
+    path = OLD_SET.save(tmp_path / "steer.json")
+    side = tmp_path / json.loads(path.read_text())["tensors_file"]
+    side.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(SpecError, match=rf"tensors file '.*{side.name}'.*not a readable safetensors file"):
+        InterventionSet.load(path)
+
+
+def test_non_integer_scale_key_is_a_spec_error():
+    spec = {"interventions": [{"type": "expert_mask", "layer": 0, "scale": {"2": 0.5, "two": 0.5}}]}
+    with pytest.raises(SpecError, match=r"intervention 0: scale key 'two' is not an integer"):
+        InterventionSet.from_json(spec)
