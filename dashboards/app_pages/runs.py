@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboards.lib import registry, runs, shell
-from steerlab.artifacts import list_runs
-from steerlab.viz.runs import artifact_figures, html_figures, run_label, run_rows, tensor_summary
+from steerlab.artifacts import META_FILE, scan_runs
+from steerlab.viz.runs import artifact_figures, html_figures, run_label, run_rows, tensor_summary, unreadable_rows
 
 P = "runs"
 st.title("Runs")
@@ -14,9 +14,14 @@ root = shell.runs_root()
 st.caption(f"Artifacts under `{root}` (set with `steerlab dashboard --runs DIR`), newest first. "
            "Every analysis writes one: `artifact.json` (kind, configuration, metrics, data) + tensors + figures.")
 
-arts = []
+arts, unreadable = [], []
 with shell.guard("Listing runs"):
-    arts = list_runs(root)
+    arts, unreadable = scan_runs(root)
+if unreadable:
+    st.warning(f"{len(unreadable)} folder(s) under `{root}` hold an `{META_FILE}` that cannot be read; "
+               "they are not listed:\n\n" + "\n".join(f"- `{r['run']}`: {r['error']}"
+                                                       for r in unreadable_rows(unreadable, root)),
+               icon=":material/report:")
 if not arts:
     st.info(f"No saved runs under `{root}` yet. Save one from the Generate or Sampling page, "
             f"or write one with an analysis command's `--out {root}/NAME`.", icon=":material/folder_off:")

@@ -20,7 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from steerlab.artifacts import TENSOR_FILE, Artifact
+from steerlab.artifacts import TENSOR_FILE, Artifact, UnreadableRun
 
 FIGURE_SUFFIX = ".plotly.json"
 
@@ -48,7 +48,7 @@ def summarize(d: dict[str, Any], limit: int = 3) -> str:
     return text + (", ..." if len(items) > limit else "")
 
 
-def run_label(art: Artifact, root: str | Path) -> str:
+def run_label(art: Artifact | UnreadableRun, root: str | Path) -> str:
     """The artifact's folder relative to the runs root (its name in lists and URLs)."""
     try:
         return str(Path(art.path).resolve().relative_to(Path(root).resolve()))
@@ -63,6 +63,17 @@ def run_rows(arts: list[Artifact], root: str | Path) -> list[dict[str, Any]]:
          "model": model_of(a.config), "metrics": summarize(a.metrics), "files": len(a.files)}
         for a in arts
     ]
+
+
+def unreadable_rows(bad: list[UnreadableRun], root: str | Path) -> list[dict[str, str]]:
+    """One row per folder holding an ``artifact.json`` that could not be read (from
+    :func:`~steerlab.artifacts.scan_runs`): where, relative to the runs root, and why.
+
+    Example:
+        >>> unreadable_rows([UnreadableRun(Path("/r/x"), "bad JSON")], "/r")
+        [{'run': 'x', 'error': 'bad JSON'}]
+    """
+    return [{"run": run_label(b, root), "error": b.error} for b in bad]
 
 
 def tensor_summary(art: Artifact) -> list[dict[str, Any]]:

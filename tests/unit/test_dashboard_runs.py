@@ -63,6 +63,23 @@ def test_lists_describes_and_filters_artifacts(monkeypatch, runs_dir):
     assert list(at.dataframe[0].value["run"]) == ["gen/one"]
 
 
+def test_unreadable_runs_are_shown_with_the_reason(monkeypatch, runs_dir):
+    (runs_dir / "broken").mkdir()
+    (runs_dir / "broken" / "artifact.json").write_text("{not json")
+    at = _app(monkeypatch, runs_dir)
+    (note,) = [w.value for w in at.warning if "cannot be read" in w.value]
+    assert note.startswith(f"1 folder(s) under `{runs_dir}` hold an `artifact.json` that cannot be read")
+    assert "- `broken`: " in note and "artifact.json is not valid JSON" in note
+    assert sorted(at.dataframe[0].value["run"]) == ["demo-1", "gen/one"]  # the readable ones are still listed
+
+
+def test_only_unreadable_runs_still_says_why(monkeypatch, tmp_path):
+    (tmp_path / "runs" / "x").mkdir(parents=True)
+    (tmp_path / "runs" / "x" / "artifact.json").write_text("[]")
+    at = _app(monkeypatch, tmp_path / "runs")
+    assert "No saved runs under" in at.info[0].value
+    assert any("- `x`: " in w.value and "holds a JSON list" in w.value for w in at.warning)
+
 def test_open_in_page_reopens_the_run(monkeypatch, runs_dir):
     at = _app(monkeypatch, runs_dir)
     at.selectbox(key="runs.run").set_value("gen/one").run()

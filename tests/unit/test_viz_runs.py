@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import torch
 
-from steerlab.artifacts import list_runs, read_artifact, write_artifact
+from steerlab.artifacts import list_runs, read_artifact, scan_runs, write_artifact
 from steerlab.viz.runs import (
     artifact_figures,
     figure_files,
@@ -14,6 +14,7 @@ from steerlab.viz.runs import (
     run_rows,
     summarize,
     tensor_summary,
+    unreadable_rows,
 )
 
 
@@ -52,3 +53,33 @@ def test_summaries():
     assert summarize({"a": 1, "b": 0.5, "c": "x", "d": True}, limit=2) == "a=1, b=0.5, ..."
     assert summarize({"t": [1, 2]}) == ""
     assert model_of({}) == ""
+
+
+def test_unreadable_artifacts_are_reported_with_the_reason(tmp_path):
+    write_artifact(tmp_path / "good", kind="demo", config={})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "artifact.json").write_text('{"kind": "demo", ')
+    (tmp_path / "listy").mkdir()
+    (tmp_path / "listy" / "artifact.json").write_text("[1, 2]")
+    write_artifact(tmp_path / "deep" / "partial", kind="demo", config={}, tensors={"x": torch.zeros(1)})
+    (tmp_path / "deep" / "partial" / "tensors.safetensors").unlink()
+    arts, bad = scan_runs(tmp_path)
+    assert [a.path.name for a in arts] == ["good"] and [a.path.name for a in list_runs(tmp_path)] == ["good"]
+    rows = {r["run"]: r["error"] for r in unreadable_rows(bad, tmp_path)}
+    assert sorted(rows) == ["broken", "deep/partial", "listy"]
+    assert "artifact.json is not valid JSON" in rows["broken"]
+    assert "holds a JSON list; expected an object" in rows["listy"]
+    assert "incomplete: ['tensors.safetensors'] listed in artifact.json but missing" in rows["deep/partial"]
+
+
+def test_an_interrupted_swap_is_listed_from_its_backup(tmp_path):
+    write_artifact(tmp_path / "gone", kind="old-of-gone", config={})
+    (tmp_path / "gone").rename(tmp_path / ".gone.old")  # a crash between the fallback swap's renames
+    write_artifact(tmp_path / "kept", kind="new-of-kept", config={})
+    write_artifact(tmp_path / "stale", kind="stale-backup", config={})
+    (tmp_path / "stale").rename(tmp_path / ".kept.old")  # its folder is back in place: not listed
+    write_artifact(tmp_path / "scratch", kind="scratch", config={})
+    (tmp_path / "scratch").rename(tmp_path / ".gone.1234.tmp")  # a temporary folder: never listed
+    arts, bad = scan_runs(tmp_path)
+    assert sorted(a.kind for a in arts) == ["new-of-kept", "old-of-gone"] and bad == []
+    assert read_artifact(tmp_path / "gone").kind == "old-of-gone"
