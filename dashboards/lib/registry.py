@@ -18,7 +18,7 @@ class PageSpec:
     file: str  # relative to dashboards/
     icon: str
     kinds: tuple[str, ...] = ()  # artifact kinds this page reopens from the Runs page
-    default: bool = False
+    default: bool = False  # opened at ``/`` (app.py redirects ``/`` to ``/KEY``; the page keeps its own URL)
 
 
 PAGES: tuple[PageSpec, ...] = (

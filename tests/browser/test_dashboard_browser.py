@@ -1,17 +1,22 @@
 """Real-browser test of the dashboard: `steerlab dashboard` on the embedded default model, driven by
 Debian's chromium through Playwright (no browser download: ``executable_path=/usr/bin/chromium``).
 
-Visits every page, performs one action per page, checks the rendered text and plotly figures, checks
+Opens every page by its own URL (``/generate``, ``/sampling``, ...; the first request of the fresh server
+is ``/generate``), then performs one action per page, checks the rendered text and plotly figures, checks
 that no exception box and no error message appears, and saves one screenshot per page to
 ``runs/screenshots/`` (``$STEERLAB_SCREENSHOTS=docs/screenshots`` refreshes the README's). Prints the
-cold start: seconds from starting the server process to a usable Generate page (model loaded, Generate button enabled).
+cold start: seconds from starting the server process to a usable Generate page (model loaded, Generate
+button enabled); ``STEERLAB_RECORD=1`` also writes it to ``docs/records/dashboard_cold_start.json``.
 
 Setup on a clean Debian machine: ``.ci/browser-setup.sh`` (chromium via apt, playwright via pip).
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -23,6 +28,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # for dashboards.lib.registry (the repo root is not a package)
+    sys.path.insert(0, str(ROOT))
 CHROMIUM = os.environ.get("STEERLAB_CHROMIUM", "/usr/bin/chromium")
 # runs/ is git-ignored: a test run leaves the tracked README screenshots alone; refresh those with
 # STEERLAB_SCREENSHOTS=docs/screenshots
@@ -32,6 +39,8 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage"]
 TIMEOUT_MS = 180_000  # generous: 2 shared cores, other jobs running
 VIEWPORT = {"width": 1400, "height": 1000}
+RECORD = ROOT / "docs" / "records" / "dashboard_cold_start.json"  # written when STEERLAB_RECORD=1
+COMMAND = "STEERLAB_RECORD=1 .venv/bin/pytest tests/browser/test_dashboard_browser.py -s"
 
 
 @dataclass
@@ -41,6 +50,7 @@ class Dashboard:
     runs: Path
     cold_start_s: float
     log: Path
+    context: object
 
 
 def _free_port() -> int:
@@ -89,6 +99,29 @@ def _screenshot(page, name: str) -> Path:
     with Image.open(path) as im:
         im.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
+
+
+def _record_cold_start(cold: float, healthy: float) -> None:
+    """Write the measured cold start (one measurement: a fresh server, one browser) to :data:`RECORD`."""
+    import streamlit
+    import torch
+
+    from steerlab.models.load import default_model
+
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    RECORD.write_text(json.dumps({
+        "what": "seconds from starting `steerlab dashboard` (a fresh server process) to a usable Generate page "
+                "opened at /generate: model loaded (status line shown) and the Generate button enabled",
+        "command": COMMAND,
+        "cold_start_s": round(cold, 2),
+        "server_healthy_s": round(healthy, 2),
+        "rounds": 1,
+        "model": default_model(),
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+                    "platform": platform.platform(), "python": platform.python_version()},
+        "versions": {"streamlit": streamlit.__version__, "torch": torch.__version__},
+        "date_utc": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }, indent=2) + "\n")
 
 
 def _seed_runs(root: Path) -> None:
@@ -146,16 +179,18 @@ def dash(tmp_path_factory, pytestconfig):
                 str(tmp / "profile"), executable_path=CHROMIUM, headless=True, args=FLAGS, viewport=VIEWPORT)
             page = ctx.new_page()
             page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
+            page.goto(f"{url}/generate")  # the server's first page request: Generate by its own URL
             page.get_by_text(" params · ").wait_for()  # the status line: model loaded
             page.locator('button:has-text("Generate"):enabled').first.wait_for()
             cold = time.perf_counter() - t0
+            if os.environ.get("STEERLAB_RECORD") == "1":
+                _record_cold_start(cold, healthy)
             capture = pytestconfig.pluginmanager.getplugin("capturemanager")
             with capture.global_and_fixture_disabled():  # printed even when pytest captures output
                 print(f"\ndashboard cold start to a usable page: {cold:.1f} s (server process start -> model "
                       f"loaded and Generate enabled; server answered after {healthy:.1f} s; target < 20 s; "
                       "noisy on a shared machine)", flush=True)
-            yield Dashboard(url, page, runs, cold, log)
+            yield Dashboard(url, page, runs, cold, log, ctx)
             ctx.close()
     finally:
         proc.terminate()
@@ -165,9 +200,57 @@ def dash(tmp_path_factory, pytestconfig):
             proc.kill()
 
 
+# What each page shows of its own when opened (not the shell's sidebar): a page missing here fails the test.
+OWN_CONTENT = {
+    "generate": lambda page: page.locator('button:has-text("Generate"):enabled').first,
+    "sampling": lambda page: page.get_by_role("tab", name="Sampler comparison"),
+    "experts": lambda page: page.get_by_role("tab", name="Switch and regenerate"),
+    "runs": lambda page: page.get_by_text("Configuration", exact=True),
+}
+
+
+def _open(dash, path: str):
+    """A new browser tab (a new Streamlit session) opened directly at ``/path``, settled."""
+    page = dash.context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{dash.url}/{path}")
+    page.locator("h1").first.wait_for()
+    _settle(page)
+    return page
+
+
+def test_every_page_opens_by_its_own_url(dash):
+    """Runs first (file order), so each page's first visit on this server is its URL typed in a new tab;
+    the default page too (Streamlit serves a ``default=True`` page only at ``/``: ``/generate`` was
+    "Page not found" and fell back to the main page), and ``/`` lands on the default page's URL."""
+    from dashboards.lib.registry import PAGES
+
+    assert set(OWN_CONTENT) == {p.key for p in PAGES}, "say in OWN_CONTENT what each page shows"
+    for spec in PAGES:
+        page = _open(dash, spec.key)
+        try:
+            OWN_CONTENT[spec.key](page).wait_for()
+            assert page.locator("h1").first.inner_text() == spec.title
+            assert page.url == f"{dash.url}/{spec.key}", page.url  # not sent back to the main page
+            assert page.get_by_text("Page not found").count() == 0
+            _assert_clean(page)
+        finally:
+            page.close()
+    (home,) = [p for p in PAGES if p.default]
+    page = _open(dash, "?run=seeded-comparison")  # `/` keeps its query (a shared link to a saved run)
+    try:
+        page.wait_for_url(f"{dash.url}/{home.key}?run=seeded-comparison")
+        assert "seeded-comparison" in page.get_by_text("Showing saved run").inner_text()
+        assert page.locator("h1").first.inner_text() == home.title
+        assert page.get_by_text("Page not found").count() == 0
+    finally:
+        page.close()
+
+
 def test_generate_page_side_by_side_with_hover_and_plot(dash):
     page = dash.page
     page.goto(dash.url)
+    page.wait_for_url(f"{dash.url}/generate")
     _settle(page)
     assert page.locator("h1").first.inner_text() == "Generate"
     status = page.get_by_test_id("stSidebar").get_by_text(" params · ").inner_text()
