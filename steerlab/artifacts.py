@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from steerlab.errors import SteerlabError
@@ -333,6 +334,12 @@ def read_artifact(path: str | Path) -> Artifact:
     missing = [f for f in files if isinstance(f, str) and not (path / f).exists()]
     if missing:
         raise SteerlabError(f"{path} is incomplete: {missing} listed in {META_FILE} but missing from the folder")
+    if TENSOR_FILE in files:
+        try:
+            with safe_open(str(path / TENSOR_FILE), framework="pt"):  # reads the header only
+                pass
+        except (OSError, SafetensorError) as e:
+            raise SteerlabError(f"{path / TENSOR_FILE} is not a readable safetensors file: {e}") from e
     return Artifact(
         path=path,
         kind=meta.get("kind", "unknown"),

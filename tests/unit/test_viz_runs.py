@@ -63,10 +63,13 @@ def test_unreadable_artifacts_are_reported_with_the_reason(tmp_path):
     (tmp_path / "listy" / "artifact.json").write_text("[1, 2]")
     write_artifact(tmp_path / "deep" / "partial", kind="demo", config={}, tensors={"x": torch.zeros(1)})
     (tmp_path / "deep" / "partial" / "tensors.safetensors").unlink()
+    write_artifact(tmp_path / "torn", kind="demo", config={}, tensors={"x": torch.zeros(1)})
+    (tmp_path / "torn" / "tensors.safetensors").write_bytes(b"\x05")
     arts, bad = scan_runs(tmp_path)
     assert [a.path.name for a in arts] == ["good"] and [a.path.name for a in list_runs(tmp_path)] == ["good"]
     rows = {r["run"]: r["error"] for r in unreadable_rows(bad, tmp_path)}
-    assert sorted(rows) == ["broken", "deep/partial", "listy"]
+    assert sorted(rows) == ["broken", "deep/partial", "listy", "torn"]
+    assert "torn/tensors.safetensors is not a readable safetensors file" in rows["torn"]
     assert "artifact.json is not valid JSON" in rows["broken"]
     assert "holds a JSON list; expected an object" in rows["listy"]
     assert "incomplete: ['tensors.safetensors'] listed in artifact.json but missing" in rows["deep/partial"]
