@@ -268,6 +268,7 @@ class InterventionSet:
         :func:`~steerlab.artifacts.atomic_write_bytes`); side files of earlier saves are deleted only
         after it. So after a crash at any point, :meth:`load` returns the old set or the new set,
         tensors included; at worst an unused side file stays behind (the next save deletes it).
+        Not guaranteed: two saves to one path at the same time (one may delete the other's side file).
 
         Example:
             >>> import tempfile, torch
