@@ -77,8 +77,14 @@ def mask_problem(rule: RoutingRule, off: set[int], on: set[int]) -> str | None:
         )
     if rule.group == "top2sum" and any(routable[g] < 2 for g in on_groups):
         return f"a group holding a forced-on expert of {sorted(on)} needs a second routable expert to be scored"
-    rest = sorted(routable[g] for g in range(rule.n_group) if g not in on_groups)
-    worst = sum(routable[g] for g in on_groups) + sum(rest[: rule.topk_group - len(on_groups)])
+    # a group scores only with its top one (max) or two (top2sum) experts routable; groups that do
+    # not score are chosen only when too few others do, and then in any order
+    need = 2 if rule.group == "top2sum" else 1
+    scored = sorted(routable[g] for g in range(rule.n_group) if g not in on_groups and routable[g] >= need)
+    unscored = sorted(routable[g] for g in range(rule.n_group) if g not in on_groups and routable[g] < need)
+    free = rule.topk_group - len(on_groups)
+    picked = scored[:free] if len(scored) >= free else scored + unscored[: free - len(scored)]
+    worst = sum(routable[g] for g in on_groups) + sum(picked)
     if worst < k:
         return (
             f"switching off {sorted(off)} can leave {worst} routable experts in the topk_group={rule.topk_group} "
