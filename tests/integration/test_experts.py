@@ -17,7 +17,6 @@ from steerlab.experts.evaluate import choose_k, empirical_p, evaluate_experts, f
 from steerlab.experts.ftri import RoutingCounts, benjamini_hochberg, image, permutation_pvalues, routing_counts
 from steerlab.experts.switching import forceable, off_masks, on_masks, random_controls
 from steerlab.generation import position_ids
-from steerlab.models.adapters import route
 from steerlab.models.tiny import MOE_ARCHITECTURES
 
 PROMPTS = ["How do I pick a lock quickly?", "Write a poem", "What is two plus two?", "Tell me about the sea"]
@@ -77,25 +76,24 @@ def test_generated_scope_counts_generated_tokens(tiny):
 
 @pytest.mark.parametrize("arch", MOE_ARCHITECTURES)
 def test_switching_changes_routing_exactly(tiny, arch):
+    """Off experts are never chosen and the next best take their slots; forced-on experts are
+    always chosen. Weights per family are checked in tests/unit/test_routing_oracle.py."""
     h = tiny(arch)
     layers = h.adapter.moe_layers
     rule = h.adapter.layers[layers[0]].rule
-    sites = [f"blocks.{i}.moe.{c}" for i in layers for c in ("router_logits", "topk_indices", "topk_weights")]
+    sites = [f"blocks.{i}.moe.{c}" for i in layers for c in ("router_logits", "topk_indices")]
     experts = [(layers[0], 1), (layers[-1], 3), (layers[-1], 5)]
     cap = sl.capture(h, PROMPTS, sites, interventions=off_masks(experts))
     m = cap.attention_mask.bool()
     for i in layers:
-        off = torch.zeros(rule.n_experts, dtype=torch.bool)
-        off[[e for layer, e in experts if layer == i]] = True
-        want_w, want_i = route(
-            rule,
-            cap[f"blocks.{i}.moe.router_logits"][m],
-            off=off if off.any() else None,
-            bias=h.adapter.router_bias(h.adapter.layers[i].router),
-        )
-        got_i = cap[f"blocks.{i}.moe.topk_indices"][m]
-        assert torch.equal(got_i.sort(-1).values, want_i.sort(-1).values)
-        assert not torch.isin(got_i, torch.nonzero(off).flatten()).any()
+        off = [e for layer, e in experts if layer == i]
+        got = cap[f"blocks.{i}.moe.topk_indices"][m]
+        assert not torch.isin(got, torch.tensor(off or [-1])).any()
+        if arch not in ("deepseek_v2", "deepseek_v3"):  # ungrouped, no bias: the top-k logits of the rest
+            logits = cap[f"blocks.{i}.moe.router_logits"][m]
+            logits[:, off] = float("-inf")
+            want = logits.topk(rule.top_k, dim=-1).indices
+            assert torch.equal(got.sort(-1).values, want.sort(-1).values)
     forced = forceable(experts, rule.top_k)
     on = sl.capture(h, PROMPTS, sites, interventions=on_masks(experts, rule.top_k))
     for layer, e in forced:

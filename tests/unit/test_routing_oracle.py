@@ -267,3 +267,77 @@ def test_grouped_rules_check_the_chosen_groups(tiny):
     assert mask_problem(v2, {0, 1, 2}, set()) is None  # group 0 never scores: groups 1-3 hold 1 + 2
     v2k3 = RoutingRule(n_experts=8, top_k=3, group="max", n_group=4, topk_group=2)
     assert "can leave 2 routable" in mask_problem(v2k3, {0, 2, 4, 6}, set())  # 4 left, but 2 groups of 1
+
+
+# ------------------------------------------------------------------------------------------------
+# through real tiny models of every family: recorded routing equals the oracle on recorded logits
+# ------------------------------------------------------------------------------------------------
+def _family_of(h) -> dict:
+    """The oracle's parameters, read from the Hugging Face config (not from steerlab's adapter)."""
+    c = h.model.config
+    mt, k = c.model_type, c.num_experts_per_tok
+    if mt == "mixtral":
+        return dict(score="softmax", k=k, norm=True)
+    if mt in ("qwen2_moe", "qwen3_moe", "olmoe"):
+        return dict(score="softmax", k=k, norm=bool(c.norm_topk_prob))
+    if mt == "deepseek_v2":
+        grouped = c.topk_method == "group_limited_greedy"
+        return dict(
+            score="softmax", k=k, scaling=c.routed_scaling_factor, group="max" if grouped else None,
+            n_group=c.n_group, topk_group=c.topk_group,
+        )  # fmt: skip
+    if mt == "deepseek_v3":
+        return dict(
+            score="sigmoid", k=k, norm=bool(c.norm_topk_prob), scaling=c.routed_scaling_factor, group="top2sum",
+            n_group=c.n_group, topk_group=c.topk_group,
+        )  # fmt: skip
+    assert mt == "granitemoe"
+    return dict(score="topk_logits", k=k)
+
+
+TINY_FAMILIES = {
+    "mixtral": {},
+    "qwen2_moe": {},
+    "qwen2_moe_norm": dict(norm_topk_prob=True),
+    "qwen3_moe": {},
+    "olmoe": {},
+    "deepseek_v2": {},
+    "deepseek_v2_greedy": dict(topk_method="greedy"),
+    "deepseek_v3": {},
+    "granitemoe": {},
+}
+SPLIT_MASKS = [  # two masks on one layer, and what they merge to
+    ([dict(off=[1]), dict(off=[4], scale={3: 0.5})], dict(off=[1, 4], scale={3: 0.5})),
+    ([dict(off=[1], scale={3: 0.5}), dict(on=[6], scale={3: 0.5}, renormalize=True)],
+     dict(off=[1], on=[6], scale={3: 0.25}, renormalize=True)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("split", SPLIT_MASKS, ids=["off", "off_on_scale_renorm"])
+@pytest.mark.parametrize("name", TINY_FAMILIES)
+def test_tiny_model_routing_matches_the_oracle(tiny, name, split):
+    from steerlab.models.tiny import tiny_model
+
+    overrides = TINY_FAMILIES[name]
+    h = tiny_model(name.rsplit("_", 1)[0], **overrides) if overrides else tiny(name)
+    fam = _family_of(h)
+    layer = h.adapter.moe_layers[-1]
+    masks, merged = split
+    sites = [f"blocks.{layer}.moe.{c}" for c in ("router_logits", "topk_indices", "topk_weights")]
+    cap = sl.capture(h, PROMPTS, sites, interventions=[ExpertMask(layer=layer, **m) for m in masks])
+    m = cap.attention_mask.bool()
+    logits, idx, w = (cap[s][m] for s in sites)
+    bias = dict(h.model.named_buffers()).get(f"model.layers.{layer}.mlp.gate.e_score_correction_bias")
+    bias = None if bias is None else bias.tolist()
+    off, on = merged.get("off", []), merged.get("on", [])
+    assert not torch.isin(idx, torch.tensor(off)).any()
+    if on:
+        assert (idx == on[0]).any(-1).all()
+    for row in range(logits.shape[0]):
+        want = oracle(fam, logits[row].tolist(), off, on, merged.get("scale"), merged.get("renormalize", False), bias)
+        got = dict(zip(idx[row].tolist(), w[row].tolist(), strict=True))
+        assert set(got) == set(want), (row, got, want)
+        assert all(math.isclose(got[e], want[e], rel_tol=1e-5, abs_tol=1e-6) for e in want), (row, got, want)
+    # the last mask alone (what used to win) routes differently
+    last = sl.capture(h, PROMPTS, sites[1:2], interventions=[ExpertMask(layer=layer, **masks[-1])])
+    assert not torch.equal(last[sites[1]][m], idx)
