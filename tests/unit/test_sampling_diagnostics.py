@@ -66,8 +66,9 @@ def test_step_diagnostics_validates():
     x[2, 5] = float("nan")
     with pytest.raises(SpecError, match="NaN"):
         step_diagnostics(x)
-    d = step_diagnostics(_logits()[0])  # one row given as a vector
-    assert len(d["entropy"]) == 1
+    d = step_diagnostics(_logits()[0])  # one row given as a vector: the diagnostics of that row
+    p = torch.softmax(_logits()[0], -1)
+    assert d["entropy"] == pytest.approx([float(torch.special.entr(p).sum())], abs=1e-5)
 
 
 def test_per_step_figure():

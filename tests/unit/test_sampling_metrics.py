@@ -123,8 +123,9 @@ def test_sampler_specs():
 def test_prompt_sets(tmp_path):
     for name in ("creative_writing", "story_openings"):
         ps = load_prompts(name)
-        assert 16 <= len(ps) <= 24 and len(set(ps)) == len(ps)
+        assert len(ps) == 20 and len(set(ps)) == 20  # counted with grep -cvE '^\s*(#|$)' on the file
         assert not any(p.startswith("#") for p in ps)
+    assert load_prompts("story_openings")[0] == "Once upon a time, there was a little girl named Lily."
     f = tmp_path / "p.txt"
     f.write_text("# comment\n\nfirst\nsecond\\nline\n")
     assert load_prompts(f) == ["first", "second\nline"]

@@ -41,9 +41,14 @@ def test_texts_and_metrics(comparison):
     m = cmp.metrics()
     assert m["n_prompts"] == 2
     changed = [a != b for a, b in zip(cmp.texts("baseline"), cmp.texts("steered"), strict=True)]
-    assert m["changed_fraction"] == sum(changed) / 2
-    probs = [s.prob for row in cmp.steps["baseline"] for s in row]
-    assert m["baseline_mean_token_prob"] == pytest.approx(sum(probs) / len(probs))
+    assert any(changed) and m["changed_fraction"] == sum(changed) / 2  # the push changed something
+    # the model's probability of each chosen token, from the raw logits of the baseline run
+    probs = [
+        torch.softmax(base.scores[t][row], -1)[tok].item()
+        for row, ids in enumerate(base.token_ids)
+        for t, tok in enumerate(ids)
+    ]
+    assert m["baseline_mean_token_prob"] == pytest.approx(sum(probs) / len(probs), rel=1e-6)
 
 
 def test_artifact_round_trip_keeps_steps_settings_and_interventions(comparison, tmp_path):
