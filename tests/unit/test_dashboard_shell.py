@@ -29,7 +29,12 @@ def test_status_line_names_model_architecture_size_device_dtype_memory(monkeypat
     status = at.sidebar.caption[0].value
     parts = status.split(" · ")
     assert parts[:5] == ["shared:stories260K", "LlamaForCausalLM", "260K params", "cpu", "float32"]
-    assert parts[5].startswith("RSS ") and parts[5].endswith(" MiB") and int(parts[5][4:-4].replace(",", "")) > 10
+    assert parts[5].startswith("RSS ") and parts[5].endswith(" MiB")
+    # AppTest runs the page in this process: the kernel's own count (VmRSS, not the statm the page reads)
+    proc = Path("/proc/self/status")
+    if proc.exists():  # Linux
+        vmrss_mib = int(next(x for x in proc.read_text().splitlines() if x.startswith("VmRSS:")).split()[1]) / 1024
+        assert abs(int(parts[5][4:-4].replace(",", "")) - vmrss_mib) < 0.1 * vmrss_mib
 
 
 def test_other_model_errors_are_messages_not_tracebacks(monkeypatch, tmp_path):
