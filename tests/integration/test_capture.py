@@ -53,9 +53,15 @@ def test_records_during_generation(stories):
     rec = out.records["blocks.0.resid_post"]
     assert len(rec) == 5
     assert rec[0].shape[:2] == out.prompt_ids.shape and all(r.shape[1] == 1 for r in rec[1:])
-    # the cached steps record what a full recompute gives at the same position
-    full = sl.capture(
-        stories, [stories.tokenizer.decode(out.sequences[0, :-1], skip_special_tokens=True)], ["blocks.0.resid_post"]
-    )
-    assert full["blocks.0.resid_post"].shape[1] >= 1
-    assert torch.allclose(rec[-1][0, 0], full["blocks.0.resid_post"][0, -1], atol=1e-4)
+    # every cached step records what one full forward over the finished sequence gives at its positions
+    site = "blocks.0.resid_post"
+    enc = stories.encode(PROMPTS[:2])
+    n_prompt = enc["input_ids"].shape[1]
+    seqs = out.sequences[:, :-1]
+    mask = torch.cat([enc["attention_mask"], torch.ones(2, seqs.shape[1] - n_prompt, dtype=torch.long)], 1)
+    _, recs = sl.forward(stories, {"input_ids": seqs, "attention_mask": mask}, record=[site], return_records=True)
+    full = recs[site][0]
+    m = enc["attention_mask"].bool()
+    assert torch.allclose(rec[0][m], full[:, :n_prompt][m], atol=1e-4)
+    for step in range(1, 5):
+        assert torch.allclose(rec[step][:, 0], full[:, n_prompt + step - 1], atol=1e-4), step
