@@ -86,7 +86,7 @@ class Plan:
     """Everything an engine needs to run one intervention list on one model."""
 
     visits: list[Visit]
-    editors: list[ParamEditor]
+    editors: list[ParamEditor | SelectionBiasOff]
     records: list[str]
     n_interventions: int
     selectors: list[Any] = field(default_factory=list)  # every position selector, checked per batch
@@ -307,6 +307,45 @@ def _compile_layer_masks(h: Any, layer: int, masks: list[ExpertMask]) -> Callabl
     return fn
 
 
+class SelectionBiasOff:
+    """Switches experts off through a router's selection-only bias (DeepSeek-V3's
+    ``e_score_correction_bias``): ``-inf`` there keeps them out of every choice, weights untouched,
+    exactly what :func:`route` does with ``off``, at no per-step cost. Restores the exact values.
+
+    >>> import torch
+    >>> bias = torch.zeros(4)
+    >>> ed = SelectionBiasOff(bias, [1, 2]); ed.apply(); bias.tolist()
+    [0.0, -inf, -inf, 0.0]
+    >>> ed.restore(); bias.tolist()
+    [0.0, 0.0, 0.0, 0.0]
+    """
+
+    def __init__(self, bias: Tensor, off: list[int]) -> None:
+        self.bias, self.idx = bias, torch.tensor(sorted(off), dtype=torch.long, device=bias.device)
+        self.saved: Tensor | None = None
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        self.saved = self.bias[self.idx].clone()
+        self.bias[self.idx] = float("-inf")
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        if self.saved is not None:
+            self.bias[self.idx] = self.saved
+            self.saved = None
+
+
+def _bias_editor(h: Any, layer: int, masks: list[ExpertMask]) -> SelectionBiasOff | None:
+    """The bias edit that does ``masks`` when they switch experts off at every position and nothing
+    else, on a router with a selection-only bias; ``None`` otherwise (routing is redone per step)."""
+    merged = MergedMask.of(masks)
+    if any(m.positions != "all" for m in masks) or merged.on or merged.scale or merged.renormalize:
+        return None
+    bias = h.adapter.router_bias(h.adapter.layers[layer].router)
+    return None if bias is None or not merged.off else SelectionBiasOff(bias, sorted(merged.off))
+
+
 # ---------------------------------------------------------------------------------------------
 # parameter edits
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +431,7 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
     act_ops: dict[str, tuple[SiteRef, list[ActOp]]] = {}
     mid_ops: dict[int, list[ActOp]] = defaultdict(list)
     masks: dict[int, list[tuple[int, ExpertMask]]] = defaultdict(list)
-    editors: list[ParamEditor] = []
+    editors: list[ParamEditor | SelectionBiasOff] = []
     for i, iv in enumerate(ivs):
         try:
             if isinstance(iv, ExpertMask):
@@ -469,8 +508,13 @@ def compile_plan(h: Any, interventions: Any = None, record: list[str] | None = N
 
     router_fns: dict[tuple[str, str], list[Callable]] = defaultdict(list)
     for layer, numbered in masks.items():
+        layer_masks = [m for _, m in numbered]
+        bias_off = _bias_editor(h, layer, layer_masks)
+        if bias_off is not None:
+            editors.append(bias_off)
+            continue
         v = visit_for(h.site(f"blocks.{layer}.moe.router_logits"))
-        router_fns[(v.path, v.kind)].append(_compile_layer_masks(h, layer, [m for _, m in numbered]))
+        router_fns[(v.path, v.kind)].append(_compile_layer_masks(h, layer, layer_masks))
 
     for ref in record_refs:
         visit_for(ref).records.append(ref.name)

@@ -341,3 +341,23 @@ def test_tiny_model_routing_matches_the_oracle(tiny, name, split):
     # the last mask alone (what used to win) routes differently
     last = sl.capture(h, PROMPTS, sites[1:2], interventions=[ExpertMask(layer=layer, **masks[-1])])
     assert not torch.equal(last[sites[1]][m], idx)
+
+
+def test_off_masks_on_a_selection_bias_cost_no_visit_and_restore_exactly(tiny):
+    """DeepSeek-V3 off-only masks become a -inf in the selection bias: no router visit per step, the
+    same routing as redoing it (forced here by a no-op gate scale), the bias restored bit for bit."""
+    h = tiny("deepseek_v3")
+    layers = h.adapter.moe_layers
+    biases = [h.adapter.router_bias(h.adapter.layers[i].router) for i in layers]
+    before = [b.clone() for b in biases]
+    off = [ExpertMask(layer=i, off=[2]) for i in layers] + [ExpertMask(layer=layers[-1], off=[7])]
+    plan = compile_plan(h, off)
+    assert not plan.visits and len(plan.editors) == len(layers)
+    redone = [ExpertMask(layer=i, off=[2], scale={0: 1.0}) for i in layers] + [ExpertMask(layer=layers[-1], off=[7])]
+    assert all(v.is_router for v in compile_plan(h, redone).visits)
+    for i in layers:
+        a, b = _routing(h, i, off), _routing(h, i, redone)
+        assert torch.equal(a[0], b[0]) and torch.allclose(a[1], b[1], rtol=1e-6, atol=0)
+        assert not torch.isin(a[0], torch.tensor([2, 7] if i == layers[-1] else [2])).any()
+    sl.generate(h, PROMPTS, interventions=off, max_new_tokens=3)
+    assert all(torch.equal(b, c) for b, c in zip(biases, before, strict=True))
