@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -118,9 +119,17 @@ def test_compare_harness_end_to_end(stories, tmp_path):
         for k in art.data["metric_names"]:
             m = r[k]
             assert m["lo"] <= m["mean"] <= m["hi"], (k, m)
-        assert 0 <= r["distinct_2"]["mean"] <= 1 and 0 <= r["self_bleu"]["mean"] <= 1
-        assert 0 <= r["embedding_diversity"]["mean"] <= 2
-        assert r["judge_ppl"]["mean"] > 1 and math.isclose(r["judge_ppl"]["mean"], math.exp(r["judge_nll"]["mean"]))
+        # distinct-2 recomputed by hand from the stored samples: pooled unique / all word bigrams per
+        # prompt (words: lower-cased \w+ runs and single punctuation marks), averaged over prompts
+        per_prompt = []
+        for smp in art.data["samples"][r["sampler"] + f"@T={r['temperature']:g}"]:
+            grams = []
+            for t in smp["texts"]:
+                w = re.findall(r"\w+|[^\w\s]", t.lower())
+                grams += list(zip(w, w[1:], strict=False))
+            per_prompt.append(len(set(grams)) / len(grams))
+        assert r["distinct_2"]["mean"] == pytest.approx(sum(per_prompt) / len(per_prompt), abs=1e-9)
+        assert math.isclose(r["judge_ppl"]["mean"], math.exp(r["judge_nll"]["mean"]))
     by = {(r["name"], r["temperature"]): r for r in rows}
     # hotter pure sampling is less likely under the T=1 judge
     assert by[("temperature", 2.0)]["judge_ppl"]["mean"] > by[("temperature", 1.0)]["judge_ppl"]["mean"]
