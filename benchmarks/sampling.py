@@ -1,28 +1,39 @@
 """Per-step cost of steerlab's top-H sampler against transformers' top-p and top-H warpers.
 
-Everything runs side by side in one process, interleaved round by round, single-threaded; the numbers
-that matter are the ratios (the machine is shared and absolute times are noisy). One "step" is what a
-logits processor costs per generated token: ``TopH(...).filter_logits(scores)`` (validation, the rule,
-the masked output) against ``TopPLogitsWarper(0.9)(ids, scores)`` and ``TopHLogitsWarper(alpha)(ids,
-scores)``, at temperature 1 (so neither side pays a temperature division).
+One "step" is what sampling costs per generated token after the forward pass, temperature included:
+ours ``TopH(alpha, temperature=T).filter_logits(scores)`` (validation, temperature, the rule, the masked
+output) against transformers' ``TemperatureLogitsWarper(T)`` followed by ``TopPLogitsWarper(0.9)`` or
+``TopHLogitsWarper(alpha)``. Every function gets the same raw ``[batch, vocab]`` float32 logits and
+returns the same kind of ``[batch, vocab]`` tensor (tempered logits, the rest at ``-inf``).
 
-Logits are synthetic and LM-like: per row a Zipf profile ``-s log(rank)`` (``s ~ U(1.1, 2.0)``) plus
-Gaussian noise (sd 1), randomly permuted over the vocabulary; entropies range from about 1 to 6 nats
-(mean about 3), like a small LM's next-token distributions at T = 1.
+Grid: temperature in {0.7, 1, 1.5, 2, 3} x batch in {8, 64} x two logit sources:
 
-Floors (issue 3), for the default variant: at most 1.3x top-p at every batch and vocabulary, and no
-slower than transformers' top-H at batch 64. ``--check`` exits with status 1 when one is broken.
+- ``synthetic`` (vocab 50,257): per row a Zipf profile ``-s log(rank)`` (``s ~ U(1.1, 2.0)``) plus
+  Gaussian noise (sd 1), randomly permuted over the vocabulary (entropies about 1-6 nats at T = 1);
+- ``smollm2`` (vocab 49,152): next-token logits of SmolLM2-135M-Instruct (the shared Q4_1 GGUF,
+  dequantized) on WikiText-2 test paragraphs (``steerlab.capability.wikitext``), 64 positions collected
+  once per run and kept in memory; batch 8 is their first 8 rows.
+
+Rounds are interleaved (one call of every function per round, the order rotated each round),
+single-threaded; ``ms`` gives min/median/max over rounds and each ratio is the median over rounds of
+``ours / theirs`` within the same round (its min/max are reported too): the machine is shared, read the
+ratios. Equal work is asserted on every input: our ``hf`` variant returns exactly transformers'
+``TopHLogitsWarper`` output (same rule: ``torch.equal``), and every top-H output keeps the tempered logit
+on its kept tokens, at least one per row.
+
+Floors for the default variant (``paper``), at every cell of the grid: at most 1.3x transformers' top-p,
+and no slower than transformers' top-H at batch 64 (median paired ratio <= 1.0, no tolerance). The
+script exits with status 1 when one is broken (``--no-check``: report only).
 
 Run:
-    .venv/bin/python benchmarks/sampling.py            # table
-    .venv/bin/python benchmarks/sampling.py --json     # ratios, keys ending in _ratio
+    .venv/bin/python benchmarks/sampling.py                                        # table
+    .venv/bin/python benchmarks/sampling.py --json > docs/records/sampling_bench.json  # the record
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -30,8 +41,10 @@ from collections.abc import Callable
 
 import torch
 
-BATCHES = (1, 8, 64)
-VOCABS = (32000, 50257, 152064)
+TEMPERATURES = (0.7, 1.0, 1.5, 2.0, 3.0)
+BATCHES = (8, 64)
+SYNTHETIC_VOCAB = 50257
+MODEL = "shared:SmolLM2-135M-Instruct-Q4_1-gguf"
 TOP_P = 0.9
 FLOOR_VS_TOP_P = 1.3
 FLOOR_VS_HF_TOP_H_AT_64 = 1.0
@@ -47,124 +60,164 @@ def lm_like_logits(batch: int, vocab: int, seed: int = 0) -> torch.Tensor:
     return torch.gather(x, 1, perm).contiguous()
 
 
-def time_interleaved(fns: dict[str, Callable[[], object]], budget_s: float) -> dict[str, float]:
-    """Median milliseconds per call; one call of each function per round, rounds until the budget."""
+def model_logits(n_rows: int = 64, spec: str = MODEL) -> torch.Tensor:
+    """``n_rows`` next-token logits of ``spec`` on WikiText-2 test paragraphs (evenly spaced positions)."""
+    import steerlab as sl
+    from steerlab.capability import wikitext
+
+    h = sl.load(spec)
+    enc = h.tokenizer(wikitext(16).responses, return_tensors="pt", padding=True, truncation=True, max_length=48)
+    with torch.no_grad():
+        logits = h.model(**enc).logits.float()
+    mask = enc["attention_mask"].bool()
+    mask[:, :4] = False  # a few tokens of context first
+    rows = logits[mask]
+    pick = torch.linspace(0, rows.shape[0] - 1, n_rows).round().long()
+    return rows[pick].contiguous()
+
+
+def time_rounds(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each function over interleaved rounds (order rotated each round)."""
     for f in fns.values():
         f()
-    t0 = time.perf_counter()
-    for f in fns.values():
-        f()
-    per_round = time.perf_counter() - t0
-    rounds = int(min(200, max(15, math.ceil(budget_s / max(per_round, 1e-9)))))
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        for k, f in fns.items():
+    names = list(fns)
+    times: dict[str, list[float]] = {k: [] for k in names}
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             t = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - t)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            fns[k]()
+            times[k].append(1e3 * (time.perf_counter() - t))
+    return times
 
 
-def run(
-    batches: tuple[int, ...] = BATCHES,
-    vocabs: tuple[int, ...] = VOCABS,
-    alpha: float = 0.4,
-    budget_s: float = 2.0,
-) -> dict:
-    from transformers import TopHLogitsWarper, TopPLogitsWarper
+def spread(xs: list[float]) -> dict[str, float]:
+    return {"min": round(min(xs), 4), "median": round(statistics.median(xs), 4), "max": round(max(xs), 4)}
+
+
+def check_equal_work(x: torch.Tensor, outs: dict[str, torch.Tensor], temperature: float) -> None:
+    """Raise unless every top-H output is a masked copy of the tempered logits and ``hf`` == transformers."""
+    tempered = x / temperature
+    for name, out in outs.items():
+        if out.shape != x.shape or out.dtype != torch.float32:
+            raise RuntimeError(f"{name}: output {tuple(out.shape)} {out.dtype}, expected {tuple(x.shape)} float32")
+        kept = torch.isfinite(out)
+        if name != "hf_top_p" and not bool(kept.any(-1).all()):
+            raise RuntimeError(f"{name}: a row keeps no token")
+        if not torch.equal(out[kept], tempered[kept]):
+            raise RuntimeError(f"{name}: kept logits are not the tempered ones")
+    if not torch.equal(outs["top_h_hf"], outs["hf_top_h"]):
+        raise RuntimeError("variant 'hf' differs from transformers' TopHLogitsWarper on the same logits")
+
+
+def bench_cell(x: torch.Tensor, temperature: float, alpha: float, rounds: int) -> dict:
+    from transformers import TemperatureLogitsWarper, TopHLogitsWarper, TopPLogitsWarper
 
     from steerlab.sampling.top_h import VARIANTS, TopH
 
-    default = TopH().variant
-    ids = torch.zeros(1, 1, dtype=torch.long)
-    top_p, hf_top_h = TopPLogitsWarper(TOP_P), TopHLogitsWarper(alpha)
-    ours = {v: TopH(alpha=alpha, variant=v) for v in VARIANTS}
-    rows, out = [], {}
-    for vocab in vocabs:
-        for batch in batches:
-            x = lm_like_logits(batch, vocab)
-            fns: dict[str, Callable[[], object]] = {
-                "hf_top_p": lambda x=x: top_p(ids, x),
-                "hf_top_h": lambda x=x: hf_top_h(ids, x),
-            }
-            fns.update({f"top_h_{v}": (lambda x=x, s=s: s.filter_logits(x)) for v, s in ours.items()})
-            ms = time_interleaved(fns, budget_s)
-            sel = ours[default].select(x)
-            p = torch.softmax(x, dim=-1)
-            row = {
-                "batch": batch,
-                "vocab": vocab,
-                "ms": {k: round(v, 4) for k, v in ms.items()},
-                "mean_entropy_nats": round(float(torch.special.entr(p).sum(-1).mean()), 3),
-                "mean_kept": round(float(sel.n_keep.float().mean()), 2),
-                "max_kept": int(sel.n_keep.max()),
-            }
-            rows.append(row)
-            tag = f"b{batch}_v{vocab // 1000}k"
-            out[f"top_h_{tag}_vs_top_p_ratio"] = round(ms[f"top_h_{default}"] / ms["hf_top_p"], 4)
-            out[f"top_h_{tag}_vs_hf_top_h_ratio"] = round(ms[f"top_h_{default}"] / ms["hf_top_h"], 4)
-            for v in VARIANTS:
-                row[f"{v}_vs_top_p"] = round(ms[f"top_h_{v}"] / ms["hf_top_p"], 4)
-                row[f"{v}_vs_hf_top_h"] = round(ms[f"top_h_{v}"] / ms["hf_top_h"], 4)
-    vs_p = [v for k, v in out.items() if k.endswith("_vs_top_p_ratio")]
-    vs_h64 = [out[f"top_h_b64_v{v // 1000}k_vs_hf_top_h_ratio"] for v in vocabs if 64 in batches]
-    summary = {
-        "max_vs_top_p_ratio": max(vs_p),
-        "max_b64_vs_hf_top_h_ratio": max(vs_h64) if vs_h64 else None,
+    ids = torch.zeros(x.shape[0], 1, dtype=torch.long)
+    temp, top_p, hf_top_h = TemperatureLogitsWarper(temperature), TopPLogitsWarper(TOP_P), TopHLogitsWarper(alpha)
+    fns: dict[str, Callable[[], torch.Tensor]] = {
+        "hf_top_p": lambda: top_p(ids, temp(ids, x)),
+        "hf_top_h": lambda: hf_top_h(ids, temp(ids, x)),
     }
-    floors_ok = summary["max_vs_top_p_ratio"] <= FLOOR_VS_TOP_P and (
-        not vs_h64 or summary["max_b64_vs_hf_top_h_ratio"] <= FLOOR_VS_HF_TOP_H_AT_64
-    )
+    samplers = {v: TopH(alpha=alpha, variant=v, temperature=temperature) for v in VARIANTS}
+    fns.update({f"top_h_{v}": (lambda s=s: s.filter_logits(x)) for v, s in samplers.items()})
+    check_equal_work(x, {k: f() for k, f in fns.items()}, temperature)
+    times = time_rounds(fns, rounds)
+    kept = samplers["paper"].select(x).n_keep.float()
+    cell: dict = {
+        "ms": {k: spread(v) for k, v in times.items()},
+        "kept_paper": {"mean": round(float(kept.mean()), 2), "max": int(kept.max())},
+        "mean_entropy_nats": round(float(torch.special.entr(torch.softmax(x / temperature, -1)).sum(-1).mean()), 3),
+    }
+    for v in VARIANTS:
+        for base in ("hf_top_p", "hf_top_h"):
+            paired = [a / b for a, b in zip(times[f"top_h_{v}"], times[base], strict=True)]
+            cell[f"{v}_vs_{base}"] = spread(paired)
+    return cell
+
+
+def run(alpha: float = 0.4, rounds: int = 15, model: bool = True) -> dict:
+    sources = {"synthetic": lm_like_logits(max(BATCHES), SYNTHETIC_VOCAB)}
+    if model:
+        sources["smollm2"] = model_logits(max(BATCHES))
+    cells, failures = [], []
+    for source, logits in sources.items():
+        for temperature in TEMPERATURES:
+            for batch in BATCHES:
+                x = logits[:batch].contiguous()
+                cell = {"source": source, "vocab": x.shape[1], "batch": batch, "temperature": temperature}
+                cell.update(bench_cell(x, temperature, alpha, rounds if batch > 8 else 4 * rounds))
+                cells.append(cell)
+                tag = f"{source} T={temperature} b{batch}"
+                if cell["paper_vs_hf_top_p"]["median"] > FLOOR_VS_TOP_P:
+                    failures.append(f"{tag}: paper / top-p {cell['paper_vs_hf_top_p']['median']}")
+                if batch == 64 and cell["paper_vs_hf_top_h"]["median"] > FLOOR_VS_HF_TOP_H_AT_64:
+                    failures.append(f"{tag}: paper / HF top-H {cell['paper_vs_hf_top_h']['median']}")
+    b64 = [c for c in cells if c["batch"] == 64]
     return {
         "config": {
-            "default_variant": default,
+            "default_variant": "paper",
+            "variant_equal_to_transformers": "hf",
             "alpha": alpha,
             "top_p": TOP_P,
-            "temperature": 1.0,
+            "temperatures": list(TEMPERATURES),
+            "batches": list(BATCHES),
+            "rounds_batch_64": rounds,
+            "rounds_batch_8": 4 * rounds,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "logits": "lm_like (Zipf s~U(1.1,2.0) + N(0,1), permuted)",
+            "synthetic": f"lm_like, vocab {SYNTHETIC_VOCAB} (Zipf s~U(1.1,2.0) + N(0,1), permuted)",
+            "smollm2": f"{MODEL} next-token logits on WikiText-2 test" if model else None,
+            "ratio": "median over rounds of ours/theirs timed in the same round",
         },
-        **out,
-        **summary,
+        "max_paper_vs_hf_top_p_ratio": max(c["paper_vs_hf_top_p"]["median"] for c in cells),
+        "max_b64_paper_vs_hf_top_h_ratio": max(c["paper_vs_hf_top_h"]["median"] for c in b64),
         "floors": {"vs_top_p_max": FLOOR_VS_TOP_P, "vs_hf_top_h_at_batch_64_max": FLOOR_VS_HF_TOP_H_AT_64},
-        "floors_ok": floors_ok,
-        "rows": rows,
+        "floors_ok": not failures,
+        "failures": failures,
+        "cells": cells,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="print JSON (ratio keys end in _ratio)")
-    ap.add_argument("--quick", action="store_true", help="smaller time budget per size (noisier)")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a floor is broken")
+    ap.add_argument("--json", action="store_true", help="print the JSON record to stdout")
+    ap.add_argument("--rounds", type=int, default=15, help="rounds at batch 64 (4x at batch 8)")
+    ap.add_argument("--no-model", action="store_true", help="synthetic logits only (no SmolLM2 load)")
+    ap.add_argument("--no-check", action="store_true", help="exit 0 even if a floor is broken")
     ap.add_argument("--alpha", type=float, default=0.4)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    res = run(alpha=args.alpha, budget_s=0.5 if args.quick else 2.0)
+    res = run(alpha=args.alpha, rounds=args.rounds, model=not args.no_model)
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps(res, indent=1))
     else:
-        print(f"default variant: {res['config']['default_variant']}, alpha {args.alpha}, 1 thread (ms per step)")
+        print(f"alpha {args.alpha}, 1 thread; ms per step = median [min-max] over rounds; ratios = paired medians")
         print(
-            f"{'vocab':>7} {'batch':>5} {'top_p':>9} {'hf_top_h':>9} {'paper':>8} {'hf':>8} {'ref':>8}"
-            f" {'vs_top_p':>8} {'vs_hf_h':>8} {'kept':>6}"
+            f"{'source':>9} {'T':>4} {'b':>3} {'HF top-p':>9} {'HF top-H':>20} {'paper':>20}"
+            f" {'hf':>8} {'ref':>8} {'/top-p':>7} {'/HF top-H':>16} {'kept':>6}"
         )
-        for r in res["rows"]:
-            ms = r["ms"]
-            tag = f"b{r['batch']}_v{r['vocab'] // 1000}k"
+        for c in res["cells"]:
+            ms, r = c["ms"], c["paper_vs_hf_top_h"]
+
+            def cell(k: str, ms: dict = ms) -> str:
+                return f"{ms[k]['median']:.2f} [{ms[k]['min']:.2f}-{ms[k]['max']:.2f}]"
+
             print(
-                f"{r['vocab']:>7} {r['batch']:>5} {ms['hf_top_p']:>9.3f} {ms['hf_top_h']:>9.3f}"
-                f" {ms['top_h_paper']:>8.3f} {ms['top_h_hf']:>8.3f} {ms['top_h_reference']:>8.3f}"
-                f" {res[f'top_h_{tag}_vs_top_p_ratio']:>8.3f} {res[f'top_h_{tag}_vs_hf_top_h_ratio']:>8.3f}"
-                f" {r['mean_kept']:>6.1f}"
+                f"{c['source']:>9} {c['temperature']:>4} {c['batch']:>3} {ms['hf_top_p']['median']:>9.2f}"
+                f" {cell('hf_top_h'):>20} {cell('top_h_paper'):>20} {ms['top_h_hf']['median']:>8.2f}"
+                f" {ms['top_h_reference']['median']:>8.2f} {c['paper_vs_hf_top_p']['median']:>7.3f}"
+                f" {r['median']:>6.3f} [{r['min']:.2f}-{r['max']:.2f}] {c['kept_paper']['mean']:>6.1f}"
             )
         print(
-            f"max vs top-p {res['max_vs_top_p_ratio']:.3f} (floor {FLOOR_VS_TOP_P}); "
-            f"max vs HF top-H at batch 64 {res['max_b64_vs_hf_top_h_ratio']:.3f} "
+            f"max paper / top-p {res['max_paper_vs_hf_top_p_ratio']:.3f} (floor {FLOOR_VS_TOP_P}); "
+            f"max paper / HF top-H at batch 64 {res['max_b64_paper_vs_hf_top_h_ratio']:.3f} "
             f"(floor {FLOOR_VS_HF_TOP_H_AT_64}): {'OK' if res['floors_ok'] else 'FLOOR BROKEN'}"
         )
-    return 0 if (res["floors_ok"] or not args.check) else 1
+    for f in res["failures"]:
+        print(f"floor broken: {f}", file=sys.stderr)
+    return 0 if (res["floors_ok"] or args.no_check) else 1
 
 
 if __name__ == "__main__":
