@@ -1,16 +1,41 @@
-"""Helpers shared by every CLI command: JSON output, parameter parsing, clean error exits."""
+"""Helpers shared by every CLI command: JSON output, parameter parsing, the one place that turns bad
+input into a one-line error with exit status 2, and the ranges of the numeric options."""
 
 from __future__ import annotations
 
 import json
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
-from steerlab.errors import SteerlabError
+from steerlab.errors import SpecError, SteerlabError
+
+try:  # typer >= 0.20 carries its own copy of click
+    from typer._click import exceptions as _click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exc
+
+_NO_ARGS_IS_HELP: Any = getattr(_click_exc, "NoArgsIsHelpError", ())
+
+
+def in_range(minimum: int, maximum: int | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``typer.Option`` checking an integer option while the command line is parsed,
+    before the command runs (so before any model loads), with an error naming the value."""
+    expected = f"an integer >= {minimum}" if maximum is None else f"an integer in {minimum}..{maximum}"
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        if value is not None and (value < minimum or (maximum is not None and value > maximum)):
+            raise SpecError(f"{max(param.opts, key=len)} must be {expected}, got {value}")
+        return value
+
+    return {"callback": check}
+
+
+# Ranges of the numeric options.
+SEED = in_range(0, 2**32 - 1)
+AT_LEAST_1 = in_range(1)
+AT_LEAST_0 = in_range(0)
 
 
 def emit(obj: Any) -> None:
@@ -29,7 +54,11 @@ def parse_value(text: str) -> Any:
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
-    """Parse repeated ``--param k=v`` options into a dict, with a clear error for malformed ones."""
+    """Parse repeated ``--param k=v`` options into a dict, with a clear error for malformed ones.
+
+    >>> parse_params(["p=0.9", "variant=paper"])
+    {'p': 0.9, 'variant': 'paper'}
+    """
     out: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
@@ -39,11 +68,41 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     return out
 
 
-@contextmanager
-def fail() -> Iterator[None]:
-    """Turn steerlab's input errors into a one-line message and exit status 2 (no stack trace)."""
+def one_line(message: str) -> str:
+    """``message`` on one line (newlines folded into spaces).
+
+    >>> one_line("bad value\\n  expected 1")
+    'bad value expected 1'
+    """
+    return " ".join(message.split())
+
+
+def _got(e: Exception) -> str:
+    """``" (got VALUE)"`` for a value typer could not convert (its message leaves the value out), else ``""``."""
     try:
-        yield
-    except (SteerlabError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        return f" (got {e.__cause__.errors()[0]['input']!r})"  # type: ignore[union-attr]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return ""
+
+
+class Group(TyperGroup):
+    """The click group of every steerlab command group: a bad option value (click's usage errors), a
+    :class:`~steerlab.errors.SteerlabError` or a missing file ends as ``error: ...`` on one line of
+    stderr and exit status 2, never a traceback. Commands need no error handling of their own."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _NO_ARGS_IS_HELP:
+            raise  # a bare group prints its help
+        except _click_exc.UsageError as e:
+            msg = e.format_message() + _got(e)
+        except (SteerlabError, FileNotFoundError) as e:
+            msg = str(e)
+        typer.echo(f"error: {one_line(msg)}", err=True)
+        raise typer.Exit(2)
+
+
+def typer_app(help: str, **kwargs: Any) -> typer.Typer:  # noqa: A002
+    """A command group whose errors go through :class:`Group`."""
+    return typer.Typer(help=help, cls=Group, no_args_is_help=True, pretty_exceptions_enable=False, **kwargs)

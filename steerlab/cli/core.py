@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from steerlab.cli.common import emit, fail, parse_params
+from steerlab.cli.common import AT_LEAST_1, SEED, emit, parse_params
 
 
 def register(app: typer.Typer) -> None:
@@ -23,9 +23,7 @@ def info(
     """Architecture summary and every site name of MODEL."""
     import steerlab as sl
 
-    with fail():
-        h = sl.load(model)
-        data = h.info()
+    data = sl.load(model).info()
     if as_json:
         emit(data)
         return
@@ -55,8 +53,8 @@ def generate_cmd(
     intervention: Path | None = typer.Option(None, "--intervention", "-i", help="Intervention spec JSON file."),
     sampler: str = typer.Option("greedy", "--sampler", help="greedy, temperature, top_k, top_p, min_p, top_h."),
     param: list[str] = typer.Option([], "--param", help="Sampler parameter k=v; repeatable."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
-    seed: int = typer.Option(0, "--seed"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
     chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the model's chat template."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -64,13 +62,10 @@ def generate_cmd(
     import steerlab as sl
     from steerlab.interventions import InterventionSet
 
-    with fail():
-        h = sl.load(model)
-        ivs: Any = InterventionSet.load(intervention) if intervention else None
-        smp = sl.make_sampler(sampler, **parse_params(param))
-        out = sl.generate(
-            h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat
-        )
+    smp = sl.make_sampler(sampler, **parse_params(param))  # the sampler and the spec file before the model
+    ivs: Any = InterventionSet.load(intervention) if intervention else None
+    h = sl.load(model)
+    out = sl.generate(h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
     if as_json:
         emit(out.to_json())
         return

@@ -11,7 +11,6 @@ from pathlib import Path
 import typer
 
 from steerlab._paths import REPO_ROOT
-from steerlab.cli.common import fail
 from steerlab.errors import SteerlabError
 
 APP = REPO_ROOT / "dashboards" / "app.py"
@@ -39,22 +38,21 @@ def dashboard(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the command and environment, start nothing."),
 ) -> None:
     """Start the interactive dashboard (Generate, Sampling, Runs, ...) in a browser tab."""
-    with fail():
-        if not 0 < port < 65536:
-            raise SteerlabError(f"--port must be in 1..65535, got {port}")
-        if not APP.exists():
-            raise SteerlabError(f"dashboard app not found at {APP}; the dashboard runs from a steerlab checkout")
-        if model:
-            from steerlab.models.load import resolve_spec
+    if not 0 < port < 65536:
+        raise SteerlabError(f"--port must be in 1..65535, got {port}")
+    if not APP.exists():
+        raise SteerlabError(f"dashboard app not found at {APP}; the dashboard runs from a steerlab checkout")
+    if model:
+        from steerlab.models.load import resolve_spec
 
-            resolve_spec(model)  # fail here, with the reason, rather than in the browser
-        try:
-            import plotly  # noqa: F401
-            import streamlit  # noqa: F401
-        except ImportError as e:
-            raise SteerlabError(
-                f"{e.name} is not installed; install the extra: pip install 'steerlab[dashboard]'"
-            ) from e
+        resolve_spec(model)  # fail here, with the reason, rather than in the browser
+    try:
+        import plotly  # noqa: F401
+        import streamlit  # noqa: F401
+    except ImportError as e:
+        raise SteerlabError(
+            f"{e.name} is not installed; install the extra: pip install 'steerlab[dashboard]'"
+        ) from e
     cmd = streamlit_command(port, host)
     env = dict(os.environ, STEERLAB_RUNS=str(runs.expanduser().resolve()))
     if model:

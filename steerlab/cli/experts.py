@@ -6,11 +6,9 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import emit, fail
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
 
-app = typer.Typer(
-    help="Experts: image which MoE experts fire for a behavior, switch them off or on.", no_args_is_help=True
-)
+app = typer_app("Experts: image which MoE experts fire for a behavior, switch them off or on.")
 
 SUITE_HELP = "Probe suite name or folder (default: organism-refusal on organisms, else refusal)."
 SCOPE_HELP = "Token scope: prompt, decision (first assistant token), generated; comma-separated to combine."
@@ -22,10 +20,12 @@ def image_cmd(
     suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
     split: str = typer.Option("train", "--split"),
     scope: str = typer.Option("decision", "--scope", help=SCOPE_HELP),
-    permutations: int = typer.Option(2000, "--permutations", help="Permutations for the p-values."),
-    limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per label (0: all)."),
+    permutations: int = typer.Option(
+        2000, "--permutations", help="Permutations for the p-values (0: none, p = 1).", **AT_LEAST_0
+    ),
+    limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per label (0: all).", **AT_LEAST_0),
     out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
-    top: int = typer.Option(20, "--top", help="Experts in the ranked table."),
+    top: int = typer.Option(20, "--top", help="Experts in the ranked table.", **AT_LEAST_1),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Image the experts that separate the suite's behavior prompts from its control prompts."""
@@ -35,33 +35,31 @@ def image_cmd(
     from steerlab.experts.report import token_raster, write_image
     from steerlab.probes import load_suite
 
-    with fail():
-        h = sl.load(model)
-        s = load_suite(suite or default_suite(h))
-        take = (lambda xs: xs[:limit]) if limit else (lambda xs: xs)
-        behavior, control = take(s.user_texts(s.behavior, split)), take(s.user_texts(s.control, split))
-        res = image(
-            h,
-            behavior,
-            control,
-            scope.split(","),
-            n_permutations=permutations,
-            by_token=True,
-            progress=True,
-            **s.chat_kwargs(),
-        )
-        res.config.update(
-            {
-                "suite": s.name,
-                "suite_version": s.version,
-                "split": split,
-                "behavior": s.behavior,
-                "control": s.control,
-                "limit": limit or None,
-            }
-        )
-        raster = token_raster(h, behavior[0], **s.chat_kwargs())
-        path = write_image(out, h, res, behavior, control, raster=raster, top=top)
+    h = sl.load(model)
+    s = load_suite(suite or default_suite(h))
+    behavior, control = (s.user_texts(label, split)[: limit or None] for label in (s.behavior, s.control))
+    res = image(
+        h,
+        behavior,
+        control,
+        scope.split(","),
+        n_permutations=permutations,
+        by_token=True,
+        progress=True,
+        **s.chat_kwargs(),
+    )
+    res.config.update(
+        {
+            "suite": s.name,
+            "suite_version": s.version,
+            "split": split,
+            "behavior": s.behavior,
+            "control": s.control,
+            "limit": limit or None,
+        }
+    )
+    raster = token_raster(h, behavior[0], **s.chat_kwargs())
+    path = write_image(out, h, res, behavior, control, raster=raster, top=top)
     table = res.table(top)
     if as_json:
         emit({"artifact": str(path), "config": res.config, "top": table})
@@ -78,18 +76,20 @@ def image_cmd(
 def evaluate_cmd(
     model: str = typer.Argument(None, help="MoE model spec (default: the embedded default model)."),
     suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
-    k: int = typer.Option(None, "--k", help="Experts to switch; default: chosen by a sweep on the train split."),
-    controls: int = typer.Option(20, "--controls", help="Random expert sets (matched by layer)."),
+    k: int = typer.Option(
+        None, "--k", help="Experts to switch; default: chosen by a sweep on the train split.", **AT_LEAST_1
+    ),
+    controls: int = typer.Option(20, "--controls", help="Random expert sets (matched by layer).", **AT_LEAST_1),
     match_rate: bool = typer.Option(False, "--match-rate", help="Also match random experts by base selection rate."),
     select: str = typer.Option(
         "ftri", "--select", help="Switching order: ftri (MoTE ranking), reimage, or ablation (refined on train)."
     ),
-    candidates: int = typer.Option(40, "--candidates", help="fTRI candidates for --select ablation."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
-    limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per set (0: all)."),
+    candidates: int = typer.Option(40, "--candidates", help="fTRI candidates for --select ablation.", **AT_LEAST_1),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
+    limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per set (0: all).", **AT_LEAST_0),
     image_dir: Path = typer.Option(None, "--image", help="Reuse an experts_image artifact instead of imaging again."),
     out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", **SEED),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Switch the top experts off (and on) during generation; compare with random expert sets."""
@@ -97,23 +97,22 @@ def evaluate_cmd(
     from steerlab.experts.evaluate import default_suite, evaluate_experts
     from steerlab.experts.report import write_evaluation
 
-    with fail():
-        h = sl.load(model)
-        ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
-        ev = evaluate_experts(
-            h,
-            suite or default_suite(h),
-            ftri=ftri,
-            k=k,
-            n_controls=controls,
-            match_rate=match_rate,
-            select=select,
-            n_candidates=candidates,
-            max_new_tokens=max_new_tokens,
-            limit=limit or None,
-            seed=seed,
-        )
-        path = write_evaluation(out, ev, ftri)
+    ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
+    h = sl.load(model)
+    ev = evaluate_experts(
+        h,
+        suite or default_suite(h),
+        ftri=ftri,
+        k=k,
+        n_controls=controls,
+        match_rate=match_rate,
+        select=select,
+        n_candidates=candidates,
+        max_new_tokens=max_new_tokens,
+        limit=limit or None,
+        seed=seed,
+    )
+    path = write_evaluation(out, ev, ftri)
     if as_json:
         emit({"artifact": str(path), "metrics": ev.metrics, "experts": ev.experts, "config": ev.config})
         return

@@ -1,17 +1,12 @@
-"""Entry point of the ``steerlab`` console script. Each command group lives in its own module."""
+"""Entry point of the ``steerlab`` console script. Each command group lives in its own module; bad input
+ends as one line and exit status 2 (:class:`steerlab.cli.common.Group`)."""
 
 from __future__ import annotations
 
-import typer
-
 from steerlab.cli import core, dashboard, experts, organisms, probes, sampling
+from steerlab.cli.common import typer_app
 
-app = typer.Typer(
-    name="steerlab",
-    help="Steering and analysis workbench for dense and MoE transformer language models.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = typer_app("Steering and analysis workbench for dense and MoE transformer language models.", name="steerlab")
 core.register(app)
 app.command("dashboard")(dashboard.dashboard)
 

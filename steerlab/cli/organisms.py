@@ -6,9 +6,9 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import emit, fail
+from steerlab.cli.common import AT_LEAST_1, SEED, emit, typer_app
 
-app = typer.Typer(help="The project's model organisms (organism:moe, organism:dense).", no_args_is_help=True)
+app = typer_app("The project's model organisms (organism:moe, organism:dense).")
 
 
 def _build_one(
@@ -43,11 +43,17 @@ def _build_one(
 def build(
     name: str = typer.Argument(None, help="moe or dense; all organisms when omitted."),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default: steerlab/organisms/weights/NAME)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", **SEED),
     reduced: bool = typer.Option(False, "--reduced", help="A tiny organism in about a minute (tests, CI)."),
-    threads: int = typer.Option(1, "--threads", help="torch threads per organism (1 is fastest per core here)."),
-    jobs: int = typer.Option(2, "--jobs", help="Organisms trained in parallel processes when building several."),
-    eval_limit: int = typer.Option(None, "--eval-limit", help="Cap each evaluation prompt set (quick builds)."),
+    threads: int = typer.Option(
+        1, "--threads", help="torch threads per organism (1 is fastest per core here).", **AT_LEAST_1
+    ),
+    jobs: int = typer.Option(
+        2, "--jobs", help="Organisms trained in parallel processes when building several.", **AT_LEAST_1
+    ),
+    eval_limit: int = typer.Option(
+        None, "--eval-limit", help="Cap each evaluation prompt set (quick builds).", **AT_LEAST_1
+    ),
     base_out: Path | None = typer.Option(
         None, "--base-out", help="Also save each base model (before safety tuning) to DIR/NAME."
     ),
@@ -57,46 +63,42 @@ def build(
     from steerlab.organisms.build import read_record
     from steerlab.organisms.configs import ORGANISM_NAMES
 
-    with fail():
-        names = [name] if name else list(ORGANISM_NAMES)
-        for n in names:
-            if n not in ORGANISM_NAMES:
-                raise _err(f"unknown organism {n!r}; expected one of {list(ORGANISM_NAMES)}")
-        if out is not None and len(names) > 1:
-            raise _err("--out needs a single organism NAME")
-        conditions = f"{len(names)} organism(s), {min(jobs, len(names))} parallel process(es), {threads} thread(s) each"
-        args = [
-            (
-                n,
-                str(out) if out else None,
-                seed,
-                reduced,
-                threads,
-                eval_limit,
-                True,
-                conditions,
-                str(base_out / n) if base_out else None,
-            )
-            for n in names
-        ]
-        if jobs > 1 and len(names) > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
+    names = [name] if name else list(ORGANISM_NAMES)
+    for n in names:
+        if n not in ORGANISM_NAMES:
+            raise _err(f"unknown organism {n!r}; expected one of {list(ORGANISM_NAMES)}")
+    if out is not None and len(names) > 1:
+        raise _err("--out needs a single organism NAME")
+    conditions = f"{len(names)} organism(s), {min(jobs, len(names))} parallel process(es), {threads} thread(s) each"
+    args = [
+        (
+            n,
+            str(out) if out else None,
+            seed,
+            reduced,
+            threads,
+            eval_limit,
+            True,
+            conditions,
+            str(base_out / n) if base_out else None,
+        )
+        for n in names
+    ]
+    if jobs > 1 and len(names) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(max_workers=min(jobs, len(names)), mp_context=mp.get_context("spawn")) as ex:
-                paths = list(ex.map(_build_one, *zip(*args, strict=True)))
-        else:
-            paths = [_build_one(*a) for a in args]
-        summary = {}
-        for n, p in zip(names, paths, strict=True):
-            m = read_record(p)["metrics"]
-            summary[n] = {
-                "path": p,
-                **{
-                    k: m[k]
-                    for k in ("refusal_harmful", "refusal_harmless", "compliance_harmful", "compliance_harmless")
-                },
-            }
+        with ProcessPoolExecutor(max_workers=min(jobs, len(names)), mp_context=mp.get_context("spawn")) as ex:
+            paths = list(ex.map(_build_one, *zip(*args, strict=True)))
+    else:
+        paths = [_build_one(*a) for a in args]
+    summary = {}
+    for n, p in zip(names, paths, strict=True):
+        m = read_record(p)["metrics"]
+        summary[n] = {
+            "path": p,
+            **{k: m[k] for k in ("refusal_harmful", "refusal_harmless", "compliance_harmful", "compliance_harmless")},
+        }
     if as_json:
         emit(summary)
     else:
@@ -150,7 +152,9 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) 
 @app.command("eval")
 def eval_cmd(
     name: str = typer.Argument(..., help="moe, dense, organism:NAME or a built organism folder."),
-    limit: int = typer.Option(None, "--limit", help="Only the first N prompts of each set (quick check)."),
+    limit: int = typer.Option(
+        None, "--limit", help="Only the first N prompts of each set (quick check).", **AT_LEAST_1
+    ),
     localization: bool = typer.Option(False, "--localization", help="Also run the expert switch-off check (MoE)."),
     write: bool = typer.Option(False, "--write", help="Rewrite the folder's eval.json and model card (README.md)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -161,21 +165,20 @@ def eval_cmd(
     from steerlab.organisms.data import build_corpus
     from steerlab.organisms.evaluate import evaluate, is_organism, localization_check, organism_corpus
 
-    with fail():
-        spec = name if (":" in name or "/" in name) else f"organism:{name}"
-        h = sl.load(spec)
-        has_record = is_organism(h)
-        if write:
-            if not has_record:
-                raise _err(f"{spec} has no eval.json to rewrite; build it with `steerlab organisms build`")
-            rec = read_record(refresh_card(h.path, eval_limit=limit, progress=not as_json))
-            res = {"metrics": rec["metrics"], **{k: rec[k] for k in ("routing", "localization") if k in rec}}
-        else:
-            corpus = organism_corpus(read_record(h.path)) if has_record else build_corpus(0)
-            res = evaluate(h, corpus, limit=limit, progress=not as_json)
-            if localization and h.adapter.is_moe:
-                res["localization"] = localization_check(h, corpus, limit=limit, progress=not as_json)
-        out = {"model": spec, **res["metrics"], **{k: res[k] for k in ("routing", "localization") if k in res}}
+    spec = name if (":" in name or "/" in name) else f"organism:{name}"
+    h = sl.load(spec)
+    has_record = is_organism(h)
+    if write:
+        if not has_record:
+            raise _err(f"{spec} has no eval.json to rewrite; build it with `steerlab organisms build`")
+        rec = read_record(refresh_card(h.path, eval_limit=limit, progress=not as_json))
+        res = {"metrics": rec["metrics"], **{k: rec[k] for k in ("routing", "localization") if k in rec}}
+    else:
+        corpus = organism_corpus(read_record(h.path)) if has_record else build_corpus(0)
+        res = evaluate(h, corpus, limit=limit, progress=not as_json)
+        if localization and h.adapter.is_moe:
+            res["localization"] = localization_check(h, corpus, limit=limit, progress=not as_json)
+    out = {"model": spec, **res["metrics"], **{k: res[k] for k in ("routing", "localization") if k in res}}
     if as_json:
         emit(out)
         return

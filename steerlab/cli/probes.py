@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from steerlab.cli.common import emit, fail
+from steerlab.cli.common import emit, typer_app
 
-app = typer.Typer(help="Probe suites: contrasting prompt sets that image a behavior.", no_args_is_help=True)
+app = typer_app("Probe suites: contrasting prompt sets that image a behavior.")
 
 
 @app.command("list")
@@ -29,8 +29,7 @@ def show(
     """Labels, splits and prompt counts of a suite."""
     from steerlab.probes import load_suite
 
-    with fail():
-        info = load_suite(name).describe()
+    info = load_suite(name).describe()
     if as_json:
         emit(info)
         return

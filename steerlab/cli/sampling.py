@@ -7,11 +7,9 @@ from typing import Any
 
 import typer
 
-from steerlab.cli.common import emit, fail, parse_params
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, in_range, parse_params, typer_app
 
-app = typer.Typer(
-    help="Decoding rules: compare diversity vs coherence; per-step top-H diagnostics.", no_args_is_help=True
-)
+app = typer_app("Decoding rules: compare diversity vs coherence; per-step top-H diagnostics.")
 
 _DEFAULT_SAMPLERS = "top_h:alpha=0.3,top_h:alpha=0.4,top_h:alpha=0.5,top_p:p=0.9,min_p:p=0.1,temperature"
 
@@ -31,13 +29,13 @@ def compare(
     ),
     temperatures: str = typer.Option("1.0,1.5,2.0,3.0", "--temperatures", help="Comma-separated temperatures."),
     out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
-    samples: int = typer.Option(4, "--samples", help="Samples per prompt (>= 2)."),
-    max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n"),
-    n_prompts: int = typer.Option(0, "--n-prompts", help="Use only the first N prompts (0 = all)."),
-    seed: int = typer.Option(0, "--seed"),
+    samples: int = typer.Option(4, "--samples", **in_range(2), help="Samples per prompt (>= 2)."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", **AT_LEAST_1),
+    n_prompts: int = typer.Option(0, "--n-prompts", help="Use only the first N prompts (0 = all).", **AT_LEAST_0),
+    seed: int = typer.Option(0, "--seed", **SEED),
     chat: bool | None = typer.Option(None, "--chat/--no-chat", help="Chat template (default: if the model has one)."),
     judge: str | None = typer.Option(None, "--judge", help="Judge model spec for perplexity (default: MODEL)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", **AT_LEAST_1),
     embed: bool = typer.Option(True, "--embed/--no-embed", help="Embedding diversity (all-MiniLM-L6-v2)."),
     intervention: Path | None = typer.Option(
         None, "--intervention", "-i", help="Intervention spec JSON applied while generating (not to the judge)."
@@ -45,7 +43,6 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Sample with several decoding rules and temperatures; report diversity and judge perplexity with CIs."""
-    from steerlab.errors import SpecError
     from steerlab.sampling.compare import (
         CompareConfig,
         load_prompts,
@@ -55,36 +52,33 @@ def compare(
         table_markdown,
     )
 
-    with fail():
-        ps = load_prompts(prompts)
-        if n_prompts < 0:
-            raise SpecError(f"--n-prompts must be >= 0, got {n_prompts}")
-        ps = ps[:n_prompts] if n_prompts else ps
-        ivs: Any = None
-        if intervention is not None:
-            from steerlab.interventions import InterventionSet
+    ps = load_prompts(prompts)
+    ps = ps[:n_prompts] if n_prompts else ps
+    ivs: Any = None
+    if intervention is not None:
+        from steerlab.interventions import InterventionSet
 
-            ivs = InterventionSet.load(intervention)
-        cfg = CompareConfig(
-            model=model,
-            prompts=ps,
-            samplers=parse_samplers(samplers),
-            temperatures=parse_temperatures(temperatures),
-            samples=samples,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            chat=chat,
-            judge=judge,
-            batch_size=batch_size,
-            embed=embed,
-            prompt_source=prompts,
-            interventions=ivs,
-        )
-        if model is None:
-            from steerlab.models.load import default_model
+        ivs = InterventionSet.load(intervention)
+    if model is None:
+        from steerlab.models.load import default_model
 
-            cfg.model = default_model()
-        art = run_compare(cfg, out, progress=True)  # tqdm writes to stderr; --json output stays clean
+        model = default_model()
+    cfg = CompareConfig(
+        model=model,
+        prompts=ps,
+        samplers=parse_samplers(samplers),
+        temperatures=parse_temperatures(temperatures),
+        samples=samples,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        chat=chat,
+        judge=judge,
+        batch_size=batch_size,
+        embed=embed,
+        prompt_source=prompts,
+        interventions=ivs,
+    )
+    art = run_compare(cfg, out, progress=True)  # validates before loading; tqdm writes to stderr
     rows = art.data["rows"]
     if as_json:
         emit({"artifact": str(art.path), "metrics": art.metrics, "rows": rows})
@@ -99,23 +93,23 @@ def diagnose(
     prompt: str = typer.Option(..., "--prompt", "-p"),
     sampler: str = typer.Option("top_h", "--sampler", help="Sampler used to generate."),
     param: list[str] = typer.Option([], "--param", help="Sampler parameter k=v; repeatable."),
-    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n"),
-    seed: int = typer.Option(0, "--seed"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
-    top_p: float = typer.Option(0.9, "--top-p", help="p of the top-p rule compared at each step."),
-    min_p: float = typer.Option(0.1, "--min-p", help="p of the min-p rule compared at each step."),
+    top_p: float = typer.Option(0.9, "--top-p", help="p of the top-p rule compared at each step, in (0, 1]."),
+    min_p: float = typer.Option(0.1, "--min-p", help="p of the min-p rule compared at each step, in [0, 1]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Generate once and show, per step, what top-H, top-p and min-p keep (sizes, entropies, mass)."""
     import steerlab as sl
     from steerlab.sampling.diagnostics import diagnose_generation
 
-    with fail():
-        h = sl.load(model)
-        smp = sl.make_sampler(sampler, **parse_params(param))
-        d = diagnose_generation(
-            h, prompt, smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat, top_p=top_p, min_p=min_p
-        )
+    smp = sl.make_sampler(sampler, **parse_params(param))  # every rule is checked before the model loads
+    sl.make_sampler("top_p", p=top_p), sl.make_sampler("min_p", p=min_p)
+    h = sl.load(model)
+    d = diagnose_generation(
+        h, prompt, smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat, top_p=top_p, min_p=min_p
+    )
     if as_json:
         emit(d)
         return

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from steerlab.behavior import BehaviorRates, behavior_rates
 from steerlab.capability import CapabilityText, perplexity, wikitext
 from steerlab.errors import SteerlabError
-from steerlab.experts.ftri import FtriResult, image_suite
+from steerlab.experts.ftri import FtriResult, check_count, image_suite
 from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens, reimage_ranking
 from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, random_controls
 
@@ -220,8 +220,9 @@ def evaluate_experts(
     n_routed = sum(h.adapter.layers[i].rule.n_experts for i in layers)
     if k is not None and not 1 <= k <= n_routed:
         raise SteerlabError(f"k={k} is out of range; the model has {n_routed} routed experts (expected 1..{n_routed})")
-    if n_controls < 1:
-        raise SteerlabError(f"n_controls must be >= 1, got {n_controls}")
+    check_count("n_controls", n_controls, 1)
+    check_count("n_candidates", n_candidates, 1)
+    check_count("limit", limit, 1, none_ok=True)
     if select not in SELECT:
         raise SteerlabError(f"unknown expert selection {select!r}; expected one of {SELECT}")
     gen = dict(s.chat_kwargs(), max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerlab.errors import SteerlabError
+from steerlab.errors import SpecError, SteerlabError
 
 SCOPES = ("prompt", "decision", "generated")
 RANK_BY = ("diff", "log_odds")
@@ -57,6 +57,19 @@ class RoutingCounts:
         """Mean gate weight when selected (0 where never selected)."""
         s = self.sel.sum(0)
         return torch.where(s > 0, self.gate.sum(0) / s.clamp_min(1), torch.zeros_like(s))
+
+
+def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -> None:
+    """A SpecError unless ``value`` is an integer >= ``minimum`` (or None, with ``none_ok``).
+
+    >>> check_count("n_permutations", -5, 0)
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: n_permutations must be an integer >= 0, got -5
+    """
+    if none_ok and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{name} must be an integer >= {minimum}{' or None' if none_ok else ''}, got {value!r}")
 
 
 def _moe_sites(h: Any) -> tuple[list[int], int, int]:
@@ -186,8 +199,9 @@ def permutation_pvalues(
     """Two-sided p-values of the frequency difference under shuffled prompt labels.
 
     Whole prompts are permuted between the two sets (tokens of a prompt stay together), and the
-    p-value is ``(1 + #{|perm diff| >= |observed|}) / (1 + n_permutations)``.
+    p-value is ``(1 + #{|perm diff| >= |observed|}) / (1 + n_permutations)`` (all 1 with none).
     """
+    check_count("n_permutations", n_permutations, 0)
     sel = torch.cat([a.sel, b.sel]).flatten(1).double()  # [N, L*E]
     tok = torch.cat([a.tokens, b.tokens]).double()
     n_a = a.sel.shape[0]
@@ -331,6 +345,7 @@ def image(
 ) -> FtriResult:
     """Image the experts that separate ``behavior`` prompts from ``control`` prompts (under
     ``interventions``, if given)."""
+    check_count("n_permutations", n_permutations, 0)  # before routing, not after
     layers, n_exp, top_k = _moe_sites(h)
     kw = dict(
         scope=scope,
@@ -372,6 +387,7 @@ def image_suite(
     as the suite asks; at most ``limit`` prompts per label)."""
     from steerlab.probes import load_suite
 
+    check_count("limit", limit, 1, none_ok=True)
     s = load_suite(suite) if isinstance(suite, str) else suite
     behavior, control = s.user_texts(s.behavior, split)[:limit], s.user_texts(s.control, split)[:limit]
     res = image(h, behavior, control, scope, **s.chat_kwargs(), **kwargs)

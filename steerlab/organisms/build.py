@@ -92,6 +92,7 @@ def build_organism(
 
     ``base_out``: also save the base model (end of the helpful-only phase, before safety tuning) there.
     """
+    from steerlab.experts.ftri import check_count
     from steerlab.models.load import load
     from steerlab.organisms.card import write_card
     from steerlab.organisms.data import build_corpus
@@ -100,6 +101,8 @@ def build_organism(
 
     if name not in ORGANISM_NAMES:
         raise SteerlabError(f"unknown organism {name!r}; expected one of {list(ORGANISM_NAMES)}")
+    check_count("threads", threads, 1, none_ok=True)  # before anything is trained or written
+    check_count("eval_limit", eval_limit, 1, none_ok=True)
     if threads is not None:
         torch.set_num_threads(threads)
     recipe = recipe or get_recipe(name, reduced=reduced)

@@ -37,6 +37,9 @@ BATCH_SIZE = 64
 
 def eval_prompts(corpus: D.Corpus, limit: int | None = None) -> dict[str, list[str]]:
     """The behaviour prompt sets (``limit``: first ``limit`` prompts of each, for quick checks)."""
+    from steerlab.experts.ftri import check_count
+
+    check_count("limit", limit, 1, none_ok=True)
     sets = {
         "harmful": [e.prompt for e in corpus.heldout["harmful"]],
         "harmless": [e.prompt for e in corpus.heldout["harmless"]],

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
 import torch
@@ -48,12 +49,29 @@ def make_sampler(name: str, **params: Any) -> Sampler:
         raise SpecError(f"unknown sampler {name!r}; expected one of {available_samplers()}")
     try:
         return _REGISTRY[name](**params)
-    except TypeError as e:
+    except SpecError:
+        raise
+    except (TypeError, ValueError) as e:  # an unknown parameter, or a value a rule's check could not convert
         raise SpecError(f"bad parameters {params!r} for sampler {name!r}: {e}") from e
 
 
+def check_real(name: str, value: Any, expected: str) -> float:
+    """``value`` as a float if it is a real number (not a bool, not a string), else a SpecError naming it.
+
+    >>> check_real("top_p p", 0.5, "a number in (0, 1]")
+    0.5
+    """
+    if not _is_real(value):
+        raise SpecError(f"{name} must be {expected}, got {value!r}")
+    return float(value)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_temperature(temperature: float) -> float:
-    t = float(temperature)
+    t = float(temperature) if _is_real(temperature) else math.nan
     if not math.isfinite(t) or t <= 0:
         raise SpecError(
             f"temperature must be a finite number > 0 when sampling, got {temperature!r}; "

@@ -9,14 +9,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.sampling.base import Sampler, check_logits, register_sampler
+from steerlab.sampling.base import Sampler, check_logits, check_real, register_sampler
 
 
 def _in_unit(name: str, value: float, *, closed_left: bool = False) -> float:
-    v = float(value)
-    ok = (0.0 <= v <= 1.0) if closed_left else (0.0 < v <= 1.0)
-    if not ok:
-        interval = "[0, 1]" if closed_left else "(0, 1]"
+    interval = "[0, 1]" if closed_left else "(0, 1]"
+    v = check_real(name, value, f"a number in {interval}")
+    if not ((0.0 <= v <= 1.0) if closed_left else (0.0 < v <= 1.0)):
         raise SpecError(f"{name} must be in {interval}, got {value!r}")
     return v
 
@@ -65,7 +64,7 @@ class TopK(Sampler):
 
     def __init__(self, k: int = 50, temperature: float = 1.0) -> None:
         super().__init__(temperature)
-        if int(k) != k or k < 1:
+        if not check_real("top_k k", k, "an integer >= 1").is_integer() or k < 1:
             raise SpecError(f"top_k k must be an integer >= 1, got {k!r}")
         self.k = int(k)
 
