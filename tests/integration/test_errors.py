@@ -47,7 +47,7 @@ def test_expert_errors(tiny, stories):
         sl.forward(h, ["Hi"], interventions=[ExpertMask(layer=0, off=[8])])
     with pytest.raises(SpecError, match="both switched off and forced on"):
         sl.forward(h, ["Hi"], interventions=[ExpertMask(layer=0, off=[1], on=[1])])
-    with pytest.raises(SpecError, match="forced on in layer 0, but top_k is 2"):
+    with pytest.raises(SpecError, match=r"3 experts forced on \(\[1, 2, 3\]\), but top_k is 2 in layer 0"):
         sl.forward(h, ["Hi"], interventions=[ExpertMask(layer=0, on=[1, 2, 3])])
     with pytest.raises(SpecError, match="at least top_k=2 must remain"):
         sl.forward(h, ["Hi"], interventions=[ExpertMask(layer=0, off=list(range(7)))])
