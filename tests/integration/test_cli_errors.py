@@ -273,3 +273,23 @@ def test_sampler_parameters_that_are_not_numbers(name, params, message):
 
 def test_sampler_numbers_still_accepted():
     assert make_sampler("top_k", k=3.0, temperature=2).params() == {"k": 3, "temperature": 2.0}
+
+
+def test_one_place_maps_errors_for_any_command():
+    """A command with no error handling of its own still exits 2 with one line (the group does it)."""
+    from steerlab.cli.common import typer_app
+
+    t = typer_app("t")
+
+    @t.command("boom")
+    def boom(n: int = 1) -> None:
+        raise SpecError(f"n={n} is bad;\n expected something else")
+
+    @t.command("other")
+    def other() -> None:
+        raise RuntimeError("a bug, not bad input")
+
+    r = runner.invoke(t, ["boom", "--n", "7"])
+    assert r.exit_code == 2 and r.stderr == "error: n=7 is bad; expected something else\n"
+    r = runner.invoke(t, ["other"])  # real bugs are not disguised as input errors
+    assert r.exit_code == 1 and isinstance(r.exception, RuntimeError)
