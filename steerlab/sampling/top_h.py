@@ -35,7 +35,8 @@ Three documented rule variants (``variant=``):
 Why ``paper`` is the default: it is the method the paper defines (bound tied to the model's own
 uncertainty ``H(p)``, no arbitrary cap, so flat high-temperature distributions are not silently cut at
 100 tokens) and it is exact; it is also fast (``benchmarks/sampling.py``, temperatures 0.7-3, synthetic
-and SmolLM2 logits: well under top-p's cost and no slower than transformers' capped top-H at batch 64).
+and SmolLM2 logits, record in ``docs/records/sampling_bench.json``: well under top-p's cost, and close to
+transformers' capped top-H at batch 64).
 ``hf``/``reference`` exist to reproduce numbers produced with those implementations.
 
 Order of operations (steerlab's :class:`~steerlab.sampling.base.Sampler` contract): temperature is applied
