@@ -81,7 +81,7 @@ def test_unknown_selection_is_refused(tiny):
 def test_ablation_selection_recovers_the_trained_refusal_experts():
     """organism:moe's safety tuning trained refusal into a known set of experts (its build record).
     The fTRI ranking misses some of them (re-routing to backups); ablation-refined selection, fitted on
-    train prompts only, finds them, and switching them off turns held-out refusals into compliance."""
+    train prompts only, finds exactly them, and switching them off turns held-out refusals into compliance."""
     from steerlab.behavior import behavior_rates
     from steerlab.organisms.build import read_record
     from steerlab.probes import load_suite
@@ -95,8 +95,10 @@ def test_ablation_selection_recovers_the_trained_refusal_experts():
     base = behavior_rates(h, train_h[:64], max_new_tokens=8)
     openers = opening_tokens(h, base.responses, base.labels, "refusal")
     chosen, _ = ablation_ranking(h, train_h[:64], ranking[:40], len(trained), openers)
-    assert len(trained & set(chosen)) >= len(trained) - 1
-    assert len(trained & set(chosen)) > len(trained & set(ranking[: len(trained)]))
+    # exactly the trained set, as README.md and docs/experts.md state (measured: 8 of 8, while the fTRI
+    # top 8 holds 6 of them)
+    assert set(chosen) == trained and len(chosen) == len(trained) == 8
+    assert len(trained & set(ranking[: len(trained)])) < len(trained)
     test = s.user_texts("harmful", "test")[::8]
     off = behavior_rates(h, test, off_masks(chosen), max_new_tokens=16)
     assert off.rate("refusal") <= 0.2 and off.rate("compliance") >= 0.7
