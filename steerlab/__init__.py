@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from steerlab._version import __version__
 
 _LAZY = {
     "load": ("steerlab.models.load", "load"),
@@ -23,14 +23,16 @@ _LAZY = {
     "forward": ("steerlab.generation", "forward"),
     "capture": ("steerlab.activations", "capture"),
     "Capture": ("steerlab.activations", "Capture"),
-    "intervene": ("steerlab.interventions.apply", "intervene"),
+    "intervene": ("steerlab.intervene", "intervene"),
+    "engine_for": ("steerlab.engines", "engine_for"),
     "make_sampler": ("steerlab.sampling", "make_sampler"),
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from steerlab.activations import Capture, capture  # noqa: F401
+    from steerlab.engines import engine_for  # noqa: F401
     from steerlab.generation import GenerationResult, forward, generate  # noqa: F401
-    from steerlab.interventions.apply import intervene  # noqa: F401
+    from steerlab.intervene import intervene  # noqa: F401
     from steerlab.models.handle import ModelHandle  # noqa: F401
     from steerlab.models.load import list_models, load  # noqa: F401
     from steerlab.sampling import make_sampler  # noqa: F401

@@ -32,11 +32,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerlab.artifacts import atomic_dir, resolve_dir
+from steerlab.engines import engine_for, position_ids
 from steerlab.errors import SteerlabError
-from steerlab.generation import check_prompts, forward, position_ids
+from steerlab.generation import check_prompts
 from steerlab.interventions.compile import compile_plan
 from steerlab.interventions.positions import check_positions
-from steerlab.sites import tl_hook_name
+from steerlab.models.handle import ModelHandle
 
 INDEX_FILE = "capture.json"
 
@@ -107,7 +108,7 @@ def _site_width(h: Any, site: str) -> int:
 
 
 def capture(
-    h: Any,
+    h: ModelHandle,
     prompts: list[str] | str,
     sites: list[str],
     *,
@@ -174,7 +175,8 @@ def capture(
         starts = range(0, len(prompts), batch_size)
         for b, start in enumerate(tqdm(starts, desc="capture", disable=not progress, unit="batch")):
             enc = h.encode(prompts[start : start + batch_size], chat=chat, system=system)
-            acts = (_run_bridge if engine == "bridge" else _run_nnsight)(h, enc, sites, plan)
+            _, records = engine_for(h, engine).forward(enc, plan, position_ids=position_ids(enc["attention_mask"]))
+            acts = {s: records[s][0] for s in sites}
             ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu()
             acts = {s: _zero_padding(a.cpu(), mask, dtype) for s, a in acts.items()}
             if tmp is not None:
@@ -209,29 +211,3 @@ def _zero_padding(a: Tensor, mask: Tensor, dtype: torch.dtype) -> Tensor:
     if a.is_floating_point():
         return a.to(dtype).masked_fill(pad, 0.0)
     return a.masked_fill(pad, -1)
-
-
-def _run_nnsight(h: Any, enc: dict[str, Tensor], sites: list[str], plan: Any) -> dict[str, Tensor]:
-    _, records = forward(h, enc, plan=plan, return_records=True)
-    return {s: records[s][0] for s in sites}
-
-
-def _run_bridge(h: Any, enc: dict[str, Tensor], sites: list[str], plan: Any) -> dict[str, Tensor]:
-    bridge = h.bridge()
-    names = {s: tl_hook_name(s) for s in sites}
-    missing = [n for n in names.values() if n not in bridge.hook_dict]
-    if missing:
-        raise SteerlabError(f"the TransformerBridge of {h.spec!r} has no hooks {missing}; use engine='nnsight'")
-    with torch.no_grad():
-        _, cache = bridge.run_with_cache(
-            enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            position_ids=position_ids(enc["attention_mask"]),
-            names_filter=list(names.values()),
-        )
-    batch, seq = enc["input_ids"].shape
-    out = {}
-    for s, n in names.items():
-        t = cache[n]
-        out[s] = t.reshape(batch, seq, -1) if t.ndim == 2 else t
-    return out

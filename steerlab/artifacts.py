@@ -284,7 +284,7 @@ def write_artifact(
     numbers; ``data`` holds JSON-able details (tables, token lists); ``tensors`` go to safetensors;
     ``extra_files`` (e.g. plotly HTML figures) are written beside them.
     """
-    from steerlab import __version__
+    from steerlab._version import __version__
 
     out_dir = Path(out_dir)
     if resolve_dir(out_dir).exists() and not overwrite:

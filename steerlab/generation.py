@@ -24,9 +24,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from steerlab.engines import engine_for, position_ids
 from steerlab.errors import SpecError
 from steerlab.interventions.compile import Plan, compile_plan
 from steerlab.interventions.positions import check_positions
+from steerlab.interventions.spec import as_set
+from steerlab.models.handle import ModelHandle
 from steerlab.sampling import Sampler, make_sampler
 
 
@@ -79,19 +82,13 @@ def check_prompts(prompts: Any) -> list[str]:
     return prompts
 
 
-def position_ids(attention_mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
-    """Mask-derived positions, as Hugging Face ``generate`` computes them for left padding."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 1)
-
-
-def _plan(h: Any, interventions: Any, record: list[str] | None, plan: Plan | None) -> Plan:
+def _plan(h: ModelHandle, interventions: Any, record: list[str] | None, plan: Plan | None) -> Plan:
     return plan if plan is not None else compile_plan(h, interventions, record)
 
 
 @torch.no_grad()
 def generate(
-    h: Any,
+    h: ModelHandle,
     prompts: list[str] | str,
     interventions: Any = None,
     sampler: Sampler | str | dict | None = None,
@@ -144,7 +141,7 @@ def generate(
     processors = LogitsProcessorList([] if smp.greedy else [smp.as_logits_processor()])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out, records = h.engine.generate(enc, compiled, generation_config=gc, logits_processor=processors)
+        out, records = engine_for(h).generate(enc, compiled, generation_config=gc, logits_processor=processors)
     seqs = out.sequences
     token_ids: list[list[int]] = []
     for row in seqs[:, prompt_len:].tolist():
@@ -177,14 +174,12 @@ def generate(
 
 def describe_interventions(interventions: Any) -> list[dict[str, Any]]:
     """The JSON description of an intervention list (``[]`` for none), as settings record it."""
-    from steerlab.interventions.spec import as_set
-
     return as_set(interventions).to_json()["interventions"]
 
 
 @torch.no_grad()
 def forward(
-    h: Any,
+    h: ModelHandle,
     inputs: Tensor | list[str] | str | dict[str, Tensor],
     attention_mask: Tensor | None = None,
     interventions: Any = None,
@@ -203,12 +198,12 @@ def forward(
     enc = as_encoding(h, inputs, attention_mask, chat=chat, system=system)
     compiled = _plan(h, interventions, record, plan)
     check_positions(compiled.selectors, enc["attention_mask"])
-    out, records = h.engine.forward(enc, compiled, position_ids=position_ids(enc["attention_mask"]))
+    out, records = engine_for(h).forward(enc, compiled, position_ids=position_ids(enc["attention_mask"]))
     return (out.logits, dict(records)) if return_records else out.logits
 
 
 def as_encoding(
-    h: Any, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False, system: str | None = None
+    h: ModelHandle, inputs: Any, attention_mask: Tensor | None = None, chat: bool = False, system: str | None = None
 ) -> dict[str, Tensor]:
     """Normalize prompts / an encoding / token ids into ``{"input_ids", "attention_mask"}``."""
     if isinstance(inputs, (str, list)) and (isinstance(inputs, str) or not inputs or isinstance(inputs[0], str)):

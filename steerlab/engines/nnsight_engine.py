@@ -23,31 +23,16 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from steerlab.engines.base import Records, register_engine
 from steerlab.interventions.compile import Plan, Visit, record_value
 from steerlab.interventions.positions import StepState
-
-Records = dict[str, list[Tensor]]
-
-
-@contextmanager
-def param_edits(plan: Plan) -> Iterator[None]:
-    """Apply the plan's parameter edits for the block; restore them exactly, also on error."""
-    applied = []
-    try:
-        for ed in plan.editors:
-            ed.apply()
-            applied.append(ed)
-        yield
-    finally:
-        for ed in reversed(applied):
-            ed.restore()
+from steerlab.interventions.weights import param_edits
+from steerlab.models.handle import ModelHandle
 
 
 def _element(value: Any, element: int | None) -> Any:
@@ -69,10 +54,13 @@ def _seq_len(v: Visit, t: Any, batch: int) -> int:
     return int(x.shape[1]) if x.ndim == 3 else int(x.shape[0]) // max(batch, 1)
 
 
+@register_engine("nnsight")
 class NNsightEngine:
     """Runs plans on one handle's model through nnsight (one wrapper per handle, built lazily)."""
 
-    def __init__(self, handle: Any) -> None:
+    name = "nnsight"
+
+    def __init__(self, handle: ModelHandle) -> None:
         self.handle = handle
         self.lock = threading.RLock()
         self._lm: Any = None

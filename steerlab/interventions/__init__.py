@@ -1,6 +1,7 @@
-"""Interventions: specs (serializable), pure ops, and the hook runtime that applies them."""
+"""Interventions: specs (serializable), pure ops, compilation into a plan, reversible weight edits.
 
-from steerlab.interventions.apply import InterventionContext, intervene
+``steerlab.intervene`` (one level up) runs a validated list over several calls."""
+
 from steerlab.interventions.spec import (
     AddVector,
     ExpertMask,
@@ -17,7 +18,6 @@ from steerlab.interventions.spec import (
 __all__ = [
     "AddVector",
     "ExpertMask",
-    "InterventionContext",
     "InterventionSet",
     "LastK",
     "ParamEdit",
@@ -25,6 +25,5 @@ __all__ = [
     "ProjectOut",
     "ScaleUnits",
     "as_set",
-    "intervene",
     "parse_intervention",
 ]

@@ -36,8 +36,9 @@ from steerlab.interventions.spec import (
     ScaleUnits,
     as_set,
 )
+from steerlab.interventions.weights import ParamEditor
 from steerlab.models.adapters.routing import mask_problem, route
-from steerlab.sites import MOE_SITES, SiteRef
+from steerlab.models.sites import MOE_SITES, SiteRef
 
 ActFn = Callable[[Tensor, Any, StepState], Tensor]  # (activation [b, t, d], mask, state) -> activation
 _COMPONENT_ORDER = {
@@ -344,70 +345,6 @@ def _bias_editor(h: Any, layer: int, masks: list[ExpertMask]) -> SelectionBiasOf
         return None
     bias = h.adapter.router_bias(h.adapter.layers[layer].router)
     return None if bias is None or not merged.off else SelectionBiasOff(bias, sorted(merged.off))
-
-
-# ---------------------------------------------------------------------------------------------
-# parameter edits
-# ---------------------------------------------------------------------------------------------
-class ParamEditor:
-    """Applies a :class:`ParamEdit` in place and restores the exact original values."""
-
-    def __init__(self, h: Any, iv: ParamEdit) -> None:
-        params = dict(h.model.named_parameters())
-        if iv.param not in params:
-            import difflib
-
-            close = difflib.get_close_matches(iv.param, list(params), n=3)
-            raise SpecError(f"unknown parameter {iv.param!r}" + (f"; did you mean {close}?" if close else ""))
-        p = params[iv.param]
-        self.param, self.iv = p, iv
-        if iv.mask is not None and tuple(iv.mask.shape) != tuple(p.shape):
-            raise SpecError(
-                f"mask shape {tuple(iv.mask.shape)} does not match parameter {iv.param!r} shape {tuple(p.shape)}"
-            )
-        if iv.indices is not None:
-            bad = [i for i in iv.indices if i >= p.numel()]
-            if bad:
-                raise SpecError(
-                    f"flat indices {bad[:5]} out of range for parameter {iv.param!r} with {p.numel()} elements"
-                )
-        if iv.op == "add" and (iv.delta is None or tuple(iv.delta.shape) != tuple(p.shape)):
-            got = None if iv.delta is None else tuple(iv.delta.shape)
-            raise SpecError(f"op 'add' needs a delta of shape {tuple(p.shape)} for {iv.param!r}, got {got}")
-        self.saved: Tensor | None = None
-        self.idx: Tensor | None = None
-
-    def _select(self) -> Tensor:
-        p, iv = self.param, self.iv
-        if iv.mask is not None:
-            return iv.mask.to(p.device).reshape(-1).nonzero().flatten()
-        if iv.indices is not None:
-            return torch.tensor(iv.indices, dtype=torch.long, device=p.device)
-        return torch.arange(p.numel(), device=p.device)
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        p, iv = self.param, self.iv
-        flat = p.data.view(-1)
-        idx = self._select()
-        cur = flat[idx]
-        self.idx, self.saved = idx, cur.clone()
-        if iv.op == "zero":
-            new = torch.zeros_like(cur)
-        elif iv.op == "scale":
-            new = cur * iv.value
-        elif iv.op == "noise":
-            g = torch.Generator(device="cpu").manual_seed(iv.seed)
-            new = cur + (torch.randn(cur.shape, generator=g) * iv.value).to(cur)
-        else:
-            new = cur + iv.delta.reshape(-1).to(p.device, p.dtype)[idx]
-        flat[idx] = new
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        if self.saved is not None:
-            self.param.data.view(-1)[self.idx] = self.saved
-            self.saved = None
 
 
 # ---------------------------------------------------------------------------------------------

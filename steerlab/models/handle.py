@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from steerlab import sites as _sites
+from steerlab.models import sites as _sites
 from steerlab.models.adapters import Adapter
 
 _HOOK_DICTS = (
@@ -44,9 +44,7 @@ class ModelHandle:
     tokenizer: Any
     adapter: Adapter
     path: Path | None = None
-    _bridge: Any = field(default=None, repr=False)
-    _engine: Any = field(default=None, repr=False)
-    _bridge_key: tuple = field(default=(), repr=False)
+    engine_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # engines built for it (engine_for)
 
     @property
     def device(self) -> torch.device:
@@ -62,7 +60,7 @@ class ModelHandle:
 
     @cached_property
     def sites(self) -> list[str]:
-        """Every site name of this model (see :mod:`steerlab.sites`)."""
+        """Every site name of this model (see :mod:`steerlab.models.sites`)."""
         return _sites.site_names(self.adapter)
 
     def site(self, name: str) -> _sites.SiteRef:
@@ -122,27 +120,7 @@ class ModelHandle:
         templated = bool(getattr(self.tokenizer, "chat_template", None))
         return self.tokenize(texts, add_special_tokens=False if templated else None)
 
-    # -- the engines -------------------------------------------------------------------------------
-    def bridge(self) -> Any:
-        """A TransformerLens 4 ``TransformerBridge`` over this model's weights (shared, not copied).
-
-        The bridge wraps modules in place, so it is built on a structural copy whose parameters and
-        buffers are the very tensors of ``self.model``: edits through either are seen by both.
-        """
-        key = self.tensors_key()
-        if self._bridge is None or self._bridge_key != key:
-            from transformer_lens.model_bridge import TransformerBridge
-
-            self._bridge_key = key
-
-            twin = self.twin()
-            if not getattr(twin.config, "architectures", None):  # the bridge picks its adapter by this name
-                twin.config.architectures = [type(twin).__name__]
-            self._bridge = TransformerBridge.boot_transformers(
-                self.spec, hf_model=twin, device=str(self.device), tokenizer=self.tokenizer, dtype=self.dtype
-            )
-        return self._bridge
-
+    # -- what engines build on ---------------------------------------------------------------------
     def tensors_key(self) -> tuple[tuple[str, int], ...]:
         """Identity of the model's parameter and buffer *objects* (not their values).
 
@@ -167,16 +145,3 @@ class ModelHandle:
             for attr in _HOOK_DICTS:
                 getattr(m, attr).clear()
         return twin
-
-    @property
-    def engine(self) -> Any:
-        """The nnsight engine that runs interventions, captures and generation on this model."""
-        if self._engine is None:
-            from steerlab.engines.nnsight_engine import NNsightEngine
-
-            self._engine = NNsightEngine(self)
-        return self._engine
-
-    def nnsight(self) -> Any:
-        """The ``nnsight.TransformersModel`` wrapping this very model, for your own ``.trace()`` code."""
-        return self.engine.lm

@@ -1,9 +1,10 @@
 """``intervene``: compile an intervention list once and run forwards, captures and generations with it.
 
 The list is validated against the model before anything runs; parameter edits stay applied for
-the whole block and are restored exactly on exit, also when the body raises. Activation edits and
-expert masks run inside each call through the nnsight engine, whose hooks exist only during the
-call. Calling ``h.model`` directly inside the block sees the parameter edits only.
+the whole block, under the engine's lock (another thread's calls wait for the block to end), and
+are restored exactly on exit, also when the body raises. Activation edits and expert masks run
+inside each call through the nnsight engine, whose hooks exist only during the call.
+Calling ``h.model`` directly inside the block sees the parameter edits only.
 
 Example:
     >>> import torch, steerlab as sl
@@ -24,16 +25,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from steerlab.engines.nnsight_engine import param_edits
+from steerlab.activations import Capture, capture
+from steerlab.engines import engine_for
+from steerlab.generation import GenerationResult, forward, generate
 from steerlab.interventions.compile import Plan, compile_plan
 from steerlab.interventions.spec import InterventionSet, ParamEdit, as_set
+from steerlab.interventions.weights import param_edits
+from steerlab.models.handle import ModelHandle
 
 
 @dataclass
 class InterventionContext:
     """A validated intervention list bound to one model; ``forward``/``generate``/``capture`` use it."""
 
-    handle: Any
+    handle: ModelHandle
     interventions: InterventionSet  # activation edits and expert masks (parameter edits are applied by the block)
     record: list[str]
 
@@ -43,26 +48,20 @@ class InterventionContext:
 
     def forward(self, inputs: Any, record: list[str] | None = None, **kwargs: Any) -> Any:
         """:func:`steerlab.forward` with these interventions."""
-        from steerlab.generation import forward
-
         return forward(self.handle, inputs, plan=self.plan(record), **kwargs)
 
-    def generate(self, prompts: Any, record: list[str] | None = None, **kwargs: Any) -> Any:
+    def generate(self, prompts: Any, record: list[str] | None = None, **kwargs: Any) -> GenerationResult:
         """:func:`steerlab.generate` with these interventions."""
-        from steerlab.generation import generate
-
         return generate(self.handle, prompts, plan=self.plan(record), **kwargs)
 
-    def capture(self, prompts: Any, sites: list[str], **kwargs: Any) -> Any:
+    def capture(self, prompts: Any, sites: list[str], **kwargs: Any) -> Capture:
         """:func:`steerlab.capture` with these interventions."""
-        from steerlab.activations import capture
-
         return capture(self.handle, prompts, sites, interventions=self.interventions, **kwargs)
 
 
 @contextmanager
 def intervene(
-    handle: Any, interventions: Any = None, *, record: list[str] | None = None
+    handle: ModelHandle, interventions: Any = None, *, record: list[str] | None = None
 ) -> Iterator[InterventionContext]:
     """Validate ``interventions`` once and yield a context whose calls run with them.
 
@@ -72,5 +71,6 @@ def intervene(
     ivs = as_set(interventions)
     plan = compile_plan(handle, ivs, record)  # validates everything before the model is touched
     activation = InterventionSet([iv for iv in ivs if not isinstance(iv, ParamEdit)])
-    with param_edits(plan):
+    # the engine's lock is held for the whole block: another thread's run never sees the edited weights
+    with engine_for(handle).lock, param_edits(plan):
         yield InterventionContext(handle, activation, list(record or []))
