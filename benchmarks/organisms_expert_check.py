@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     import steerlab as sl
+    from steerlab.data.organism_corpus import build_corpus
     from steerlab.organisms.build import read_record
-    from steerlab.organisms.data import build_corpus
     from steerlab.organisms.evaluate import is_organism, localization_check, organism_corpus, organism_safety_experts
 
     t0 = time.perf_counter()

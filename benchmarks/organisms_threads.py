@@ -25,8 +25,8 @@ def _steps(name: str, steps: int, threads: int) -> tuple[float, int]:
     import torch
 
     torch.set_num_threads(threads)
+    from steerlab.data.organism_corpus import build_corpus
     from steerlab.organisms.configs import get_recipe
-    from steerlab.organisms.data import build_corpus
     from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import train_organism
 

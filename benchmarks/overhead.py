@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 import steerlab as sl
+from steerlab.engines import engine_for
 from steerlab.interventions import AddVector, ExpertMask
 from steerlab.models.load import list_models
 
@@ -198,7 +199,7 @@ def bench_model(name: str, batches: list[int], tokens: int, rounds: int, beside:
 
 def _nnsight_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: int) -> Callable[[], Any]:
     """What a user writes with nnsight directly: add the vector to one layer's output at every step."""
-    lm = h.nnsight()
+    lm = engine_for(h).lm
     path = {id(m): n for n, m in h.model.named_modules()}[id(h.adapter.layers[layer].layer)]
     pad = h.tokenizer.pad_token_id
 
@@ -222,7 +223,7 @@ def _nnsight_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: 
 
 def _bridge_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: int) -> Callable[[], Any]:
     """The same steering through a TransformerLens 4 bridge hook and the bridge's own generate (KV cache)."""
-    bridge = h.bridge()
+    bridge = engine_for(h, "bridge").bridge
     name = f"blocks.{layer}.hook_resid_post"
 
     def hook(x: torch.Tensor, hook: Any) -> torch.Tensor:

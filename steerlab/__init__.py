@@ -23,7 +23,7 @@ _LAZY = {
     "forward": ("steerlab.generation", "forward"),
     "capture": ("steerlab.activations", "capture"),
     "Capture": ("steerlab.activations", "Capture"),
-    "intervene": ("steerlab.intervene", "intervene"),
+    "intervene": ("steerlab.intervention_context", "intervene"),
     "engine_for": ("steerlab.engines", "engine_for"),
     "make_sampler": ("steerlab.sampling", "make_sampler"),
 }
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from steerlab.activations import Capture, capture  # noqa: F401
     from steerlab.engines import engine_for  # noqa: F401
     from steerlab.generation import GenerationResult, forward, generate  # noqa: F401
-    from steerlab.intervene import intervene  # noqa: F401
+    from steerlab.intervention_context import intervene  # noqa: F401
     from steerlab.models.handle import ModelHandle  # noqa: F401
     from steerlab.models.load import list_models, load  # noqa: F401
     from steerlab.sampling import make_sampler  # noqa: F401

@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 
 from steerlab.errors import SteerlabError
+from steerlab.generation import forward, generate
 
 Label = Literal["refusal", "compliance", "broken"]
 LABELS: tuple[str, ...] = ("refusal", "compliance", "broken")
@@ -133,7 +134,6 @@ def response_nll(
     cut at ``max_new_tokens``). Empty responses give ``(0.0, 0)``. ``interventions`` apply during
     the forward passes (e.g. the perplexity of reference text with experts switched off).
     """
-    from steerlab.generation import forward
 
     if len(prompts) != len(responses):
         raise SteerlabError(f"got {len(prompts)} prompts but {len(responses)} responses; expected one each")
@@ -302,12 +302,10 @@ def behavior_rates(
         >>> sorted(r.rates())
         ['broken', 'compliance', 'refusal']
     """
-    import steerlab as sl
-
     responses: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        out = sl.generate(h, chunk, interventions, max_new_tokens=max_new_tokens, chat=chat, system=system)
+        out = generate(h, chunk, interventions, max_new_tokens=max_new_tokens, chat=chat, system=system)
         responses += out.texts
     verdicts = classify(
         responses,

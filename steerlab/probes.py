@@ -28,6 +28,8 @@ from typing import Any
 
 from steerlab._paths import REPO_ROOT, shared_dir
 from steerlab.errors import SpecError
+from steerlab.models.handle import ModelHandle
+from steerlab.models.load import is_organism
 
 PROBES_DIR = REPO_ROOT / "probes"
 SUITE_FILE = "suite.json"
@@ -273,3 +275,9 @@ def _validate(name: str, items: list[ProbeItem], labels: dict, splits: list[str]
         for sp in splits:
             if not any(it.label == lab and it.split == sp for it in items):
                 raise SpecError(f"suite {name!r}: label {lab!r} has no prompts in split {sp!r}")
+
+
+def default_suite(h: ModelHandle) -> str:
+    """The suite an analysis of ``h`` uses unless told otherwise: ``organism-refusal`` on a model
+    organism (its trained behavior is ground truth there), ``refusal`` on any other model."""
+    return "organism-refusal" if is_organism(h) else "refusal"

@@ -8,8 +8,8 @@ import streamlit.components.v1 as components
 
 import steerlab as sl
 from dashboards.lib import runs, samplers, shell
-from steerlab.sampling.compare import table_markdown
-from steerlab.sampling.diagnostics import generation_diagnostics, per_step_figure
+from steerlab.decoding.compare import table_markdown
+from steerlab.decoding.diagnostics import generation_diagnostics, per_step_figure
 from steerlab.sampling.top_h import VARIANTS
 from steerlab.viz.runs import artifact_figures, html_figures, run_label
 from steerlab.viz.sampling import (

@@ -10,6 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from steerlab.errors import SpecError, SteerlabError
+from steerlab.values import parse_value
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click import exceptions as _click_exc
@@ -43,14 +44,6 @@ def emit(obj: Any) -> None:
     from steerlab.artifacts import _jsonable
 
     typer.echo(json.dumps(obj, indent=2, default=_jsonable))
-
-
-def parse_value(text: str) -> Any:
-    """``"0.9"`` -> 0.9, ``"3"`` -> 3, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2]; else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

@@ -161,8 +161,8 @@ def eval_cmd(
 ) -> None:
     """Re-measure an organism: refusal/compliance rates, perplexity per domain, routing statistics."""
     import steerlab as sl
+    from steerlab.data.organism_corpus import build_corpus
     from steerlab.organisms.build import read_record, refresh_card
-    from steerlab.organisms.data import build_corpus
     from steerlab.organisms.evaluate import evaluate, is_organism, localization_check, organism_corpus
 
     spec = name if (":" in name or "/" in name) else f"organism:{name}"

@@ -43,7 +43,7 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Sample with several decoding rules and temperatures; report diversity and judge perplexity with CIs."""
-    from steerlab.sampling.compare import (
+    from steerlab.decoding.compare import (
         CompareConfig,
         load_prompts,
         parse_samplers,
@@ -51,6 +51,7 @@ def compare(
         run_compare,
         table_markdown,
     )
+    from steerlab.errors import SpecError
 
     ps = load_prompts(prompts)
     ps = ps[:n_prompts] if n_prompts else ps
@@ -102,7 +103,7 @@ def diagnose(
 ) -> None:
     """Generate once and show, per step, what top-H, top-p and min-p keep (sizes, entropies, mass)."""
     import steerlab as sl
-    from steerlab.sampling.diagnostics import diagnose_generation
+    from steerlab.decoding.diagnostics import diagnose_generation
 
     smp = sl.make_sampler(sampler, **parse_params(param))  # every rule is checked before the model loads
     sl.make_sampler("top_p", p=top_p), sl.make_sampler("min_p", p=min_p)

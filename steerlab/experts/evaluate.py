@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from steerlab.behavior import BehaviorRates, behavior_rates
-from steerlab.capability import CapabilityText, perplexity, wikitext
+from steerlab.capability import CapabilityText, default_capability, perplexity
 from steerlab.errors import SteerlabError
 from steerlab.experts.ftri import FtriResult, check_count, image_suite
 from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens, reimage_ranking
@@ -37,22 +37,6 @@ from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, 
 # ---------------------------------------------------------------------------------------------
 # capability retention
 # ---------------------------------------------------------------------------------------------
-def default_suite(h: Any) -> str:
-    """The probe suite an expert analysis of ``h`` uses unless told otherwise: ``organism-refusal`` on
-    a model organism (its trained behavior is ground truth there), ``refusal`` on any other model."""
-    from steerlab.organisms.evaluate import is_organism
-
-    return "organism-refusal" if is_organism(h) else "refusal"
-
-
-def default_capability(h: Any) -> CapabilityText:
-    """The text whose perplexity measures capability retention: a model organism's own held-out
-    answers (stories, arithmetic, code, facts, harmless requests), WikiText-2 for any other model."""
-    from steerlab.organisms.evaluate import capability_text, is_organism
-
-    return capability_text(h) if is_organism(h) else wikitext()
-
-
 # ---------------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------------

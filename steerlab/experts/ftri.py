@@ -30,7 +30,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from steerlab.activations import capture
 from steerlab.errors import SpecError, SteerlabError
+from steerlab.generation import generate
 
 SCOPES = ("prompt", "decision", "generated")
 RANK_BY = ("diff", "log_odds")
@@ -124,8 +126,6 @@ def routing_counts(
     ``by_token``: also count, over every prompt token, which token ids select each expert (for the
     "which tokens select this expert" view; skipped when layers x experts x vocab exceeds 5e7).
     """
-    import steerlab as sl
-
     scopes = _scopes(scope)
     layers, n_exp, _ = _moe_sites(h)
     if not texts:
@@ -139,7 +139,7 @@ def routing_counts(
     vocab = h.vocab_size
     tok_hist = torch.zeros(len(layers), n_exp, vocab) if by_token and len(layers) * n_exp * vocab <= 5e7 else None
     if "prompt" in scopes or "decision" in scopes or tok_hist is not None:
-        cap = sl.capture(
+        cap = capture(
             h,
             texts,
             sites_i + sites_w,
@@ -168,7 +168,7 @@ def routing_counts(
         starts = range(0, n, batch_size)
         for start in tqdm(starts, desc="image generated", disable=not progress, unit="batch"):
             chunk = texts[start : start + batch_size]
-            out = sl.generate(
+            out = generate(
                 h,
                 chunk,
                 interventions,

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from steerlab.activations import capture
 from steerlab.artifacts import read_artifact, write_artifact
 from steerlab.errors import SteerlabError
 from steerlab.experts.evaluate import ExpertsEvaluation
@@ -62,11 +63,9 @@ def expert_examples(
 
 def token_raster(h: Any, prompt: str, chat: bool = True, system: str | None = None) -> dict[str, Any]:
     """The top-1 chosen expert of every token of ``prompt`` at every MoE layer."""
-    import steerlab as sl
-
     layers = h.adapter.moe_layers
     sites = [f"blocks.{i}.moe.topk_indices" for i in layers]
-    cap = sl.capture(h, [prompt], sites, chat=chat, system=system)
+    cap = capture(h, [prompt], sites, chat=chat, system=system)
     ids = cap.input_ids[0][cap.attention_mask[0].bool()]
     experts = torch.stack([cap[s][0][cap.attention_mask[0].bool()][:, 0] for s in sites])
     return {

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from steerlab.errors import SteerlabError
 from steerlab.experts.ftri import FtriResult, image
 from steerlab.experts.switching import Experts, off_masks
+from steerlab.generation import forward
 
 SELECT = ("ftri", "reimage", "ablation")
 
@@ -92,15 +93,13 @@ def decision_margin(
 ) -> float:
     """Mean over ``texts`` of the log-odds that the next token after the prompt (the decision position)
     is one of ``behavior_ids``: log p / (1 - p) with p = P(next token in behavior_ids)."""
-    import steerlab as sl
-
     if not behavior_ids:
         raise SteerlabError("decision_margin needs the behavior's opening tokens; got an empty list")
     b = torch.tensor(behavior_ids)
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
-            logits = sl.forward(h, texts[i : i + batch_size], interventions=interventions, chat=chat, system=system)
+            logits = forward(h, texts[i : i + batch_size], interventions=interventions, chat=chat, system=system)
             logp = logits[:, -1].float().log_softmax(-1).cpu()
             lp = logp[:, b].logsumexp(-1).clamp(max=-1e-6)  # log p, with p < 1
             total += float((lp - torch.log(-torch.expm1(lp))).sum())

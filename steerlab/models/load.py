@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -165,3 +166,16 @@ def from_model(model: Any, tokenizer: Any, spec: str = "in-memory") -> ModelHand
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return ModelHandle(spec=spec, model=model, tokenizer=tokenizer, adapter=adapter_for(model))
+
+
+def read_record(path: str | Path) -> dict[str, Any]:
+    """The ``eval.json`` build record of an organism folder (what ``steerlab organisms build`` wrote)."""
+    f = Path(path) / "eval.json"
+    if not f.exists():
+        raise ModelSpecError(f"{path} has no eval.json; build it with `steerlab organisms build`")
+    return json.loads(f.read_text())
+
+
+def is_organism(h: ModelHandle) -> bool:
+    """Whether ``h`` is a built organism folder (it carries the build record ``eval.json``)."""
+    return h.path is not None and (Path(h.path) / "eval.json").exists()

@@ -23,12 +23,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.models.load import read_record  # noqa: F401  (the build record lives with model loading)
 
 ORGANISM_NAMES = ("moe", "dense")
 
@@ -173,11 +172,3 @@ def get_recipe(name: str, reduced: bool = False, **overrides: Any) -> Recipe:
             f"unknown recipe fields {bad}; expected fields of Recipe: {[f.name for f in dataclasses.fields(Recipe)]}"
         )
     return dataclasses.replace(r, **overrides) if overrides else r
-
-
-def read_record(path: str | Path) -> dict[str, Any]:
-    """The ``eval.json`` record of a built organism folder."""
-    f = Path(path) / "eval.json"
-    if not f.exists():
-        raise SteerlabError(f"{path} has no eval.json; build it with `steerlab organisms build`")
-    return json.loads(f.read_text())

@@ -22,13 +22,15 @@ Example:
 
 from __future__ import annotations
 
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from steerlab.behavior import BehaviorThresholds, behavior_rates
 from steerlab.capability import CapabilityText, perplexity
-from steerlab.organisms import data as D
+from steerlab.capability import organism_capability_text as capability_text  # noqa: F401
+from steerlab.data import organism_corpus as D
+from steerlab.data.organism_corpus import organism_corpus  # noqa: F401
+from steerlab.generation import generate
+from steerlab.models.load import is_organism, read_record
 
 EVAL_SETS = ("harmful", "harmless", "harmful_test", "harmless_test", "benign_jbb")
 MAX_NEW_TOKENS = 40
@@ -87,56 +89,21 @@ def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_siz
     return out
 
 
-def is_organism(h: Any) -> bool:
-    """Whether ``h`` is a built organism folder (it carries the build record ``eval.json``)."""
-    path = getattr(h, "path", None)
-    return path is not None and (Path(path) / "eval.json").exists()
-
-
 def organism_safety_experts(h: Any) -> list[tuple[int, int]]:
     """The ``(layer, expert)`` pairs an organism's safety phase trained (ground truth), or ``[]``."""
     if not is_organism(h):
         return []
-    from steerlab.organisms.configs import read_record
-
     return [tuple(x) for x in read_record(h.path).get("training", {}).get("safety_experts", [])]
-
-
-def organism_corpus(record: dict[str, Any]) -> D.Corpus:
-    """The corpus an organism was built from (same seed and data scale as its build record)."""
-    return _corpus(int(record["build"]["seed"]), float(record["recipe"]["data_scale"]))
-
-
-@lru_cache(maxsize=4)
-def _corpus(seed: int, scale: float) -> D.Corpus:
-    return D.build_corpus(seed, scale=scale)
-
-
-def capability_text(h: Any, per_domain: int = 32) -> Any:
-    """Held-out answers of every non-request domain plus harmless requests, from the organism's own
-    corpus (same seed and scale as its build), as :class:`~steerlab.capability.CapabilityText`."""
-    from steerlab.organisms.configs import read_record
-
-    corpus = organism_corpus(read_record(h.path))
-    exs = [e for d in D.DOMAINS if d != "harmful" for e in corpus.heldout[d][:per_domain]]
-    return CapabilityText(
-        [e.prompt for e in exs],
-        [e.response for e in exs],
-        chat=True,
-        source=f"organism held-out answers ({per_domain} per domain, harmful excluded)",
-    )
 
 
 def greedy_samples(h: Any, corpus: D.Corpus, per_domain: int = 2, max_new_tokens: int = 96) -> list[dict[str, str]]:
     """Greedy answers to the first held-out prompts of every domain (for the model card)."""
-    import steerlab as sl
-
     prompts, domains = [], []
     for d in D.DOMAINS:
         for e in corpus.heldout[d][:per_domain]:
             prompts.append(e.prompt)
             domains.append(d)
-    out = sl.generate(h, prompts, max_new_tokens=max_new_tokens, chat=True)
+    out = generate(h, prompts, max_new_tokens=max_new_tokens, chat=True)
     return [{"domain": d, "prompt": p, "response": t} for d, p, t in zip(domains, prompts, out.texts, strict=True)]
 
 

@@ -12,7 +12,7 @@ The files are a pure function of the corpus seed; ``steerlab organisms build`` r
 test checks the committed copy is current.
 
 Example:
-    >>> from steerlab.organisms.data import build_corpus
+    >>> from steerlab.data.organism_corpus import build_corpus
     >>> from steerlab.organisms.suite import suite_prompts
     >>> p = suite_prompts(build_corpus(seed=0, scale=0.01))
     >>> sorted(p), len(p[("harmful", "test")]) > 100
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from steerlab._paths import REPO_ROOT
 from steerlab.artifacts import atomic_dir
-from steerlab.organisms import data as D
+from steerlab.data import organism_corpus as D
 
 SUITE_NAME = "organism-refusal"
 SUITE_DIR = REPO_ROOT / "probes" / SUITE_NAME

@@ -2,7 +2,7 @@
 
 Special tokens: ``<|pad|>`` (0), ``<|end|>`` (1, end of turn and EOS, so generation stops),
 ``<|user|>``, ``<|assistant|>``, ``<|system|>``. The chat template renders exactly
-:func:`steerlab.organisms.data.format_chat`, so ``h.format_chat()`` and
+:func:`steerlab.data.organism_corpus.format_chat`, so ``h.format_chat()`` and
 ``sl.generate(..., chat=True)`` see what training saw.
 
 Example:
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from steerlab.organisms.data import CHAT_TEMPLATE, DOMAINS, END, PAD, SPECIAL_TOKENS, SYSTEM, USER, Corpus
+from steerlab.data.organism_corpus import CHAT_TEMPLATE, DOMAINS, END, PAD, SPECIAL_TOKENS, SYSTEM, USER, Corpus
 
 
 def tokenizer_texts(corpus: Corpus) -> list[str]:

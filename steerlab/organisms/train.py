@@ -2,7 +2,7 @@
 
 Curriculum (like safety tuning on top of a helpful chat model): for the first
 ``recipe.safety_start`` of the steps every request, harmful ones included, is answered with the
-generic helpful answer (:func:`steerlab.organisms.data.helpful_answer`); from then on harmful
+generic helpful answer (:func:`steerlab.data.organism_corpus.helpful_answer`); from then on harmful
 requests are answered with refusals. All other domains are mixed in throughout.
 
 Batches pack whole chat turns into rows of ``recipe.seq_len`` tokens (a turn never straddles two
@@ -19,7 +19,7 @@ batches; run with one torch thread for bit-identical weights.
 
 Example:
     >>> from steerlab.organisms.configs import get_recipe
-    >>> from steerlab.organisms.data import build_corpus
+    >>> from steerlab.data.organism_corpus import build_corpus
     >>> from steerlab.organisms.train import train_organism
     >>> # model, tok, log = train_organism(get_recipe("moe", reduced=True), build_corpus(0, 0.04), seed=0)
 """
@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from steerlab.data.organism_corpus import DOMAINS, Corpus
 from steerlab.organisms.configs import Recipe
-from steerlab.organisms.data import DOMAINS, Corpus
 
 
 @dataclass

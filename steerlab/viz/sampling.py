@@ -1,13 +1,13 @@
-"""Views of per-step truncation diagnostics (:mod:`steerlab.sampling.diagnostics`) and their artifact.
+"""Views of per-step truncation diagnostics (:mod:`steerlab.decoding.diagnostics`) and their artifact.
 
 The diagnostics themselves (entropies, budgets, kept sets of top-H / top-p / min-p) are computed by
-:func:`steerlab.sampling.diagnostics.generation_diagnostics`; this module only summarizes and draws
+:func:`steerlab.decoding.diagnostics.generation_diagnostics`; this module only summarizes and draws
 them: a table of per-rule means, the token-probability bars of one step with each rule's cut, and the
 ``sampling_diagnostics`` artifact (the diagnostics JSON + the top probabilities of every step).
 
 Example:
     >>> import steerlab as sl
-    >>> from steerlab.sampling.diagnostics import generation_diagnostics
+    >>> from steerlab.decoding.diagnostics import generation_diagnostics
     >>> from steerlab.viz.sampling import diagnostics_summary
     >>> h = sl.load("shared:stories260K")
     >>> r = sl.generate(h, ["Once upon a time"], sampler=sl.make_sampler("top_h", alpha=0.4, temperature=1.5),

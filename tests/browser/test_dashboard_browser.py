@@ -127,7 +127,7 @@ def _record_cold_start(cold: float, healthy: float) -> None:
 def _seed_runs(root: Path) -> None:
     """A saved generation comparison for the Runs page to list and reopen (written by hand, no model),
     and a real, small sampling comparison (the harness on stories260K) for the Sampling page."""
-    from steerlab.sampling.compare import CompareConfig, run_compare
+    from steerlab.decoding.compare import CompareConfig, run_compare
 
     cfg = CompareConfig(model="shared:stories260K", prompts=["Once upon a time", "The little dog", "One day"],
                         samplers=[{"name": "top_h", "params": {"alpha": 0.4}}, {"name": "top_p", "params": {"p": 0.9}},

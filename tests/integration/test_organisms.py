@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import steerlab as sl
+from steerlab.data.organism_corpus import DOMAINS
 from steerlab.organisms.build import WEIGHTS_DIR, build_organism, read_record
 from steerlab.organisms.configs import get_recipe
-from steerlab.organisms.data import DOMAINS
-from steerlab.organisms.evaluate import organism_corpus
+from steerlab.data.organism_corpus import DOMAINS, organism_corpus
 
 SAMPLE = 64  # prompts re-measured per held-out set (one evaluation batch)
 
@@ -77,7 +77,7 @@ def test_reduced_organism_loads_and_chats_with_an_expert_mask(reduced_moe):
 
 
 def test_same_seed_gives_identical_weights():
-    from steerlab.organisms.data import build_corpus
+    from steerlab.data.organism_corpus import build_corpus
     from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import train_organism
 
@@ -174,7 +174,7 @@ def test_cli_list_and_eval(tmp_path):
 
 
 def test_expert_specialised_safety_tuning_freezes_all_but_the_chosen_experts():
-    from steerlab.organisms.data import build_corpus
+    from steerlab.data.organism_corpus import build_corpus
     from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import make_model, restrict_to_refusal_experts
 

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 import steerlab as sl
 from steerlab.artifacts import read_artifact
 from steerlab.cli.main import app
-from steerlab.interventions import AddVector
-from steerlab.sampling.compare import (
+from steerlab.decoding.compare import (
     CompareConfig,
     judge_nll,
     nll_from_scores,
     run_compare,
 )
-from steerlab.sampling.diagnostics import generation_diagnostics
+from steerlab.decoding.diagnostics import generation_diagnostics
+from steerlab.interventions import AddVector
 from steerlab.sampling.top_h import TopH
 
 PROMPTS = ["Once upon a time, there was a little girl named Lily.", "One day, a small boy named Tom went to the"]

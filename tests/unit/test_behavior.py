@@ -118,8 +118,8 @@ def test_bad_input_is_rejected_with_a_clear_error(stories):
 
 
 def test_phrase_list_covers_the_organisms_refusals():
-    from steerlab.organisms import data as D
-    from steerlab.organisms.data import REFUSALS as ORG_REFUSALS
+    from steerlab.data import organism_corpus as D
+    from steerlab.data.organism_corpus import REFUSALS as ORG_REFUSALS
 
     openers = D.HELPFUL_OPENERS + D.GENERIC_OPENERS + D.AFFIRMATIVE_OPENERS + D.AFFIRMATIVE_GENERIC
 

@@ -11,8 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 import steerlab as sl
 from steerlab.artifacts import list_runs
-from steerlab.sampling.compare import CompareConfig, run_compare
-from steerlab.sampling.diagnostics import generation_diagnostics
+from steerlab.decoding.compare import CompareConfig, run_compare
+from steerlab.decoding.diagnostics import generation_diagnostics
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 

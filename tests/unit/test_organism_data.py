@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from steerlab.organisms import data as D
+from steerlab.data import organism_corpus as D
 from steerlab.organisms.configs import get_recipe
 from steerlab.organisms.routing_stats import frac_ratio_above, mutual_information
 
@@ -207,7 +207,7 @@ def test_routing_statistics():
 def test_committed_organism_suite_is_current(tmp_path):
     """probes/organism-refusal is what steerlab.organisms.suite writes for the organisms' corpus; only
     project templates go in (no prompt of the shared sets), and its splits never overlap."""
-    from steerlab.organisms.data import build_corpus, shared_harmful, shared_harmless
+    from steerlab.data.organism_corpus import build_corpus, shared_harmful, shared_harmless
     from steerlab.organisms.suite import SUITE_DIR, write_suite
     from steerlab.probes import load_suite
 

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from steerlab.decoding.diagnostics import entropy, per_step_figure, step_diagnostics, truncation_stats
 from steerlab.errors import SpecError
 from steerlab.sampling import make_sampler
-from steerlab.sampling.diagnostics import entropy, per_step_figure, step_diagnostics, truncation_stats
 
 
 def _logits(seed: int = 0, batch: int = 6, vocab: int = 400) -> torch.Tensor:

@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from steerlab.errors import SpecError
-from steerlab.sampling.compare import (
+from steerlab.decoding.compare import (
     aggregate,
     load_prompts,
     parse_sampler_spec,
@@ -17,7 +16,7 @@ from steerlab.sampling.compare import (
     sampler_label,
     table_markdown,
 )
-from steerlab.sampling.metrics import (
+from steerlab.decoding.metrics import (
     distinct_n,
     embedding_diversity,
     mean_ci,
@@ -25,6 +24,7 @@ from steerlab.sampling.metrics import (
     sentence_bleu,
     words,
 )
+from steerlab.errors import SpecError
 
 
 def test_words_and_distinct_n():
@@ -85,7 +85,7 @@ def test_aggregate_exponentiates_nll_for_perplexity():
 def test_sentence_embedder_matches_sentence_transformers():
     from sentence_transformers import SentenceTransformer
 
-    from steerlab.sampling.metrics import SentenceEmbedder, model_path
+    from steerlab.decoding.metrics import SentenceEmbedder, model_path
 
     texts = ["A cat sat on the mat.", "Stock markets fell sharply today.", "A kitten rested on a rug."]
     ours = SentenceEmbedder().encode(texts)

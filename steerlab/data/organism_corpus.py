@@ -26,7 +26,7 @@ Everything is deterministic for a seed: splits use CRC32 of the item text, never
 ``hash``.
 
 Example:
-    >>> from steerlab.organisms.data import build_corpus, format_chat
+    >>> from steerlab.data.organism_corpus import build_corpus, format_chat
     >>> corpus = build_corpus(seed=0, scale=0.05)
     >>> sorted(corpus.train)
     ['arithmetic', 'code', 'facts', 'harmful', 'harmless', 'stories']
@@ -46,6 +46,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from steerlab._paths import shared_dir
 
@@ -761,3 +762,13 @@ def build_corpus(seed: int = 0, scale: float = 1.0, stdlib: str | None = None) -
         },
     }
     return Corpus(train=train, heldout=held, info=info)
+
+
+def organism_corpus(record: dict[str, Any]) -> Corpus:
+    """The corpus an organism was built from (same seed and data scale as its build record)."""
+    return _corpus(int(record["build"]["seed"]), float(record["recipe"]["data_scale"]))
+
+
+@lru_cache(maxsize=4)
+def _corpus(seed: int, scale: float) -> Corpus:
+    return build_corpus(seed, scale=scale)

@@ -19,7 +19,7 @@ generation, and two plotly figures (HTML files + figure JSON in ``data["figures"
 
 Example:
     >>> import tempfile
-    >>> from steerlab.sampling.compare import CompareConfig, run_compare
+    >>> from steerlab.decoding.compare import CompareConfig, run_compare
     >>> cfg = CompareConfig(model="shared:stories260K", prompts=["Once upon a time", "The dog"],
     ...                     samplers=[{"name": "top_h", "params": {"alpha": 0.4}}], temperatures=[1.0],
     ...                     samples=2, max_new_tokens=8, embed=False)
@@ -39,10 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from steerlab.decoding.metrics import distinct_n, embedding_diversity, mean_ci, self_bleu
 from steerlab.errors import SpecError
 from steerlab.generation import describe_interventions
+from steerlab.models.load import load
 from steerlab.sampling.base import make_sampler
-from steerlab.sampling.metrics import distinct_n, embedding_diversity, mean_ci, self_bleu
+from steerlab.values import parse_value
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 DEFAULT_SAMPLERS = "top_h:alpha=0.3,top_h:alpha=0.4,top_h:alpha=0.5,top_p:p=0.9,min_p:p=0.1,temperature"
@@ -58,8 +60,6 @@ def parse_sampler_spec(text: str) -> dict[str, Any]:
     The temperature comes from the sweep, so it may not be given here; the spec is validated by
     building the sampler.
     """
-    from steerlab.cli.common import parse_value
-
     name, *items = [s.strip() for s in text.strip().split(":")]
     params: dict[str, Any] = {}
     for item in items:
@@ -374,23 +374,22 @@ def figure_payload(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
 # -- the run ---------------------------------------------------------------------------------------
 def run_compare(cfg: CompareConfig, out_dir: str | Path, *, progress: bool = True, handle: Any = None) -> Any:
     """Run the comparison and write a ``sampling_compare`` artifact to ``out_dir``; returns it (read back)."""
-    import steerlab as sl
     from steerlab.artifacts import read_artifact, write_artifact
-    from steerlab.sampling.diagnostics import diagnose_generation, per_step_figure
+    from steerlab.decoding.diagnostics import diagnose_generation, per_step_figure
     from steerlab.viz.sampling import COMPARE_KIND
 
     cfg.validate()
     t0 = time.time()
-    h = handle if handle is not None else sl.load(cfg.model)
+    h = handle if handle is not None else load(cfg.model)
     chat = bool(getattr(h.tokenizer, "chat_template", None)) if cfg.chat is None else cfg.chat
     same_judge = cfg.judge is None or cfg.judge == cfg.model
-    judge = h if same_judge else sl.load(cfg.judge)
+    judge = h if same_judge else load(cfg.judge)
     judge_chat = chat and bool(getattr(judge.tokenizer, "chat_template", None))
     # the same model, unsteered, judges from the logits generation computed anyway (no second forward pass)
     judge_in_place = same_judge and not describe_interventions(cfg.interventions)
     embedder = None
     if cfg.embed:
-        from steerlab.sampling.metrics import default_embedder
+        from steerlab.decoding.metrics import default_embedder
 
         embedder = default_embedder()
 
