@@ -72,5 +72,5 @@ def intervene(
     plan = compile_plan(handle, ivs, record)  # validates everything before the model is touched
     activation = InterventionSet([iv for iv in ivs if not isinstance(iv, ParamEdit)])
     # the engine's lock is held for the whole block: another thread's run never sees the edited weights
-    with engine_for(handle).lock, param_edits(plan):
+    with engine_for(handle).lock, param_edits(plan.editors):
         yield InterventionContext(handle, activation, list(record or []))

@@ -118,7 +118,7 @@ class NNsightEngine:
         """One forward pass with the plan; returns ``(model output, records)``."""
         model = self.handle.model
         sink: Records = defaultdict(list)
-        with self.lock, param_edits(plan), torch.no_grad():
+        with self.lock, param_edits(plan.editors), torch.no_grad():
             if not plan.visits:
                 return model(**enc, **kwargs), sink
             state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])
@@ -134,7 +134,7 @@ class NNsightEngine:
         """Hugging Face ``generate`` (KV cache, left padding, stopping) with the plan at every step."""
         model = self.handle.model
         sink: Records = defaultdict(list)
-        with self.lock, param_edits(plan), torch.no_grad():
+        with self.lock, param_edits(plan.editors), torch.no_grad():
             if not plan.visits:
                 return model.generate(**enc, **generate_kwargs), sink
             state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])

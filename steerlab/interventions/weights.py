@@ -20,9 +20,8 @@ Example:
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -30,9 +29,6 @@ from torch import Tensor
 from steerlab.errors import SpecError
 from steerlab.interventions.spec import ParamEdit
 from steerlab.models.handle import ModelHandle
-
-if TYPE_CHECKING:  # pragma: no cover
-    from steerlab.interventions.compile import Plan
 
 
 class ParamEditor:
@@ -97,11 +93,12 @@ class ParamEditor:
 
 
 @contextmanager
-def param_edits(plan: Plan) -> Iterator[None]:
-    """Apply the plan's parameter edits for the block; restore them exactly (reverse order), also on error."""
+def param_edits(editors: Sequence[ParamEditor]) -> Iterator[None]:
+    """Apply ``editors`` (a plan's ``editors``) for the block; restore them exactly, in reverse order,
+    also on error."""
     applied = []
     try:
-        for ed in plan.editors:
+        for ed in editors:
             ed.apply()
             applied.append(ed)
         yield
