@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerlab.artifacts import atomic_dir, resolve_dir
+from steerlab.atomic import atomic_dir, resolve_dir
 from steerlab.engines import engine_for, position_ids
 from steerlab.errors import SteerlabError
 from steerlab.generation import check_prompts

@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from steerlab.artifacts import atomic_write_bytes, atomic_write_text, safetensors_bytes
+from steerlab.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
 from steerlab.errors import SpecError
 
 

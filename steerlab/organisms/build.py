@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from steerlab.artifacts import atomic_dir
+from steerlab.atomic import atomic_dir
 from steerlab.errors import SteerlabError
 from steerlab.organisms.configs import ORGANISM_NAMES, Recipe, get_recipe, read_record
 

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from steerlab.artifacts import atomic_write_text
+from steerlab.atomic import atomic_write_text
 
 _BARS = "▁▂▃▄▅▆▇█"
 

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from steerlab._paths import REPO_ROOT
-from steerlab.artifacts import atomic_dir
+from steerlab.atomic import atomic_dir
 from steerlab.data import organism_corpus as D
 
 SUITE_NAME = "organism-refusal"

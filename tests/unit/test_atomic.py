@@ -20,9 +20,10 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab import artifacts
+from steerlab import artifacts, atomic
 from steerlab.activations import Capture
-from steerlab.artifacts import atomic_dir, read_artifact, resolve_dir, write_artifact
+from steerlab.artifacts import read_artifact, write_artifact
+from steerlab.atomic import atomic_dir, resolve_dir
 from steerlab.errors import SpecError
 from steerlab.interventions import AddVector, ExpertMask, InterventionSet, ProjectOut
 
@@ -52,7 +53,7 @@ def _run(write: Callable[[], None], crash_at: int) -> int:
 
             for name in MUTATORS:
                 setattr(os, name, counted(getattr(os, name)))
-            artifacts._exchange = counted(artifacts._exchange)
+            atomic._exchange = counted(atomic._exchange)
             write()
             code = 0
         finally:
@@ -92,7 +93,7 @@ def _exchange_supported(tmp: Path) -> bool:
     a, b = tmp / "xa", tmp / "xb"
     a.mkdir(), b.mkdir()
     try:
-        return artifacts._exchange(a, b)
+        return atomic._exchange(a, b)
     finally:
         a.rmdir(), b.rmdir()
 
@@ -101,7 +102,7 @@ def _exchange_supported(tmp: Path) -> bool:
 def mode(request, monkeypatch, tmp_path) -> str:
     """Both swaps: renameat2 exchange (Linux) and the rename-with-backup fallback (elsewhere)."""
     if request.param == "fallback":
-        monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     elif not _exchange_supported(tmp_path):
         pytest.skip("this filesystem has no renameat2(RENAME_EXCHANGE)")
     return request.param
@@ -139,7 +140,7 @@ def test_atomic_dir_reads_old_or_new_after_a_crash_anywhere(tmp_path, mode, exis
 
 def test_fallback_window_is_read_from_the_backup_and_repaired(tmp_path, monkeypatch):
     """The state between the fallback's two renames: ``out`` missing, ``.out.old`` whole."""
-    monkeypatch.setattr(artifacts, "_exchange", lambda a, b: False)
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)
     write_artifact(tmp_path / "run", kind="demo", config={"v": "old"}, tensors={"x": torch.arange(3.0)})
     os.replace(tmp_path / "run", tmp_path / ".run.old")  # what a crash right after the first rename leaves
     art = read_artifact(tmp_path / "run")

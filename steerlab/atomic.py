@@ -1,0 +1,218 @@
+"""Crash-safe file and folder replacement: every writer in steerlab goes through these.
+
+:func:`atomic_write_bytes`/:func:`atomic_write_text`/:func:`atomic_save_tensors` replace one file;
+:func:`atomic_dir` replaces a whole folder, and :func:`resolve_dir` is what readers open. After a
+crash at any point a path reads as its old content or its new content, whole (each function's
+docstring says exactly what is guaranteed).
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with atomic_dir(Path(tempfile.mkdtemp()) / "out") as tmp:
+    ...     _ = (tmp / "a.txt").write_text("new")
+    >>> (resolve_dir(tmp.parent / "out") / "a.txt").read_text()
+    'new'
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies that share no memory (safetensors refuses aliased tensors)."""
+    return {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's (or a folder's entries') contents to stable storage; a no-op where a folder
+    cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync(folder)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that a crash at any point leaves ``path`` holding its old
+    content or ``data``, whole: written to a temporary sibling, fsynced, renamed over ``path``
+    (``os.replace``, atomic), then the folder is fsynced (the new content is durable on return).
+    A crash before the rename may leave a hidden ``.NAME.*.tmp`` file behind.
+
+    Example:
+        >>> import tempfile
+        >>> atomic_write_bytes(tempfile.mkdtemp() + "/f.bin", b"ab").read_bytes()
+        b'ab'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8 (same guarantee)."""
+    return atomic_write_bytes(path, text.encode())
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> bytes:
+    """The safetensors file of ``tensors`` (CPU copies; a tensor used twice is fine), as bytes."""
+    from safetensors.torch import save
+
+    return save(cpu_copies(tensors), metadata=metadata)
+
+
+def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """Save tensors to a safetensors file with the guarantee of :func:`atomic_write_bytes`."""
+    return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
+
+
+_AT_FDCWD = -100  # linux/fcntl.h
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+@functools.cache
+def _renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28, musl >= 1.2.1
+    except (AttributeError, OSError, TypeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one ``renameat2(RENAME_EXCHANGE)`` call (Linux >= 3.15; ext4, xfs,
+    btrfs, tmpfs, ...). Returns False, changing nothing, where the C library or the filesystem lacks it."""
+    fn = _renameat2()
+    if fn is None:
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _backup(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.old")
+
+
+def resolve_dir(path: str | Path) -> Path:
+    """Where the folder that :func:`atomic_dir` wrote at ``path`` is: ``path``, or its backup
+    ``.NAME.old`` when a crash between the two renames of the fallback swap left ``path`` missing
+    (the backup is then the old folder, whole). Readers call this; it changes nothing on disk.
+
+    Example:
+        >>> import tempfile
+        >>> d = Path(tempfile.mkdtemp())
+        >>> (d / ".run.old").mkdir()
+        >>> resolve_dir(d / "run").name
+        '.run.old'
+    """
+    path = Path(path)
+    if not path.exists() and _backup(path).is_dir():
+        return _backup(path)
+    return path
+
+
+def _recover(out_dir: Path) -> None:
+    """Finish a fallback swap that a crash interrupted: put the backup back where ``out_dir`` is
+    missing, else delete it (the new folder was in place)."""
+    old = _backup(out_dir)
+    if not old.exists():
+        return
+    if out_dir.exists():
+        shutil.rmtree(old)
+    else:
+        os.replace(old, out_dir)
+        _fsync(out_dir.parent)
+
+
+@contextmanager
+def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+    """Fill a fresh temporary sibling folder (yielded), then put it at ``out_dir`` in place of any
+    old folder.
+
+    Guarantee: after a crash (process or power loss) at any point, ``out_dir`` read through
+    :func:`resolve_dir` is the old folder whole or the new folder whole, never a mix; an exception in
+    the ``with`` body leaves the old folder as it was and removes the temporary one. The new tree's
+    files and folders are fsynced before it is swapped in and the parent folder after, so the new
+    folder is durable once the ``with`` block exits. The swap:
+
+    * no folder at ``out_dir`` yet: one ``rename``;
+    * Linux (``renameat2(RENAME_EXCHANGE)``): the two folders trade places in one atomic call, so
+      ``out_dir`` itself is always old or new, for any reader; the old tree is then deleted;
+    * elsewhere: ``out_dir`` -> ``.NAME.old``, temporary -> ``out_dir``, delete ``.NAME.old``. Between
+      the renames ``out_dir`` is missing and ``.NAME.old`` is the old folder whole: readers that use
+      :func:`resolve_dir` (:func:`read_artifact`, :func:`list_runs`, ``Capture.load``) read it there,
+      and the next ``atomic_dir`` on ``out_dir`` first moves it back. Other readers (a model loader,
+      git) see no folder during that window.
+
+    Not guaranteed: two writers of one ``out_dir`` at once (one may fail); a crash may leave a hidden
+    ``.NAME.*.tmp`` folder behind (never read; safe to delete).
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "run"
+        >>> with atomic_dir(out) as tmp:
+        ...     _ = (tmp / "a.txt").write_text("new")
+        >>> (out / "a.txt").read_text()
+        'new'
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _recover(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    tmp.chmod(0o755)
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if not out_dir.exists():
+            os.replace(tmp, out_dir)
+        elif not _exchange(tmp, out_dir):  # on success tmp holds the old tree, deleted below
+            old = _backup(out_dir)
+            os.replace(out_dir, old)
+            try:
+                os.replace(tmp, out_dir)
+            except BaseException:
+                os.replace(old, out_dir)
+                raise
+            _fsync(out_dir.parent)
+            shutil.rmtree(old, ignore_errors=True)  # what is left, the next atomic_dir deletes
+        _fsync(out_dir.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
