@@ -10,7 +10,7 @@ import torch
 from dashboards.lib.shell import init_state, runs_root
 from steerlab.artifacts import list_runs
 from steerlab.errors import SpecError
-from steerlab.interventions import AddVector, ExpertMask, InterventionSet, LastK, ProjectOut, ScaleUnits
+from steerlab.interventions import AddVector, ExpertMask, Intervention, InterventionSet, LastK, ProjectOut, ScaleUnits
 from steerlab.viz.generation import INTERVENTIONS_FILE, load_interventions
 from steerlab.viz.runs import run_label
 
@@ -60,20 +60,11 @@ def _vector_sites(h: Any) -> list[str]:
     return [s for s in h.sites if s.split(".")[-1] in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
 
 
-def _describe(iv: Any) -> dict[str, Any]:
-    where = getattr(iv, "site", None) or f"layer {getattr(iv, 'layer', '?')}"
+def _describe(iv: Intervention) -> dict[str, Any]:
+    """A row of the stack table: every type describes itself (registry types included)."""
     pos = getattr(iv, "positions", "all")
     pos = f"last {pos.last}" if isinstance(pos, LastK) else str(pos)
-    detail = {
-        "add_vector": lambda: f"scale {iv.scale:g}",
-        "project_out": lambda: "",
-        "scale_units": lambda: f"units {iv.units} x {iv.scale:g}",
-        "expert_mask": lambda: f"off {iv.off}" + (f", on {iv.on}" if iv.on else "") + (
-            ", renormalized" if iv.renormalize else ""),
-        "param_edit": lambda: f"{iv.op} {iv.param}",
-        "patch": lambda: f"value {tuple(iv.value.shape)}",
-    }.get(iv.type, lambda: "")()
-    return {"type": iv.type, "name": iv.name or "", "where": where, "positions": pos, "detail": detail}
+    return {"type": iv.type, "name": iv.name or "", "where": iv.where(), "positions": pos, "detail": iv.describe()}
 
 
 def stack_table(ivs: InterventionSet) -> list[dict[str, Any]]:

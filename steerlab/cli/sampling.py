@@ -51,7 +51,6 @@ def compare(
         run_compare,
         table_markdown,
     )
-    from steerlab.errors import SpecError
 
     ps = load_prompts(prompts)
     ps = ps[:n_prompts] if n_prompts else ps

@@ -23,7 +23,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.spec import LastK
+from steerlab.interventions.base import LastK
 
 MaskOrAll = Bool[Tensor, "batch seq"] | None | bool  # None: every position; False: none
 

@@ -21,195 +21,31 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from steerlab.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
 from steerlab.errors import SpecError
+from steerlab.interventions.activation import AddVector, Patch, ProjectOut, ScaleUnits
+from steerlab.interventions.base import Intervention, LastK, Positions, parse_intervention
+from steerlab.interventions.routing import ExpertMask
+from steerlab.interventions.weights import ParamEdit
 
-
-class LastK(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    last: int = Field(ge=1)
-
-
-Positions = Literal["all", "prompt", "generated"] | LastK | list[Annotated[int, Field(ge=0)]]
-
-
-def _to_tensor(value: Any, field_name: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        t = value.detach().cpu().float().clone()  # the spec owns its tensors
-    else:
-        try:
-            t = torch.tensor(value, dtype=torch.float32)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{field_name} must be a tensor or a list of numbers, got {type(value).__name__}") from e
-    if not torch.isfinite(t).all():
-        bad = (~torch.isfinite(t)).nonzero()[:5].tolist()
-        raise ValueError(f"{field_name} contains NaN or infinite values at indices {bad}; expected finite numbers")
-    return t
-
-
-class _Base(BaseModel):
-    # allow_inf_nan=False: every float field (scales, values, gate scales) must be finite
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True, allow_inf_nan=False)
-    name: str | None = None  # optional label, shown in artifacts and the dashboard
-
-
-class _SiteOp(_Base):
-    site: str
-    positions: Positions = "all"
-
-
-class AddVector(_SiteOp):
-    """Add ``scale * vector`` to the activation at ``site`` (a steering vector)."""
-
-    type: Literal["add_vector"] = "add_vector"
-    vector: torch.Tensor
-    scale: float = 1.0
-
-    @field_validator("vector", mode="before")
-    @classmethod
-    def _vec(cls, v: Any) -> torch.Tensor:
-        t = _to_tensor(v, "vector")
-        if t.ndim != 1:
-            raise ValueError(f"vector must be 1-D [d_model], got shape {tuple(t.shape)}")
-        return t
-
-
-class ProjectOut(_SiteOp):
-    """Remove the component along ``direction`` (directional ablation): x - (x.u) u, u = d/|d|."""
-
-    type: Literal["project_out"] = "project_out"
-    direction: torch.Tensor
-
-    @field_validator("direction", mode="before")
-    @classmethod
-    def _dir(cls, v: Any) -> torch.Tensor:
-        t = _to_tensor(v, "direction")
-        if t.ndim != 1:
-            raise ValueError(f"direction must be 1-D [d_model], got shape {tuple(t.shape)}")
-        if float(t.norm()) == 0.0:
-            raise ValueError("direction has zero norm; expected a non-zero vector")
-        return t
-
-
-class ScaleUnits(_SiteOp):
-    """Multiply chosen hidden units (feature dimensions) by ``scale`` (0 zeroes them)."""
-
-    type: Literal["scale_units"] = "scale_units"
-    units: list[Annotated[int, Field(ge=0)]]
-    scale: float = 0.0
-
-
-class Patch(_SiteOp):
-    """Replace the activation at ``site`` with ``value``.
-
-    ``value`` is ``[d]`` (same vector at every selected position), ``[P, d]`` (one row per explicit
-    position in ``positions``) or ``[batch, pos, d]`` (a whole cached activation, plain forward only).
-    """
-
-    type: Literal["patch"] = "patch"
-    value: torch.Tensor
-
-    @field_validator("value", mode="before")
-    @classmethod
-    def _val(cls, v: Any) -> torch.Tensor:
-        t = _to_tensor(v, "value")
-        if t.ndim not in (1, 2, 3):
-            raise ValueError(f"value must be [d], [P, d] or [batch, pos, d], got shape {tuple(t.shape)}")
-        return t
-
-
-class ExpertMask(_Base):
-    """Switch routed experts of one MoE layer off (removed before top-k), force them on, or
-    rescale their gate weights; ``renormalize`` rescales the chosen weights to sum to 1.
-
-    Several masks on one layer compose: at each position, the masks whose ``positions`` select it
-    merge into one (union of ``off``, union of ``on``, product of the ``scale`` factors of an expert,
-    ``renormalize`` if any of them asks for it), and routing is redone once from the router's logits.
-    All masks of a layer taken together must be satisfiable (whatever their positions): no expert
-    both off and on, at least ``top_k`` experts left routable (for grouped routers, within the
-    chosen groups), at most ``top_k`` forced on; otherwise compilation raises ``SpecError``.
-
-    Example:
-        >>> two = [ExpertMask(layer=1, off=[0]), ExpertMask(layer=1, off=[3], scale={2: 0.5})]
-        >>> # routes exactly like ExpertMask(layer=1, off=[0, 3], scale={2: 0.5})
-    """
-
-    type: Literal["expert_mask"] = "expert_mask"
-    layer: int = Field(ge=0)
-    off: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
-    on: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
-    scale: dict[int, float] = Field(default_factory=dict)
-    renormalize: bool = False
-    positions: Positions = "all"
-
-
-class ParamEdit(_Base):
-    """Edit a parameter in place, reversibly (restored exactly on exit).
-
-    ``op``: ``zero``, ``scale`` (by ``value``), ``noise`` (add N(0, value^2), seeded), ``add``
-    (``delta`` tensor of the parameter's shape). ``indices`` (flat) or ``mask`` (bool, the
-    parameter's shape) restrict the edit to a region; by default the whole parameter.
-    """
-
-    type: Literal["param_edit"] = "param_edit"
-    param: str
-    op: Literal["zero", "scale", "noise", "add"]
-    value: float = 0.0
-    seed: int = 0
-    indices: list[Annotated[int, Field(ge=0)]] | None = None
-    mask: torch.Tensor | None = None
-    delta: torch.Tensor | None = None
-
-    @field_validator("mask", mode="before")
-    @classmethod
-    def _mask(cls, v: Any) -> torch.Tensor | None:
-        if v is None:
-            return None
-        if not isinstance(v, (torch.Tensor, list)):
-            raise ValueError(f"mask must be a bool tensor or a nested list of booleans/0/1, got {type(v).__name__}")
-        try:
-            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.tensor(v)
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"mask must be a rectangular nested list of booleans/0/1: {e}") from e
-        if t.dtype != torch.bool and not bool(((t == 0) | (t == 1)).all()):
-            raise ValueError("mask values must be booleans or 0/1")
-        return t.bool()
-
-    @field_validator("delta", mode="before")
-    @classmethod
-    def _delta(cls, v: Any) -> torch.Tensor | None:
-        return None if v is None else _to_tensor(v, "delta")
-
-
-Intervention = Annotated[
-    AddVector | ProjectOut | ScaleUnits | Patch | ExpertMask | ParamEdit, Field(discriminator="type")
+__all__ = [
+    "AddVector",
+    "ExpertMask",
+    "Intervention",
+    "InterventionSet",
+    "LastK",
+    "ParamEdit",
+    "Patch",
+    "Positions",
+    "ProjectOut",
+    "ScaleUnits",
+    "as_set",
+    "parse_intervention",
 ]
-_ADAPTER: TypeAdapter = TypeAdapter(Intervention)
-_TENSOR_FIELDS = ("vector", "direction", "value", "mask", "delta")
-
-
-def parse_intervention(data: dict[str, Any]) -> Any:
-    """Validate one intervention dict (tensors may be lists); raises :class:`SpecError`."""
-    try:
-        return _ADAPTER.validate_python(data)
-    except ValidationError as e:
-        raise SpecError(_format_validation(e, data)) from e
-
-
-def _format_validation(e: ValidationError, data: Any) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        inp = err.get("input")
-        shown = repr(inp) if not isinstance(inp, (list, dict)) or len(repr(inp)) < 80 else type(inp).__name__
-        parts.append(f"{loc}: {err['msg']} (got {shown})")
-    kind = data.get("type") if isinstance(data, dict) else None
-    return f"invalid intervention{f' of type {kind!r}' if kind else ''}: " + "; ".join(parts)
 
 
 class InterventionSet:
@@ -220,7 +56,7 @@ class InterventionSet:
         for i, iv in enumerate(items):
             if isinstance(iv, dict):
                 items[i] = parse_intervention(iv)
-            elif not isinstance(iv, (AddVector, ProjectOut, ScaleUnits, Patch, ExpertMask, ParamEdit)):
+            elif not isinstance(iv, Intervention):
                 raise SpecError(f"intervention {i} is a {type(iv).__name__}; expected an intervention model or dict")
         self.items = items
 
@@ -242,18 +78,39 @@ class InterventionSet:
         out = []
         for i, iv in enumerate(self.items):
             d = iv.model_dump(mode="python")
-            for f in _TENSOR_FIELDS:
+            for f in type(iv).tensor_fields:
                 if isinstance(d.get(f), torch.Tensor):
                     d[f] = {"$tensor": f"{i}.{f}"}
-            if "scale" in d and isinstance(d["scale"], dict):
-                d["scale"] = {str(k): v for k, v in d["scale"].items()}
+            for f, v in d.items():  # JSON object keys are strings (expert indices come back as ints)
+                if isinstance(v, dict):
+                    d[f] = {str(k): x for k, x in v.items()}
             out.append(d)
         return {"format": "steerlab.interventions", "version": 1, "interventions": out}
+
+    def digest(self) -> str:
+        """A canonical SHA-256 of the set: equal for equal lists (whatever the field or dict key order
+        they were built with, tensors compared bit for bit), different when any value, tensor or the
+        order of the interventions differs. Groups requests that share interventions.
+
+        Example:
+            >>> a = InterventionSet([{"type": "scale_units", "site": "blocks.0.mlp_out", "units": [1], "scale": 0.5}])
+            >>> b = InterventionSet([{"scale": 0.5, "units": [1], "site": "blocks.0.mlp_out", "type": "scale_units"}])
+            >>> a.digest() == b.digest()
+            True
+        """
+        import hashlib
+
+        hsh = hashlib.sha256(json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode())
+        for key, t in sorted(self.tensors().items()):
+            t = t.detach().cpu().contiguous()
+            hsh.update(f"|{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            hsh.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return hsh.hexdigest()
 
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {}
         for i, iv in enumerate(self.items):
-            for f in _TENSOR_FIELDS:
+            for f in type(iv).tensor_fields:
                 t = getattr(iv, f, None)
                 if isinstance(t, torch.Tensor):
                     out[f"{i}.{f}"] = t.to(torch.uint8) if t.dtype == torch.bool else t
@@ -340,24 +197,15 @@ class InterventionSet:
             if not isinstance(d, dict):
                 raise SpecError(f"intervention {i} must be a JSON object, got {type(d).__name__}")
             d = dict(d)
-            for f in _TENSOR_FIELDS:
-                ref = d.get(f)
+            for f, ref in list(d.items()):
                 if isinstance(ref, dict) and "$tensor" in ref:
                     if ref["$tensor"] not in tensors:
                         raise SpecError(f"intervention {i}: tensor {ref['$tensor']!r} missing from the tensors file")
                     d[f] = tensors[ref["$tensor"]]
-            if isinstance(d.get("scale"), dict):
-                scale = {}
-                for k, v in d["scale"].items():
-                    try:
-                        scale[int(k)] = v
-                    except (TypeError, ValueError):
-                        raise SpecError(
-                            f"intervention {i}: scale key {k!r} is not an integer; expected expert indices as keys, "
-                            'e.g. {"3": 0.5}'
-                        ) from None
-                d["scale"] = scale
-            items.append(parse_intervention(d))
+            try:
+                items.append(parse_intervention(d))
+            except SpecError as e:
+                raise SpecError(f"intervention {i}: {e}") from None
         return cls(items)
 
 

@@ -22,13 +22,67 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.spec import ParamEdit
+from steerlab.interventions.base import Intervention, Kind, register_intervention, to_tensor
 from steerlab.models.handle import ModelHandle
+
+
+@register_intervention
+class ParamEdit(Intervention):
+    """Edit a parameter in place, reversibly (restored exactly on exit).
+
+    ``op``: ``zero``, ``scale`` (by ``value``), ``noise`` (add N(0, value^2), seeded), ``add``
+    (``delta`` tensor of the parameter's shape). ``indices`` (flat) or ``mask`` (bool, the
+    parameter's shape) restrict the edit to a region; by default the whole parameter.
+    """
+
+    type: Literal["param_edit"] = "param_edit"
+    param: str
+    op: Literal["zero", "scale", "noise", "add"]
+    value: float = 0.0
+    seed: int = 0
+    indices: list[Annotated[int, Field(ge=0)]] | None = None
+    mask: torch.Tensor | None = None
+    delta: torch.Tensor | None = None
+
+    @field_validator("mask", mode="before")
+    @classmethod
+    def _mask(cls, v: Any) -> torch.Tensor | None:
+        if v is None:
+            return None
+        if not isinstance(v, (torch.Tensor, list)):
+            raise ValueError(f"mask must be a bool tensor or a nested list of booleans/0/1, got {type(v).__name__}")
+        try:
+            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.tensor(v)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"mask must be a rectangular nested list of booleans/0/1: {e}") from e
+        if t.dtype != torch.bool and not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError("mask values must be booleans or 0/1")
+        return t.bool()
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _delta(cls, v: Any) -> torch.Tensor | None:
+        return None if v is None else to_tensor(v, "delta")
+
+    kind: ClassVar[Kind] = "weights"
+
+    def where(self) -> str:
+        return self.param
+
+    def describe(self) -> str:
+        region = " (indices)" if self.indices is not None else " (mask)" if self.mask is not None else ""
+        return f"{self.op} {self.param}{region}" + (f" by {self.value:g}" if self.op in ("scale", "noise") else "")
+
+    def editor(self, h: ModelHandle) -> ParamEditor:
+        """Validate against ``h`` and return the editor that applies and restores this edit."""
+        return ParamEditor(h, self)
 
 
 class ParamEditor:

@@ -1,0 +1,165 @@
+"""The intervention registry: one class per intervention type, discovered by its ``type`` name.
+
+Every type is a frozen pydantic model that validates its own fields, compiles itself against a
+model and describes itself in one line. It belongs to one of three mechanisms (``kind``), which
+is all the compiler and the engines know about:
+
+* ``"activation"`` (:class:`SiteIntervention`): a pure function of the activation at a site and
+  the selected positions (:meth:`SiteIntervention.compile_op` returns an :class:`ActOp`);
+* ``"routing"``: edits of an MoE router's output, compiled per group of interventions that share
+  a router (``group_key``/``compile_group``; see :class:`~steerlab.interventions.routing.ExpertMask`);
+* ``"weights"``: reversible in-place weight edits (``editor(h)``; see
+  :class:`~steerlab.interventions.weights.ParamEdit`).
+
+A new type is one class decorated with :func:`register_intervention`; the serializable union
+(:func:`parse_intervention`), ``InterventionSet`` save/load, the CLI and the dashboard's stack pick
+it up from the registry.
+
+Example:
+    >>> import torch
+    >>> from steerlab.interventions import ops
+    >>> @register_intervention
+    ... class Negate(SiteIntervention):
+    ...     '''Negate the activation at the selected positions.'''
+    ...     type: Literal["negate_demo"] = "negate_demo"
+    ...     def compile_op(self, h, ref, width):
+    ...         return ActOp(lambda x, m, s: ops.patch(x, -x, m), self.positions)
+    ...     def describe(self):
+    ...         return "negate"
+    >>> parse_intervention({"type": "negate_demo", "site": "blocks.0.resid_post"}).describe()
+    'negate'
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import Tensor
+
+from steerlab.errors import SpecError
+from steerlab.models.handle import ModelHandle
+from steerlab.models.sites import SiteRef
+
+Kind = Literal["activation", "routing", "weights"]
+
+
+class LastK(BaseModel):
+    """``{"last": k}``: the last ``k`` prompt tokens of each row (``k=1`` is the decision position)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    last: int = Field(ge=1)
+
+
+Positions = Literal["all", "prompt", "generated"] | LastK | list[Annotated[int, Field(ge=0)]]
+ActFn = Callable[[Tensor, Any, Any], Tensor]  # (activation [b, t, d], position mask, StepState) -> activation
+
+
+@dataclass
+class ActOp:
+    """One compiled activation edit: ``fn`` applied at the positions selected by ``positions``.
+    ``additive`` ops (``x + f(positions)``) may be applied to a summand of a site instead of the sum."""
+
+    fn: ActFn
+    positions: Any
+    additive: bool = False
+
+
+def to_tensor(value: Any, field_name: str) -> torch.Tensor:
+    """A float32 CPU copy the spec owns; lists accepted; NaN/inf rejected (``ValueError`` naming them)."""
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().float().clone()
+    else:
+        try:
+            t = torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{field_name} must be a tensor or a list of numbers, got {type(value).__name__}") from e
+    if not torch.isfinite(t).all():
+        bad = (~torch.isfinite(t)).nonzero()[:5].tolist()
+        raise ValueError(f"{field_name} contains NaN or infinite values at indices {bad}; expected finite numbers")
+    return t
+
+
+class Intervention(BaseModel):
+    """Base of every intervention type. ``allow_inf_nan=False``: every float field must be finite."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True, allow_inf_nan=False)
+    kind: ClassVar[Kind]
+    tensor_fields: ClassVar[tuple[str, ...]] = ()  # filled by register_intervention
+    name: str | None = None  # optional label, shown in artifacts and the dashboard
+
+    def describe(self) -> str:
+        """One line for tables and the dashboard's stack (the type's own details)."""
+        return ""
+
+    def where(self) -> str:
+        """Where it acts: a site, a layer, a parameter."""
+        return ""
+
+
+class SiteIntervention(Intervention):
+    """An activation edit at one ``site`` and the ``positions`` it selects."""
+
+    kind: ClassVar[Kind] = "activation"
+    site: str
+    positions: Positions = "all"
+
+    def compile_op(self, h: ModelHandle, ref: SiteRef, width: int) -> ActOp:
+        """Validate against the model (``width`` of the site's last dimension) and build the op."""
+        raise NotImplementedError
+
+    def where(self) -> str:
+        return self.site
+
+
+_REGISTRY: dict[str, type[Intervention]] = {}
+
+
+def _mentions_tensor(annotation: Any) -> bool:
+    return annotation is torch.Tensor or any(_mentions_tensor(a) for a in typing.get_args(annotation))
+
+
+def register_intervention(cls: type[Intervention]) -> type[Intervention]:
+    """Class decorator: make ``cls`` parseable by its ``type`` name and serializable (its tensor
+    fields go to the side safetensors file). Registering a second class under one name is an error."""
+    field = cls.model_fields.get("type")
+    name = field.default if field is not None else None
+    if not isinstance(name, str):
+        raise TypeError(f"{cls.__name__} needs a field `type: Literal[NAME] = NAME` to be registered")
+    if name in _REGISTRY and _REGISTRY[name].__qualname__ != cls.__qualname__:
+        raise TypeError(f"intervention type {name!r} is already registered by {_REGISTRY[name].__name__}")
+    cls.tensor_fields = tuple(f for f, info in cls.model_fields.items() if _mentions_tensor(info.annotation))
+    _REGISTRY[name] = cls
+    return cls
+
+
+def intervention_types() -> dict[str, type[Intervention]]:
+    """Every registered type by name (built-ins and any registered by user code)."""
+    return dict(_REGISTRY)
+
+
+def parse_intervention(data: dict[str, Any]) -> Intervention:
+    """Validate one intervention dict (tensors may be lists); raises :class:`SpecError`."""
+    if not isinstance(data, dict):
+        raise SpecError(f"an intervention must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind not in _REGISTRY:
+        raise SpecError(f"unknown intervention type {kind!r}; expected one of {sorted(_REGISTRY)}")
+    try:
+        return _REGISTRY[kind].model_validate(data)
+    except ValidationError as e:
+        raise SpecError(_format_validation(e, kind)) from e
+
+
+def _format_validation(e: ValidationError, kind: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in (kind, *err["loc"]))
+        inp = err.get("input")
+        shown = repr(inp) if not isinstance(inp, (list, dict)) or len(repr(inp)) < 80 else type(inp).__name__
+        parts.append(f"{loc}: {err['msg']} (got {shown})")
+    return f"invalid intervention of type {kind!r}: " + "; ".join(parts)
