@@ -8,12 +8,12 @@ import streamlit as st
 import steerlab as sl
 from dashboards.lib import runs, shell
 from steerlab.behavior import classify
-from steerlab.experts.evaluate import default_ks, default_suite, sweep_k
+from steerlab.experts.evaluate import default_ks, sweep_k
 from steerlab.experts.ftri import SCOPES, image_suite
 from steerlab.experts.report import image_payload, read_image, token_raster
 from steerlab.experts.switching import forceable, off_masks, on_masks
 from steerlab.organisms.evaluate import organism_safety_experts
-from steerlab.probes import list_suites, load_suite
+from steerlab.probes import default_suite, list_suites, load_suite
 from steerlab.viz.experts import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.viz.runs import run_label
 

@@ -30,10 +30,9 @@ def image_cmd(
 ) -> None:
     """Image the experts that separate the suite's behavior prompts from its control prompts."""
     import steerlab as sl
-    from steerlab.experts.evaluate import default_suite
     from steerlab.experts.ftri import image
     from steerlab.experts.report import token_raster, write_image
-    from steerlab.probes import load_suite
+    from steerlab.probes import default_suite, load_suite
 
     h = sl.load(model)
     s = load_suite(suite or default_suite(h))
@@ -94,8 +93,9 @@ def evaluate_cmd(
 ) -> None:
     """Switch the top experts off (and on) during generation; compare with random expert sets."""
     import steerlab as sl
-    from steerlab.experts.evaluate import default_suite, evaluate_experts
+    from steerlab.experts.evaluate import evaluate_experts
     from steerlab.experts.report import write_evaluation
+    from steerlab.probes import default_suite
 
     ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
     h = sl.load(model)

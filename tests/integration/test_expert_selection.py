@@ -67,7 +67,7 @@ def test_reimage_ranking_images_again_under_the_mask(tiny):
 
 
 def test_cli_default_suite_follows_the_model(tiny):
-    from steerlab.experts.evaluate import default_suite
+    from steerlab.probes import default_suite
 
     assert default_suite(sl.load("organism:moe")) == "organism-refusal"
     assert default_suite(tiny("mixtral")) == "refusal"

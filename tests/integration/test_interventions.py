@@ -3,6 +3,8 @@ no-cache reference, expert masks take effect on every MoE family, nothing leaks 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -169,7 +171,7 @@ def test_serialization_round_trip(stories, tmp_path):
         ]
     )
     path = ivs.save(tmp_path / "spec.json")
-    assert (tmp_path / "spec.safetensors").exists()
+    assert (tmp_path / json.loads(path.read_text())["tensors_file"]).exists()
     loaded = InterventionSet.load(path)
     assert [type(i) for i in loaded] == [type(i) for i in ivs]
     a = sl.generate(stories, PROMPTS, interventions=ivs, max_new_tokens=8)
