@@ -26,6 +26,7 @@ test: install browser-deps
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache   # the layer contract in pyproject.toml (docs/architecture.md)
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py --json

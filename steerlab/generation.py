@@ -102,6 +102,7 @@ def generate(
     use_cache: bool = True,
     record: list[str] | None = None,
     plan: Plan | None = None,
+    streamer: Any = None,
 ) -> GenerationResult:
     """Generate a completion for each prompt, batched, with interventions active at every step.
 
@@ -110,7 +111,9 @@ def generate(
     ``chat``: wrap prompts in the model's chat template (with an optional ``system`` message).
     Deterministic for a ``seed`` (the global RNG is left untouched). ``use_cache=False``
     recomputes the whole sequence at every step (the reference KV-cached steering must match).
-    ``record``: sites whose activations are kept per step in ``result.records``.
+    ``record``: sites whose activations are kept per step in ``result.records``. ``streamer``: a
+    transformers streamer (``put``/``end``, e.g. ``TextIteratorStreamer``) that receives the prompt and
+    then each new token as it is chosen, steered or not.
     """
     prompts = check_prompts(prompts)
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
@@ -141,7 +144,9 @@ def generate(
     processors = LogitsProcessorList([] if smp.greedy else [smp.as_logits_processor()])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        out, records = engine_for(h).generate(enc, compiled, generation_config=gc, logits_processor=processors)
+        out, records = engine_for(h).generate(
+            enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
+        )
     seqs = out.sequences
     token_ids: list[list[int]] = []
     for row in seqs[:, prompt_len:].tolist():

@@ -1,0 +1,205 @@
+"""The house rules (issue 11): layers point down, every module imports first, types are open."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+from pydantic import field_validator
+
+import steerlab as sl
+from steerlab.interventions import ActOp, InterventionSet, SiteIntervention, register_intervention
+from steerlab.interventions.base import to_tensor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _modules() -> list[str]:
+    out = []
+    for root in ("steerlab", "dashboards"):
+        for f in sorted((REPO / root).rglob("*.py")):
+            rel = f.relative_to(REPO).with_suffix("")
+            parts = list(rel.parts)
+            if "app_pages" in parts or f.name == "app.py":  # streamlit scripts run as pages, not imports
+                continue
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out.append(".".join(parts))
+    return out
+
+
+_CHILD = """
+import importlib, multiprocessing as mp, sys
+import torch, transformers, pydantic, safetensors, nnsight  # third-party only: no steerlab module yet
+sys.path.insert(0, REPO)
+assert not [m for m in sys.modules if m == "steerlab" or m.startswith(("steerlab.", "dashboards"))]
+
+def first(name, q):
+    try:
+        importlib.import_module(name)
+        q.put(None)
+    except BaseException as e:
+        q.put(f"{name}: {type(e).__name__}: {e}")
+
+ctx = mp.get_context("fork")
+bad = []
+for n in NAMES:
+    q = ctx.Queue()
+    p = ctx.Process(target=first, args=(n, q))
+    p.start()
+    err = q.get()
+    p.join()
+    if err:
+        bad.append(err)
+print("\\n".join(bad))
+sys.exit(1 if bad else 0)
+"""
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    """Each module imported first, before any other steerlab module (a forked child of a process
+    that has loaded only third-party packages), so an import cycle cannot hide behind import order."""
+    names = _modules()
+    assert len(names) > 60
+    code = f"REPO = {str(REPO)!r}\nNAMES = {names!r}\n" + _CHILD
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+
+
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).with_name("lint-imports")
+    return subprocess.run(
+        [str(exe), "--no-cache"], capture_output=True, text=True, cwd=root, env={"PYTHONPATH": str(root)}, timeout=300
+    )
+
+
+def test_contract_passes_here_and_fails_on_an_upward_import(tmp_path):
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    shutil.copy(REPO / "pyproject.toml", copy / "pyproject.toml")
+    for pkg in ("steerlab", "dashboards"):
+        shutil.copytree(REPO / pkg, copy / pkg, ignore=shutil.ignore_patterns("weights", "__pycache__"))
+    ok = _lint_imports(copy)
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    load = copy / "steerlab" / "models" / "load.py"
+    load.write_text(load.read_text() + "\n\ndef _planted():\n    from steerlab.cli import main  # noqa: F401\n")
+    bad = _lint_imports(copy)
+    assert bad.returncode != 0
+    assert "steerlab.models.load -> steerlab.cli" in bad.stdout
+
+
+# -- an intervention type from outside steerlab ----------------------------------------------------
+@register_intervention
+class ClampNorm(SiteIntervention):
+    """Test type: rescale each selected position's activation to at most ``max_norm`` along ``axis``
+    (a registry entry only; nothing in steerlab names it)."""
+
+    type: Literal["test_clamp_norm"] = "test_clamp_norm"
+    axis: torch.Tensor
+    max_norm: float = 1.0
+
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _axis(cls, v):
+        return to_tensor(v, "axis")
+
+    def compile_op(self, h, ref, width):
+        u = (self.axis / self.axis.norm()).to(h.device, h.dtype)
+        cap = self.max_norm
+
+        def fn(x, m, s):
+            coef = x @ u
+            new = x - (coef - coef.clamp(-cap, cap)).unsqueeze(-1) * u
+            return new if m is None else torch.where(m.unsqueeze(-1), new, x)
+
+        return ActOp(fn, self.positions)
+
+    def describe(self) -> str:
+        return f"clamp |x.u| <= {self.max_norm:g}"
+
+
+def test_a_type_registered_outside_steerlab_works_everywhere(stories, tmp_path):
+    prompts = ["Once upon a time", "The dog ran to the"]
+    axis = sl.capture(stories, prompts, ["blocks.2.resid_post"]).last("blocks.2.resid_post").mean(0)
+    data = {"type": "test_clamp_norm", "site": "blocks.2.resid_post", "axis": axis.tolist(), "max_norm": 0.05}
+    ivs = InterventionSet([data])  # validates through the registry
+    with pytest.raises(Exception, match="finite"):
+        InterventionSet([{**data, "max_norm": float("nan")}])
+    back = InterventionSet.load(ivs.save(tmp_path / "clamp.json"))  # serializes (the tensor to safetensors)
+    assert isinstance(back.items[0], ClampNorm) and torch.equal(back.items[0].axis, ivs.items[0].axis)
+    assert back.digest() == ivs.digest()
+    plain = sl.generate(stories, prompts, max_new_tokens=6)
+    cached = sl.generate(stories, prompts, interventions=back, max_new_tokens=6)
+    recomputed = sl.generate(stories, prompts, interventions=back, max_new_tokens=6, use_cache=False)
+    assert cached.token_ids == recomputed.token_ids  # batched, left-padded, KV cache = recompute
+    assert cached.token_ids != plain.token_ids  # and it acts
+    from dashboards.lib.interventions import stack_table
+
+    row = stack_table(back)[0]
+    assert row["type"] == "test_clamp_norm" and row["detail"] == "clamp |x.u| <= 0.05"
+    assert row["where"] == "blocks.2.resid_post"
+
+
+def test_digest_is_canonical_and_sensitive():
+    a = InterventionSet([{"type": "scale_units", "site": "blocks.0.mlp_out", "units": [1], "scale": 0.5, "name": "x"}])
+    b = InterventionSet([{"name": "x", "scale": 0.5, "units": [1], "site": "blocks.0.mlp_out", "type": "scale_units"}])
+    assert a.digest() == b.digest()
+    v = torch.zeros(8)
+    c1 = InterventionSet([{"type": "add_vector", "site": "blocks.0.resid_post", "vector": v}])
+    v2 = v.clone()
+    v2[3] = 1e-7
+    c2 = InterventionSet([{"type": "add_vector", "site": "blocks.0.resid_post", "vector": v2}])
+    assert c1.digest() != c2.digest()
+    assert (a + c1).digest() != (c1 + a).digest()  # the order of interventions is part of the meaning
+
+
+def test_weight_edits_are_taken_under_the_engines_lock(stories):
+    """Another thread's run during an ``intervene`` block waits for the block to end, so it never
+    sees the edited weights."""
+    from steerlab.interventions import ParamEdit
+
+    prompts = ["Once upon a time"]
+    clean = sl.forward(stories, prompts)
+    seen: dict = {}
+
+    def other() -> None:
+        seen["logits"] = sl.forward(stories, prompts)
+
+    with sl.intervene(stories, [ParamEdit(param="model.norm.weight", op="zero")]) as run:
+        assert not torch.equal(run.forward(prompts), clean)
+        t = threading.Thread(target=other)
+        t.start()
+        time.sleep(0.5)
+        assert "logits" not in seen  # waiting on the lock
+    t.join(timeout=30)
+    assert torch.equal(seen["logits"], clean)
+
+
+def test_generate_passes_a_streamer_through(stories):
+    from transformers.generation.streamers import BaseStreamer
+
+    class Collect(BaseStreamer):
+        def __init__(self):
+            self.chunks, self.ended = [], False
+
+        def put(self, value):
+            self.chunks.append(value.reshape(-1).tolist())
+
+        def end(self):
+            self.ended = True
+
+    from steerlab.interventions import AddVector
+
+    steer = [AddVector(site="blocks.1.resid_post", vector=torch.ones(64), scale=2.0)]
+    for ivs in (None, steer):
+        s = Collect()
+        out = sl.generate(stories, ["Once upon a time"], interventions=ivs, max_new_tokens=5, streamer=s)
+        streamed = [t for chunk in s.chunks[1:] for t in chunk]  # the first put is the prompt
+        assert s.ended and streamed == out.token_ids[0]
