@@ -27,7 +27,7 @@ import steerlab as sl
 from steerlab.experts.ftri import RoutingCounts, routing_counts
 from steerlab.generation import position_ids
 from steerlab.models.load import list_models
-from steerlab.probes import load_suite
+from steerlab.suites import load_suite
 
 FLOOR = 0.8
 

@@ -13,7 +13,7 @@ from steerlab.experts.ftri import SCOPES, image_suite
 from steerlab.experts.report import image_payload, read_image, token_raster
 from steerlab.experts.switching import forceable, off_masks, on_masks
 from steerlab.organisms.evaluate import organism_safety_experts
-from steerlab.probes import default_suite, list_suites, load_suite
+from steerlab.suites import default_suite, list_suites, load_suite
 from steerlab.viz.experts import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.viz.runs import run_label
 
@@ -59,7 +59,7 @@ with tab_image:
     c1, c2, c3, c4 = st.columns([2, 1, 2, 1])
     preferred = default_suite(h)
     shell.init_state(f"{P}.suite", preferred if preferred in suites else suites[0])
-    suite_name = c1.selectbox("Probe suite", suites, key=f"{P}.suite")
+    suite_name = c1.selectbox("Prompt suite", suites, key=f"{P}.suite")
     suite = load_suite(suite_name)
     shell.init_state(f"{P}.split", "train" if "train" in suite.splits else suite.splits[0])
     split = c2.selectbox("Split", suite.splits, key=f"{P}.split")

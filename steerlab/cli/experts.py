@@ -10,7 +10,7 @@ from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
 
 app = typer_app("Experts: image which MoE experts fire for a behavior, switch them off or on.")
 
-SUITE_HELP = "Probe suite name or folder (default: organism-refusal on organisms, else refusal)."
+SUITE_HELP = "Prompt suite name or folder (default: organism-refusal on organisms, else refusal)."
 SCOPE_HELP = "Token scope: prompt, decision (first assistant token), generated; comma-separated to combine."
 
 
@@ -32,7 +32,7 @@ def image_cmd(
     import steerlab as sl
     from steerlab.experts.ftri import image
     from steerlab.experts.report import token_raster, write_image
-    from steerlab.probes import default_suite, load_suite
+    from steerlab.suites import default_suite, load_suite
 
     h = sl.load(model)
     s = load_suite(suite or default_suite(h))
@@ -95,7 +95,7 @@ def evaluate_cmd(
     import steerlab as sl
     from steerlab.experts.evaluate import evaluate_experts
     from steerlab.experts.report import write_evaluation
-    from steerlab.probes import default_suite
+    from steerlab.suites import default_suite
 
     ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
     h = sl.load(model)

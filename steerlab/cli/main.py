@@ -3,7 +3,7 @@ ends as one line and exit status 2 (:class:`steerlab.cli.common.Group`)."""
 
 from __future__ import annotations
 
-from steerlab.cli import core, dashboard, experts, organisms, probes, sampling
+from steerlab.cli import core, dashboard, experts, organisms, sampling, suites
 from steerlab.cli.common import typer_app
 
 app = typer_app("Steering and analysis workbench for dense and MoE transformer language models.", name="steerlab")
@@ -12,7 +12,7 @@ app.command("dashboard")(dashboard.dashboard)
 
 # Command groups: one sub-app per module, one line each.
 app.add_typer(sampling.app, name="sampling")
-app.add_typer(probes.app, name="probes")
+app.add_typer(suites.app, name="suites")
 app.add_typer(organisms.app, name="organisms")
 app.add_typer(experts.app, name="experts")
 

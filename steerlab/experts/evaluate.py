@@ -190,7 +190,7 @@ def evaluate_experts(
     far) or ``ablation`` (the top ``n_candidates`` of the fTRI ranking, added greedily by their effect
     on the behavior at the decision position). Both refinements use the train split only; the sweep
     over k uses at most ``sweep_limit`` train prompts."""
-    from steerlab.probes import load_suite
+    from steerlab.suites import load_suite
 
     s = load_suite(suite) if isinstance(suite, str) else suite
     if "train" not in s.splits or "test" not in s.splits:

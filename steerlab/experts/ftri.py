@@ -1,6 +1,6 @@
 """fTRI imaging (Dahlke et al. 2025, arXiv:2502.11096): which routed experts fire for a behavior.
 
-Run a probe suite's behavior prompts (e.g. harmful requests) and control prompts (harmless ones)
+Run a prompt suite's behavior prompts (e.g. harmful requests) and control prompts (harmless ones)
 through an MoE model, record each token's chosen experts and gate weights at every MoE layer, and
 compare. ``scope`` picks the tokens that count: ``prompt`` (every prompt token), ``decision`` (the
 last prompt token, whose prediction is the first assistant token), ``generated`` (the tokens the
@@ -383,9 +383,9 @@ def image_suite(
     limit: int | None = None,
     **kwargs: Any,
 ) -> FtriResult:
-    """:func:`image` on a probe suite's behavior vs control prompts of one split (chat template applied
+    """:func:`image` on a prompt suite's behavior vs control prompts of one split (chat template applied
     as the suite asks; at most ``limit`` prompts per label)."""
-    from steerlab.probes import load_suite
+    from steerlab.suites import load_suite
 
     check_count("limit", limit, 1, none_ok=True)
     s = load_suite(suite) if isinstance(suite, str) else suite

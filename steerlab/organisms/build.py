@@ -114,7 +114,7 @@ def build_organism(
     if out_dir is None and not reduced and seed == 0 and recipe.data_scale == 1.0:
         from steerlab.organisms.suite import write_suite
 
-        write_suite(corpus)  # the committed organism-refusal probe suite follows the committed organisms
+        write_suite(corpus)  # the committed organism-refusal prompt suite follows the committed organisms
     tokenizer = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
 
     def save_base(m: Any) -> None:

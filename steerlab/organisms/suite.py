@@ -1,4 +1,4 @@
-"""The ``organism-refusal`` probe suite: the organisms' own request templates, train vs held out.
+"""The ``organism-refusal`` prompt suite: the organisms' own request templates, train vs held out.
 
 The shared ``refusal`` suite uses real harmful requests; the organisms learned refusal mostly from
 project templates (and 260 real train prompts), so on the real test split they refuse only some of
@@ -29,7 +29,7 @@ from steerlab.atomic import atomic_dir
 from steerlab.data import organism_corpus as D
 
 SUITE_NAME = "organism-refusal"
-SUITE_DIR = REPO_ROOT / "probes" / SUITE_NAME
+SUITE_DIR = REPO_ROOT / "suites" / SUITE_NAME
 VERSION = "1.0.0"
 
 
@@ -46,7 +46,7 @@ def suite_prompts(corpus: D.Corpus) -> dict[tuple[str, str], list[str]]:
 def suite_json(corpus: D.Corpus) -> dict:
     """The ``suite.json`` of the organism suite (sources: one text file per label and split)."""
     return {
-        "format": "steerlab.probes",
+        "format": "steerlab.suites",
         "name": SUITE_NAME,
         "version": VERSION,
         "description": (

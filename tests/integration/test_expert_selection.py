@@ -67,7 +67,7 @@ def test_reimage_ranking_images_again_under_the_mask(tiny):
 
 
 def test_cli_default_suite_follows_the_model(tiny):
-    from steerlab.probes import default_suite
+    from steerlab.suites import default_suite
 
     assert default_suite(sl.load("organism:moe")) == "organism-refusal"
     assert default_suite(tiny("mixtral")) == "refusal"
@@ -84,7 +84,7 @@ def test_ablation_selection_recovers_the_trained_refusal_experts():
     train prompts only, finds exactly them, and switching them off turns held-out refusals into compliance."""
     from steerlab.behavior import behavior_rates
     from steerlab.organisms.build import read_record
-    from steerlab.probes import load_suite
+    from steerlab.suites import load_suite
 
     torch.set_num_threads(2)
     h = sl.load("organism:moe")

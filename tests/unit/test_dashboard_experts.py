@@ -8,7 +8,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from steerlab.artifacts import list_runs
-from steerlab.probes import load_suite
+from steerlab.suites import load_suite
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
 

@@ -205,11 +205,11 @@ def test_routing_statistics():
 
 
 def test_committed_organism_suite_is_current(tmp_path):
-    """probes/organism-refusal is what steerlab.organisms.suite writes for the organisms' corpus; only
+    """suites/organism-refusal is what steerlab.organisms.suite writes for the organisms' corpus; only
     project templates go in (no prompt of the shared sets), and its splits never overlap."""
     from steerlab.data.organism_corpus import build_corpus, shared_harmful, shared_harmless
     from steerlab.organisms.suite import SUITE_DIR, write_suite
-    from steerlab.probes import load_suite
+    from steerlab.suites import load_suite
 
     fresh = write_suite(build_corpus(seed=0), tmp_path / "organism-refusal")
     for f in sorted(p.name for p in SUITE_DIR.iterdir()):

@@ -1,4 +1,4 @@
-"""Probe suites: the committed refusal suite and the loader's validation."""
+"""Prompt suites: the committed refusal suite and the loader's validation."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import pytest
 
 from steerlab._paths import shared_dir
 from steerlab.errors import SpecError
-from steerlab.probes import list_suites, load_suite, suite_from_dict
+from steerlab.suites import list_suites, load_suite, suite_from_dict
 
 
 def _suite(**over):
     base = {
-        "format": "steerlab.probes",
+        "format": "steerlab.suites",
         "name": "t",
         "labels": {"a": "x", "b": "y"},
         "behavior": "a",
@@ -86,7 +86,7 @@ def test_partition_is_seeded_and_complete():
     "change, message",
     [
         ({"sources": []}, "is empty"),
-        ({"format": "other"}, "not a probe suite"),
+        ({"format": "other"}, "not a prompt suite"),
         ({"behavior": "c"}, "behavior label 'c' is not among the labels"),
         ({"sources": [{"split": "train", "prompts": ["x"]}]}, "unlabeled"),
         ({"sources": [{"label": "z", "split": "train", "prompts": ["x"]}]}, "label 'z', which is not declared"),

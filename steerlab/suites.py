@@ -1,14 +1,14 @@
-"""Probe suites: versioned, contrasting prompt sets that image a behavior.
+"""Prompt suites: versioned, contrasting prompt sets that image a behavior.
 
-A suite is a folder under ``probes/`` (or anywhere) holding ``suite.json``. Its ``sources`` list
+A suite is a folder under ``suites/`` (or anywhere) holding ``suite.json``. Its ``sources`` list
 where prompts come from: a file under the shared assets (``"shared:data/..."``, read in place, never
 copied), a file beside ``suite.json``, or inline ``prompts``. Each source carries a ``label`` and
 either a fixed ``split`` or a seeded ``split_sizes`` partition. The loader validates the suite
 (labels declared, every split non-empty, no prompt in two splits) and wraps prompts in a model's
-chat template on request. The format is documented in ``probes/README.md``.
+chat template on request. The format is documented in ``suites/README.md``.
 
 Example:
-    >>> from steerlab.probes import load_suite
+    >>> from steerlab.suites import load_suite
     >>> suite = load_suite("refusal")
     >>> suite.behavior, suite.control
     ('harmful', 'harmless')
@@ -31,9 +31,10 @@ from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism
 
-PROBES_DIR = REPO_ROOT / "probes"
+SUITES_DIR = REPO_ROOT / "suites"
 SUITE_FILE = "suite.json"
-FORMAT = "steerlab.probes"
+FORMAT = "steerlab.suites"
+LEGACY_FORMAT = "steerlab.probes"  # suites written before the rename (linear probes are steering's)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class ProbeItem:
 
 @dataclass
 class ProbeSuite:
-    """A validated probe suite. ``behavior`` is the label that elicits the behavior, ``control`` the contrast."""
+    """A validated prompt suite. ``behavior`` is the label that elicits the behavior, ``control`` the contrast."""
 
     name: str
     version: str
@@ -102,31 +103,31 @@ class ProbeSuite:
         }
 
 
-def list_suites(root: Path = PROBES_DIR) -> list[str]:
-    """Names of the suites under ``probes/``."""
+def list_suites(root: Path = SUITES_DIR) -> list[str]:
+    """Names of the suites under ``suites/``."""
     return sorted(p.parent.name for p in root.glob(f"*/{SUITE_FILE}"))
 
 
-def load_suite(name_or_path: str | Path, root: Path = PROBES_DIR) -> ProbeSuite:
-    """Load and validate a suite by name (a folder under ``probes/``) or by path (folder or suite.json)."""
+def load_suite(name_or_path: str | Path, root: Path = SUITES_DIR) -> ProbeSuite:
+    """Load and validate a suite by name (a folder under ``suites/``) or by path (folder or suite.json)."""
     p = Path(name_or_path)
     if p.is_dir():
         p = p / SUITE_FILE
     elif not p.suffix:
         p = root / str(name_or_path) / SUITE_FILE
     if not p.exists():
-        raise SpecError(f"probe suite {str(name_or_path)!r} not found at {p}; available suites: {list_suites(root)}")
+        raise SpecError(f"prompt suite {str(name_or_path)!r} not found at {p}; available suites: {list_suites(root)}")
     try:
         meta = json.loads(p.read_text())
     except json.JSONDecodeError as e:
-        raise SpecError(f"probe suite file {str(p)!r} is not valid JSON: {e.msg} at line {e.lineno}") from e
+        raise SpecError(f"prompt suite file {str(p)!r} is not valid JSON: {e.msg} at line {e.lineno}") from e
     return suite_from_dict(meta, base_dir=p.parent)
 
 
 def suite_from_dict(meta: dict[str, Any], base_dir: Path | None = None) -> ProbeSuite:
     """Build and validate a suite from its ``suite.json`` contents."""
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise SpecError(f'not a probe suite: expected a JSON object with "format": "{FORMAT}"')
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, LEGACY_FORMAT):
+        raise SpecError(f'not a prompt suite: expected a JSON object with "format": "{FORMAT}"')
     name = meta.get("name") or "unnamed"
     labels = meta.get("labels")
     if not isinstance(labels, dict) or len(labels) < 2:

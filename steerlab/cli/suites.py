@@ -1,4 +1,4 @@
-"""``steerlab probes``: list and inspect probe suites."""
+"""``steerlab suites``: list and inspect prompt suites."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import typer
 
 from steerlab.cli.common import emit, typer_app
 
-app = typer_app("Probe suites: contrasting prompt sets that image a behavior.")
+app = typer_app("Prompt suites: contrasting prompt sets that image a behavior.")
 
 
 @app.command("list")
 def list_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Suites under probes/."""
-    from steerlab.probes import list_suites
+    """Suites under suites/."""
+    from steerlab.suites import list_suites
 
     names = list_suites()
     if as_json:
@@ -27,7 +27,7 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Labels, splits and prompt counts of a suite."""
-    from steerlab.probes import load_suite
+    from steerlab.suites import load_suite
 
     info = load_suite(name).describe()
     if as_json:
