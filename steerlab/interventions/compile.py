@@ -117,6 +117,7 @@ def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | 
     Raises :class:`SpecError`/:class:`UnknownSiteError` naming the intervention at fault; the
     model is not touched.
     """
+    h.sync()
     ivs = as_set(interventions)
     record = list(dict.fromkeys(record or []))
     act_ops: dict[str, tuple[SiteRef, list[ActOp]]] = {}

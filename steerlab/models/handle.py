@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from steerlab.models import sites as _sites
-from steerlab.models.adapters import Adapter
+from steerlab.models.adapters import Adapter, adapter_for
 
 _HOOK_DICTS = (
     "_forward_hooks",
@@ -45,6 +45,24 @@ class ModelHandle:
     adapter: Adapter
     path: Path | None = None
     engine_cache: dict[str, Any] = field(default_factory=dict, repr=False)  # engines built for it (engine_for)
+    _structure: tuple[int, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        self._structure = self._structure_key()
+
+    def _structure_key(self) -> tuple[int, ...]:
+        return tuple(id(m) for m in self.model.modules())
+
+    def sync(self) -> ModelHandle:
+        """Follow modules injected or replaced after load (a peft LoRA layer, a swapped block): the
+        adapter and the site map are rebuilt when the module tree changed. Compilation calls it, so
+        interventions and captures always resolve sites on the model as it is now."""
+        key = self._structure_key()
+        if key != self._structure:
+            self.adapter = adapter_for(self.model)
+            self.__dict__.pop("sites", None)  # the cached site list
+            self._structure = key
+        return self
 
     @property
     def device(self) -> torch.device:

@@ -203,3 +203,40 @@ def test_generate_passes_a_streamer_through(stories):
         out = sl.generate(stories, ["Once upon a time"], interventions=ivs, max_new_tokens=5, streamer=s)
         streamed = [t for chunk in s.chunks[1:] for t in chunk]  # the first put is the prompt
         assert s.ended and streamed == out.token_ids[0]
+
+
+def test_modules_injected_after_load_are_seen():
+    """A peft LoRA injected into the model after load: the unsteered run, a steered run (the
+    nnsight twin) and a capture all see the LoRA weights (checked against hooks on the model)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from steerlab.engines import position_ids
+    from steerlab.interventions import AddVector
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model("llama")
+    prompts = ["a b c d", "e f"]
+    enc = h.tokenize(prompts)
+    before = sl.forward(h, prompts)
+    ident = [AddVector(site="blocks.1.resid_post", vector=torch.ones(h.d_model), scale=0.0)]
+    assert torch.equal(sl.forward(h, prompts, interventions=ident), before)  # the twin exists now
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj", "lm_head"], init_lora_weights=False)
+    inject_adapter_in_model(lora, h.model)
+    assert any("lora_A" in n for n, _ in h.model.named_parameters())
+    pos = position_ids(enc["attention_mask"])
+    with torch.no_grad():
+        direct = h.model(**enc, position_ids=pos).logits
+    assert not torch.allclose(direct, before, atol=1e-4)  # the LoRA changes the model
+    assert torch.equal(sl.forward(h, prompts), direct)
+    assert torch.allclose(sl.forward(h, prompts, interventions=ident), direct, atol=1e-6)
+    seen = {}
+    layer = h.model.model.layers[1]
+    hook = layer.register_forward_hook(lambda m, a, o: seen.__setitem__("x", o[0] if isinstance(o, tuple) else o))
+    with torch.no_grad():
+        h.model(**enc, position_ids=pos)
+    hook.remove()
+    cap = sl.capture(h, prompts, ["blocks.1.resid_post"])
+    mask = cap.attention_mask.bool()
+    assert torch.allclose(cap["blocks.1.resid_post"][mask], seen["x"][mask], atol=1e-5)
+    logits = sl.capture(h, prompts, ["logits"])["logits"]  # a site whose module the LoRA replaced
+    assert torch.allclose(logits[mask], direct[mask], atol=1e-5)
