@@ -216,7 +216,7 @@ def _nnsight_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: 
                     env = lm.get(path)
                     out = env.output
                     env.output = (out[0] + vec, *out[1:]) if isinstance(out, tuple) else out + vec
-        return h.engine._gen_out.pop("out")  # generate's return value, kept by the engine's wrapper
+        return engine_for(h)._gen_out.pop("out")  # generate's return value, kept by the engine's wrapper
 
     return run
 

@@ -20,11 +20,11 @@ import torch
 from typer.main import get_command
 from typer.testing import CliRunner
 
+import steerlab.decoding.compare  # noqa: F401  (imported here so that timings below measure no import)
 import steerlab.experts.evaluate
 import steerlab.experts.report
 import steerlab.organisms.build
 import steerlab.organisms.evaluate
-import steerlab.sampling.compare  # noqa: F401  (imported here so that timings below measure no import)
 from steerlab.cli.main import app
 from steerlab.errors import SpecError
 from steerlab.experts.ftri import RoutingCounts, image, image_suite, permutation_pvalues

@@ -11,10 +11,9 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.data.organism_corpus import DOMAINS
+from steerlab.data.organism_corpus import DOMAINS, organism_corpus
 from steerlab.organisms.build import WEIGHTS_DIR, build_organism, read_record
 from steerlab.organisms.configs import get_recipe
-from steerlab.data.organism_corpus import DOMAINS, organism_corpus
 
 SAMPLE = 64  # prompts re-measured per held-out set (one evaluation batch)
 
