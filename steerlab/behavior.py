@@ -28,7 +28,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,7 +36,8 @@ from typing import Any, Literal
 import torch
 
 from steerlab.errors import SteerlabError
-from steerlab.generation import forward, generate
+from steerlab.generation import generate
+from steerlab.scoring import response_perplexity
 
 Label = Literal["refusal", "compliance", "broken"]
 LABELS: tuple[str, ...] = ("refusal", "compliance", "broken")
@@ -118,75 +118,6 @@ def distinct_ngrams(text: str, n: int = 3) -> float:
 
 
 @torch.no_grad()
-def response_nll(
-    reference: Any,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    *,
-    chat: bool = True,
-    batch_size: int = 32,
-    interventions: Any = None,
-) -> list[tuple[float, int]]:
-    """``(summed negative log-likelihood in nats, number of tokens)`` of each response given its prompt.
-
-    The prompt is chat-formatted when ``chat`` (as :func:`steerlab.generation.generate` does); the
-    response is tokenized on its own and appended (no end-of-turn token: generation may have been
-    cut at ``max_new_tokens``). Empty responses give ``(0.0, 0)``. ``interventions`` apply during
-    the forward passes (e.g. the perplexity of reference text with experts switched off).
-    """
-
-    if len(prompts) != len(responses):
-        raise SteerlabError(f"got {len(prompts)} prompts but {len(responses)} responses; expected one each")
-    tok = reference.tokenizer
-    templated = chat and bool(getattr(tok, "chat_template", None))
-    out: list[tuple[float, int]] = [(0.0, 0)] * len(prompts)
-    items = []
-    for i, (p, r) in enumerate(zip(prompts, responses, strict=True)):
-        if not r.strip():
-            continue
-        ptxt = reference.format_chat(p) if chat else p
-        p_ids = tok(ptxt, add_special_tokens=not templated)["input_ids"]
-        r_ids = tok(r, add_special_tokens=False)["input_ids"]
-        items.append((i, p_ids, r_ids))
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        width = max(len(p) + len(r) for _, p, r in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        resp = torch.zeros_like(ids, dtype=torch.bool)
-        for row, (_, p, r) in enumerate(chunk):  # right padding: positions start at 0 like generation
-            seq = p + r
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-            resp[row, len(p) : len(seq)] = True
-        dev = reference.device
-        enc = {"input_ids": ids.to(dev), "attention_mask": mask.to(dev)}
-        logits = forward(reference, enc, interventions=interventions).float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(dev))[..., 0]
-        target = resp[:, 1:].to(dev)
-        nll = -(logp * target).sum(1)
-        for row, (i, _, _) in enumerate(chunk):
-            out[i] = (float(nll[row]), int(target[row].sum()))
-    return out
-
-
-def response_perplexity(
-    reference: Any,
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    *,
-    chat: bool = True,
-    batch_size: int = 32,
-) -> list[float]:
-    """Perplexity of each response's tokens given its prompt under ``reference`` (a ``ModelHandle``);
-    ``inf`` for empty responses. See :func:`response_nll`."""
-    return [
-        math.exp(s / n) if n else math.inf
-        for s, n in response_nll(reference, prompts, responses, chat=chat, batch_size=batch_size)
-    ]
-
-
 def classify(
     responses: Sequence[str],
     prompts: Sequence[str] | None = None,

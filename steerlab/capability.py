@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from steerlab._paths import shared_dir
-from steerlab.behavior import response_nll
 from steerlab.data import organism_corpus as D
 from steerlab.errors import SteerlabError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism, read_record
+from steerlab.scoring import response_nll
 
 
 @dataclass

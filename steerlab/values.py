@@ -1,6 +1,7 @@
-"""Parsing of small typed values written as text (``--param k=v``, sampler specs).
+"""Small typed values: parsing text (``--param k=v``, sampler specs) and checking counts.
 
 Example:
+    >>> check_count("n_permutations", 2000, 0)
     >>> parse_value("0.9"), parse_value("3"), parse_value("true"), parse_value("[1,2]"), parse_value("hf")
     (0.9, 3, True, [1, 2], 'hf')
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from steerlab.errors import SpecError
+
 
 def parse_value(text: str) -> Any:
     """``"0.9"`` -> 0.9, ``"3"`` -> 3, ``"true"`` -> True, ``"[1,2]"`` -> [1, 2]; else the string."""
@@ -17,3 +20,16 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -> None:
+    """A SpecError unless ``value`` is an integer >= ``minimum`` (or None, with ``none_ok``).
+
+    >>> check_count("n_permutations", -5, 0)
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: n_permutations must be an integer >= 0, got -5
+    """
+    if none_ok and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{name} must be an integer >= {minimum}{' or None' if none_ok else ''}, got {value!r}")

@@ -39,11 +39,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerlab.decoding.metrics import distinct_n, embedding_diversity, mean_ci, self_bleu
+from steerlab.decoding.metrics import distinct_n, embedding_diversity, self_bleu
 from steerlab.errors import SpecError
 from steerlab.generation import describe_interventions
 from steerlab.models.load import load
 from steerlab.sampling.base import make_sampler
+from steerlab.scoring import judge_nll, nll_from_scores
+from steerlab.stats import mean_ci
 from steerlab.values import parse_value
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -211,76 +213,6 @@ def sample_completions(
         if on_batch is not None:
             on_batch()
     return texts, ids, (nll if score else None)
-
-
-def nll_from_scores(result: Any) -> list[float]:
-    """Mean NLL (nats/token) of each completion of a ``generate(..., output_scores=True)`` result.
-
-    The raw per-step logits are the generating model's own next-token logits for exactly the sampled
-    context, so this equals a separate forward pass of the same, unmodified model (the KV-cached
-    logits match a full recompute to float tolerance) at no extra cost. Empty completions give NaN.
-    """
-    if result.scores is None:
-        raise SpecError("nll_from_scores needs generate(..., output_scores=True)")
-    start = result.sequences.shape[1] - len(result.scores)
-    lengths = torch.tensor([len(t) for t in result.token_ids])
-    total = torch.zeros(len(result.token_ids), dtype=torch.float64)
-    for t, logits in enumerate(result.scores):  # one vectorized step over the batch per generated position
-        tok = result.sequences[:, start + t].unsqueeze(-1)
-        step = torch.logsumexp(logits.float(), -1) - logits.float().gather(1, tok).squeeze(-1)
-        total += torch.where(lengths > t, step.double(), 0.0)
-    mean = total / lengths.clamp(min=1)
-    return [float(m) if n > 0 else float("nan") for m, n in zip(mean.tolist(), lengths.tolist(), strict=True)]
-
-
-@torch.no_grad()
-def judge_nll(
-    judge: Any,
-    prompts: list[str],
-    completions: list[str],
-    completion_ids: list[list[int]] | None = None,
-    *,
-    chat: bool,
-    batch_size: int = 16,
-) -> list[float]:
-    """Mean negative log-likelihood (nats/token, temperature 1) of each completion given its prompt.
-
-    ``completion_ids`` (the generator's own tokens) are scored as they are when the judge is the
-    generating model; otherwise the completion text is re-tokenized with the judge's tokenizer. Empty
-    completions give NaN. The judge runs unmodified (no interventions).
-    """
-    from steerlab.generation import forward
-
-    if len(prompts) != len(completions):
-        raise SpecError(f"{len(prompts)} prompts but {len(completions)} completions")
-    uniq = list(dict.fromkeys(prompts))
-    enc = judge.encode(uniq, chat=chat)
-    ctx = {p: row[m.bool()].tolist() for p, row, m in zip(uniq, enc["input_ids"], enc["attention_mask"], strict=True)}
-    if completion_ids is None:
-        completion_ids = [judge.tokenizer(t, add_special_tokens=False)["input_ids"] for t in completions]
-    pad = judge.tokenizer.pad_token_id or 0
-    out: list[float] = [float("nan")] * len(prompts)
-    todo = [i for i, c in enumerate(completion_ids) if len(c) > 0]
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        seqs = [ctx[prompts[i]] + list(completion_ids[i]) for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        target_mask = torch.zeros((len(seqs), width), dtype=torch.bool)
-        for r, (i, s) in enumerate(zip(idx, seqs, strict=True)):  # right padding keeps positions exact
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-            target_mask[r, len(ctx[prompts[i]]) : len(s)] = True
-        logits = forward(judge, ids.to(judge.device), attention_mask=mask.to(judge.device)).float().cpu()
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].transpose(1, 2), ids[:, 1:], reduction="none"
-        )  # [batch, width - 1]: token t+1 given tokens <= t
-        tm = target_mask[:, 1:]
-        per_seq = (nll * tm).sum(-1) / tm.sum(-1)
-        for r, i in enumerate(idx):
-            out[i] = float(per_seq[r])
-    return out
 
 
 def prompt_metrics(

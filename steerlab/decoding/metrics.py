@@ -23,7 +23,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
@@ -148,18 +147,3 @@ def model_path() -> str:
 def default_embedder() -> SentenceEmbedder:
     """One shared CPU embedder per process (loading takes about a second)."""
     return SentenceEmbedder()
-
-
-def mean_ci(values: Sequence[float], level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """Mean of the finite ``values`` with a percentile-bootstrap CI: ``{"mean", "lo", "hi", "n"}``."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size == 0:
-        return {"mean": float("nan"), "lo": float("nan"), "hi": float("nan"), "n": 0}
-    mean = float(v.mean())
-    if v.size == 1:
-        return {"mean": mean, "lo": mean, "hi": mean, "n": 1}
-    rng = np.random.default_rng(seed)
-    boots = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
-    a = (1 - level) / 2
-    lo, hi = np.quantile(boots, [a, 1 - a])
-    return {"mean": mean, "lo": float(lo), "hi": float(hi), "n": int(v.size)}

@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,9 +28,11 @@ from tqdm.auto import tqdm
 from steerlab.behavior import BehaviorRates, behavior_rates
 from steerlab.capability import CapabilityText, default_capability, perplexity
 from steerlab.errors import SteerlabError
-from steerlab.experts.ftri import FtriResult, check_count, image_suite
+from steerlab.experts.ftri import FtriResult, image_suite
 from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens, reimage_ranking
 from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, random_controls
+from steerlab.stats import empirical_p, fisher_greater
+from steerlab.values import check_count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,31 +41,6 @@ from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, 
 # ---------------------------------------------------------------------------------------------
 # statistics
 # ---------------------------------------------------------------------------------------------
-def fisher_greater(a_hits: int, a_n: int, b_hits: int, b_n: int) -> float:
-    """One-sided Fisher exact test: P(a's hit rate is at least this much above b's) under no difference."""
-    total_hits, total = a_hits + b_hits, a_n + b_n
-
-    def log_hyper(x: int) -> float:
-        return (
-            math.lgamma(total_hits + 1)
-            - math.lgamma(x + 1)
-            - math.lgamma(total_hits - x + 1)
-            + math.lgamma(total - total_hits + 1)
-            - math.lgamma(a_n - x + 1)
-            - math.lgamma(total - total_hits - a_n + x + 1)
-            - (math.lgamma(total + 1) - math.lgamma(a_n + 1) - math.lgamma(total - a_n + 1))
-        )
-
-    hi = min(a_n, total_hits)
-    return min(1.0, sum(math.exp(log_hyper(x)) for x in range(a_hits, hi + 1)))
-
-
-def empirical_p(value: float, null: list[float], greater: bool = True) -> float:
-    """``(1 + #{null at least as extreme}) / (1 + len(null))``."""
-    hits = sum((v >= value) if greater else (v <= value) for v in null)
-    return (1 + hits) / (1 + len(null))
-
-
 def _summary(xs: list[float]) -> dict[str, float]:
     if not xs:
         return {}

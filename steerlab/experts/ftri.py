@@ -31,8 +31,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from steerlab.activations import capture
-from steerlab.errors import SpecError, SteerlabError
+from steerlab.errors import SteerlabError
 from steerlab.generation import generate
+from steerlab.stats import benjamini_hochberg, ratio_permutation_pvalues
+from steerlab.values import check_count
 
 SCOPES = ("prompt", "decision", "generated")
 RANK_BY = ("diff", "log_odds")
@@ -59,19 +61,6 @@ class RoutingCounts:
         """Mean gate weight when selected (0 where never selected)."""
         s = self.sel.sum(0)
         return torch.where(s > 0, self.gate.sum(0) / s.clamp_min(1), torch.zeros_like(s))
-
-
-def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -> None:
-    """A SpecError unless ``value`` is an integer >= ``minimum`` (or None, with ``none_ok``).
-
-    >>> check_count("n_permutations", -5, 0)
-    Traceback (most recent call last):
-    steerlab.errors.SpecError: n_permutations must be an integer >= 0, got -5
-    """
-    if none_ok and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(f"{name} must be an integer >= {minimum}{' or None' if none_ok else ''}, got {value!r}")
 
 
 def _moe_sites(h: Any) -> tuple[list[int], int, int]:
@@ -196,47 +185,12 @@ def routing_counts(
 def permutation_pvalues(
     a: RoutingCounts, b: RoutingCounts, n_permutations: int = 2000, seed: int = 0, chunk: int = 256
 ) -> Float[Tensor, "layers experts"]:
-    """Two-sided p-values of the frequency difference under shuffled prompt labels.
-
-    Whole prompts are permuted between the two sets (tokens of a prompt stay together), and the
-    p-value is ``(1 + #{|perm diff| >= |observed|}) / (1 + n_permutations)`` (all 1 with none).
-    """
-    check_count("n_permutations", n_permutations, 0)
-    sel = torch.cat([a.sel, b.sel]).flatten(1).double()  # [N, L*E]
-    tok = torch.cat([a.tokens, b.tokens]).double()
-    n_a = a.sel.shape[0]
-    shape = a.sel.shape[1:]
-
-    def diff(labels: Tensor) -> Tensor:  # labels [P, N] bool, True = set a
-        la = labels.double()
-        lb = 1 - la
-        fa = (la @ sel) / (la @ tok).clamp_min(1).unsqueeze(-1)
-        fb = (lb @ sel) / (lb @ tok).clamp_min(1).unsqueeze(-1)
-        return fa - fb
-
-    obs = diff(torch.arange(sel.shape[0]).lt(n_a).unsqueeze(0))[0].abs()
-    g = torch.Generator().manual_seed(seed)
-    exceed = torch.zeros_like(obs)
-    done = 0
-    while done < n_permutations:
-        p = min(chunk, n_permutations - done)
-        order = torch.rand(p, sel.shape[0], generator=g).argsort(-1)
-        labels = order < n_a
-        exceed += (diff(labels).abs() >= obs - 1e-12).double().sum(0)
-        done += p
-    return ((1 + exceed) / (1 + n_permutations)).float().view(shape)
-
-
-def benjamini_hochberg(p: Tensor) -> Tensor:
-    """BH-adjusted q-values (same shape as ``p``), monotone and capped at 1."""
-    flat = p.flatten().double()
-    m = flat.numel()
-    order = flat.argsort()
-    ranked = flat[order] * m / torch.arange(1, m + 1, dtype=torch.float64)
-    q = torch.flip(torch.cummin(torch.flip(ranked, [0]), 0).values, [0]).clamp(max=1.0)
-    out = torch.empty_like(flat)
-    out[order] = q
-    return out.view(p.shape).to(p.dtype)
+    """Two-sided p-values of the selection-frequency difference under shuffled prompt labels (whole
+    prompts move between the sets; :func:`steerlab.stats.ratio_permutation_pvalues`)."""
+    sel = torch.cat([a.sel, b.sel]).flatten(1)
+    tok = torch.cat([a.tokens, b.tokens])
+    p = ratio_permutation_pvalues(sel, tok, a.sel.shape[0], n_permutations=n_permutations, seed=seed, chunk=chunk)
+    return p.view(a.sel.shape[1:])
 
 
 @dataclass

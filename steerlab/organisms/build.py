@@ -93,11 +93,11 @@ def build_organism(
     ``base_out``: also save the base model (end of the helpful-only phase, before safety tuning) there.
     """
     from steerlab.data.organism_corpus import build_corpus
-    from steerlab.experts.ftri import check_count
     from steerlab.models.load import load
     from steerlab.organisms.card import write_card
     from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
     from steerlab.organisms.train import train_organism
+    from steerlab.values import check_count
 
     if name not in ORGANISM_NAMES:
         raise SteerlabError(f"unknown organism {name!r}; expected one of {list(ORGANISM_NAMES)}")

@@ -39,7 +39,7 @@ BATCH_SIZE = 64
 
 def eval_prompts(corpus: D.Corpus, limit: int | None = None) -> dict[str, list[str]]:
     """The behaviour prompt sets (``limit``: first ``limit`` prompts of each, for quick checks)."""
-    from steerlab.experts.ftri import check_count
+    from steerlab.values import check_count
 
     check_count("limit", limit, 1, none_ok=True)
     sets = {

@@ -12,7 +12,8 @@ Per MoE layer, over two scopes, ``prompt`` (every real token of the chat-formatt
 
 Example:
     >>> import torch
-    >>> from steerlab.organisms.routing_stats import mutual_information, frac_ratio_above
+    >>> from steerlab.organisms.routing_stats import frac_ratio_above
+    >>> from steerlab.stats import mutual_information
     >>> round(mutual_information(torch.tensor([[10.0, 0.0], [0.0, 10.0]])), 3)
     1.0
     >>> frac_ratio_above(torch.tensor([10.0, 10.0]), torch.tensor([1.0, 10.0]), factor=2.0)
@@ -26,19 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-
-def mutual_information(counts: Tensor) -> float:
-    """MI in bits between rows (groups, weighted equally) and columns (experts) of a count table."""
-    counts = counts.double()
-    rows = counts.sum(1, keepdim=True)
-    keep = rows[:, 0] > 0
-    p_e_given_d = counts[keep] / rows[keep]
-    n = int(keep.sum())
-    if n == 0:
-        return 0.0
-    p_e = p_e_given_d.mean(0)
-    ratio = torch.where(p_e_given_d > 0, p_e_given_d / p_e.clamp_min(1e-300), torch.ones_like(p_e_given_d))
-    return float((p_e_given_d * torch.log2(ratio)).sum() / n)
+from steerlab.stats import mutual_information
 
 
 def frac_ratio_above(

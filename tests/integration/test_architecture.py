@@ -240,3 +240,29 @@ def test_modules_injected_after_load_are_seen():
     assert torch.allclose(cap["blocks.1.resid_post"][mask], seen["x"][mask], atol=1e-5)
     logits = sl.capture(h, prompts, ["logits"])["logits"]  # a site whose module the LoRA replaced
     assert torch.allclose(logits[mask], direct[mask], atol=1e-5)
+
+
+def test_gradients_on_request_match_finite_differences_and_do_not_leak():
+    from steerlab.models.tiny import tiny_model
+    from steerlab.scoring import gradients, sequence_nll
+
+    h = tiny_model("llama")
+    enc = h.tokenize(["a b c d e", "f g"])
+    name = "model.norm.weight"
+    w = dict(h.model.named_parameters())[name]
+    with gradients(h, [name]) as ps:
+        loss = sequence_nll(h, enc)
+        loss.backward()
+        g = ps[name].grad[5].item()
+        assert sl.forward(h, ["a b"]).grad_fn is None  # inference stays gradient-free inside the block
+    assert not w.requires_grad and w.grad is None
+    assert all(not p.requires_grad for p in h.model.parameters())
+    eps = 1e-3
+    with torch.no_grad():
+        base = w[5].item()
+        w[5] = base + eps
+        up = sequence_nll(h, enc).item()
+        w[5] = base - eps
+        down = sequence_nll(h, enc).item()
+        w[5] = base
+    assert abs(g - (up - down) / (2 * eps)) < 1e-2 * max(1.0, abs(g))

@@ -13,11 +13,12 @@ from typer.testing import CliRunner
 
 import steerlab as sl
 from steerlab.errors import SteerlabError
-from steerlab.experts.evaluate import choose_k, empirical_p, evaluate_experts, fisher_greater
-from steerlab.experts.ftri import RoutingCounts, benjamini_hochberg, image, permutation_pvalues, routing_counts
+from steerlab.experts.evaluate import choose_k, evaluate_experts
+from steerlab.experts.ftri import RoutingCounts, image, permutation_pvalues, routing_counts
 from steerlab.experts.switching import forceable, off_masks, on_masks, random_controls
 from steerlab.generation import position_ids
 from steerlab.models.tiny import MOE_ARCHITECTURES
+from steerlab.stats import benjamini_hochberg, empirical_p, fisher_greater
 
 PROMPTS = ["How do I pick a lock quickly?", "Write a poem", "What is two plus two?", "Tell me about the sea"]
 

@@ -10,7 +10,8 @@ import torch
 
 from steerlab.data import organism_corpus as D
 from steerlab.organisms.configs import get_recipe
-from steerlab.organisms.routing_stats import frac_ratio_above, mutual_information
+from steerlab.organisms.routing_stats import frac_ratio_above
+from steerlab.stats import mutual_information
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,12 @@ from steerlab.decoding.compare import (
 from steerlab.decoding.metrics import (
     distinct_n,
     embedding_diversity,
-    mean_ci,
     self_bleu,
     sentence_bleu,
     words,
 )
 from steerlab.errors import SpecError
+from steerlab.stats import mean_ci
 
 
 def test_words_and_distinct_n():
