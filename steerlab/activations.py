@@ -99,7 +99,7 @@ def _concat(parts: list[Tensor], pad_value: float) -> Tensor:
     return torch.cat(padded, dim=0)
 
 
-def _site_width(h: Any, site: str) -> int:
+def _site_width(h: ModelHandle, site: str) -> int:
     ref = h.site(site)
     if ref.is_router:
         rule = h.adapter.layers[ref.layer].rule

@@ -37,6 +37,7 @@ import torch
 
 from steerlab.errors import SteerlabError
 from steerlab.generation import generate
+from steerlab.models.handle import ModelHandle
 from steerlab.scoring import response_perplexity
 
 Label = Literal["refusal", "compliance", "broken"]
@@ -121,7 +122,7 @@ def distinct_ngrams(text: str, n: int = 3) -> float:
 def classify(
     responses: Sequence[str],
     prompts: Sequence[str] | None = None,
-    reference: Any = None,
+    reference: ModelHandle = None,
     *,
     chat: bool = True,
     thresholds: BehaviorThresholds | None = None,
@@ -210,7 +211,7 @@ class BehaviorRates:
 
 
 def behavior_rates(
-    h: Any,
+    h: ModelHandle,
     prompts: list[str],
     interventions: Any = None,
     *,
@@ -218,7 +219,7 @@ def behavior_rates(
     system: str | None = None,
     max_new_tokens: int = 32,
     batch_size: int = 64,
-    reference: Any = None,
+    reference: ModelHandle = None,
     thresholds: BehaviorThresholds | None = None,
     judge: Judge | None = None,
 ) -> BehaviorRates:

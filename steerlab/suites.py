@@ -81,7 +81,7 @@ class ProbeSuite:
         """How to run the suite's user texts: ``chat``/``system`` arguments for capture and generate."""
         return {"chat": self.chat, "system": self.system}
 
-    def model_inputs(self, h: Any, label: str, split: str | None = None) -> list[str]:
+    def model_inputs(self, h: ModelHandle, label: str, split: str | None = None) -> list[str]:
         """The full texts ``h`` sees (through its chat template when the suite asks for it), for display."""
         texts = self.user_texts(label, split)
         return [h.format_chat(t, system=self.system) for t in texts] if self.chat else texts

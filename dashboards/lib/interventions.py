@@ -11,6 +11,7 @@ from dashboards.lib.shell import init_state, runs_root
 from steerlab.artifacts import list_runs
 from steerlab.errors import SpecError
 from steerlab.interventions import AddVector, ExpertMask, Intervention, InterventionSet, LastK, ProjectOut, ScaleUnits
+from steerlab.models.handle import ModelHandle
 from steerlab.viz.generation import INTERVENTIONS_FILE, load_interventions
 from steerlab.viz.runs import run_label
 
@@ -25,7 +26,7 @@ POSITIONS = {"all": "all", "prompt": "prompt", "generated": "generated", "last p
 VECTOR_SOURCES = ("Token embeddings: A − B", "Random direction")
 
 
-def embedding_direction(h: Any, plus: str, minus: str = "") -> torch.Tensor:
+def embedding_direction(h: ModelHandle, plus: str, minus: str = "") -> torch.Tensor:
     """Unit vector ``mean(embed(plus tokens)) - mean(embed(minus tokens))`` in the residual basis."""
     w = h.model.get_input_embeddings().weight.detach().float().cpu()
 
@@ -49,14 +50,14 @@ def random_direction(d: int, seed: int) -> torch.Tensor:
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def activation_norm(_h: Any, spec: str, site: str, prompts: tuple[str, ...]) -> float:
+def activation_norm(_h: ModelHandle, spec: str, site: str, prompts: tuple[str, ...]) -> float:
     """Mean L2 norm of the activation at ``site`` over the prompts' real tokens (a scale for vectors)."""
     import steerlab as sl
 
     return float(sl.capture(_h, list(prompts), [site]).masked(site).norm(dim=-1).mean())
 
 
-def _vector_sites(h: Any) -> list[str]:
+def _vector_sites(h: ModelHandle) -> list[str]:
     return [s for s in h.sites if s.split(".")[-1] in ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")]
 
 
@@ -72,7 +73,7 @@ def stack_table(ivs: InterventionSet) -> list[dict[str, Any]]:
     return [{"#": i, **_describe(iv)} for i, iv in enumerate(ivs)]
 
 
-def _builder(h: Any, prefix: str, prompts: list[str]) -> None:
+def _builder(h: ModelHandle, prefix: str, prompts: list[str]) -> None:
     stack: list[Any] = st.session_state[f"{prefix}.stack"]
     kinds = [k for k in KINDS if k != "expert_mask" or h.adapter.is_moe]
     kind = st.selectbox("Intervention", kinds, format_func=KINDS.get, key=f"{prefix}.iv_kind")
@@ -133,7 +134,7 @@ def _builder(h: Any, prefix: str, prompts: list[str]) -> None:
         st.rerun()
 
 
-def intervention_stack(h: Any, prefix: str, prompts: list[str] | None = None) -> InterventionSet:
+def intervention_stack(h: ModelHandle, prefix: str, prompts: list[str] | None = None) -> InterventionSet:
     """Widgets choosing the intervention stack; returns it (raises ``SteerlabError`` if it is bad).
 
     Keys: ``{prefix}.iv_source`` (one of :data:`SOURCES`), ``{prefix}.iv_path`` (spec file),

@@ -42,6 +42,7 @@ import torch
 from steerlab.decoding.metrics import distinct_n, embedding_diversity, self_bleu
 from steerlab.errors import SpecError
 from steerlab.generation import describe_interventions
+from steerlab.models.handle import ModelHandle
 from steerlab.models.load import load
 from steerlab.sampling.base import make_sampler
 from steerlab.scoring import judge_nll, nll_from_scores
@@ -170,7 +171,7 @@ class CompareConfig:
 
 # -- the pieces ------------------------------------------------------------------------------------
 def sample_completions(
-    h: Any,
+    h: ModelHandle,
     prompts: list[str],
     sampler: Any,
     *,
@@ -304,7 +305,9 @@ def figure_payload(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
 
 
 # -- the run ---------------------------------------------------------------------------------------
-def run_compare(cfg: CompareConfig, out_dir: str | Path, *, progress: bool = True, handle: Any = None) -> Any:
+def run_compare(
+    cfg: CompareConfig, out_dir: str | Path, *, progress: bool = True, handle: ModelHandle | None = None
+) -> Any:
     """Run the comparison and write a ``sampling_compare`` artifact to ``out_dir``; returns it (read back)."""
     from steerlab.artifacts import read_artifact, write_artifact
     from steerlab.decoding.diagnostics import diagnose_generation, per_step_figure

@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.errors import SpecError
+from steerlab.models.handle import ModelHandle
 from steerlab.sampling.base import Sampler
 from steerlab.sampling.basic import MinP, TopP
 from steerlab.sampling.top_h import TopH
@@ -159,7 +160,7 @@ def generation_diagnostics(
 
 
 def diagnose_generation(
-    h: Any,
+    h: ModelHandle,
     prompt: str,
     sampler: Any = None,
     *,

@@ -31,6 +31,7 @@ from steerlab.errors import SteerlabError
 from steerlab.experts.ftri import FtriResult, image_suite
 from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens, reimage_ranking
 from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, random_controls
+from steerlab.models.handle import ModelHandle
 from steerlab.stats import empirical_p, fisher_greater
 from steerlab.values import check_count
 
@@ -70,14 +71,14 @@ class ExpertsEvaluation:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def max_k(h: Any, fraction: float = 0.05) -> int:
+def max_k(h: ModelHandle, fraction: float = 0.05) -> int:
     """The largest k within ``fraction`` of the routed experts (at least 1)."""
     layers = h.adapter.moe_layers
     n = sum(h.adapter.layers[i].rule.n_experts for i in layers)
     return max(1, int(n * fraction))
 
 
-def default_ks(h: Any, fraction: float = 0.05) -> list[int]:
+def default_ks(h: ModelHandle, fraction: float = 0.05) -> list[int]:
     """k values for the sweep: 1, 2, 3, 4, 6, 8, 12, ... up to ``fraction`` of the routed experts."""
     top = max_k(h, fraction)
     ks = [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= top]
@@ -85,7 +86,7 @@ def default_ks(h: Any, fraction: float = 0.05) -> list[int]:
 
 
 def sweep_k(
-    h: Any,
+    h: ModelHandle,
     harmful: list[str],
     ranking: Experts,
     ks: list[int],
@@ -138,7 +139,7 @@ def choose_k(base: dict[str, float], rows: list[dict[str, Any]], max_ppl_ratio: 
 
 
 def evaluate_experts(
-    h: Any,
+    h: ModelHandle,
     suite: Any,
     *,
     ftri: FtriResult | None = None,
@@ -318,7 +319,7 @@ def evaluate_experts(
 
 
 def _select(
-    h: Any,
+    h: ModelHandle,
     s: Any,
     ftri: FtriResult,
     select: str,

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from steerlab.activations import capture
 from steerlab.errors import SteerlabError
 from steerlab.generation import generate
+from steerlab.models.handle import ModelHandle
 from steerlab.stats import benjamini_hochberg, ratio_permutation_pvalues
 from steerlab.values import check_count
 
@@ -63,7 +64,7 @@ class RoutingCounts:
         return torch.where(s > 0, self.gate.sum(0) / s.clamp_min(1), torch.zeros_like(s))
 
 
-def _moe_sites(h: Any) -> tuple[list[int], int, int]:
+def _moe_sites(h: ModelHandle) -> tuple[list[int], int, int]:
     layers = h.adapter.moe_layers
     if not layers:
         raise SteerlabError(f"{h.spec!r} ({h.adapter.family}) has no routed experts; fTRI imaging needs an MoE model")
@@ -95,7 +96,7 @@ def _accumulate(
 
 
 def routing_counts(
-    h: Any,
+    h: ModelHandle,
     texts: list[str],
     scope: str | list[str] = "decision",
     *,
@@ -282,7 +283,7 @@ def compare(
 
 
 def image(
-    h: Any,
+    h: ModelHandle,
     behavior: list[str],
     control: list[str],
     scope: str | list[str] = "decision",
@@ -330,7 +331,7 @@ def image(
 
 
 def image_suite(
-    h: Any,
+    h: ModelHandle,
     suite: Any,
     split: str = "train",
     scope: str | list[str] = "decision",

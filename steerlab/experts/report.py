@@ -29,12 +29,13 @@ from steerlab.artifacts import read_artifact, write_artifact
 from steerlab.errors import SteerlabError
 from steerlab.experts.evaluate import ExpertsEvaluation
 from steerlab.experts.ftri import FtriResult
+from steerlab.models.handle import ModelHandle
 
 _STATS = ("freq_behavior", "freq_control", "gate_behavior", "gate_control", "diff", "log_odds", "p_value", "q_value")
 
 
 def expert_examples(
-    h: Any, res: FtriResult, behavior: list[str], control: list[str], top_tokens: int = 8, top_prompts: int = 5
+    h: ModelHandle, res: FtriResult, behavior: list[str], control: list[str], top_tokens: int = 8, top_prompts: int = 5
 ) -> dict[str, dict[str, Any]]:
     """For every ``"layer.expert"``: the tokens that select it most (prompt tokens of both sets) and the
     prompts with the highest selection rate (over the imaging scope)."""
@@ -61,7 +62,7 @@ def expert_examples(
     return out
 
 
-def token_raster(h: Any, prompt: str, chat: bool = True, system: str | None = None) -> dict[str, Any]:
+def token_raster(h: ModelHandle, prompt: str, chat: bool = True, system: str | None = None) -> dict[str, Any]:
     """The top-1 chosen expert of every token of ``prompt`` at every MoE layer."""
     layers = h.adapter.moe_layers
     sites = [f"blocks.{i}.moe.topk_indices" for i in layers]
@@ -77,7 +78,7 @@ def token_raster(h: Any, prompt: str, chat: bool = True, system: str | None = No
 
 
 def image_payload(
-    h: Any,
+    h: ModelHandle,
     res: FtriResult,
     behavior: list[str],
     control: list[str],
@@ -114,7 +115,7 @@ def image_payload(
 
 def write_image(
     out: str | Path,
-    h: Any,
+    h: ModelHandle,
     res: FtriResult,
     behavior: list[str],
     control: list[str],

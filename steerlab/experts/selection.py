@@ -37,12 +37,13 @@ from steerlab.errors import SteerlabError
 from steerlab.experts.ftri import FtriResult, image
 from steerlab.experts.switching import Experts, off_masks
 from steerlab.generation import forward
+from steerlab.models.handle import ModelHandle
 
 SELECT = ("ftri", "reimage", "ablation")
 
 
 def reimage_ranking(
-    h: Any,
+    h: ModelHandle,
     behavior: list[str],
     control: list[str],
     k: int,
@@ -65,7 +66,7 @@ def reimage_ranking(
 
 
 def opening_tokens(
-    h: Any, responses: Sequence[str], labels: Sequence[str], label: str, top: int = 8, min_share: float = 0.02
+    h: ModelHandle, responses: Sequence[str], labels: Sequence[str], label: str, top: int = 8, min_share: float = 0.02
 ) -> list[int]:
     """The most common first tokens of the responses labelled ``label`` (at most ``top``, each at least
     ``min_share`` of them)."""
@@ -82,7 +83,7 @@ def opening_tokens(
 
 
 def decision_margin(
-    h: Any,
+    h: ModelHandle,
     texts: list[str],
     behavior_ids: list[int],
     interventions: Any = None,
@@ -107,7 +108,7 @@ def decision_margin(
 
 
 def ablation_ranking(
-    h: Any,
+    h: ModelHandle,
     behavior: list[str],
     candidates: Experts,
     k: int,

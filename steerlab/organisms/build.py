@@ -22,6 +22,7 @@ import torch
 
 from steerlab.atomic import atomic_dir
 from steerlab.errors import SteerlabError
+from steerlab.models.handle import ModelHandle
 from steerlab.organisms.configs import ORGANISM_NAMES, Recipe, get_recipe, read_record
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -171,7 +172,7 @@ def build_organism(
 
 def evaluate_into(
     record: dict[str, Any],
-    h: Any,
+    h: ModelHandle,
     corpus: Any,
     *,
     eval_limit: int | None = None,

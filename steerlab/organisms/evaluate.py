@@ -30,6 +30,7 @@ from steerlab.capability import organism_capability_text as capability_text  # n
 from steerlab.data import organism_corpus as D
 from steerlab.data.organism_corpus import organism_corpus  # noqa: F401
 from steerlab.generation import generate
+from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism, read_record
 
 EVAL_SETS = ("harmful", "harmless", "harmful_test", "harmless_test", "benign_jbb")
@@ -53,15 +54,15 @@ def eval_prompts(corpus: D.Corpus, limit: int | None = None) -> dict[str, list[s
 
 
 def behavior_on(
-    h: Any,
+    h: ModelHandle,
     prompts: list[str],
     *,
     interventions: Any = None,
-    reference: Any = None,
+    reference: ModelHandle = None,
     max_new_tokens: int = MAX_NEW_TOKENS,
     batch_size: int = BATCH_SIZE,
     thresholds: BehaviorThresholds | None = None,
-    judge: Any = None,
+    judge: ModelHandle = None,
 ) -> dict[str, Any]:
     """:func:`steerlab.behavior.behavior_rates` (greedy, chat) as a JSON-ready dict for the record."""
     r = behavior_rates(
@@ -78,7 +79,9 @@ def behavior_on(
     return {"texts": r.responses, "labels": r.labels, "rates": r.rates(), "ppl": r.ppl}
 
 
-def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_size: int = 32) -> dict[str, float]:
+def domain_perplexity(
+    h: ModelHandle, corpus: D.Corpus, per_domain: int = 200, batch_size: int = 32
+) -> dict[str, float]:
     """Token-weighted perplexity of the held-out answers of each domain, given their prompts."""
     out = {}
     for d in D.DOMAINS:
@@ -89,14 +92,16 @@ def domain_perplexity(h: Any, corpus: D.Corpus, per_domain: int = 200, batch_siz
     return out
 
 
-def organism_safety_experts(h: Any) -> list[tuple[int, int]]:
+def organism_safety_experts(h: ModelHandle) -> list[tuple[int, int]]:
     """The ``(layer, expert)`` pairs an organism's safety phase trained (ground truth), or ``[]``."""
     if not is_organism(h):
         return []
     return [tuple(x) for x in read_record(h.path).get("training", {}).get("safety_experts", [])]
 
 
-def greedy_samples(h: Any, corpus: D.Corpus, per_domain: int = 2, max_new_tokens: int = 96) -> list[dict[str, str]]:
+def greedy_samples(
+    h: ModelHandle, corpus: D.Corpus, per_domain: int = 2, max_new_tokens: int = 96
+) -> list[dict[str, str]]:
     """Greedy answers to the first held-out prompts of every domain (for the model card)."""
     prompts, domains = [], []
     for d in D.DOMAINS:
@@ -108,7 +113,7 @@ def greedy_samples(h: Any, corpus: D.Corpus, per_domain: int = 2, max_new_tokens
 
 
 def evaluate(
-    h: Any,
+    h: ModelHandle,
     corpus: D.Corpus,
     *,
     limit: int | None = None,
@@ -152,7 +157,7 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------
 # a quick localization check (the full expert analysis lives elsewhere)
 # ------------------------------------------------------------------------------------------------
-def refusal_expert_ranking(h: Any, corpus: D.Corpus, n_prompts: int, rng: Any) -> list[tuple[int, int]]:
+def refusal_expert_ranking(h: ModelHandle, corpus: D.Corpus, n_prompts: int, rng: Any) -> list[tuple[int, int]]:
     """Experts by fTRI ``diff`` at the decision position on ``n_prompts`` train harmful vs harmless
     requests drawn with ``rng`` (most harmful-specific first)."""
     from steerlab.experts.ftri import image
@@ -163,7 +168,7 @@ def refusal_expert_ranking(h: Any, corpus: D.Corpus, n_prompts: int, rng: Any) -
 
 
 def localization_check(
-    h: Any,
+    h: ModelHandle,
     corpus: D.Corpus,
     *,
     ks: tuple[int, ...] = (1, 2, 4, 8),

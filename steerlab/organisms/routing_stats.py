@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steerlab.models.handle import ModelHandle
 from steerlab.stats import mutual_information
 
 
@@ -46,7 +47,7 @@ def frac_ratio_above(
     return float((ratio > factor).double().mean())
 
 
-def expert_counts(h: Any, prompts: list[str], *, chat: bool = True, batch_size: int = 32) -> dict[str, Tensor]:
+def expert_counts(h: ModelHandle, prompts: list[str], *, chat: bool = True, batch_size: int = 32) -> dict[str, Tensor]:
     """Selection counts ``[n_moe_layers, n_experts]`` over prompt tokens (``prompt``) and at the
     decision position (``decision``), plus ``tokens`` (number of prompt tokens), summed over prompts
     (from :func:`steerlab.experts.ftri.routing_counts`)."""
@@ -64,7 +65,7 @@ def expert_counts(h: Any, prompts: list[str], *, chat: bool = True, batch_size: 
 
 
 def routing_report(
-    h: Any,
+    h: ModelHandle,
     domain_prompts: dict[str, list[str]],
     harmful: list[str],
     harmless: list[str],
