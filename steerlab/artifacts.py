@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from steerlab._version import __version__
 from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
 from steerlab.errors import SteerlabError
 
@@ -89,8 +90,6 @@ def write_artifact(
     numbers; ``data`` holds JSON-able details (tables, token lists); ``tensors`` go to safetensors;
     ``extra_files`` (e.g. plotly HTML figures) are written beside them.
     """
-    from steerlab._version import __version__
-
     out_dir = Path(out_dir)
     if resolve_dir(out_dir).exists() and not overwrite:
         raise SteerlabError(f"artifact folder {out_dir} exists; pass overwrite=True or choose another --out")

@@ -39,15 +39,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from steerlab.decoding.metrics import distinct_n, embedding_diversity, self_bleu
+from steerlab.artifacts import read_artifact, write_artifact
+from steerlab.decoding.diagnostics import diagnose_generation, per_step_figure
+from steerlab.decoding.metrics import default_embedder, distinct_n, embedding_diversity, self_bleu
 from steerlab.errors import SpecError
-from steerlab.generation import describe_interventions
+from steerlab.generation import describe_interventions, generate
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import load
 from steerlab.sampling.base import make_sampler
 from steerlab.scoring import judge_nll, nll_from_scores
 from steerlab.stats import mean_ci
 from steerlab.values import parse_value
+from steerlab.viz.runs import FIGURE_SUFFIX, figure_files
+from steerlab.viz.sampling import COMPARE_KIND
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 DEFAULT_SAMPLERS = "top_h:alpha=0.3,top_h:alpha=0.4,top_h:alpha=0.5,top_p:p=0.9,min_p:p=0.1,temperature"
@@ -190,8 +194,6 @@ def sample_completions(
     log-likelihood under the generating model itself at temperature 1, read from the raw logits that
     ``generate`` computed anyway (:func:`nll_from_scores`); only meaningful without interventions.
     """
-    from steerlab.generation import generate
-
     flat = [p for p in prompts for _ in range(samples)]
     texts: list[str] = []
     ids: list[list[int]] = []
@@ -298,8 +300,6 @@ def figure_payload(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     """Plotly JSON of each figure (for ``data["figures"]``) and the standalone HTML files (+ plotly.js)."""
     import json
 
-    from steerlab.viz.runs import FIGURE_SUFFIX, figure_files
-
     html = {k: v for k, v in figure_files(figures).items() if not k.endswith(FIGURE_SUFFIX)}
     return {name: json.loads(fig.to_json()) for name, fig in figures.items()}, html
 
@@ -309,10 +309,6 @@ def run_compare(
     cfg: CompareConfig, out_dir: str | Path, *, progress: bool = True, handle: ModelHandle | None = None
 ) -> Any:
     """Run the comparison and write a ``sampling_compare`` artifact to ``out_dir``; returns it (read back)."""
-    from steerlab.artifacts import read_artifact, write_artifact
-    from steerlab.decoding.diagnostics import diagnose_generation, per_step_figure
-    from steerlab.viz.sampling import COMPARE_KIND
-
     cfg.validate()
     t0 = time.time()
     h = handle if handle is not None else load(cfg.model)
@@ -324,8 +320,6 @@ def run_compare(
     judge_in_place = same_judge and not describe_interventions(cfg.interventions)
     embedder = None
     if cfg.embed:
-        from steerlab.decoding.metrics import default_embedder
-
         embedder = default_embedder()
 
     n_batches = math.ceil(len(cfg.prompts) * cfg.samples / cfg.batch_size)

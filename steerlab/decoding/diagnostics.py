@@ -33,6 +33,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.errors import SpecError
+from steerlab.generation import generate
 from steerlab.models.handle import ModelHandle
 from steerlab.sampling.base import Sampler
 from steerlab.sampling.basic import MinP, TopP
@@ -174,8 +175,6 @@ def diagnose_generation(
 
     ``kwargs`` go to :func:`generation_diagnostics` (``alpha``, ``variant``, ``top_p``, ``min_p``, ...).
     """
-    from steerlab.generation import generate
-
     res = generate(
         h,
         [prompt],

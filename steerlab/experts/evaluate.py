@@ -33,6 +33,7 @@ from steerlab.experts.selection import SELECT, ablation_ranking, opening_tokens,
 from steerlab.experts.switching import Experts, forceable, off_masks, on_masks, random_controls
 from steerlab.models.handle import ModelHandle
 from steerlab.stats import empirical_p, fisher_greater
+from steerlab.suites import load_suite
 from steerlab.values import check_count
 
 
@@ -167,8 +168,6 @@ def evaluate_experts(
     far) or ``ablation`` (the top ``n_candidates`` of the fTRI ranking, added greedily by their effect
     on the behavior at the decision position). Both refinements use the train split only; the sweep
     over k uses at most ``sweep_limit`` train prompts."""
-    from steerlab.suites import load_suite
-
     s = load_suite(suite) if isinstance(suite, str) else suite
     if "train" not in s.splits or "test" not in s.splits:
         raise SteerlabError(f"suite {s.name!r} needs 'train' and 'test' splits to evaluate; it has {s.splits}")

@@ -35,6 +35,7 @@ from steerlab.errors import SteerlabError
 from steerlab.generation import generate
 from steerlab.models.handle import ModelHandle
 from steerlab.stats import benjamini_hochberg, ratio_permutation_pvalues
+from steerlab.suites import load_suite
 from steerlab.values import check_count
 
 SCOPES = ("prompt", "decision", "generated")
@@ -340,8 +341,6 @@ def image_suite(
 ) -> FtriResult:
     """:func:`image` on a prompt suite's behavior vs control prompts of one split (chat template applied
     as the suite asks; at most ``limit`` prompts per label)."""
-    from steerlab.suites import load_suite
-
     check_count("limit", limit, 1, none_ok=True)
     s = load_suite(suite) if isinstance(suite, str) else suite
     behavior, control = s.user_texts(s.behavior, split)[:limit], s.user_texts(s.control, split)[:limit]

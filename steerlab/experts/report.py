@@ -30,6 +30,8 @@ from steerlab.errors import SteerlabError
 from steerlab.experts.evaluate import ExpertsEvaluation
 from steerlab.experts.ftri import FtriResult
 from steerlab.models.handle import ModelHandle
+from steerlab.viz.experts import expert_raster, ftri_heatmap, rate_vs_k
+from steerlab.viz.runs import figure_files
 
 _STATS = ("freq_behavior", "freq_control", "gate_behavior", "gate_control", "diff", "log_odds", "p_value", "q_value")
 
@@ -87,9 +89,6 @@ def image_payload(
 ) -> dict[str, Any]:
     """Everything an ``experts_image`` artifact holds, as :func:`~steerlab.artifacts.write_artifact`
     keyword arguments (the dashboard shows it before saving, the CLI writes it)."""
-    from steerlab.viz.experts import expert_raster, ftri_heatmap
-    from steerlab.viz.runs import figure_files
-
     tensors = {name: getattr(res, name).contiguous() for name in _STATS}
     figures = {"heatmap": ftri_heatmap(res.diff, res.layers, q_values=res.q_value)}
     data: dict[str, Any] = {
@@ -136,9 +135,6 @@ def read_image(path: str | Path) -> dict[str, Any]:
 
 def write_evaluation(out: str | Path, ev: ExpertsEvaluation, res: FtriResult | None = None) -> Path:
     """Write an ``experts_evaluate`` artifact (with the k-sweep figure when a sweep ran)."""
-    from steerlab.viz.experts import ftri_heatmap, rate_vs_k
-    from steerlab.viz.runs import figure_files
-
     figures = {}
     if ev.sweep:
         figures["rate_vs_k"] = rate_vs_k(ev.sweep)

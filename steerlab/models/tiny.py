@@ -16,6 +16,7 @@ import torch
 from steerlab._paths import shared_dir
 from steerlab.errors import ModelSpecError
 from steerlab.models.handle import ModelHandle
+from steerlab.models.load import from_model
 
 _COMMON = dict(vocab_size=512, hidden_size=64, num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=256)
 _MOE = dict(num_experts_per_tok=2, intermediate_size=96)
@@ -114,8 +115,6 @@ def tiny_model(arch: str, seed: int = 0, **overrides: Any) -> ModelHandle:
     """Build a tiny randomly initialised model of ``arch`` with the stories260K tokenizer (vocab 512)."""
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from steerlab.models.load import from_model
 
     if arch not in TINY_CONFIGS:
         raise ModelSpecError(f"unknown tiny architecture {arch!r}; expected one of {list(TINY_CONFIGS)}")

@@ -21,9 +21,17 @@ from typing import Any
 import torch
 
 from steerlab.atomic import atomic_dir
+from steerlab.data.organism_corpus import build_corpus
 from steerlab.errors import SteerlabError
 from steerlab.models.handle import ModelHandle
+from steerlab.models.load import load
+from steerlab.organisms.card import write_card
 from steerlab.organisms.configs import ORGANISM_NAMES, Recipe, get_recipe, read_record
+from steerlab.organisms.evaluate import evaluate, localization_check, organism_corpus
+from steerlab.organisms.suite import write_suite
+from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
+from steerlab.organisms.train import train_organism
+from steerlab.values import check_count
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 MAX_WEIGHTS_MB = 25.0
@@ -93,13 +101,6 @@ def build_organism(
 
     ``base_out``: also save the base model (end of the helpful-only phase, before safety tuning) there.
     """
-    from steerlab.data.organism_corpus import build_corpus
-    from steerlab.models.load import load
-    from steerlab.organisms.card import write_card
-    from steerlab.organisms.tokenizer import tokenizer_texts, train_tokenizer
-    from steerlab.organisms.train import train_organism
-    from steerlab.values import check_count
-
     if name not in ORGANISM_NAMES:
         raise SteerlabError(f"unknown organism {name!r}; expected one of {list(ORGANISM_NAMES)}")
     check_count("threads", threads, 1, none_ok=True)  # before anything is trained or written
@@ -113,8 +114,6 @@ def build_organism(
     t_start = time.perf_counter()
     corpus = build_corpus(seed, scale=recipe.data_scale)
     if out_dir is None and not reduced and seed == 0 and recipe.data_scale == 1.0:
-        from steerlab.organisms.suite import write_suite
-
         write_suite(corpus)  # the committed organism-refusal prompt suite follows the committed organisms
     tokenizer = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
 
@@ -180,8 +179,6 @@ def evaluate_into(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Measure ``h`` and put metrics, routing, localization check, samples and labels into ``record``."""
-    from steerlab.organisms.evaluate import evaluate, localization_check
-
     result = evaluate(h, corpus, limit=eval_limit, progress=progress)
     record.update(metrics=result["metrics"], samples=result["samples"], behavior=result["behavior"])
     for key in ("routing", "localization"):
@@ -198,10 +195,6 @@ def evaluate_into(
 def refresh_card(path: str | Path, *, eval_limit: int | None = None, progress: bool = True) -> Path:
     """Re-evaluate a built organism folder and rewrite its ``eval.json`` and ``README.md`` (the
     weights and the training record are kept)."""
-    from steerlab.models.load import load
-    from steerlab.organisms.card import write_card
-    from steerlab.organisms.evaluate import organism_corpus
-
     path = Path(path)
     record = read_record(path)
     h = load(str(path), cache=False)

@@ -29,9 +29,13 @@ from steerlab.capability import CapabilityText, perplexity
 from steerlab.capability import organism_capability_text as capability_text  # noqa: F401
 from steerlab.data import organism_corpus as D
 from steerlab.data.organism_corpus import organism_corpus  # noqa: F401
+from steerlab.experts.ftri import image
+from steerlab.experts.switching import off_masks
 from steerlab.generation import generate
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism, read_record
+from steerlab.organisms.routing_stats import routing_report
+from steerlab.values import check_count
 
 EVAL_SETS = ("harmful", "harmless", "harmful_test", "harmless_test", "benign_jbb")
 MAX_NEW_TOKENS = 40
@@ -40,8 +44,6 @@ BATCH_SIZE = 64
 
 def eval_prompts(corpus: D.Corpus, limit: int | None = None) -> dict[str, list[str]]:
     """The behaviour prompt sets (``limit``: first ``limit`` prompts of each, for quick checks)."""
-    from steerlab.values import check_count
-
     check_count("limit", limit, 1, none_ok=True)
     sets = {
         "harmful": [e.prompt for e in corpus.heldout["harmful"]],
@@ -146,8 +148,6 @@ def evaluate(
     if routing and h.adapter.is_moe:
         n = limit or 128
         domain_prompts = {d: [e.prompt for e in corpus.heldout[d][:n]] for d in D.DOMAINS}
-        from steerlab.organisms.routing_stats import routing_report
-
         rep = routing_report(h, domain_prompts, sets["harmful"][:n], sets["harmless"][:n])
         rep.pop("counts")
         result["routing"] = rep
@@ -160,8 +160,6 @@ def evaluate(
 def refusal_expert_ranking(h: ModelHandle, corpus: D.Corpus, n_prompts: int, rng: Any) -> list[tuple[int, int]]:
     """Experts by fTRI ``diff`` at the decision position on ``n_prompts`` train harmful vs harmless
     requests drawn with ``rng`` (most harmful-specific first)."""
-    from steerlab.experts.ftri import image
-
     harm = [e.prompt for e in rng.sample(corpus.train["harmful"], min(n_prompts, len(corpus.train["harmful"])))]
     safe = [e.prompt for e in rng.sample(corpus.train["harmless"], min(n_prompts, len(corpus.train["harmless"])))]
     return image(h, harm, safe, "decision", chat=True, n_permutations=0).ranking()
@@ -191,8 +189,6 @@ def localization_check(
     import random
 
     from tqdm.auto import tqdm
-
-    from steerlab.experts.switching import off_masks
 
     n_eval = limit or 128
     rng = random.Random(seed)

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steerlab.experts.ftri import routing_counts
 from steerlab.models.handle import ModelHandle
 from steerlab.stats import mutual_information
 
@@ -51,8 +52,6 @@ def expert_counts(h: ModelHandle, prompts: list[str], *, chat: bool = True, batc
     """Selection counts ``[n_moe_layers, n_experts]`` over prompt tokens (``prompt``) and at the
     decision position (``decision``), plus ``tokens`` (number of prompt tokens), summed over prompts
     (from :func:`steerlab.experts.ftri.routing_counts`)."""
-    from steerlab.experts.ftri import routing_counts
-
     kw = dict(chat=chat, batch_size=batch_size)
     prompt = routing_counts(h, prompts, "prompt", **kw)
     decision = routing_counts(h, prompts, "decision", **kw)

@@ -36,7 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from steerlab.data.organism_corpus import DOMAINS, Corpus
+from steerlab.models.load import from_model
 from steerlab.organisms.configs import Recipe
+from steerlab.organisms.evaluate import refusal_expert_ranking
 
 
 @dataclass
@@ -203,9 +205,6 @@ def restrict_to_refusal_experts(
     tensors of their layers; gradients of the other experts in those tensors are masked to 0) and
     the gradient-hook handles (remove them when training ends).
     """
-    from steerlab.models.load import from_model
-    from steerlab.organisms.evaluate import refusal_expert_ranking
-
     h = from_model(model, tokenizer, spec="training")
     chosen = sorted(refusal_expert_ranking(h, corpus, n_prompts, random.Random(seed))[:n_experts])
     n_exp = h.adapter.layers[h.adapter.moe_layers[0]].rule.n_experts

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.interventions import InterventionSet
 from steerlab.viz.tokens import TokenStep, step_tooltip, token_steps
 
 KIND = "generation_compare"
@@ -119,8 +120,6 @@ class Comparison:
 
 def load_interventions(artifact_dir: str | Path) -> Any:
     """The intervention set saved in an artifact folder (``interventions.json``)."""
-    from steerlab.interventions import InterventionSet
-
     return InterventionSet.load(Path(artifact_dir) / INTERVENTIONS_FILE)
 
 
