@@ -77,6 +77,10 @@ class ProbeSuite:
         """Prompts after the suite's ``user_template`` (the user turn a model sees)."""
         return [self.user_template.format(prompt=p) for p in self.prompts(label, split)]
 
+    def contrast(self, split: str | None = None, limit: int | None = None) -> tuple[list[str], list[str]]:
+        """``(behavior, control)`` user texts of one split, at most ``limit`` of each."""
+        return self.user_texts(self.behavior, split)[:limit], self.user_texts(self.control, split)[:limit]
+
     def chat_kwargs(self) -> dict[str, Any]:
         """How to run the suite's user texts: ``chat``/``system`` arguments for capture and generate."""
         return {"chat": self.chat, "system": self.system}

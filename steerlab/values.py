@@ -33,3 +33,19 @@ def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SpecError(f"{name} must be an integer >= {minimum}{' or None' if none_ok else ''}, got {value!r}")
+
+
+def parse_assignments(items: list[str], what: str) -> dict[str, Any]:
+    """``["p=0.9", "variant=paper"]`` -> ``{"p": 0.9, "variant": "paper"}``; ``what`` names the source
+    in the error for an item that is not ``key=value``.
+
+    >>> parse_assignments(["p=0.9", "variant=paper"], "--param")
+    {'p': 0.9, 'variant': 'paper'}
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SpecError(f"{what}: {item!r} is not of the form key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out

@@ -10,7 +10,7 @@ import typer
 from typer.core import TyperGroup
 
 from steerlab.errors import SpecError, SteerlabError
-from steerlab.values import parse_value
+from steerlab.values import parse_assignments
 
 try:  # typer >= 0.20 carries its own copy of click
     from typer._click import exceptions as _click_exc
@@ -52,13 +52,7 @@ def parse_params(items: list[str]) -> dict[str, Any]:
     >>> parse_params(["p=0.9", "variant=paper"])
     {'p': 0.9, 'variant': 'paper'}
     """
-    out: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SteerlabError(f"--param {item!r} is not of the form key=value")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_value(v.strip())
-    return out
+    return parse_assignments(items, "--param")
 
 
 def one_line(message: str) -> str:

@@ -30,33 +30,16 @@ def image_cmd(
 ) -> None:
     """Image the experts that separate the suite's behavior prompts from its control prompts."""
     import steerlab as sl
-    from steerlab.experts.ftri import image
+    from steerlab.experts.ftri import image_suite
     from steerlab.experts.report import token_raster, write_image
     from steerlab.suites import default_suite, load_suite
 
     h = sl.load(model)
     s = load_suite(suite or default_suite(h))
-    behavior, control = (s.user_texts(label, split)[: limit or None] for label in (s.behavior, s.control))
-    res = image(
-        h,
-        behavior,
-        control,
-        scope.split(","),
-        n_permutations=permutations,
-        by_token=True,
-        progress=True,
-        **s.chat_kwargs(),
+    res = image_suite(
+        h, s, split, scope.split(","), limit or None, n_permutations=permutations, by_token=True, progress=True
     )
-    res.config.update(
-        {
-            "suite": s.name,
-            "suite_version": s.version,
-            "split": split,
-            "behavior": s.behavior,
-            "control": s.control,
-            "limit": limit or None,
-        }
-    )
+    behavior, control = s.contrast(split, limit or None)
     raster = token_raster(h, behavior[0], **s.chat_kwargs())
     path = write_image(out, h, res, behavior, control, raster=raster, top=top)
     table = res.table(top)

@@ -49,7 +49,7 @@ from steerlab.models.load import load
 from steerlab.sampling.base import make_sampler
 from steerlab.scoring import judge_nll, nll_from_scores
 from steerlab.stats import mean_ci
-from steerlab.values import parse_value
+from steerlab.values import parse_assignments
 from steerlab.viz.runs import FIGURE_SUFFIX, figure_files
 from steerlab.viz.sampling import COMPARE_KIND
 
@@ -68,13 +68,7 @@ def parse_sampler_spec(text: str) -> dict[str, Any]:
     building the sampler.
     """
     name, *items = [s.strip() for s in text.strip().split(":")]
-    params: dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise SpecError(f"sampler spec {text!r}: {item!r} is not of the form key=value")
-        k, v = item.split("=", 1)
-        params[k.strip()] = parse_value(v.strip())
-    spec = {"name": name, "params": params}
+    spec = {"name": name, "params": parse_assignments(items, f"sampler spec {text!r}")}
     check_sampler_spec(spec)
     return spec
 

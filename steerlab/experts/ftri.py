@@ -343,7 +343,7 @@ def image_suite(
     as the suite asks; at most ``limit`` prompts per label)."""
     check_count("limit", limit, 1, none_ok=True)
     s = load_suite(suite) if isinstance(suite, str) else suite
-    behavior, control = s.user_texts(s.behavior, split)[:limit], s.user_texts(s.control, split)[:limit]
+    behavior, control = s.contrast(split, limit)
     res = image(h, behavior, control, scope, **s.chat_kwargs(), **kwargs)
     res.config.update(
         {

@@ -146,18 +146,12 @@ def _load_uncached(spec: str, device: Any, dtype: torch.dtype | None, attn: str 
         raise ModelSpecError(f"could not load model {spec!r} from {source!r}: {e}") from e
     if dtype is None and model.dtype not in (torch.float32,) and "gguf_file" in kwargs:
         model = model.float()
-    model = model.to(device).eval()
-    model.requires_grad_(False)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return ModelHandle(spec=spec, model=model, tokenizer=tokenizer, adapter=adapter_for(model), path=path)
+    return from_model(model.to(device), tokenizer, spec, path=path)
 
 
-def from_model(model: Any, tokenizer: Any, spec: str = "in-memory") -> ModelHandle:
-    """Wrap an already-built HF model (e.g. a tiny from-config model) as a handle."""
+def from_model(model: Any, tokenizer: Any, spec: str = "in-memory", path: Path | None = None) -> ModelHandle:
+    """Wrap an already-built HF model (e.g. a tiny from-config model) as a handle: eval mode, no
+    gradients (see :func:`steerlab.scoring.gradients`), left padding, a pad token."""
     model = model.eval()
     model.requires_grad_(False)
     tokenizer.padding_side = "left"
@@ -165,7 +159,7 @@ def from_model(model: Any, tokenizer: Any, spec: str = "in-memory") -> ModelHand
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return ModelHandle(spec=spec, model=model, tokenizer=tokenizer, adapter=adapter_for(model))
+    return ModelHandle(spec=spec, model=model, tokenizer=tokenizer, adapter=adapter_for(model), path=path)
 
 
 def read_record(path: str | Path) -> dict[str, Any]:

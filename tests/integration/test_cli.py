@@ -67,4 +67,4 @@ def test_cli_errors_are_one_line(tmp_path):
     r = runner.invoke(app, ["generate", "shared:stories260K", "-p", "Hi", "--intervention", str(bad)])
     assert r.exit_code == 2 and "is not valid JSON" in r.output
     r = runner.invoke(app, ["generate", "shared:stories260K", "-p", "Hi", "--param", "p"])
-    assert r.exit_code == 2 and "--param 'p' is not of the form key=value" in r.output
+    assert r.exit_code == 2 and "--param: 'p' is not of the form key=value" in r.output
