@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from steerlab._paths import shared_dir
+from steerlab.suites import load_suite
 
 # ------------------------------------------------------------------------------------------------
 # chat format
@@ -642,13 +643,11 @@ def shared_harmful(split: str) -> list[str]:
 
 
 def shared_harmless(split: str) -> list[str]:
-    """Alpaca harmless instructions: ``train`` has ``noinput_index % 5 != 0`` (1,594), ``test`` the rest (406)."""
+    """Alpaca harmless instructions of one split, as the ``refusal`` prompt suite defines it (the one
+    definition): ``train`` has ``noinput_index % 5 != 0`` (1,594), ``test`` the rest (406)."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    path = shared_dir() / "data" / "alpaca" / "harmless_instructions_2000.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keep = (lambda i: i % 5 != 0) if split == "train" else (lambda i: i % 5 == 0)
-    return [r["instruction"].strip() for r in rows if keep(int(r["noinput_index"]))]
+    return [x.strip() for x in load_suite("refusal").prompts("harmless", split)]
 
 
 def jbb_benign() -> list[str]:
