@@ -32,7 +32,6 @@ from steerlab.sampling import make_sampler
 
 runner = CliRunner()
 NO = "/no/such/model"  # loading it fails with "model path '/no/such/model' does not exist"
-SPECS_PENDING = "spec-file validation lands in steerlab/interventions/spec.py (another engineer, issue 10)"
 
 
 def _spec_files(d: Path) -> None:
@@ -130,7 +129,6 @@ CASES = [
         GEN + ["-i", "{specs}/mask.json"],
         "mask",
         id="spec mask not a list",
-        marks=pytest.mark.xfail(strict=False, reason=SPECS_PENDING),
     ),
     # needs the model: the prompt's length decides
     pytest.param(
@@ -138,7 +136,6 @@ CASES = [
         ["generate", "shared:stories260K", "-p", "Hi", "-n", "2", "-i", "{specs}/positions.json"],
         "100",
         id="spec positions beyond the prompt",
-        marks=pytest.mark.xfail(strict=False, reason=SPECS_PENDING),
     ),
 ]
 
