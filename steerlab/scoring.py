@@ -33,6 +33,8 @@ from steerlab.models.handle import ModelHandle
 def _prompt_ids(h: ModelHandle, prompts: Sequence[str], chat: bool) -> list[list[int]]:
     """Token ids of each prompt exactly as :func:`steerlab.generate` feeds it (chat template or not)."""
     uniq = list(dict.fromkeys(prompts))
+    if not uniq:
+        return []
     enc = h.encode(uniq, chat=chat)
     ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu().bool()
     rows = {p: ids[i][mask[i]].tolist() for i, p in enumerate(uniq)}

@@ -266,3 +266,13 @@ def test_gradients_on_request_match_finite_differences_and_do_not_leak():
         down = sequence_nll(h, enc).item()
         w[5] = base
     assert abs(g - (up - down) / (2 * eps)) < 1e-2 * max(1.0, abs(g))
+
+
+def test_scoring_takes_empty_input():
+    from steerlab.models.tiny import tiny_model
+    from steerlab.scoring import judge_nll, response_nll
+
+    h = tiny_model("llama")
+    assert response_nll(h, [], []) == [] and judge_nll(h, [], [], chat=False) == []
+    (s, n), (s0, n0) = response_nll(h, ["a b", "c"], ["d e", "  "], chat=False)
+    assert n > 0 and s > 0 and (s0, n0) == (0.0, 0)

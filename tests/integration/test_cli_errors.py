@@ -121,7 +121,7 @@ CASES = [
     ("build --seed -1", BUILD + ["--seed", "-1"], "--seed must be an integer in 0..4294967295, got -1"),
     ("organisms eval --limit -3", OEVAL + ["--limit", "-3"], "--limit must be an integer >= 1, got -3"),
     # spec files beside the command: checked before the model loads too
-    ("spec scale key", GEN + ["-i", "{specs}/scale_keys.json"], "scale key 'a' is not an integer"),
+    ("spec scale key", GEN + ["-i", "{specs}/scale_keys.json"], "scale.a.[key]: Input should be a valid integer"),
     ("spec NaN", GEN + ["-i", "{specs}/nan.json"], "NaN"),
     ("spec corrupt safetensors", GEN + ["-i", "{specs}/corrupt.json"], "corrupt.safetensors"),
     pytest.param(
