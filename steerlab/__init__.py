@@ -30,12 +30,34 @@ _LAZY = {
 
 if TYPE_CHECKING:  # pragma: no cover
     from steerlab.activations import Capture, capture  # noqa: F401
+    from steerlab.artifacts import ArtifactKind
     from steerlab.engines import engine_for  # noqa: F401
     from steerlab.generation import GenerationResult, forward, generate  # noqa: F401
     from steerlab.intervention_context import intervene  # noqa: F401
     from steerlab.models.handle import ModelHandle  # noqa: F401
     from steerlab.models.load import list_models, load  # noqa: F401
     from steerlab.sampling import make_sampler  # noqa: F401
+
+
+ANALYSES = ("steerlab.experts", "steerlab.decoding", "steerlab.steering")  # each registers its kinds in .artifact
+
+
+def artifact_kinds() -> tuple[ArtifactKind, ...]:
+    """Every registered artifact kind, the built-in analyses' included (their ``artifact`` modules are
+    imported first); the CLI and the dashboard discover kinds here.
+
+    Example:
+        >>> import steerlab as sl
+        >>> "generation_compare" in [k.name for k in sl.artifact_kinds()]
+        True
+    """
+    import importlib
+
+    for analysis in ANALYSES:
+        importlib.import_module(f"{analysis}.artifact")
+    from steerlab.artifacts import artifact_kinds as registered
+
+    return registered()
 
 
 def __getattr__(name: str) -> Any:  # lazy: `import steerlab` stays fast for the CLI and dashboard
@@ -47,4 +69,4 @@ def __getattr__(name: str) -> Any:  # lazy: `import steerlab` stays fast for the
     raise AttributeError(f"module 'steerlab' has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = sorted(_LAZY) + ["__version__", "artifact_kinds"]

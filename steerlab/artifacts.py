@@ -6,6 +6,10 @@ one, whole (see :func:`steerlab.atomic.atomic_dir` for exactly what is guarantee
 artifacts through :func:`read_artifact` and list them with :func:`list_runs` (:func:`scan_runs`
 also says which folders could not be read, and why).
 
+Each analysis registers the kinds it writes in its own ``artifact.py`` with :func:`register_kind` (name,
+owning analysis, one-line summary, CLI producer, reader); the dashboard and the CLI discover them with
+:func:`artifact_kinds`. Unregistered kinds (``"demo"`` below) are still written and read.
+
 Example:
     >>> import tempfile, torch
     >>> from steerlab.artifacts import write_artifact, read_artifact
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,64 @@ from steerlab.errors import SteerlabError
 SCHEMA_VERSION = 1
 META_FILE = "artifact.json"
 TENSOR_FILE = "tensors.safetensors"
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """A registered artifact kind: its ``name`` (the ``kind`` field of ``artifact.json``), the analysis that
+    ``owner``s it (a module path, e.g. ``steerlab.decoding``), a one-line ``summary``, the CLI command that
+    writes it with ``--out`` (``producer``, e.g. ``"sampling diagnose"``) and a ``reader`` turning an
+    :class:`Artifact` of this kind into the analysis's object (``None``: the :class:`Artifact` is the object)."""
+
+    name: str
+    owner: str
+    summary: str
+    producer: str = ""
+    reader: Callable[[Artifact], Any] | None = None
+
+    def read(self, path: str | Path) -> Any:
+        """Read the folder ``path`` as this kind (raises :class:`SteerlabError` naming both kinds otherwise)."""
+        art = read_artifact(path)
+        if art.kind != self.name:
+            raise SteerlabError(f"{art.path} is a {art.kind!r} artifact; expected {self.name!r}")
+        return art if self.reader is None else self.reader(art)
+
+
+_KINDS: dict[str, ArtifactKind] = {}
+
+
+def register_kind(
+    name: str, *, owner: str, summary: str, producer: str = "", reader: Callable[[Artifact], Any] | None = None
+) -> ArtifactKind:
+    """Register the artifact kind ``name`` (once per name; registering the same owner again replaces it).
+
+    Example:
+        >>> k = register_kind("demo_kind", owner="tests", summary="a demo", producer="demo --out")
+        >>> k in artifact_kinds(), kind_of("demo_kind").owner
+        (True, 'tests')
+        >>> _ = _KINDS.pop("demo_kind")
+    """
+    if not name or not name.replace("_", "").isalnum():
+        raise SteerlabError(f"artifact kind name {name!r} must be a non-empty identifier (letters, digits, _)")
+    old = _KINDS.get(name)
+    if old is not None and old.owner != owner:
+        raise SteerlabError(f"artifact kind {name!r} is already registered by {old.owner}; {owner} cannot take it")
+    kind = ArtifactKind(name, owner, summary, producer, reader)
+    _KINDS[name] = kind
+    return kind
+
+
+def artifact_kinds(owner: str | None = None) -> tuple[ArtifactKind, ...]:
+    """The registered kinds (of one ``owner`` analysis if given), in registration order. Kinds register when
+    their analysis's ``artifact`` module is imported (the CLI and the dashboard import them)."""
+    return tuple(k for k in _KINDS.values() if owner is None or k.owner == owner)
+
+
+def kind_of(name: str) -> ArtifactKind:
+    """The registered kind ``name`` (raises :class:`SteerlabError` listing the known ones)."""
+    if name not in _KINDS:
+        raise SteerlabError(f"unknown artifact kind {name!r}; registered: {sorted(_KINDS)}")
+    return _KINDS[name]
 
 
 @dataclass

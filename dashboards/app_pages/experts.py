@@ -8,17 +8,18 @@ import streamlit as st
 import steerlab as sl
 from dashboards.lib import runs, shell
 from steerlab.behavior import classify
+from steerlab.experts.artifact import EVALUATE_KIND as EVAL
+from steerlab.experts.artifact import IMAGE_KIND as IMAGE
+from steerlab.experts.artifact import image_payload, read_image, token_raster
 from steerlab.experts.evaluate import default_ks, sweep_k
+from steerlab.experts.figures import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.experts.ftri import SCOPES, image_suite
-from steerlab.experts.report import image_payload, read_image, token_raster
 from steerlab.experts.switching import forceable, off_masks, on_masks
 from steerlab.organisms.evaluate import organism_safety_experts
 from steerlab.suites import default_suite, list_suites, load_suite
-from steerlab.viz.experts import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.viz.runs import run_label
 
 P = "experts"
-IMAGE, EVAL = "experts_image", "experts_evaluate"
 st.title("Experts")
 st.caption(
     "Which routed experts fire for a behavior (fTRI: behavior prompts against control prompts of a probe "
@@ -28,7 +29,7 @@ st.caption(
 # -- reopened from the Runs page -------------------------------------------------------------------
 opened = None
 with shell.guard("Opening the saved run"):
-    opened = runs.requested_run((IMAGE, EVAL))
+    opened = runs.requested_run(P)
 label = st.query_params.get("run")
 if opened is not None and st.session_state.get(f"{P}.opened") != label:
     if opened.kind == IMAGE:

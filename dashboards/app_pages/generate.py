@@ -7,7 +7,9 @@ import streamlit as st
 import steerlab as sl
 from dashboards.lib import runs, samplers, shell
 from dashboards.lib.interventions import intervention_stack
-from steerlab.viz.generation import Comparison, first_divergence, token_prob_figure
+from steerlab.steering.artifact import comparison_payload, read_comparison
+from steerlab.steering.compare import Comparison, first_divergence
+from steerlab.steering.figures import token_prob_figure
 from steerlab.viz.tokens import tokens_html
 
 P = "generate"
@@ -18,11 +20,11 @@ st.caption("The same prompts, sampler and seed, without and with interventions. 
 # -- a saved run, reopened from the Runs page (preset the widgets once) -----------------------------
 opened = None
 with shell.guard("Opening the saved run"):
-    opened = runs.requested_run(("generation_compare",))
+    opened = runs.requested_run(P)
 if opened is not None:
     label = st.query_params["run"]
     if st.session_state.get(f"{P}.opened") != label:
-        cmp = Comparison.from_artifact(opened)
+        cmp = read_comparison(opened)
         base = next(iter(cmp.settings.values()))
         st.session_state[f"{P}.prompts"] = "\n".join(cmp.prompts)
         st.session_state[f"{P}.max_new"] = int(base.get("max_new_tokens", 32))
@@ -100,5 +102,5 @@ if cmp is not None:
         )
     if st.button("Save as run", key=f"{P}.save", icon=":material/save:"):
         with shell.guard("Saving the run"):
-            path = runs.save_run("generate", **cmp.to_artifact())
+            path = runs.save_run("generate", **comparison_payload(cmp))
             st.success(f"Saved to `{path}`; it is listed on the Runs page.", icon=":material/check:")

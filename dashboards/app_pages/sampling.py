@@ -8,19 +8,12 @@ import streamlit.components.v1 as components
 
 import steerlab as sl
 from dashboards.lib import runs, samplers, shell
+from steerlab.decoding.artifact import COMPARE_KIND, KIND, diagnostics_artifact, diagnostics_from_artifact
 from steerlab.decoding.compare import table_markdown
-from steerlab.decoding.diagnostics import generation_diagnostics, per_step_figure
+from steerlab.decoding.diagnostics import StepTop, diagnostics_summary, generation_diagnostics
+from steerlab.decoding.figures import per_step_figure, step_cutoff_figure
 from steerlab.sampling.top_h import VARIANTS
 from steerlab.viz.runs import artifact_figures, html_figures, run_label
-from steerlab.viz.sampling import (
-    COMPARE_KIND,
-    KIND,
-    StepTop,
-    diagnostics_artifact,
-    diagnostics_from_artifact,
-    diagnostics_summary,
-    step_cutoff_figure,
-)
 
 P = "sampling"
 st.title("Sampling")
@@ -30,7 +23,7 @@ st.caption("One generation, step by step: the model's entropy H(p), top-H's entr
 # -- reopened from the Runs page ---------------------------------------------------------------
 opened = None
 with shell.guard("Opening the saved run"):
-    opened = runs.requested_run((KIND, COMPARE_KIND))
+    opened = runs.requested_run(P)
 label = st.query_params.get("run")
 first_open = opened is not None and st.session_state.get(f"{P}.opened") != label
 if first_open and opened.kind == COMPARE_KIND:
@@ -57,7 +50,7 @@ tab_step, tab_compare = st.tabs(TABS, default=TABS[1] if opened is not None and 
 
 # The comparison tab first: it needs no model, so it shows even when loading the model fails.
 with tab_compare:
-    st.caption("The comparison harness (artifact kind `sampling_compare`) runs every sampler on the same prompts "
+    st.caption(f"The comparison harness (artifact kind `{COMPARE_KIND}`) runs every sampler on the same prompts "
                "and seeds and saves diversity and coherence figures; they are shown here.")
     arts = []
     with shell.guard("Listing comparisons"):

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import streamlit as st
-import torch
 
 from dashboards.lib.shell import init_state, runs_root
 from steerlab.artifacts import list_runs
 from steerlab.errors import SpecError
 from steerlab.interventions import AddVector, ExpertMask, Intervention, InterventionSet, LastK, ProjectOut, ScaleUnits
 from steerlab.models.handle import ModelHandle
-from steerlab.viz.generation import INTERVENTIONS_FILE, load_interventions
+from steerlab.steering.artifact import INTERVENTIONS_FILE, load_interventions
+from steerlab.steering.directions import embedding_direction, random_direction
 from steerlab.viz.runs import run_label
 
 SOURCES = ("Build here", "Spec file", "Saved run")
@@ -24,29 +24,6 @@ KINDS = {
 }
 POSITIONS = {"all": "all", "prompt": "prompt", "generated": "generated", "last prompt token": LastK(last=1)}
 VECTOR_SOURCES = ("Token embeddings: A − B", "Random direction")
-
-
-def embedding_direction(h: ModelHandle, plus: str, minus: str = "") -> torch.Tensor:
-    """Unit vector ``mean(embed(plus tokens)) - mean(embed(minus tokens))`` in the residual basis."""
-    w = h.model.get_input_embeddings().weight.detach().float().cpu()
-
-    def mean_embedding(text: str) -> torch.Tensor:
-        ids = h.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not ids:
-            raise SpecError(f"text {text!r} has no tokens; expected a word or phrase")
-        return w[ids].mean(0)
-
-    vec = mean_embedding(plus) - (mean_embedding(minus) if minus else 0.0)
-    norm = float(vec.norm())
-    if norm == 0.0:
-        raise SpecError(f"embed({plus!r}) - embed({minus!r}) is zero; choose two different texts")
-    return vec / norm
-
-
-def random_direction(d: int, seed: int) -> torch.Tensor:
-    """A seeded random unit vector of width ``d``."""
-    v = torch.randn(d, generator=torch.Generator().manual_seed(int(seed)))
-    return v / v.norm()
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

@@ -1,4 +1,5 @@
-"""The dashboard's pages, in menu order, and which artifact kinds each one reopens.
+"""The dashboard's pages, in menu order, and which analysis's artifact kinds each one reopens (the kinds
+come from the artifact kind registry, :func:`steerlab.artifact_kinds`).
 
 Adding a page is one file under ``dashboards/app_pages/`` plus one line here (see docs/dashboard.md).
 The folder is not called ``pages/`` on purpose: Streamlit treats a ``pages/`` folder beside the entry
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import steerlab as sl
+
 
 @dataclass(frozen=True)
 class PageSpec:
@@ -17,17 +20,26 @@ class PageSpec:
     title: str
     file: str  # relative to dashboards/
     icon: str
-    kinds: tuple[str, ...] = ()  # artifact kinds this page reopens from the Runs page
+    analysis: str = ""  # the analysis (``steerlab.decoding``) whose registered artifact kinds this page reopens
     default: bool = False  # opened at ``/`` (app.py redirects ``/`` to ``/KEY``; the page keeps its own URL)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The artifact kinds this page reopens from the Runs page: those its analysis registers."""
+        return tuple(k.name for k in sl.artifact_kinds() if self.analysis and k.owner == self.analysis)
 
 
 PAGES: tuple[PageSpec, ...] = (
-    PageSpec("generate", "Generate", "app_pages/generate.py", ":material/edit_note:", ("generation_compare",), True),
-    PageSpec("sampling", "Sampling", "app_pages/sampling.py", ":material/casino:",
-             ("sampling_diagnostics", "sampling_compare")),
-    PageSpec("experts", "Experts", "app_pages/experts.py", ":material/hub:", ("experts_image", "experts_evaluate")),
+    PageSpec("generate", "Generate", "app_pages/generate.py", ":material/edit_note:", "steerlab.steering", True),
+    PageSpec("sampling", "Sampling", "app_pages/sampling.py", ":material/casino:", "steerlab.decoding"),
+    PageSpec("experts", "Experts", "app_pages/experts.py", ":material/hub:", "steerlab.experts"),
     PageSpec("runs", "Runs", "app_pages/runs.py", ":material/folder_open:"),
 )
+
+
+def page(key: str) -> PageSpec:
+    """The page registered under ``key``."""
+    return next(p for p in PAGES if p.key == key)
 
 
 def page_for_kind(kind: str) -> PageSpec | None:

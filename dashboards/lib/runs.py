@@ -24,11 +24,13 @@ def resolve_run(label: str) -> Path:
     return path
 
 
-def requested_run(kinds: tuple[str, ...]) -> Artifact | None:
-    """The artifact named by the ``run`` query parameter, if any and of one of ``kinds``."""
+def requested_run(page: str) -> Artifact | None:
+    """The artifact named by the ``run`` query parameter, if any and of a kind the page ``page`` (its
+    registry key) reopens."""
     label = st.query_params.get("run")
     if not label:
         return None
+    kinds = registry.page(page).kinds
     art = read_artifact(resolve_run(label))
     if art.kind not in kinds:
         raise SteerlabError(f"run {label!r} is a {art.kind!r} artifact; this page opens {list(kinds)}")

@@ -30,8 +30,8 @@ def image_cmd(
 ) -> None:
     """Image the experts that separate the suite's behavior prompts from its control prompts."""
     import steerlab as sl
+    from steerlab.experts.artifact import token_raster, write_image
     from steerlab.experts.ftri import image_suite
-    from steerlab.experts.report import token_raster, write_image
     from steerlab.suites import default_suite, load_suite
 
     h = sl.load(model)
@@ -76,8 +76,8 @@ def evaluate_cmd(
 ) -> None:
     """Switch the top experts off (and on) during generation; compare with random expert sets."""
     import steerlab as sl
+    from steerlab.experts.artifact import write_evaluation
     from steerlab.experts.evaluate import evaluate_experts
-    from steerlab.experts.report import write_evaluation
     from steerlab.suites import default_suite
 
     ftri = _ftri_from_artifact(image_dir) if image_dir is not None else None
@@ -117,8 +117,8 @@ def evaluate_cmd(
 
 def _ftri_from_artifact(path: Path):  # noqa: ANN202
     from steerlab.errors import SteerlabError
+    from steerlab.experts.artifact import read_image
     from steerlab.experts.ftri import FtriResult
-    from steerlab.experts.report import read_image
 
     art = read_image(path)
     t = art["tensors"]

@@ -40,7 +40,9 @@ import numpy as np
 import torch
 
 from steerlab.artifacts import read_artifact, write_artifact
-from steerlab.decoding.diagnostics import diagnose_generation, per_step_figure
+from steerlab.decoding.artifact import COMPARE_KIND
+from steerlab.decoding.diagnostics import diagnose_generation
+from steerlab.decoding.figures import diversity_coherence_figure, per_step_figure
 from steerlab.decoding.metrics import default_embedder, distinct_n, embedding_diversity, self_bleu
 from steerlab.errors import SpecError
 from steerlab.generation import describe_interventions, generate
@@ -51,7 +53,6 @@ from steerlab.scoring import judge_nll, nll_from_scores
 from steerlab.stats import mean_ci
 from steerlab.values import parse_assignments
 from steerlab.viz.runs import FIGURE_SUFFIX, figure_files
-from steerlab.viz.sampling import COMPARE_KIND
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 DEFAULT_SAMPLERS = "top_h:alpha=0.3,top_h:alpha=0.4,top_h:alpha=0.5,top_p:p=0.9,min_p:p=0.1,temperature"
@@ -237,59 +238,6 @@ def aggregate(per_prompt: list[dict[str, float]], seed: int = 0) -> dict[str, di
 
 
 # -- figures ---------------------------------------------------------------------------------------
-def diversity_coherence_figure(rows: list[dict[str, Any]], model: str = "") -> Any:
-    """Diversity (embedding, distinct-2, self-BLEU) vs judge perplexity, one line per sampler across T."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
-    from plotly.subplots import make_subplots
-
-    panels = [
-        ("embedding_diversity", "embedding diversity (higher = diverse)"),
-        ("distinct_2", "distinct-2 (higher = diverse)"),
-        ("self_bleu", "self-BLEU (lower = diverse)"),
-    ]
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[t for _, t in panels], horizontal_spacing=0.07)
-    labels = list(dict.fromkeys(r["sampler"] for r in rows))
-    for j, label in enumerate(labels):
-        rs = sorted((r for r in rows if r["sampler"] == label), key=lambda r: r["temperature"])
-        color = qualitative.Plotly[j % len(qualitative.Plotly)]
-        ppl = [r["judge_ppl"] for r in rs]
-        for c, (key, _) in enumerate(panels, start=1):
-            m = [r[key] for r in rs]
-            fig.add_trace(
-                go.Scatter(
-                    x=[p["mean"] for p in ppl],
-                    y=[v["mean"] for v in m],
-                    mode="lines+markers+text",
-                    text=[f"T={r['temperature']:g}" for r in rs],
-                    textposition="top center",
-                    name=label,
-                    legendgroup=label,
-                    showlegend=c == 1,
-                    line={"color": color},
-                    error_x=_error_bars(ppl),
-                    error_y=_error_bars(m),
-                ),
-                row=1,
-                col=c,
-            )
-        for c in range(1, 4):
-            fig.update_xaxes(type="log", title_text="judge perplexity (lower = coherent)", row=1, col=c)
-    fig.update_layout(title=f"diversity vs coherence across temperatures {model}".strip(), height=520, width=1500)
-    return fig
-
-
-def _error_bars(cis: list[dict[str, float]]) -> dict[str, Any]:
-    """Asymmetric plotly error bars from ``{"mean", "lo", "hi"}`` intervals."""
-    return {
-        "type": "data",
-        "symmetric": False,
-        "array": [c["hi"] - c["mean"] for c in cis],
-        "arrayminus": [c["mean"] - c["lo"] for c in cis],
-        "thickness": 1,
-    }
-
-
 def figure_payload(figures: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """Plotly JSON of each figure (for ``data["figures"]``) and the standalone HTML files (+ plotly.js)."""
     import json

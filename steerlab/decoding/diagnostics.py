@@ -14,7 +14,8 @@ structure the dashboard plots:
 
 :func:`generation_diagnostics` computes it for one sequence of a ``sl.generate(..., output_scores=True)``
 result (the raw logits of every step), adding the generated tokens; :func:`diagnose_generation` runs the
-generation too; :func:`per_step_figure` draws it.
+generation too; :func:`diagnostics_summary` tabulates it per rule and :class:`StepTop` keeps the top
+probabilities of every step (the figures are in :mod:`steerlab.decoding.figures`).
 
 Example:
     >>> import torch
@@ -26,10 +27,11 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlab.errors import SpecError
@@ -38,6 +40,8 @@ from steerlab.models.handle import ModelHandle
 from steerlab.sampling.base import Sampler
 from steerlab.sampling.basic import MinP, TopP
 from steerlab.sampling.top_h import TopH
+
+RULES = (("top_h", "top-H"), ("top_p", "top-p"), ("min_p", "min-p"))  # the truncation rules compared
 
 
 def entropy(logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
@@ -190,55 +194,44 @@ def diagnose_generation(
     return out
 
 
-def per_step_figure(diag: dict[str, Any], title: str | None = None) -> Any:
-    """Plotly figure of one generation: kept-set sizes (top) and entropies / budget (bottom) per step."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
+def rule_label(diag: dict[str, Any], key: str) -> str:
+    """``top-H (alpha=0.4, paper)``, ``top-p (p=0.9)``, ``min-p (p=0.1)``."""
+    s = diag[key]
+    name = dict(RULES)[key]
+    return f"{name} (alpha={s['alpha']:g}, {s['variant']})" if key == "top_h" else f"{name} (p={s['p']:g})"
 
-    steps = list(range(len(diag["entropy"])))
-    labels = diag.get("token_texts") or [str(t) for t in diag.get("tokens", steps)]
-    th, tp, mp = diag["top_h"], diag["top_p"], diag["min_p"]
-    fig = make_subplots(
-        rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=("kept-set size", "entropy (nats)")
-    )
-    names = {
-        "top_h": f"top-H (alpha={th['alpha']}, {th['variant']})",
-        "top_p": f"top-p (p={tp['p']})",
-        "min_p": f"min-p (p={mp['p']})",
-    }
-    for key, stats in (("top_h", th), ("top_p", tp), ("min_p", mp)):
-        fig.add_trace(
-            go.Scatter(
-                x=steps,
-                y=stats["kept"],
-                mode="lines+markers",
-                name=names[key],
-                legendgroup=key,
-                text=labels,
-                hovertemplate="%{text}: %{y}",
-            ),
-            row=1,
-            col=1,
-        )
-    fig.add_trace(
-        go.Scatter(x=steps, y=diag["entropy"], mode="lines", name="H(p)", line={"color": "black"}, text=labels),
-        row=2,
-        col=1,
-    )
-    fig.add_trace(
-        go.Scatter(x=steps, y=th["budget"], mode="lines", name="top-H budget", line={"dash": "dash", "color": "gray"}),
-        row=2,
-        col=1,
-    )
-    for key, stats in (("top_h", th), ("top_p", tp), ("min_p", mp)):
-        fig.add_trace(
-            go.Scatter(
-                x=steps, y=stats["kept_entropy"], mode="lines", name=f"H(kept) {key}", legendgroup=key, showlegend=True
-            ),
-            row=2,
-            col=1,
-        )
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_xaxes(title_text="generation step", row=2, col=1)
-    fig.update_layout(title=title or f"per-step truncation at T={diag['temperature']}", height=650)
-    return fig
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs)) if xs else float("nan")
+
+
+def diagnostics_summary(diag: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per rule: mean / median / max kept-set size, mean kept mass and mean H(kept) (nats)."""
+    rows = []
+    for key, name in RULES:
+        s = diag[key]
+        kept = sorted(s["kept"])
+        rows.append({
+            "rule": name, "setting": rule_label(diag, key).split(" ", 1)[1].strip("()"),
+            "mean kept": round(_mean(kept), 2), "median kept": kept[len(kept) // 2] if kept else None,
+            "max kept": max(kept) if kept else None, "mean kept mass": round(_mean(s["kept_mass"]), 4),
+            "mean H(kept)": round(_mean(s["kept_entropy"]), 4),
+        })
+    return rows
+
+
+@dataclass
+class StepTop:
+    """The ``n`` most likely tokens of every step under ``softmax(logits / T)``, in descending order."""
+
+    probs: Float[Tensor, "steps n"]
+    ids: Int[Tensor, "steps n"]
+
+    @classmethod
+    def from_scores(cls, scores: list[Tensor], row: int, steps: int, temperature: float, n: int = 64) -> StepTop:
+        """From ``GenerationResult.scores`` (raw logits per step), for the first ``steps`` steps of ``row``."""
+        if scores is None:
+            raise SpecError("the generation has no scores; generate with output_scores=True")
+        logits = torch.stack([scores[t][row].float() for t in range(steps)]) / temperature
+        top = torch.softmax(logits, -1).topk(min(n, logits.shape[-1]), dim=-1)
+        return cls(top.values, top.indices)

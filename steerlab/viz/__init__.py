@@ -1,9 +1,7 @@
-"""View models and plotly figure builders, shared by the dashboard and the CLI's artifacts.
+"""Generic renderers shared by the dashboard and the CLI's artifacts (no Streamlit, no analysis):
+:mod:`steerlab.viz.tokens` (per-token HTML and tooltips), :mod:`steerlab.viz.runs` (run labels, tables,
+figure files of an artifact), :mod:`steerlab.viz.model` (the status line).
 
-Nothing here imports Streamlit: every function takes library objects (generation results,
-artifacts, diagnostics) and returns plain data, HTML strings or ``plotly`` figures, so it can be
-unit-tested and reused by commands that write figures next to an artifact.
-
-One module per dashboard page: :mod:`steerlab.viz.tokens` and :mod:`steerlab.viz.generation`
-(Generate), :mod:`steerlab.viz.sampling` (Sampling), :mod:`steerlab.viz.runs` (Runs).
+Each analysis keeps its own figures and artifact schema beside it (``steerlab/<analysis>/figures.py`` and
+``artifact.py``).
 """

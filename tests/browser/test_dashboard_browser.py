@@ -136,7 +136,8 @@ def _seed_runs(root: Path) -> None:
     run_compare(cfg, root / "sampling-compare", progress=False)
 
     from steerlab.artifacts import write_artifact
-    from steerlab.viz.generation import Comparison
+    from steerlab.steering.artifact import comparison_payload
+    from steerlab.steering.compare import Comparison
     from steerlab.viz.tokens import TokenStep
 
     def row(words: list[str], p: float) -> list[TokenStep]:
@@ -147,7 +148,7 @@ def _seed_runs(root: Path) -> None:
     cmp = Comparison(prompts=["Once upon a time"], settings={"baseline": settings, "steered": settings},
                      steps={"baseline": [row([",", " there", " was", " a"], 0.8)],
                             "steered": [row([",", " a", " happy", " dog"], 0.6)]})
-    write_artifact(root / "seeded-comparison", **cmp.to_artifact())
+    write_artifact(root / "seeded-comparison", **comparison_payload(cmp))
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 import steerlab.decoding.compare  # noqa: F401  (imported here so that timings below measure no import)
+import steerlab.experts.artifact
 import steerlab.experts.evaluate
-import steerlab.experts.report
 import steerlab.organisms.build
 import steerlab.organisms.evaluate
 from steerlab.cli.main import app

@@ -11,7 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 import steerlab as sl
 from steerlab.artifacts import write_artifact
-from steerlab.viz.generation import Comparison
+from steerlab.steering.artifact import comparison_payload
+from steerlab.steering.compare import Comparison
 from steerlab.viz.runs import figure_files
 from steerlab.viz.tokens import TokenStep
 
@@ -26,7 +27,8 @@ def runs_dir(tmp_path, stories):
                    metrics={"score": 0.75}, tensors={"acts": torch.zeros(3, 64)},
                    extra_files=figure_files({"bars": fig}))
     res = sl.generate(stories, ["Once upon a time"], max_new_tokens=5, output_scores=True)
-    write_artifact(root / "gen" / "one", **Comparison.from_results(stories.tokenizer, {"baseline": res}).to_artifact())
+    cmp = Comparison.from_results(stories.tokenizer, {"baseline": res})
+    write_artifact(root / "gen" / "one", **comparison_payload(cmp))
     return root
 
 
@@ -111,7 +113,7 @@ def test_reopening_switches_to_the_runs_model(monkeypatch, tmp_path, tiny):
         settings = {"model": model, "sampler": {"name": "greedy", "params": {}}, "max_new_tokens": 3, "seed": 0}
         cmp = Comparison(prompts=["Hi"], settings={"baseline": settings},
                          steps={"baseline": [[TokenStep(0, 5, " there", 0.5, 1.0, ((" there", 0.5),))]]})
-        write_artifact(root / name, **cmp.to_artifact())
+        write_artifact(root / name, **comparison_payload(cmp))
     monkeypatch.setenv("STEERLAB_DASHBOARD_MODEL", "shared:stories260K")
     monkeypatch.setenv("STEERLAB_RUNS", str(root))
     at = AppTest.from_file(APP, default_timeout=180)

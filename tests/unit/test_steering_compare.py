@@ -1,4 +1,4 @@
-"""Side-by-side comparisons: building, metrics, artifact round trip, figure (steerlab.viz.generation)."""
+"""Side-by-side comparisons: building, metrics, artifact round trip, figure (steerlab.steering)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import steerlab as sl
 from steerlab.artifacts import read_artifact, write_artifact
 from steerlab.errors import SteerlabError
 from steerlab.interventions import AddVector, InterventionSet
-from steerlab.viz.generation import Comparison, first_divergence, token_prob_figure
+from steerlab.steering.artifact import comparison_payload, read_comparison
+from steerlab.steering.compare import Comparison, first_divergence
+from steerlab.steering.figures import token_prob_figure
 from steerlab.viz.tokens import TokenStep
 
 
@@ -53,11 +55,11 @@ def test_texts_and_metrics(comparison):
 
 def test_artifact_round_trip_keeps_steps_settings_and_interventions(comparison, tmp_path):
     cmp, _ = comparison
-    path = write_artifact(tmp_path / "run", **cmp.to_artifact())
+    path = write_artifact(tmp_path / "run", **comparison_payload(cmp))
     art = read_artifact(path)
     assert art.kind == "generation_compare"
     assert art.config["model"] == "shared:stories260K"
-    back = Comparison.from_artifact(art)
+    back = read_comparison(art)
     assert back.prompts == cmp.prompts and back.labels == cmp.labels
     assert back.steps == cmp.steps
     assert back.settings["steered"]["interventions"][0]["type"] == "add_vector"
@@ -68,7 +70,7 @@ def test_artifact_round_trip_keeps_steps_settings_and_interventions(comparison, 
 def test_from_artifact_rejects_other_kinds(tmp_path):
     art = read_artifact(write_artifact(tmp_path / "x", kind="capture", config={}))
     with pytest.raises(SteerlabError, match="expected 'generation_compare'"):
-        Comparison.from_artifact(art)
+        read_comparison(art)
 
 
 def test_mismatched_prompts_are_refused(stories):

@@ -1,5 +1,5 @@
-"""Artifacts of the experts analysis (JSON + safetensors + plotly HTML), written atomically and read
-back by the CLI and the dashboard's Experts page.
+"""Artifacts of the experts analysis (JSON + safetensors + plotly HTML), registered in
+:mod:`steerlab.artifacts`, written atomically and read back by the CLI and the dashboard's Experts page.
 
 ``experts_image``: the fTRI statistics per layer and expert, the ranked table, for every expert the
 tokens and prompts that select it most, and one prompt's per-token expert raster.
@@ -25,14 +25,16 @@ from typing import Any
 import torch
 
 from steerlab.activations import capture
-from steerlab.artifacts import read_artifact, write_artifact
+from steerlab.artifacts import Artifact, read_artifact, register_kind, write_artifact
 from steerlab.errors import SteerlabError
 from steerlab.experts.evaluate import ExpertsEvaluation
+from steerlab.experts.figures import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.experts.ftri import FtriResult
 from steerlab.models.handle import ModelHandle
-from steerlab.viz.experts import expert_raster, ftri_heatmap, rate_vs_k
 from steerlab.viz.runs import figure_files
 
+IMAGE_KIND = "experts_image"
+EVALUATE_KIND = "experts_evaluate"
 _STATS = ("freq_behavior", "freq_control", "gate_behavior", "gate_control", "diff", "log_odds", "p_value", "q_value")
 
 
@@ -103,7 +105,7 @@ def image_payload(
         )
     metrics = {"top": res.table(top)[:5], "significant_q05": int((res.q_value < 0.05).sum())}
     return {
-        "kind": "experts_image",
+        "kind": IMAGE_KIND,
         "config": res.config,
         "metrics": metrics,
         "data": data,
@@ -127,9 +129,13 @@ def write_image(
 
 def read_image(path: str | Path) -> dict[str, Any]:
     """Read an ``experts_image`` artifact: ``config``, ``metrics``, ``data`` and ``tensors``."""
-    art = read_artifact(path)
-    if art.kind != "experts_image":
-        raise SteerlabError(f"{path} is a {art.kind!r} artifact; expected 'experts_image'")
+    return image_contents(read_artifact(path))
+
+
+def image_contents(art: Artifact) -> dict[str, Any]:
+    """What an ``experts_image`` artifact holds: ``config``, ``metrics``, ``data``, ``tensors`` and ``path``."""
+    if art.kind != IMAGE_KIND:
+        raise SteerlabError(f"{art.path} is a {art.kind!r} artifact; expected {IMAGE_KIND!r}")
     return {"config": art.config, "metrics": art.metrics, "data": art.data, "tensors": art.tensors, "path": art.path}
 
 
@@ -151,10 +157,20 @@ def write_evaluation(out: str | Path, ev: ExpertsEvaluation, res: FtriResult | N
     }
     return write_artifact(
         out,
-        kind="experts_evaluate",
+        kind=EVALUATE_KIND,
         config=ev.config,
         metrics=ev.metrics,
         data=data,
         tensors=tensors,
         extra_files=figure_files(figures),
     )
+
+
+EXPERTS_IMAGE = register_kind(
+    IMAGE_KIND, owner="steerlab.experts", producer="experts image", reader=image_contents,
+    summary="fTRI imaging: which experts a behavior suite selects more than its control, per layer",
+)
+EXPERTS_EVALUATE = register_kind(
+    EVALUATE_KIND, owner="steerlab.experts", producer="experts evaluate",
+    summary="the chosen experts switched off: refusal/compliance against random expert sets, over k",
+)
