@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-import steerlab as sl
 from dashboards.lib import runs, samplers, shell
 from dashboards.lib.interventions import intervention_stack
 from steerlab.steering.artifact import comparison_payload, read_comparison
-from steerlab.steering.compare import Comparison, first_divergence
+from steerlab.steering.compare import Comparison, compare_generations, first_divergence
 from steerlab.steering.figures import token_prob_figure
 from steerlab.viz.tokens import tokens_html
 
@@ -65,12 +64,8 @@ if not prompts:
     st.warning("Type at least one prompt.")
 if st.button("Generate", type="primary", disabled=not ready, key=f"{P}.run", icon=":material/play_arrow:"):
     with shell.guard("Generation"), st.spinner("Generating…"):
-        kw = dict(sampler=sampler, max_new_tokens=int(max_new), seed=int(seed), chat=chat, output_scores=True)
-        results = {"baseline": sl.generate(h, prompts, **kw)}
-        if len(stack):
-            results["steered"] = sl.generate(h, prompts, interventions=stack, **kw)
-        st.session_state[f"{P}.result"] = Comparison.from_results(
-            h.tokenizer, results, samplers={k: sampler for k in results}, interventions=stack if len(stack) else None)
+        st.session_state[f"{P}.result"] = compare_generations(
+            h, prompts, stack, sampler=sampler, max_new_tokens=int(max_new), seed=int(seed), chat=chat)
 
 # -- results ------------------------------------------------------------------------------------
 cmp: Comparison | None = st.session_state.get(f"{P}.result")

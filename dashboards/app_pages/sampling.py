@@ -6,11 +6,10 @@ from __future__ import annotations
 import streamlit as st
 import streamlit.components.v1 as components
 
-import steerlab as sl
 from dashboards.lib import runs, samplers, shell
 from steerlab.decoding.artifact import COMPARE_KIND, KIND, diagnostics_artifact, diagnostics_from_artifact
 from steerlab.decoding.compare import table_markdown
-from steerlab.decoding.diagnostics import StepTop, diagnostics_summary, generation_diagnostics
+from steerlab.decoding.diagnostics import diagnose_run, diagnostics_summary
 from steerlab.decoding.figures import per_step_figure, step_cutoff_figure
 from steerlab.sampling.top_h import VARIANTS
 from steerlab.viz.runs import artifact_figures, html_figures, run_label
@@ -117,14 +116,10 @@ with tab_step:
     if st.button("Run", type="primary", disabled=sampler is None or not prompt.strip(), key=f"{P}.run",
                  icon=":material/play_arrow:"):
         with shell.guard("The diagnostics"), st.spinner("Generating and measuring every step…"):
-            res = sl.generate(h, [prompt], sampler=sampler, max_new_tokens=int(max_new), seed=int(seed),
-                              output_scores=True)
             extra = {} if own_top_h else {"alpha": st.session_state[f"{P}.cmp_alpha"],
                                           "variant": st.session_state[f"{P}.cmp_variant"]}
-            diag = generation_diagnostics(res, 0, top_p=float(top_p), min_p=float(min_p),
-                                          tokenizer=h.tokenizer, **extra)
-            diag["text"] = res.texts[0]
-            top = StepTop.from_scores(res.scores, 0, diag["steps"], diag["temperature"])
+            diag, top, _ = diagnose_run(h, prompt, sampler, max_new_tokens=int(max_new), seed=int(seed),
+                                        top_p=float(top_p), min_p=float(min_p), **extra)
             st.session_state[f"{P}.result"] = (diag, top)
 
     result = st.session_state.get(f"{P}.result")
@@ -138,8 +133,6 @@ with tab_step:
         st.plotly_chart(step_cutoff_figure(diag, top, step, h.tokenizer), key=f"{P}.fig_cut")
         if st.button("Save as run", key=f"{P}.save", icon=":material/save:"):
             with shell.guard("Saving the run"):
-                cfg = {"model": h.spec, "prompt": diag.get("prompt"), "sampler": diag.get("sampler"),
-                       "max_new_tokens": int(max_new), "seed": int(seed), "alpha": diag["top_h"]["alpha"],
-                       "variant": diag["top_h"]["variant"], "top_p": diag["top_p"]["p"], "min_p": diag["min_p"]["p"]}
-                path = runs.save_run("sampling", **diagnostics_artifact(diag, top, cfg))
+                settings = {"model": h.spec, "max_new_tokens": int(max_new), "seed": int(seed)}
+                path = runs.save_run("sampling", **diagnostics_artifact(diag, top, settings))
                 st.success(f"Saved to `{path}`; it is listed on the Runs page.", icon=":material/check:")

@@ -1,19 +1,23 @@
-"""Core commands: ``steerlab info``, ``steerlab generate``, ``steerlab models``."""
+"""Core commands: ``steerlab info``, ``steerlab generate``, ``steerlab models``, ``steerlab kinds``."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from steerlab.cli.common import AT_LEAST_1, SEED, emit, parse_params
+
+if TYPE_CHECKING:
+    from steerlab.models.handle import ModelHandle
 
 
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("generate")(generate_cmd)
     app.command("models")(models)
+    app.command("kinds")(kinds)
 
 
 def info(
@@ -47,6 +51,19 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) ->
         typer.echo(s + ("  (default)" if s == default_model() else ""))
 
 
+def kinds(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Artifact kinds: the analysis that owns each, the command that writes it (--out) and what it holds."""
+    import steerlab as sl
+
+    rows = [{"kind": k.name, "owner": k.owner, "producer": f"steerlab {k.producer} --out DIR", "summary": k.summary}
+            for k in sl.artifact_kinds()]
+    if as_json:
+        emit(rows)
+        return
+    for r in rows:
+        typer.echo(f"{r['kind']:<22} {r['producer']:<38} {r['summary']}")
+
+
 def generate_cmd(
     model: str = typer.Argument(None, help="Model spec (default: the embedded default model)."),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="A prompt; repeat for a batch."),
@@ -56,18 +73,53 @@ def generate_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", "-n", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
     chat: bool = typer.Option(False, "--chat", help="Wrap prompts in the model's chat template."),
+    compare: bool = typer.Option(
+        False, "--compare", help="Also generate without the interventions (needs --intervention): baseline vs steered."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write a generation_compare artifact (the Generate page reopens it) to this folder."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Generate completions, optionally with interventions and a sampler."""
+    """Generate completions, optionally with interventions and a sampler; --compare --out saves the runs."""
     import steerlab as sl
+    from steerlab.errors import SpecError
     from steerlab.interventions import InterventionSet
 
+    if compare and intervention is None:
+        raise SpecError("--compare needs --intervention SPEC: it compares generations without and with it")
     smp = sl.make_sampler(sampler, **parse_params(param))  # the sampler and the spec file before the model
     ivs: Any = InterventionSet.load(intervention) if intervention else None
     h = sl.load(model)
+    if compare or out is not None:
+        _compare(h, prompt, ivs, compare or ivs is None, out, as_json,
+                 sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
+        return
     out = sl.generate(h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
     if as_json:
         emit(out.to_json())
         return
     for p, t in zip(out.prompts, out.texts, strict=True):
         typer.echo(f"{p!r} -> {t!r}")
+
+
+def _compare(
+    h: ModelHandle, prompts: list[str], ivs: Any, baseline: bool, out: Path | None, as_json: bool, **kwargs: Any
+) -> None:
+    """The runs of ``generate --compare/--out``: baseline and/or steered, written as ``generation_compare``."""
+    from steerlab.artifacts import write_artifact
+    from steerlab.steering.artifact import comparison_payload
+    from steerlab.steering.compare import compare_generations
+
+    cmp = compare_generations(h, prompts, ivs, baseline=baseline, **kwargs)
+    path = write_artifact(out, **comparison_payload(cmp)) if out is not None else None
+    if as_json:
+        emit({"artifact": str(path) if path else None, "metrics": cmp.metrics(),
+              "runs": {label: cmp.texts(label) for label in cmp.labels}})
+        return
+    for label in cmp.labels:
+        for p, t in zip(cmp.prompts, cmp.texts(label), strict=True):
+            typer.echo(f"[{label}] {p!r} -> {t!r}")
+    if path is not None:
+        typer.echo(f"artifact: {path}")
+

@@ -98,20 +98,26 @@ def diagnose(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     top_p: float = typer.Option(0.9, "--top-p", help="p of the top-p rule compared at each step, in (0, 1]."),
     min_p: float = typer.Option(0.1, "--min-p", help="p of the min-p rule compared at each step, in [0, 1]."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Write a sampling_diagnostics artifact (the Sampling page reopens it) to this folder."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Generate once and show, per step, what top-H, top-p and min-p keep (sizes, entropies, mass)."""
     import steerlab as sl
-    from steerlab.decoding.diagnostics import diagnose_generation
+    from steerlab.artifacts import write_artifact
+    from steerlab.decoding.artifact import diagnostics_artifact
+    from steerlab.decoding.diagnostics import diagnose_run
 
     smp = sl.make_sampler(sampler, **parse_params(param))  # every rule is checked before the model loads
     sl.make_sampler("top_p", p=top_p), sl.make_sampler("min_p", p=min_p)
     h = sl.load(model)
-    d = diagnose_generation(
+    d, top, settings = diagnose_run(
         h, prompt, smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat, top_p=top_p, min_p=min_p
     )
+    path = write_artifact(out, **diagnostics_artifact(d, top, settings)) if out is not None else None
     if as_json:
-        emit(d)
+        emit(d if path is None else {**d, "artifact": str(path)})
         return
     typer.echo(f"{d['text']!r}  (T={d['temperature']}, top-H alpha={d['top_h']['alpha']} {d['top_h']['variant']})")
     typer.echo(f"{'step':>4} {'token':>14} {'H(p)':>6} {'budget':>6} {'top_h':>6} {'top_p':>6} {'min_p':>6}")
@@ -121,3 +127,5 @@ def diagnose(
             f"{i:>4} {tok!r:>14} {d['entropy'][i]:>6.2f} {d['top_h']['budget'][i]:>6.2f}"
             f" {d['top_h']['kept'][i]:>6} {d['top_p']['kept'][i]:>6} {d['min_p']['kept'][i]:>6}"
         )
+    if path is not None:
+        typer.echo(f"artifact: {path}")

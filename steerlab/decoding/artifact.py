@@ -16,7 +16,7 @@ Example:
     ...                 max_new_tokens=4, output_scores=True)
     >>> diag = generation_diagnostics(r)
     >>> top = StepTop.from_scores(r.scores, 0, diag["steps"], diag["temperature"])
-    >>> path = write_artifact(tempfile.mkdtemp() + "/d", **diagnostics_artifact(diag, top, {"model": h.spec}))
+    >>> path = write_artifact(tempfile.mkdtemp() + "/d", **diagnostics_artifact(diag, top, r.settings))
     >>> SAMPLING_DIAGNOSTICS.read(path)[0]["steps"] == diag["steps"]
     True
 """
@@ -33,8 +33,14 @@ KIND = "sampling_diagnostics"
 COMPARE_KIND = "sampling_compare"
 
 
-def diagnostics_artifact(diag: dict[str, Any], top: StepTop, config: dict[str, Any]) -> dict[str, Any]:
-    """Keyword arguments for :func:`steerlab.artifacts.write_artifact` (``sampling_diagnostics``)."""
+def diagnostics_artifact(diag: dict[str, Any], top: StepTop, settings: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for :func:`steerlab.artifacts.write_artifact` (``sampling_diagnostics``), from the
+    diagnostics, the step tops and the generation's settings (``GenerationResult.settings``); the config
+    holds what the Sampling page presets when it reopens the run."""
+    config = {"model": settings.get("model"), "prompt": diag.get("prompt"), "sampler": diag.get("sampler"),
+              "max_new_tokens": int(settings["max_new_tokens"]), "seed": int(settings["seed"] or 0),
+              "chat": bool(settings.get("chat")), "alpha": diag["top_h"]["alpha"],
+              "variant": diag["top_h"]["variant"], "top_p": diag["top_p"]["p"], "min_p": diag["min_p"]["p"]}
     metrics = {f"mean_kept_{k}": _mean(diag[k]["kept"]) for k, _ in RULES}
     metrics.update({f"mean_kept_mass_{k}": _mean(diag[k]["kept_mass"]) for k, _ in RULES})
     metrics["mean_entropy"] = _mean(diag["entropy"])

@@ -179,6 +179,23 @@ def diagnose_generation(
 
     ``kwargs`` go to :func:`generation_diagnostics` (``alpha``, ``variant``, ``top_p``, ``min_p``, ...).
     """
+    return diagnose_run(h, prompt, sampler, max_new_tokens=max_new_tokens, seed=seed, chat=chat,
+                        interventions=interventions, **kwargs)[0]
+
+
+def diagnose_run(
+    h: ModelHandle,
+    prompt: str,
+    sampler: Any = None,
+    *,
+    max_new_tokens: int = 32,
+    seed: int = 0,
+    chat: bool = False,
+    interventions: Any = None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], StepTop, dict[str, Any]]:
+    """:func:`diagnose_generation`, also returning the top probabilities of every step (:class:`StepTop`)
+    and the generation's settings: all a ``sampling_diagnostics`` artifact holds."""
     res = generate(
         h,
         [prompt],
@@ -191,7 +208,7 @@ def diagnose_generation(
     )
     out = generation_diagnostics(res, 0, tokenizer=h.tokenizer, **kwargs)
     out["text"] = res.texts[0]
-    return out
+    return out, StepTop.from_scores(res.scores, 0, out["steps"], out["temperature"]), res.settings
 
 
 def rule_label(diag: dict[str, Any], key: str) -> str:

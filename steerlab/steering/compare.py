@@ -20,7 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from steerlab.errors import SteerlabError
+from steerlab.generation import generate
 from steerlab.interventions import InterventionSet
+from steerlab.models.handle import ModelHandle
+from steerlab.sampling.base import Sampler
 from steerlab.viz.tokens import TokenStep, token_steps
 
 
@@ -84,3 +87,33 @@ def first_divergence(a: list[TokenStep], b: list[TokenStep]) -> int | None:
         if x.token_id != y.token_id:
             return i
     return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def compare_generations(
+    h: ModelHandle,
+    prompts: list[str],
+    interventions: InterventionSet | None = None,
+    *,
+    baseline: bool = True,
+    sampler: Sampler | None = None,
+    **kwargs: Any,
+) -> Comparison:
+    """Generate ``prompts`` without (``"baseline"``, unless ``baseline=False``) and with (``"steered"``, when
+    ``interventions`` is not empty) the interventions, with the same sampler, seed and settings (``kwargs``
+    go to :func:`steerlab.generation.generate`), and compare them token by token.
+
+    Example:
+        >>> import steerlab as sl
+        >>> h = sl.load("shared:stories260K")
+        >>> compare_generations(h, ["Once upon a time"], max_new_tokens=3).labels
+        ['baseline']
+    """
+    steered = interventions is not None and len(interventions) > 0
+    if not (baseline or steered):
+        raise SteerlabError("nothing to generate: no baseline and no interventions; give interventions or baseline")
+    kw = dict(sampler=sampler, output_scores=True, **kwargs)
+    results = {"baseline": generate(h, prompts, **kw)} if baseline else {}
+    if steered:
+        results["steered"] = generate(h, prompts, interventions=interventions, **kw)
+    return Comparison.from_results(h.tokenizer, results, samplers={k: sampler for k in results},
+                                   interventions=interventions if steered else None)

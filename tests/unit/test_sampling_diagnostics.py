@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from steerlab.decoding.diagnostics import entropy, per_step_figure, step_diagnostics, truncation_stats
+from steerlab.decoding.diagnostics import entropy, step_diagnostics, truncation_stats
+from steerlab.decoding.figures import per_step_figure
 from steerlab.errors import SpecError
 from steerlab.sampling import make_sampler
 
