@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from steerlab.artifacts import Artifact, register_kind
-from steerlab.decoding.diagnostics import RULES, StepTop, _mean
+from steerlab.decoding.diagnostics import RULES, StepTop, mean_or_nan
 from steerlab.errors import SteerlabError
 
 KIND = "sampling_diagnostics"
@@ -41,9 +41,9 @@ def diagnostics_artifact(diag: dict[str, Any], top: StepTop, settings: dict[str,
               "max_new_tokens": int(settings["max_new_tokens"]), "seed": int(settings["seed"] or 0),
               "chat": bool(settings.get("chat")), "alpha": diag["top_h"]["alpha"],
               "variant": diag["top_h"]["variant"], "top_p": diag["top_p"]["p"], "min_p": diag["min_p"]["p"]}
-    metrics = {f"mean_kept_{k}": _mean(diag[k]["kept"]) for k, _ in RULES}
-    metrics.update({f"mean_kept_mass_{k}": _mean(diag[k]["kept_mass"]) for k, _ in RULES})
-    metrics["mean_entropy"] = _mean(diag["entropy"])
+    metrics = {f"mean_kept_{k}": mean_or_nan(diag[k]["kept"]) for k, _ in RULES}
+    metrics.update({f"mean_kept_mass_{k}": mean_or_nan(diag[k]["kept_mass"]) for k, _ in RULES})
+    metrics["mean_entropy"] = mean_or_nan(diag["entropy"])
     return {"kind": KIND, "config": config, "metrics": metrics, "data": diag,
             "tensors": {"step_top_probs": top.probs, "step_top_ids": top.ids}}
 

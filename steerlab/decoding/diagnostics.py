@@ -218,7 +218,8 @@ def rule_label(diag: dict[str, Any], key: str) -> str:
     return f"{name} (alpha={s['alpha']:g}, {s['variant']})" if key == "top_h" else f"{name} (p={s['p']:g})"
 
 
-def _mean(xs: list[float]) -> float:
+def mean_or_nan(xs: list[float]) -> float:
+    """The mean of ``xs`` (NaN for none): the per-rule averages of the summary and the artifact metrics."""
     return float(sum(xs) / len(xs)) if xs else float("nan")
 
 
@@ -230,9 +231,9 @@ def diagnostics_summary(diag: dict[str, Any]) -> list[dict[str, Any]]:
         kept = sorted(s["kept"])
         rows.append({
             "rule": name, "setting": rule_label(diag, key).split(" ", 1)[1].strip("()"),
-            "mean kept": round(_mean(kept), 2), "median kept": kept[len(kept) // 2] if kept else None,
-            "max kept": max(kept) if kept else None, "mean kept mass": round(_mean(s["kept_mass"]), 4),
-            "mean H(kept)": round(_mean(s["kept_entropy"]), 4),
+            "mean kept": round(mean_or_nan(kept), 2), "median kept": kept[len(kept) // 2] if kept else None,
+            "max kept": max(kept) if kept else None, "mean kept mass": round(mean_or_nan(s["kept_mass"]), 4),
+            "mean H(kept)": round(mean_or_nan(s["kept_entropy"]), 4),
         })
     return rows
 
