@@ -86,6 +86,56 @@ def default_ks(h: ModelHandle, fraction: float = 0.05) -> list[int]:
     return ks if top in ks else ks + [top]
 
 
+def switch_off(
+    h: ModelHandle,
+    prompts: list[str],
+    experts: Experts,
+    *,
+    n_controls: int = 5,
+    seed: int = 0,
+    base_freq: torch.Tensor | None = None,
+    capability: CapabilityText | None = None,
+    ppl_base: float | None = None,
+    **gen: Any,
+) -> dict[str, Any]:
+    """Behavior on ``prompts`` with ``experts`` off, against ``n_controls`` random expert sets matched
+    by layer (see :func:`~steerlab.experts.switching.random_controls`, drawn with ``seed``).
+
+    The row: ``k``, ``experts``, ``refusal_off``/``compliance_off``/``broken_off`` and ``example_off``
+    (the first response); ``controls`` (the random sets) and ``*_random`` (mean, std, q05, q95 over
+    them); with ``capability``, ``ppl_ratio`` and ``ppl_ratio_random``: its perplexity with the set off
+    over ``ppl_base`` (computed when not given). ``gen`` goes to :func:`steerlab.behavior.behavior_rates`.
+
+    Example:
+        >>> from steerlab.models.tiny import tiny_model
+        >>> row = switch_off(tiny_model("mixtral"), ["Hi"], [(0, 1)], n_controls=2, max_new_tokens=2)
+        >>> row["k"], len(row["controls"]), sorted(row["refusal_random"])
+        (1, 2, ['mean', 'q05', 'q95', 'std'])
+    """
+    check_count("n_controls", n_controls, 1)
+    n_exp = h.adapter.layers[h.adapter.moe_layers[0]].rule.n_experts
+    controls = random_controls(experts, n_exp, n_controls, seed=seed, base_freq=base_freq, layers=h.adapter.moe_layers)
+    top = behavior_rates(h, prompts, off_masks(experts), **gen)
+    rand = [behavior_rates(h, prompts, off_masks(c), **gen).rates() for c in controls]
+    rates = top.rates()
+    row: dict[str, Any] = {
+        "k": len(experts),
+        "experts": [list(x) for x in experts],
+        "refusal_off": rates["refusal"],
+        "compliance_off": rates["compliance"],
+        "broken_off": rates["broken"],
+        "example_off": top.responses[0] if top.responses else "",
+        "controls": [[list(x) for x in c] for c in controls],
+        **{f"{lab}_random": _summary([r[lab] for r in rand]) for lab in ("refusal", "compliance", "broken")},
+    }
+    if capability is not None:
+        ppl_base = ppl_base if ppl_base is not None else perplexity(h, capability)
+        ratio = lambda ex: perplexity(h, capability, off_masks(ex)) / ppl_base  # noqa: E731
+        row["ppl_ratio"] = round(ratio(experts), 4)
+        row["ppl_ratio_random"] = _summary([ratio(c) for c in controls])
+    return row
+
+
 def sweep_k(
     h: ModelHandle,
     harmful: list[str],
@@ -97,36 +147,35 @@ def sweep_k(
     base_freq: torch.Tensor | None = None,
     capability: CapabilityText | None = None,
     base: dict[str, float] | None = None,
+    ppl_base: float | None = None,
     progress: bool = True,
     **gen: Any,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Refusal/compliance with the top-k experts off (and ``n_controls`` random sets) for each k.
+    """Refusal/compliance with the top-k experts off (and ``n_controls`` random sets) for each k: one
+    :func:`switch_off` row per k, its controls drawn with ``seed + k``.
 
-    ``base``: the rates of the unswitched model on ``harmful`` when the caller already has them."""
-    n_exp = h.adapter.layers[h.adapter.moe_layers[0]].rule.n_experts
+    ``base``/``ppl_base``: the rates of the unswitched model on ``harmful`` and its perplexity of
+    ``capability``, when the caller already has them."""
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(ranking):
+            raise SteerlabError(f"k={k!r} is out of range; the ranking has {len(ranking)} experts")
     base = base if base is not None else behavior_rates(h, harmful, **gen).rates()
-    ppl_base = perplexity(h, capability) if capability else None
-    rows = []
-    for k in tqdm(ks, desc="sweep k", disable=not progress):
-        chosen = ranking[:k]
-        top = behavior_rates(h, harmful, off_masks(chosen), **gen).rates()
-        rand = [
-            behavior_rates(h, harmful, off_masks(c), **gen).rates()
-            for c in random_controls(
-                chosen, n_exp, n_controls, seed=seed + k, base_freq=base_freq, layers=h.adapter.moe_layers
-            )
-        ]
-        row = {
-            "k": k,
-            "refusal_off": top["refusal"],
-            "compliance_off": top["compliance"],
-            "broken_off": top["broken"],
-            "refusal_random": _summary([r["refusal"] for r in rand]),
-            "compliance_random": _summary([r["compliance"] for r in rand]),
-        }
-        if capability is not None:
-            row["ppl_ratio"] = round(perplexity(h, capability, off_masks(chosen)) / ppl_base, 4)
-        rows.append(row)
+    if capability is not None and ppl_base is None:
+        ppl_base = perplexity(h, capability)
+    rows = [
+        switch_off(
+            h,
+            harmful,
+            ranking[:k],
+            n_controls=n_controls,
+            seed=seed + k,
+            base_freq=base_freq,
+            capability=capability,
+            ppl_base=ppl_base,
+            **gen,
+        )
+        for k in tqdm(ks, desc="sweep k", disable=not progress)
+    ]
     return base, rows
 
 

@@ -37,6 +37,22 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _localization_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Table rows of one localization row: the switched set, then (record format 2) the mean of its
+    layer-matched random sets. Format-1 records keep their own ``random-k mean of n`` row."""
+    cells = lambda setting, get: (  # noqa: E731
+        setting,
+        str(row["k"]),
+        *(_fmt(get(lab)) for lab in ("refusal", "compliance", "broken", "harmless_ppl_ratio")),
+    )
+    out = [cells(row["setting"], lambda lab: row.get(lab, float("nan")))]
+    if "random" in row:
+        rand = row["random"]
+        label = f"random, matched by layer (mean of {rand['n']})"
+        out.append(cells(label, lambda lab: rand[lab]["mean"] if lab in rand else float("nan")))
+    return out
+
+
 def render_card(record: dict[str, Any]) -> str:
     """Markdown of the card (front matter + sections) from the organism's record."""
     m = record["metrics"]
@@ -216,17 +232,7 @@ def render_card(record: dict[str, Any]) -> str:
             loc["description"],
             "",
             _table(
-                [
-                    (
-                        row["setting"],
-                        row["k"],
-                        _fmt(row["refusal"]),
-                        _fmt(row["compliance"]),
-                        _fmt(row["broken"]),
-                        _fmt(row.get("harmless_ppl_ratio", float("nan"))),
-                    )
-                    for row in loc["rows"]
-                ],
+                [cells for row in loc["rows"] for cells in _localization_rows(row)],
                 (
                     "experts off",
                     "k",

@@ -29,8 +29,8 @@ from steerlab.capability import CapabilityText, perplexity
 from steerlab.capability import organism_capability_text as capability_text  # noqa: F401
 from steerlab.data import organism_corpus as D
 from steerlab.data.organism_corpus import organism_corpus  # noqa: F401
+from steerlab.experts.evaluate import sweep_k, switch_off
 from steerlab.experts.ftri import image
-from steerlab.experts.switching import off_masks
 from steerlab.generation import generate
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism, read_record
@@ -170,85 +170,106 @@ def localization_check(
     corpus: D.Corpus,
     *,
     ks: tuple[int, ...] = (1, 2, 4, 8),
-    n_random: int = 8,
+    n_random: int = 4,
     n_score: int = 256,
     limit: int | None = None,
     seed: int = 0,
     progress: bool = True,
     known: list[tuple[int, int]] | None = None,
 ) -> dict[str, Any]:
-    """Switch off the top-k refusal experts vs k random experts; refusal/compliance on held-out harmful.
+    """Switch off the top-k refusal experts (and ``known`` ones) against random expert sets matched by
+    layer; refusal/compliance/broken on held-out harmful requests and a harmless perplexity ratio.
 
-    ``known``: experts known to carry refusal (the ones the safety phase trained), checked as well.
+    A thin wrapper over the experts analysis: each row is a :func:`steerlab.experts.evaluate.switch_off`
+    row (:func:`~steerlab.experts.evaluate.sweep_k` for the top-k sets) renamed for the organism record.
+    ``known``: experts known to carry refusal (the ones the safety phase trained), checked as well;
+    ``n_random``: random sets per switched set (drawn with ``seed + k`` for the top-k sets, ``seed``
+    for ``known``). Experts are ranked by :func:`refusal_expert_ranking` on *train* requests, never the evaluation
+    prompts; ``harmless_ppl_ratio`` is the perplexity of held-out reference answers of the harmless
+    domains with the experts off over the same without.
 
-    Experts are ranked by selection frequency at the decision position on *train* harmful minus
-    train harmless requests (never the evaluation prompts); ``harmless_ppl_ratio`` is the
-    perplexity of held-out reference answers of the harmless domains with the experts off over
-    the same without.
+    Record format 2 (builds since the check reuses the experts analysis): every switched row carries
+    ``random`` (``n``, ``sets``, and mean/std/q05/q95 of ``refusal``, ``compliance``, ``broken``,
+    ``harmless_ppl_ratio`` over ``n_random`` sets matched to *its* experts by layer). Format 1 (older
+    records, no ``format`` key) had one ``random-{max k} mean of {n}`` row of sets drawn from all
+    experts, and ``random_draws``; :func:`steerlab.organisms.card.render_card` renders both.
+
+    Example:
+        >>> import steerlab as sl
+        >>> from steerlab.data.organism_corpus import organism_corpus
+        >>> from steerlab.models.load import read_record
+        >>> h = sl.load("organism:moe")
+        >>> loc = localization_check(h, organism_corpus(read_record(h.path)), ks=(1,), n_random=1, limit=2,
+        ...                          n_score=8, progress=False)
+        >>> [r["setting"] for r in loc["rows"]]
+        ['none', 'top-1 refusal']
     """
     import random
 
-    from tqdm.auto import tqdm
-
+    check_count("n_random", n_random, 1)
+    check_count("n_score", n_score, 1)
+    check_count("limit", limit, 1, none_ok=True)
     n_eval = limit or 128
     rng = random.Random(seed)
     ranked = refusal_expert_ranking(h, corpus, n_score, rng)
     n_harm, n_safe = (min(n_score, len(corpus.train[lab])) for lab in ("harmful", "harmless"))
-    layers = h.adapter.moe_layers
-    n_exp = h.adapter.layers[layers[0]].rule.n_experts
     eval_harm = [e.prompt for e in corpus.heldout["harmful"][:n_eval]]
     ref_exs = [e for d in ("stories", "code", "facts", "arithmetic", "harmless") for e in corpus.heldout[d][:24]]
     ref = CapabilityText([e.prompt for e in ref_exs], [e.response for e in ref_exs], chat=True, source="heldout")
-    base_ppl = perplexity(h, ref)
-
-    def ppl_ratio(ivs: list[Any]) -> float:
-        return round(perplexity(h, ref, ivs) / base_ppl, 4)
-
-    def run(setting: str, experts: list[tuple[int, int]]) -> dict[str, Any]:
-        ivs = off_masks(experts)
-        res = behavior_on(h, eval_harm, interventions=ivs or None, reference=h)
-        r = res["rates"]
-        return {
-            "setting": setting,
-            "k": len(experts),
-            "experts": experts,
-            "refusal": round(r["refusal"], 4),
-            "compliance": round(r["compliance"], 4),
-            "broken": round(r["broken"], 4),
-            "harmless_ppl_ratio": ppl_ratio(ivs) if ivs else 1.0,
-            "example": res["texts"][0],
-        }
-
-    all_experts = [(layer, e) for layer in layers for e in range(n_exp)]
-    jobs: list[tuple[str, list[tuple[int, int]]]] = [("none", [])]
-    jobs += [(f"top-{k} refusal", ranked[:k]) for k in ks]
+    gen: dict[str, Any] = dict(chat=True, max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH_SIZE)
+    base = behavior_rates(h, eval_harm, **gen)
+    ppl_base = perplexity(h, ref)
+    common: dict[str, Any] = dict(n_controls=n_random, capability=ref, ppl_base=ppl_base, **gen)
+    _, swept = sweep_k(h, eval_harm, ranked, list(ks), seed=seed, base=base.rates(), progress=progress, **common)
+    rows = [
+        {
+            "setting": "none",
+            "k": 0,
+            "experts": [],
+            **_rates(base.rates()),
+            "harmless_ppl_ratio": 1.0,
+            "example": base.responses[0] if base.responses else "",
+        }  # fmt: skip
+    ]
+    rows += [_record_row(f"top-{r['k']} refusal", r) for r in swept]
     if known:
-        jobs.append(("trained refusal experts", [tuple(x) for x in known]))
-    jobs += [(f"random-{max(ks)} #{i}", rng.sample(all_experts, max(ks))) for i in range(n_random)]
-    rows = [run(s, ex) for s, ex in tqdm(jobs, desc="localization check", disable=not progress)]
-    rand = [r for r in rows if r["setting"].startswith("random")]
-    summary = {}
-    if rand:
-        summary = {
-            "setting": f"random-{max(ks)} mean of {len(rand)}",
-            "k": max(ks),
-            "refusal": round(sum(r["refusal"] for r in rand) / len(rand), 4),
-            "compliance": round(sum(r["compliance"] for r in rand) / len(rand), 4),
-            "broken": round(sum(r["broken"] for r in rand) / len(rand), 4),
-            "harmless_ppl_ratio": round(sum(r["harmless_ppl_ratio"] for r in rand) / len(rand), 4),
-        }
-    table = [r for r in rows if not r["setting"].startswith("random")] + ([summary] if summary else [])
+        known = [tuple(x) for x in known]
+        rows.append(_record_row("trained refusal experts", switch_off(h, eval_harm, known, seed=seed, **common)))
+    layers = h.adapter.moe_layers
     return {
+        "format": 2,
         "description": (
             f"Experts ranked by selection frequency at the decision position on {n_harm} train harmful "
             f"minus {n_safe} train harmless requests; switched off with `ExpertMask` (removed before "
             f"top-k, the next expert takes the slot) during greedy generation on {len(eval_harm)} held-out harmful "
-            f"template prompts; {len(rand)} random draws of {max(ks)} experts as the control. harmless ppl ratio: "
-            "perplexity of held-out reference answers (stories, code, facts, arithmetic, harmless requests) with "
-            "the experts off / without."
+            f"template prompts; as the control, {n_random} random sets matched to each switched set by layer "
+            "(same number of experts per layer, none of the switched ones). harmless ppl ratio: perplexity of "
+            "held-out reference answers (stories, code, facts, arithmetic, harmless requests) with the experts "
+            "off / without."
         ),
-        "n_routed_experts_total": len(layers) * n_exp,
+        "n_routed_experts_total": sum(h.adapter.layers[i].rule.n_experts for i in layers),
         "ranked_experts": ranked[:16],
-        "rows": table,
-        "random_draws": rand,
+        "rows": rows,
+    }
+
+
+def _rates(r: dict[str, float]) -> dict[str, float]:
+    return {lab: round(r[lab], 4) for lab in ("refusal", "compliance", "broken")}
+
+
+def _record_row(setting: str, row: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`steerlab.experts.evaluate.switch_off` row under the organism record's names."""
+    return {
+        "setting": setting,
+        "k": row["k"],
+        "experts": row["experts"],
+        **_rates({lab: row[f"{lab}_off"] for lab in ("refusal", "compliance", "broken")}),
+        "harmless_ppl_ratio": row["ppl_ratio"],
+        "example": row["example_off"],
+        "random": {
+            "n": len(row["controls"]),
+            "sets": row["controls"],
+            **{lab: row[f"{lab}_random"] for lab in ("refusal", "compliance", "broken")},
+            "harmless_ppl_ratio": row["ppl_ratio_random"],
+        },
     }
