@@ -82,9 +82,10 @@ def random_controls(
     rng = random.Random(seed)
     per_layer = _by_layer(chosen)
     for layer, es in per_layer.items():
-        if len(es) >= n_experts:
+        if 2 * len(es) > n_experts:
             raise SteerlabError(
-                f"layer {layer}: {len(es)} experts chosen of {n_experts}; no random control is possible"
+                f"layer {layer}: {len(es)} experts chosen of {n_experts}; no random control is possible "
+                f"(it needs {len(es)} others, the layer has {n_experts - len(es)})"
             )
     sets = []
     for _ in range(n):

@@ -169,7 +169,7 @@ def localization_check(
     h: ModelHandle,
     corpus: D.Corpus,
     *,
-    ks: tuple[int, ...] = (1, 2, 4, 8),
+    ks: tuple[int, ...] | None = None,
     n_random: int = 4,
     n_score: int = 256,
     limit: int | None = None,
@@ -183,10 +183,12 @@ def localization_check(
     A thin wrapper over the experts analysis: each row is a :func:`steerlab.experts.evaluate.switch_off`
     row (:func:`~steerlab.experts.evaluate.sweep_k` for the top-k sets) renamed for the organism record.
     ``known``: experts known to carry refusal (the ones the safety phase trained), checked as well;
-    ``n_random``: random sets per switched set (drawn with ``seed + k`` for the top-k sets, ``seed``
-    for ``known``). Experts are ranked by :func:`refusal_expert_ranking` on *train* requests, never the evaluation
-    prompts; ``harmless_ppl_ratio`` is the perplexity of held-out reference answers of the harmless
-    domains with the experts off over the same without.
+    ``ks``: the top-k sets, by default 1, 2, 4, 8 up to half the experts of a layer (so that a random
+    set matched by layer always exists); ``n_random``: random sets per switched set (drawn with
+    ``seed + k`` for the top-k sets, ``seed`` for ``known``). Experts are ranked by
+    :func:`refusal_expert_ranking` on *train* requests, never the evaluation prompts;
+    ``harmless_ppl_ratio`` is the perplexity of held-out reference answers of the harmless domains with
+    the experts off over the same without.
 
     Record format 2 (builds since the check reuses the experts analysis): every switched row carries
     ``random`` (``n``, ``sets``, and mean/std/q05/q95 of ``refusal``, ``compliance``, ``broken``,
@@ -210,6 +212,9 @@ def localization_check(
     check_count("n_score", n_score, 1)
     check_count("limit", limit, 1, none_ok=True)
     n_eval = limit or 128
+    layers = h.adapter.moe_layers
+    n_exp = h.adapter.layers[layers[0]].rule.n_experts
+    ks = ks if ks is not None else tuple(k for k in (1, 2, 4, 8) if 2 * k <= n_exp)
     rng = random.Random(seed)
     ranked = refusal_expert_ranking(h, corpus, n_score, rng)
     n_harm, n_safe = (min(n_score, len(corpus.train[lab])) for lab in ("harmful", "harmless"))
@@ -229,13 +234,12 @@ def localization_check(
             **_rates(base.rates()),
             "harmless_ppl_ratio": 1.0,
             "example": base.responses[0] if base.responses else "",
-        }  # fmt: skip
+        }
     ]
     rows += [_record_row(f"top-{r['k']} refusal", r) for r in swept]
     if known:
         known = [tuple(x) for x in known]
         rows.append(_record_row("trained refusal experts", switch_off(h, eval_harm, known, seed=seed, **common)))
-    layers = h.adapter.moe_layers
     return {
         "format": 2,
         "description": (

@@ -8,7 +8,7 @@ import torch
 
 import steerlab as sl
 from steerlab.errors import SteerlabError
-from steerlab.experts.evaluate import evaluate_experts
+from steerlab.experts.evaluate import evaluate_experts, sweep_k, switch_off
 from steerlab.experts.ftri import image
 from steerlab.experts.selection import ablation_ranking, decision_margin, opening_tokens, reimage_ranking
 from steerlab.experts.switching import off_masks
@@ -64,6 +64,35 @@ def test_reimage_ranking_images_again_under_the_mask(tiny):
     again = image(h, BEHAVIOR, CONTROL, n_permutations=0, interventions=off_masks(chosen[:1])).ranking()
     assert chosen[1] == next(e for e in again if e != first)
     assert len(set(chosen)) == 3
+
+
+def test_switch_off_measures_the_set_and_its_layer_matched_controls(tiny):
+    from steerlab.behavior import behavior_rates
+    from steerlab.capability import CapabilityText, perplexity
+
+    h = tiny("mixtral")
+    experts = [(0, 1), (1, 2), (1, 5)]
+    text = CapabilityText(CONTROL, ["It rains softly.", "Four.", "The sea is wide."], chat=False, source="t")
+    gen = dict(chat=False, max_new_tokens=4)
+    row = switch_off(h, BEHAVIOR, experts, n_controls=3, seed=7, capability=text, **gen)
+    off = behavior_rates(h, BEHAVIOR, off_masks(experts), **gen)
+    assert (row["k"], row["refusal_off"], row["broken_off"]) == (3, off.rate("refusal"), off.rate("broken"))
+    assert row["example_off"] == off.responses[0] and row["experts"] == [[0, 1], [1, 2], [1, 5]]
+    ppl0 = perplexity(h, text)
+    assert row["ppl_ratio"] == pytest.approx(perplexity(h, text, off_masks(experts)) / ppl0, abs=1e-4)
+    assert len(row["controls"]) == 3
+    for c in row["controls"]:  # same experts per layer, none of the switched ones
+        assert sorted(layer for layer, _ in c) == [0, 1, 1] and not {tuple(x) for x in c} & set(experts)
+    sets = [[tuple(x) for x in c] for c in row["controls"]]
+    broken = [behavior_rates(h, BEHAVIOR, off_masks(c), **gen).rate("broken") for c in sets]
+    assert row["broken_random"]["mean"] == pytest.approx(sum(broken) / 3, abs=1e-4)
+    ratios = [perplexity(h, text, off_masks(c)) / ppl0 for c in sets]
+    assert row["ppl_ratio_random"]["mean"] == pytest.approx(sum(ratios) / 3, abs=1e-4)
+    assert row["ppl_ratio_random"]["q05"] == pytest.approx(min(ratios), abs=1e-4)
+    with pytest.raises(SteerlabError, match=r"layer 0: 5 experts chosen of 8; .* needs 5 others, the layer has 3"):
+        switch_off(h, BEHAVIOR, [(0, e) for e in range(5)], **gen)
+    with pytest.raises(SteerlabError, match="k=5 is out of range; the ranking has 3 experts"):
+        sweep_k(h, BEHAVIOR, experts, [1, 5], **gen)
 
 
 def test_cli_default_suite_follows_the_model(tiny):

@@ -11,7 +11,10 @@ import pytest
 import torch
 
 import steerlab as sl
+from steerlab.behavior import behavior_rates
+from steerlab.capability import CapabilityText, perplexity
 from steerlab.data.organism_corpus import DOMAINS, organism_corpus
+from steerlab.experts.switching import off_masks
 from steerlab.organisms.build import WEIGHTS_DIR, build_organism, read_record
 from steerlab.organisms.configs import get_recipe
 
@@ -56,6 +59,87 @@ def test_reduced_build_writes_a_complete_hf_folder(reduced_moe):
     assert {row["setting"] for row in rec["localization"]["rows"]} >= {"none", "top-1 refusal"}
     card = (reduced_moe / "README.md").read_text()
     assert f"| harmful | 16 | {m['refusal_harmful']:.3f} |" in card and "DeepseekV3ForCausalLM" in card
+
+
+def _heldout_reference(corpus):
+    """The localization check's reference answers, spelled out here: 24 held-out examples per domain."""
+    exs = [e for d in ("stories", "code", "facts", "arithmetic", "harmless") for e in corpus.heldout[d][:24]]
+    return CapabilityText([e.prompt for e in exs], [e.response for e in exs], chat=True, source="heldout")
+
+
+def test_localization_check_measures_what_the_experts_functions_measure(reduced_moe):
+    """The build's localization rows re-measured straight through behavior_rates / perplexity / off_masks
+    for the same sets: the top-1 row with each of its random sets, and the trained-experts row."""
+    rec = read_record(reduced_moe)
+    loc, m = rec["localization"], rec["metrics"]
+    h = sl.load(str(reduced_moe), cache=False)
+    corpus = organism_corpus(rec)
+    prompts = [e.prompt for e in corpus.heldout["harmful"][:16]]  # eval_limit
+    ref = _heldout_reference(corpus)
+    rows = {r["setting"]: r for r in loc["rows"]}
+    assert loc["format"] == 2 and [r["setting"] for r in loc["rows"]] == [
+        "none",
+        *(f"top-{k} refusal" for k in (1, 2, 4)),  # up to half of a layer's 8 experts
+        "trained refusal experts",
+    ]
+    none = rows["none"]  # the unswitched model on the same prompts: the record's own behaviour figures
+    assert (none["refusal"], none["compliance"], none["broken"]) == (
+        m["refusal_harmful"],
+        m["compliance_harmful"],
+        m["broken_harmful"],
+    )
+    assert none["example"] == rec["behavior"]["harmful"]["texts"][0]
+    trained = [tuple(x) for x in rec["training"]["safety_experts"]]
+    assert [tuple(x) for x in rows["trained refusal experts"]["experts"]] == trained
+    for k in (1, 2, 4):
+        assert rows[f"top-{k} refusal"]["experts"] == loc["ranked_experts"][:k]
+    gen = dict(chat=True, max_new_tokens=40)
+    ppl0 = perplexity(h, ref)
+
+    def measured(experts):
+        r = behavior_rates(h, prompts, off_masks([tuple(x) for x in experts]), **gen)
+        ratio = perplexity(h, ref, off_masks([tuple(x) for x in experts])) / ppl0
+        return {lab: round(r.rate(lab), 4) for lab in ("refusal", "compliance", "broken")}, ratio, r.responses[0]
+
+    for setting in ("top-1 refusal", "trained refusal experts"):
+        row = rows[setting]
+        rates, ratio, example = measured(row["experts"])
+        assert rates == {lab: row[lab] for lab in rates} and example == row["example"], setting
+        assert row["harmless_ppl_ratio"] == pytest.approx(ratio, abs=1e-4)
+        rand = row["random"]
+        assert rand["n"] == len(rand["sets"]) == 4  # the default n_random
+        layers, switched = sorted(layer for layer, _ in row["experts"]), {tuple(x) for x in row["experts"]}
+        for s in rand["sets"]:  # matched by layer, none of the switched experts
+            assert sorted(layer for layer, _ in s) == layers and not {tuple(x) for x in s} & switched
+    row = rows["top-1 refusal"]
+    again = [measured(s) for s in row["random"]["sets"]]
+    for lab in ("refusal", "compliance", "broken"):
+        assert row["random"][lab]["mean"] == pytest.approx(sum(r[0][lab] for r in again) / len(again), abs=1e-4)
+    assert row["random"]["harmless_ppl_ratio"]["mean"] == pytest.approx(sum(r[1] for r in again) / len(again), abs=1e-4)
+
+
+def test_card_renders_old_and_new_localization_records(reduced_moe):
+    from steerlab.organisms.card import render_card
+
+    old = read_record(WEIGHTS_DIR / "moe")  # format 1: one random-k row over all experts
+    assert "format" not in old["localization"]
+    card = render_card(old)
+    assert card == (WEIGHTS_DIR / "moe" / "README.md").read_text()
+    assert "| random-8 mean of 8 | 8 | 0.971 | 0.029 | 0.000 | 1.042 |" in card
+    assert "| trained refusal experts | 8 | 0.000 | 0.992 | 0.008 | 1.012 |" in card
+    new = read_record(reduced_moe)  # format 2: a layer-matched random row under every switched set
+    card = render_card(new)
+    assert card == (reduced_moe / "README.md").read_text()
+    lines = card.splitlines()
+    for row in new["localization"]["rows"][1:]:
+        rates = " | ".join(f"{row[lab]:.3f}" for lab in ("refusal", "compliance", "broken"))
+        mine = f"| {row['setting']} | {row['k']} | {rates} |"
+        i = next(i for i, ln in enumerate(lines) if ln.startswith(mine))
+        r = row["random"]
+        assert lines[i + 1] == (
+            f"| random, matched by layer (mean of 4) | {row['k']} | {r['refusal']['mean']:.3f} | "
+            f"{r['compliance']['mean']:.3f} | {r['broken']['mean']:.3f} | {r['harmless_ppl_ratio']['mean']:.3f} |"
+        )
 
 
 def test_reduced_organism_loads_and_chats_with_an_expert_mask(reduced_moe):
