@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from steerlab._version import __version__
 from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
 from steerlab.errors import SteerlabError
+from steerlab.values import read_json
 
 SCHEMA_VERSION = 1
 META_FILE = "artifact.json"
@@ -189,12 +190,7 @@ def read_artifact(path: str | Path) -> Artifact:
     meta_file = path / META_FILE
     if not meta_file.exists():
         raise SteerlabError(f"{path} is not a steerlab artifact: expected a folder containing {META_FILE}")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
-        raise SteerlabError(f"{meta_file} is not valid JSON: {e}") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise SteerlabError(f"{meta_file} cannot be read: {e}") from e
+    meta = read_json(meta_file, str(meta_file), SteerlabError)
     if not isinstance(meta, dict):
         raise SteerlabError(f"{meta_file} holds a JSON {type(meta).__name__}; expected an object with 'kind', 'config'")
     files = meta.get("files", [])

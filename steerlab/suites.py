@@ -30,6 +30,7 @@ from steerlab._paths import REPO_ROOT, shared_dir
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism
+from steerlab.values import read_json
 
 SUITES_DIR = REPO_ROOT / "suites"
 SUITE_FILE = "suite.json"
@@ -121,11 +122,7 @@ def load_suite(name_or_path: str | Path, root: Path = SUITES_DIR) -> ProbeSuite:
         p = root / str(name_or_path) / SUITE_FILE
     if not p.exists():
         raise SpecError(f"prompt suite {str(name_or_path)!r} not found at {p}; available suites: {list_suites(root)}")
-    try:
-        meta = json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise SpecError(f"prompt suite file {str(p)!r} is not valid JSON: {e.msg} at line {e.lineno}") from e
-    return suite_from_dict(meta, base_dir=p.parent)
+    return suite_from_dict(read_json(p, f"prompt suite file {str(p)!r}"), base_dir=p.parent)
 
 
 def suite_from_dict(meta: dict[str, Any], base_dir: Path | None = None) -> ProbeSuite:

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from steerlab.errors import SpecError
@@ -49,3 +50,20 @@ def parse_assignments(items: list[str], what: str) -> dict[str, Any]:
         k, v = item.split("=", 1)
         out[k.strip()] = parse_value(v.strip())
     return out
+
+
+def read_json(path: Path, subject: str, error: type[Exception] = SpecError) -> Any:
+    """The JSON value in ``path``; raises ``error`` naming ``subject`` (the file as the caller calls it)
+    and the fault when it is not valid JSON or cannot be read (missing files are the caller's to explain).
+
+    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x.json"; _ = p.write_text("{")
+    >>> read_json(p, "spec")
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: spec is not valid JSON: Expecting property name enclosed in double quotes at line 1
+    """
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise error(f"{subject} is not valid JSON: {e.msg} at line {e.lineno}") from e
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{subject} cannot be read: {e}") from e

@@ -31,6 +31,7 @@ from steerlab.interventions.activation import AddVector, Patch, ProjectOut, Scal
 from steerlab.interventions.base import Intervention, LastK, Positions, parse_intervention
 from steerlab.interventions.routing import ExpertMask
 from steerlab.interventions.weights import ParamEdit
+from steerlab.values import read_json
 
 __all__ = [
     "AddVector",
@@ -161,13 +162,7 @@ class InterventionSet:
         path = Path(path)
         if not path.exists():
             raise SpecError(f"intervention spec file {str(path)!r} does not exist")
-        try:
-            meta = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SpecError(f"intervention spec {str(path)!r} is not valid JSON: {e.msg} at line {e.lineno}") from e
-        except (OSError, UnicodeDecodeError) as e:
-            raise SpecError(f"intervention spec {str(path)!r} cannot be read: {e}") from e
-        return cls.from_json(meta, base_dir=path.parent)
+        return cls.from_json(read_json(path, f"intervention spec {str(path)!r}"), base_dir=path.parent)
 
     @classmethod
     def from_json(cls, meta: Any, base_dir: Path | None = None) -> InterventionSet:
