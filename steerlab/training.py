@@ -1,0 +1,1 @@
+"""The shared training loop: seeded, resumable, gradient-maskable; loss curves per data part."""
