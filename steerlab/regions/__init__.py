@@ -1,1 +1,2 @@
-"""Regions: importance-scored parameter regions (linguistic core, language regions, single weights), after Zhang et al. 2024."""
+"""Regions: importance-scored parameter regions (linguistic core, language regions, single
+weights), after Zhang et al. 2024."""

@@ -1,1 +1,2 @@
-"""Security vectors: separable parameters that make harmful behaviour unlearnable during fine-tuning, after Zhou et al. 2024."""
+"""Security vectors: separable parameters that make harmful behaviour unlearnable during
+fine-tuning, after Zhou et al. 2024."""
