@@ -1,1 +1,359 @@
-"""The shared training loop: seeded, resumable, gradient-maskable; loss curves per data part."""
+"""The shared training loop: seeded, resumable, gradient-maskable; loss curves per data part.
+
+:func:`train` runs AdamW over chosen parameters of any ``nn.Module`` for a fixed number of steps.
+
+* **Deterministic for a seed** on CPU (one torch thread): the torch RNG is reseeded from
+  ``(seed, step)`` before every step inside a forked RNG (the caller's global RNG is untouched), and
+  batch ``k`` is the same batch on every run.
+* **Resumable**: with ``checkpoint_dir`` the trained parameters, the optimizer state and the curves
+  are written every ``checkpoint_every`` steps and at the end through :func:`steerlab.atomic.atomic_dir`
+  (old checkpoint or new one, whole, after a crash at any point); a second call with the same
+  arguments continues from it, and the result equals the uninterrupted run bit for bit.
+* **Gradient masks**: ``grad_mask={name: bool tensor}`` (``True`` where an entry may train) zeroes
+  the gradient of the other entries and restores them after every optimizer step, so they stay
+  bit-identical even under AdamW weight decay.
+* **Curves per part**: ``part_of(batch)`` names the data part of each training batch ("harmful",
+  "benign"); ``eval_batches={part: batch}`` are scored without gradient at step 0, every
+  ``eval_every`` steps and at the end.
+
+A batch is a mapping with ``input_ids`` and ``attention_mask`` (``[batch, seq]``; padding anywhere)
+and optionally ``target_mask`` (``1`` on the tokens to predict, e.g. the response); the default loss
+is the mean next-token NLL over the targets (every real token after the first without one).
+
+Example:
+    >>> import torch
+    >>> from steerlab.models.tiny import tiny_model
+    >>> h = tiny_model("llama")
+    >>> b = h.tokenize(["a b c d"])
+    >>> r = train(h.model, [b], params=[h.model.model.norm.weight], steps=3, lr=1e-2, seed=0, progress=False)
+    >>> r.steps, [s for s, _ in r.losses["train"]]
+    (3, [0, 1, 2])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
+from steerlab.engines import position_ids
+from steerlab.errors import SpecError
+
+Batch = Mapping[str, Any]
+"""``{"input_ids": [b, s], "attention_mask": [b, s], "target_mask": [b, s] (optional), ...}``."""
+
+LossFn = Callable[[nn.Module, Batch], Tensor]
+
+__all__ = ["Batch", "LossFn", "TrainResult", "lm_loss", "train"]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did.
+
+    ``losses[part]`` is ``[(step, training loss)]`` for every step of that part (the loss before the
+    step's update); ``eval_losses[part]`` is ``[(step, loss)]`` on ``eval_batches[part]`` where
+    ``step`` updates have been made (``0``: before training).
+    """
+
+    losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    eval_losses: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    steps: int = 0
+    resumed_from: int = 0  # the checkpoint's step (0: started fresh)
+    seconds: float = 0.0  # wall clock of this call
+    params: list[str] = field(default_factory=list)  # names of the trained parameters
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "losses": {k: [[s, v] for s, v in c] for k, c in self.losses.items()},
+            "eval_losses": {k: [[s, v] for s, v in c] for k, c in self.eval_losses.items()},
+            "steps": self.steps,
+            "resumed_from": self.resumed_from,
+            "seconds": round(self.seconds, 3),
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> TrainResult:
+        return cls(
+            losses={k: [(int(s), float(v)) for s, v in c] for k, c in d["losses"].items()},
+            eval_losses={k: [(int(s), float(v)) for s, v in c] for k, c in d["eval_losses"].items()},
+            steps=int(d["steps"]),
+            resumed_from=int(d.get("resumed_from", 0)),
+            seconds=float(d.get("seconds", 0.0)),
+            params=list(d.get("params", [])),
+        )
+
+
+def lm_loss(model: nn.Module, batch: Batch) -> Tensor:
+    """Mean next-token NLL (nats) of the batch's target tokens: ``target_mask`` marks the tokens to
+    predict (its first column is ignored); without it every real token after the first.
+
+    Example:
+        >>> from steerlab.models.tiny import tiny_model
+        >>> h = tiny_model("llama")
+        >>> float(lm_loss(h.model, h.tokenize(["a b c"]))) > 0
+        True
+    """
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    tm = batch.get("target_mask")
+    sel = (mask[:, 1:].bool() & mask[:, :-1].bool()) if tm is None else (tm[:, 1:].bool() & mask[:, 1:].bool())
+    n = int(sel.sum())
+    if n == 0:
+        raise SpecError("a batch has no target tokens (target_mask/attention_mask select nothing); expected >= 1")
+    return -(logp * sel).sum() / n
+
+
+class _Source:
+    """Batch ``k`` for step ``k``: a callable is called, a sequence is cycled, an iterator is consumed
+    in order (on resume the first ``k`` batches are drawn and dropped)."""
+
+    def __init__(self, batches: Iterable[Batch] | Callable[[int], Batch]) -> None:
+        self.fn: Callable[[int], Batch] | None = None
+        self.seq: Sequence[Batch] | None = None
+        self.it: Iterator[Batch] | None = None
+        self.pos = 0
+        if callable(batches) and not isinstance(batches, Mapping | Sequence):
+            self.fn = batches
+        elif isinstance(batches, Mapping):
+            raise SpecError("batches is one batch (a mapping); expected a list of batches or a callable step -> batch")
+        elif isinstance(batches, Sequence):
+            if len(batches) == 0:
+                raise SpecError("batches is empty; expected at least one batch")
+            self.seq = batches
+        else:
+            self.it = iter(batches)
+
+    def get(self, step: int) -> Batch:
+        if self.fn is not None:
+            return self.fn(step)
+        if self.seq is not None:
+            return self.seq[step % len(self.seq)]
+        assert self.it is not None
+        while True:
+            try:
+                b = next(self.it)
+            except StopIteration:
+                what = "is empty" if self.pos == 0 else f"ran out after {self.pos} batches"
+                raise SpecError(f"batches {what}; expected one batch per step (step {step})") from None
+            self.pos += 1
+            if self.pos > step:
+                return b
+
+
+def _fingerprint(names: list[str], shapes: list[tuple[int, ...]], steps: int, lr: float, seed: int, extra: Any) -> str:
+    text = json.dumps([names, shapes, steps, repr(lr), seed, extra], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _check_batch(b: Any, step: int) -> None:
+    if not isinstance(b, Mapping) or "input_ids" not in b or "attention_mask" not in b:
+        got = sorted(b) if isinstance(b, Mapping) else type(b).__name__
+        raise SpecError(f"batch {step} is {got}; expected a mapping with input_ids and attention_mask")
+
+
+def train(
+    model: nn.Module,
+    batches: Iterable[Batch] | Callable[[int], Batch],
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    params: Iterable[nn.Parameter] | None = None,
+    loss_fn: LossFn | None = None,
+    grad_mask: Mapping[str, Tensor] | None = None,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    grad_clip: float | None = 1.0,
+    warmup: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
+    part_of: Callable[[Batch], str] | None = None,
+    eval_batches: Mapping[str, Batch] | None = None,
+    eval_every: int = 0,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train ``params`` of ``model`` with AdamW for ``steps`` steps (default: the parameters that
+    require grad, or all of them when none does, as on a loaded ``ModelHandle``).
+
+    ``lr`` is constant after a linear ``warmup``. During the call only the trained parameters require
+    grad and the model is in train mode; both are restored afterwards, also on error (the parameter
+    values keep what was trained). See the module docstring for determinism, resume, ``grad_mask``
+    and the curves.
+
+    Example:
+        >>> from steerlab.models.tiny import tiny_model
+        >>> h = tiny_model("llama")
+        >>> w = h.model.model.norm.weight
+        >>> keep = torch.zeros_like(w, dtype=torch.bool); keep[:4] = True
+        >>> before = w.detach().clone()
+        >>> _ = train(h.model, [h.tokenize(["a b c"])], params=[w], grad_mask={"model.norm.weight": keep},
+        ...           steps=2, lr=0.1, seed=0, weight_decay=0.1, progress=False)
+        >>> bool((w[4:] == before[4:]).all()), bool((w[:4] != before[:4]).any())
+        (True, True)
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise SpecError(f"steps={steps!r}; expected a positive integer")
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
+        raise SpecError(f"lr={lr!r}; expected a finite number > 0")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SpecError(f"seed={seed!r}; expected an integer")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise SpecError(f"weight_decay={weight_decay!r}; expected a finite number >= 0")
+    if warmup < 0 or checkpoint_every <= 0 or eval_every < 0:
+        raise SpecError(
+            f"warmup={warmup}, checkpoint_every={checkpoint_every}, eval_every={eval_every}; "
+            "expected warmup >= 0, checkpoint_every > 0, eval_every >= 0"
+        )
+    named = dict(model.named_parameters())
+    name_of = {id(p): n for n, p in named.items()}
+    if params is None:  # a loaded ModelHandle freezes everything: then train everything
+        chosen = [p for p in named.values() if p.requires_grad] or list(named.values())
+    else:
+        chosen = list(params)
+    foreign = [tuple(p.shape) for p in chosen if id(p) not in name_of]
+    if foreign:
+        raise SpecError(
+            f"params holds {len(foreign)} tensors not in the model (shapes {foreign[:3]}); expected its own"
+        )
+    names = list(dict.fromkeys(name_of[id(p)] for p in chosen))
+    if not names:
+        raise SpecError("params is empty; expected at least one parameter of the model to train")
+    masks: dict[str, Tensor] = {}
+    for n, m in (grad_mask or {}).items():
+        if n not in names:
+            raise SpecError(f"grad_mask names {n!r}, which is not trained; expected one of {names[:5]}")
+        if tuple(m.shape) != tuple(named[n].shape) or m.dtype != torch.bool:
+            raise SpecError(
+                f"grad_mask[{n!r}] is {m.dtype} {tuple(m.shape)}; expected torch.bool {tuple(named[n].shape)}"
+            )
+        masks[n] = m.to(named[n].device)
+    source = _Source(batches)
+    loss_fn = loss_fn or lm_loss
+    eval_batches = dict(eval_batches or {})
+    ps = [named[n] for n in names]
+    frozen = {n: named[n].detach().clone() for n in masks}
+    opt = torch.optim.AdamW(ps, lr=lr, betas=betas, weight_decay=weight_decay)
+    fp = _fingerprint(
+        names, [tuple(p.shape) for p in ps], steps, lr, seed, [weight_decay, betas, grad_clip, warmup, sorted(masks)]
+    )
+    result = TrainResult(params=names)
+    start = 0
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and (resolve_dir(ckpt) / "state.json").exists():
+        start = _load_checkpoint(resolve_dir(ckpt), fp, named, names, opt, result)
+        result.resumed_from = start
+
+    from tqdm.auto import tqdm
+
+    before_grad = {n: p.requires_grad for n, p in named.items()}
+    was_training = model.training
+    t0 = time.perf_counter()
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, mininterval=2.0)
+
+    def evaluate(step: int) -> None:
+        model.eval()
+        with torch.no_grad():
+            for part, b in eval_batches.items():
+                result.eval_losses.setdefault(part, []).append((step, float(loss_fn(model, b))))
+        model.train()
+
+    try:
+        for p in named.values():
+            p.requires_grad_(False)
+        for p in ps:
+            p.requires_grad_(True)
+        model.train()
+        if start == 0 and eval_batches:
+            evaluate(0)
+        for step in range(start, steps):
+            batch = source.get(step)
+            _check_batch(batch, step)
+            for g in opt.param_groups:
+                g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed * 1_000_003 + step)
+                with torch.enable_grad():
+                    loss = loss_fn(model, batch)
+                    if not torch.isfinite(loss):
+                        raise SpecError(f"loss is {float(loss)} at step {step}; expected a finite loss (lower lr?)")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+            for n, m in masks.items():
+                if named[n].grad is not None:
+                    named[n].grad.mul_(m)
+            if grad_clip is not None:
+                nn.utils.clip_grad_norm_(ps, grad_clip)
+            opt.step()
+            with torch.no_grad():
+                for n, m in masks.items():
+                    named[n].copy_(torch.where(m, named[n], frozen[n]))
+            part = part_of(batch) if part_of is not None else "train"
+            result.losses.setdefault(str(part), []).append((step, float(loss.detach())))
+            done = step + 1
+            result.steps = done
+            if eval_batches and eval_every and (done % eval_every == 0 or done == steps):
+                evaluate(done)
+            elif eval_batches and done == steps:
+                evaluate(done)
+            if ckpt is not None and (done % checkpoint_every == 0 or done == steps):
+                _save_checkpoint(ckpt, fp, named, names, opt, result)
+            bar.update(1)
+            bar.set_postfix(loss=round(float(loss.detach()), 4), refresh=False)
+        result.steps = steps
+    finally:
+        bar.close()
+        opt.zero_grad(set_to_none=True)
+        for n, p in named.items():
+            p.requires_grad_(before_grad[n])
+            p.grad = None
+        model.train(was_training)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _save_checkpoint(
+    ckpt: Path, fp: str, named: dict[str, nn.Parameter], names: list[str], opt: torch.optim.Optimizer, r: TrainResult
+) -> None:
+    from safetensors.torch import save_file
+
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    with atomic_dir(ckpt) as tmp:
+        save_file(cpu_copies({n: named[n] for n in names}), str(tmp / "params.safetensors"))
+        (tmp / "optimizer.pt").write_bytes(buf.getvalue())
+        (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "step": r.steps, "result": r.to_json()}))
+
+
+def _load_checkpoint(
+    ckpt: Path, fp: str, named: dict[str, nn.Parameter], names: list[str], opt: torch.optim.Optimizer, r: TrainResult
+) -> int:
+    from safetensors.torch import load_file
+
+    state = json.loads((ckpt / "state.json").read_text())
+    if state.get("fingerprint") != fp:
+        raise SpecError(
+            f"checkpoint {ckpt} is of another run (fingerprint {state.get('fingerprint')}, this run {fp}); "
+            "expected the same parameters, steps, lr, seed and optimizer settings, or a fresh checkpoint_dir"
+        )
+    tensors = load_file(str(ckpt / "params.safetensors"))
+    with torch.no_grad():
+        for n in names:
+            named[n].copy_(tensors[n])
+    opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    loaded = TrainResult.from_json(state["result"])
+    r.losses, r.eval_losses, r.steps = loaded.losses, loaded.eval_losses, loaded.steps
+    return int(state["step"])

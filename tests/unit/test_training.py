@@ -1,0 +1,190 @@
+"""The shared training loop: determinism, resume == uninterrupted, gradient masks, per-part curves, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from steerlab.errors import SpecError
+from steerlab.models.tiny import tiny_model
+from steerlab.training import lm_loss, train
+
+
+def _batches(h, n=4):
+    texts = ["a b c d e", "the cat sat", "one two three four", "x y z"]
+    return [h.tokenize([texts[i % 4], texts[(i + 1) % 4]]) for i in range(n)]
+
+
+def _state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_deterministic_for_a_seed():
+    runs = []
+    for _ in range(2):
+        h = tiny_model("llama", seed=0)
+        r = train(h.model, _batches(h), steps=4, lr=1e-2, seed=0, progress=False)
+        runs.append((_state(h.model), r))
+    (a, ra), (b, rb) = runs
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert ra.losses == rb.losses
+    assert [s for s, _ in ra.losses["train"]] == [0, 1, 2, 3]
+    # the loss at step 0 is the untouched model's loss, re-derived from scratch
+    h0 = tiny_model("llama", seed=0)
+    b0 = _batches(h0)[0]
+    ids, mask = b0["input_ids"], b0["attention_mask"]
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = h0.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+    nll = nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2),
+        ids[:, 1:].masked_fill(~(mask[:, 1:].bool() & mask[:, :-1].bool()), -100),
+        ignore_index=-100,
+    )
+    assert math.isclose(ra.losses["train"][0][1], float(nll), rel_tol=1e-5)
+    # training changed the weights and lowered the loss on the repeated batches
+    assert not torch.equal(a["model.norm.weight"], h0.model.model.norm.weight)
+
+
+def test_seed_reaches_dropout():
+    outs = []
+    for seed in (0, 0, 1):
+        h = tiny_model("llama", seed=0, attention_dropout=0.5)
+        train(h.model, _batches(h), steps=2, lr=1e-2, seed=seed, progress=False)
+        outs.append(h.model.model.norm.weight.detach().clone())
+    assert torch.equal(outs[0], outs[1]) and not torch.equal(outs[0], outs[2])
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    h_full = tiny_model("llama", seed=0)
+    kw = dict(steps=6, lr=1e-2, seed=3, weight_decay=0.01, progress=False, checkpoint_every=2)
+    full = train(h_full.model, _batches(h_full), **kw, checkpoint_dir=tmp_path / "a")
+
+    h = tiny_model("llama", seed=0)
+    calls = []
+
+    def interrupted(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        calls.append(step)
+        return _batches(h)[step % 4]
+
+    with pytest.raises(KeyboardInterrupt):
+        train(h.model, interrupted, **kw, checkpoint_dir=tmp_path / "b")
+    # a fresh process: a fresh model from the same spec, resumed from the checkpoint at step 2
+    h2 = tiny_model("llama", seed=0)
+    r = train(h2.model, lambda s: _batches(h2)[s % 4], **kw, checkpoint_dir=tmp_path / "b")
+    assert r.resumed_from == 2 and r.steps == 6
+    a, b = _state(h_full.model), _state(h2.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert r.losses == full.losses
+    # a finished checkpoint: the run is not repeated, the weights are restored
+    h3 = tiny_model("llama", seed=0)
+    r3 = train(h3.model, _batches(h3), **kw, checkpoint_dir=tmp_path / "a")
+    assert r3.resumed_from == 6 and all(torch.equal(a[n], p) for n, p in _state(h3.model).items())
+    # another run's checkpoint is refused by name
+    with pytest.raises(SpecError, match="another run"):
+        train(tiny_model("llama", seed=0).model, _batches(h3), **{**kw, "lr": 2e-2}, checkpoint_dir=tmp_path / "a")
+
+
+def test_grad_mask_keeps_masked_entries_bit_identical_under_weight_decay():
+    h = tiny_model("llama", seed=0)
+    before = _state(h.model)
+    w = h.model.model.layers[0].mlp.up_proj.weight
+    keep = torch.zeros_like(w, dtype=torch.bool)
+    keep[::2] = True
+    name = "model.layers.0.mlp.up_proj.weight"
+    train(
+        h.model,
+        _batches(h),
+        params=[w, h.model.model.norm.weight],
+        grad_mask={name: keep},
+        steps=3,
+        lr=5e-2,
+        seed=0,
+        weight_decay=0.5,
+        progress=False,
+    )
+    after = _state(h.model)
+    assert torch.equal(after[name][~keep], before[name][~keep])
+    assert (after[name][keep] != before[name][keep]).float().mean() > 0.9
+    assert not torch.equal(after["model.norm.weight"], before["model.norm.weight"])
+    untouched = [n for n in before if n not in (name, "model.norm.weight")]
+    assert all(torch.equal(after[n], before[n]) for n in untouched)
+    # requires_grad and train mode are restored
+    assert not any(p.requires_grad or p.grad is not None for p in h.model.parameters())  # as the handle had them
+    assert not h.model.training
+
+
+def test_per_part_curves_and_eval_losses():
+    h = tiny_model("llama", seed=0)
+    data = _batches(h)
+    for i, b in enumerate(data):
+        b["part"] = "harmful" if i % 2 else "benign"
+    r = train(
+        h.model,
+        data,
+        steps=5,
+        lr=1e-2,
+        seed=0,
+        part_of=lambda b: b["part"],
+        progress=False,
+        eval_batches={"benign": data[0]},
+        eval_every=2,
+    )
+    assert [s for s, _ in r.losses["benign"]] == [0, 2, 4]
+    assert [s for s, _ in r.losses["harmful"]] == [1, 3]
+    assert [s for s, _ in r.eval_losses["benign"]] == [0, 2, 4, 5]
+    # the step-0 eval loss is the untouched model's loss; and it decreased on the trained batch
+    h0 = tiny_model("llama", seed=0)
+    h0.model.eval()
+    with torch.no_grad():
+        assert math.isclose(r.eval_losses["benign"][0][1], float(lm_loss(h0.model, data[0])), rel_tol=1e-6)
+    assert r.eval_losses["benign"][-1][1] < r.eval_losses["benign"][0][1]
+
+
+def test_target_mask_restricts_the_loss():
+    h = tiny_model("llama", seed=0)
+    b = h.tokenize(["a b c d e f"])
+    tm = torch.zeros_like(b["attention_mask"])
+    tm[:, -2:] = 1
+    h.model.eval()
+    with torch.no_grad():
+        logits = h.model(**b).logits.float()
+        ids = b["input_ids"]
+        lp = torch.log_softmax(logits[0, :-1], -1)[torch.arange(ids.shape[1] - 1), ids[0, 1:]]
+        expect = -lp[-2:].mean()
+        assert math.isclose(float(lm_loss(h.model, {**b, "target_mask": tm})), float(expect), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"steps": 0}, "steps=0"),
+        ({"steps": -1}, "steps=-1"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"batches": []}, "batches is empty"),
+        ({"batches": iter([])}, "batches is empty"),
+        ({"batches": iter([None])}, "batch 0 is NoneType"),
+        ({"params": [nn.Parameter(torch.zeros(3))]}, "not in the model"),
+        ({"params": []}, "params is empty"),
+        ({"grad_mask": {"nope": torch.ones(1, dtype=torch.bool)}}, "'nope'"),
+    ],
+)
+def test_bad_inputs_are_named(kw, match):
+    h = tiny_model("llama", seed=0)
+    before = _state(h.model)
+    args = {"batches": _batches(h), "steps": 2, "lr": 1e-2, "seed": 0, "progress": False, **kw}
+    batches = args.pop("batches")
+    with pytest.raises(SpecError, match=match):
+        train(h.model, batches, **args)
+    assert all(torch.equal(before[n], p) for n, p in _state(h.model).items())
+
+
+def test_iterator_that_runs_out_is_named():
+    h = tiny_model("llama", seed=0)
+    with pytest.raises(SpecError, match="ran out after 2 batches"):
+        train(h.model, iter(_batches(h, 2)), steps=3, lr=1e-2, seed=0, progress=False)
