@@ -1,0 +1,140 @@
+"""Saved steering directions: one vector per site with where it came from, as safetensors + JSON.
+
+:class:`Directions` holds raw (not normalized) vectors keyed by site and a metadata dict: ``model``,
+``method``, ``suite``, ``split``, ``position``, ``commit`` (the steerlab git commit), ``created`` and any
+statistics. :meth:`Directions.save` writes ``NAME.safetensors`` (the vectors, metadata also in its header)
+then ``NAME.json`` (the metadata plus the tensors file's SHA-256), each crash-safe
+(:mod:`steerlab.atomic`); :func:`load_directions` reads them back by path or by name from
+:func:`directions_root` (``$STEERLAB_DIRECTIONS``, default ``./directions``), and checks the hash.
+
+Example:
+    >>> import tempfile, torch
+    >>> d = Directions({"blocks.1.resid_post": torch.ones(4)}, {"method": "diff_in_means"})
+    >>> path = d.save(tempfile.mkdtemp() + "/ones")
+    >>> load_directions(path).unit("blocks.1.resid_post").tolist()
+    [0.5, 0.5, 0.5, 0.5]
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from safetensors.torch import load as load_bytes
+from torch import Tensor
+
+from steerlab._paths import REPO_ROOT
+from steerlab.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
+from steerlab.errors import SpecError, SteerlabError
+from steerlab.models.handle import ModelHandle
+
+FORMAT = "steerlab.directions"
+
+
+@functools.cache
+def git_commit() -> str:
+    """The steerlab checkout's git commit (``"unknown"`` outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def provenance(h: ModelHandle | None, **fields: Any) -> dict[str, Any]:
+    """Metadata for a saved direction or probe: model spec and width, steerlab commit, time, ``fields``."""
+    meta: dict[str, Any] = {}
+    if h is not None:
+        meta.update(model=h.spec, d_model=h.d_model, model_type=getattr(h.config, "model_type", None))
+    meta.update(commit=git_commit(), created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    meta.update(fields)
+    return meta
+
+
+def directions_root() -> Path:
+    """Where directions saved by name live: ``$STEERLAB_DIRECTIONS`` or ``./directions``."""
+    return Path(os.environ.get("STEERLAB_DIRECTIONS", "directions"))
+
+
+@dataclass
+class Directions:
+    """Vectors keyed by site (``[d]`` each, raw scale) and their metadata."""
+
+    vectors: dict[str, Float[Tensor, " d"]]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.vectors:
+            raise SpecError("a Directions needs at least one vector")
+        for site, v in self.vectors.items():
+            if v.ndim != 1:
+                raise SpecError(f"direction at {site!r} must be 1-D [d_model], got shape {tuple(v.shape)}")
+            if not torch.isfinite(v).all():
+                raise SpecError(f"direction at {site!r} has NaN or infinite values; expected finite numbers")
+        self.vectors = {k: v.detach().float().cpu() for k, v in self.vectors.items()}
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.vectors)
+
+    def __getitem__(self, site: str) -> Tensor:
+        if site not in self.vectors:
+            raise SpecError(f"no direction at site {site!r}; saved sites: {self.sites}")
+        return self.vectors[site]
+
+    def unit(self, site: str) -> Tensor:
+        """The unit vector at ``site``."""
+        v = self[site]
+        n = float(v.norm())
+        if n == 0.0:
+            raise SpecError(f"direction at {site!r} has zero norm")
+        return v / n
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``PATH.safetensors`` and ``PATH.json`` (suffixes added); returns the JSON path."""
+        stem = Path(path)
+        if stem.suffix in (".json", ".safetensors"):
+            stem = stem.with_suffix("")
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        blob = safetensors_bytes(self.vectors, {"format": FORMAT, "meta": json.dumps(self.meta, default=str)})
+        atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+        index = {"format": FORMAT, "version": 1, "tensors_file": stem.name + ".safetensors",
+                 "sha256": hashlib.sha256(blob).hexdigest(), "sites": self.sites, "meta": self.meta}
+        return atomic_write_text(stem.with_suffix(".json"), json.dumps(index, indent=2, default=str))
+
+
+def _candidates(name_or_path: str | Path) -> list[Path]:
+    p = Path(name_or_path)
+    if p.is_dir():
+        return [p / "directions.json"]
+    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    return [stem.with_suffix(".json"), directions_root() / (str(name_or_path) + ".json")]
+
+
+def load_directions(name_or_path: str | Path) -> Directions:
+    """Read directions saved by :meth:`Directions.save`: a path (with or without suffix), an artifact folder
+    holding ``directions.json``, or a name under :func:`directions_root`."""
+    index_file = next((c for c in _candidates(name_or_path) if c.exists()), None)
+    if index_file is None:
+        tried = [str(c) for c in _candidates(name_or_path)]
+        raise SpecError(f"no saved directions {str(name_or_path)!r}: tried {tried}")
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as e:
+        raise SteerlabError(f"{index_file} is not valid JSON: {e}") from e
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise SteerlabError(f"{index_file} is not a steerlab directions file (expected format {FORMAT!r})")
+    blob = (index_file.parent / index["tensors_file"]).read_bytes()
+    if hashlib.sha256(blob).hexdigest() != index.get("sha256"):
+        raise SteerlabError(f"{index_file}: its tensors file does not match the recorded SHA-256 (a partial write?)")
+    tensors = load_bytes(blob)
+    return Directions({s: tensors[s] for s in index["sites"]}, dict(index.get("meta") or {}))
