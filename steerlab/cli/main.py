@@ -3,12 +3,13 @@ ends as one line and exit status 2 (:class:`steerlab.cli.common.Group`)."""
 
 from __future__ import annotations
 
-from steerlab.cli import core, dashboard, experts, organisms, sampling, suites
+from steerlab.cli import core, dashboard, experts, organisms, sampling, serve, suites
 from steerlab.cli.common import typer_app
 
 app = typer_app("Steering and analysis workbench for dense and MoE transformer language models.", name="steerlab")
 core.register(app)
 app.command("dashboard")(dashboard.dashboard)
+app.command("serve")(serve.serve)
 
 # Command groups: one sub-app per module, one line each.
 app.add_typer(sampling.app, name="sampling")

@@ -88,6 +88,13 @@ CASES = [
     ("generate alpha=abc", GEN + ["--sampler", "top_h", "--param", "alpha=abc"], "{'alpha': 'abc'}"),
     ("dashboard --port 0", ["dashboard", "--model", NO, "--port", "0"], "--port must be in 1..65535, got 0"),
     ("dashboard --port abc", ["dashboard", "--port", "abc"], "'--port' / '-p': Input should be a valid integer"),
+    ("serve --port 0", ["serve", NO, "--port", "0"], "--port must be an integer in 1..65535, got 0"),
+    *[
+        (f"serve {o} 0", ["serve", NO, o, "0"], f"{o} must be an integer >= 1, got 0")
+        for o in ("--max-prompt-tokens", "--max-new-tokens", "--max-concurrent")
+    ],
+    ("serve --queue-length 0", ["serve", NO, "--queue-length", "0"], "--queue-length must be an integer >= 1, got 0"),
+    ("serve --timeout 0", ["serve", NO, "--timeout", "0"], "--timeout must be a number of seconds > 0, got 0.0"),
     ("compare --samples 1", CMP + ["--samples", "1"], "--samples must be an integer >= 2, got 1"),
     ("compare -n 0", CMP + ["-n", "0"], "--max-new-tokens must be an integer >= 1, got 0"),
     ("compare --n-prompts -1", CMP + ["--n-prompts", "-1"], "--n-prompts must be an integer >= 0, got -1"),
@@ -195,7 +202,7 @@ def test_every_numeric_option_has_a_row():
     covered = set()
     for c in CASES:
         argv = c.values[1]
-        path = argv[0] if argv[0] in ("generate", "dashboard") else " ".join(argv[:2])
+        path = argv[0] if argv[0] in ("generate", "dashboard", "serve") else " ".join(argv[:2])
         covered |= {(path, "--max-new-tokens" if a == "-n" else a) for a in argv if a.startswith("-")}
     missing = _numeric_options() - covered
     assert not missing, f"numeric options without a bad-value row: {sorted(missing)}"

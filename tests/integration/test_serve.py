@@ -1,0 +1,329 @@
+"""The OpenAI-compatible server: routes, the ``steerlab`` field, presets, limits and bad input.
+
+Completions are checked against a greedy loop written here from plain forwards of the Hugging Face
+model (not through ``sl.generate``), and the official ``openai`` client talks to a real uvicorn
+server on a free loopback port. Every bad request gets its documented status and a message naming the
+field, and the server answers the next request normally.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import steerlab as sl
+from steerlab.engines import engine_for
+from steerlab.errors import SteerlabError
+from steerlab.interventions import AddVector, InterventionSet
+from steerlab.server import ServerConfig, create_app, exposure_warning, is_loopback, load_presets
+
+MODEL = "stories"
+
+
+def greedy_by_hand(h, prompt: str, n: int, vector=None, site_layer=None) -> list[int]:
+    """Greedy decoding from full forwards of ``h.model`` (optionally adding ``vector`` to the output of
+    decoder layer ``site_layer`` with a forward hook): the independent reference."""
+    ids = h.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    hook = None
+    if vector is not None:
+        layer = h.model.model.layers[site_layer]
+        hook = layer.register_forward_hook(
+            lambda m, a, out: (out[0] + vector,) + tuple(out[1:]) if isinstance(out, tuple) else out + vector
+        )
+    try:
+        out = []
+        with torch.no_grad():
+            for _ in range(n):
+                nxt = int(h.model(ids).logits[0, -1].argmax())
+                if nxt == h.tokenizer.eos_token_id:
+                    break
+                out.append(nxt)
+                ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    finally:
+        if hook is not None:
+            hook.remove()
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(stories):
+    app = create_app(stories, ServerConfig(model_name=MODEL, max_prompt_tokens=32, max_new_tokens=24))
+    with TestClient(app) as c:
+        yield c
+
+
+def _post(c, path="/v1/completions", **body):
+    body.setdefault("model", MODEL)
+    return c.post(path, json=body)
+
+
+def _err(r, status: int, param: str | None = None, contains: str = "") -> dict:
+    assert r.status_code == status, (r.status_code, r.text)
+    err = r.json()["error"]
+    assert err["code"] == status
+    if param is not None:
+        assert err["param"] == param, err
+    assert contains in err["message"], err
+    return err
+
+
+def test_completion_equals_greedy_by_hand(client, stories):
+    r = _post(client, prompt="Once upon a time", max_tokens=10, temperature=0)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = greedy_by_hand(stories, "Once upon a time", 10)
+    assert body["choices"][0]["text"] == stories.tokenizer.decode(want, skip_special_tokens=True)
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": len(want), "total_tokens": 5 + len(want)}
+    assert body["choices"][0]["finish_reason"] == "length" and body["object"] == "text_completion"
+
+
+def test_inline_steering_vector_matches_a_hand_hook(client, stories):
+    vec = torch.randn(64, generator=torch.Generator().manual_seed(1)) * 4
+    iv = {"type": "add_vector", "site": "blocks.1.resid_post", "vector": vec.tolist()}
+    r = _post(client, prompt="Once upon a time", max_tokens=10, temperature=0, steerlab={"interventions": [iv]})
+    assert r.status_code == 200, r.text
+    want = greedy_by_hand(stories, "Once upon a time", 10, vector=vec, site_layer=1)
+    assert want != greedy_by_hand(stories, "Once upon a time", 10)  # the vector changes the text
+    assert r.json()["choices"][0]["text"] == stories.tokenizer.decode(want, skip_special_tokens=True)
+
+
+def test_stream_concatenates_to_the_completion(client):
+    body = {"prompt": "The dog", "max_tokens": 12, "temperature": 0}
+    whole = _post(client, **body).json()["choices"][0]["text"]
+    r = _post(client, stream=True, **body)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    datas = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert datas[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in datas[:-1]]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole
+    assert len(chunks) > 3 and chunks[-1]["choices"][0]["finish_reason"] == "length"
+    assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
+
+
+def test_chat_uses_the_template_and_seeded_sampling_repeats(client, stories):
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
+    a = _post(client, "/v1/chat/completions", messages=msgs, max_tokens=8, temperature=0)
+    assert a.status_code == 200, a.text
+    want = sl.generate(stories, ["Tell me a story"], chat=True, system="Be brief.", max_new_tokens=8).texts[0]
+    assert a.json()["choices"][0]["message"] == {"role": "assistant", "content": want}
+    s1, s2, s3 = (_post(client, "/v1/chat/completions", messages=msgs, max_tokens=12, seed=s,
+                        steerlab={"sampler": {"name": "top_h", "params": {"alpha": 0.6, "temperature": 1.5}}})
+                  .json() for s in (5, 5, 6))
+    assert s1["choices"][0]["message"] == s2["choices"][0]["message"]
+    assert s1["choices"][0]["message"] != s3["choices"][0]["message"]
+    assert s1["steerlab"]["sampler"] == {"name": "top_h", "params": {"alpha": 0.6, "variant": "paper",
+                                                                     "temperature": 1.5}}
+
+
+def test_models_health_and_presets(stories, tmp_path):
+    vec = torch.randn(64, generator=torch.Generator().manual_seed(2)) * 4
+    InterventionSet([AddVector(site="blocks.2.resid_post", vector=vec, name="happy")]).save(tmp_path / "happy.json")
+    (tmp_path / "evil.pkl").write_bytes(b"never read")
+    presets = load_presets(tmp_path, stories)
+    assert list(presets) == ["happy"]
+    app = create_app(stories, ServerConfig(model_name=MODEL), presets)
+    with TestClient(app) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [MODEL]
+        listed = c.get("/v1/steerlab/presets").json()["data"]
+        assert [p["name"] for p in listed] == ["happy"] and listed[0]["interventions"][0]["type"] == "add_vector"
+        by_name = _post(c, prompt="Lily", max_tokens=8, temperature=0, steerlab={"presets": ["happy"]}).json()
+        inline = {"type": "add_vector", "site": "blocks.2.resid_post", "vector": vec.tolist(), "name": "happy"}
+        by_value = _post(c, prompt="Lily", max_tokens=8, temperature=0, steerlab={"interventions": [inline]}).json()
+        plain = _post(c, prompt="Lily", max_tokens=8, temperature=0).json()
+        assert by_name["choices"] == by_value["choices"] != plain["choices"]
+        assert by_name["steerlab"]["interventions_digest"] == presets["happy"].digest()
+
+
+def test_a_preset_that_does_not_fit_the_model_is_refused(stories, tmp_path):
+    InterventionSet([AddVector(site="blocks.2.resid_post", vector=torch.ones(3))]).save(tmp_path / "narrow.json")
+    with pytest.raises(SteerlabError, match="preset 'narrow.json' does not fit"):
+        load_presets(tmp_path, stories)
+
+
+BAD = [
+    # (id, body changes, status, param, message fragment)
+    ("unknown preset", {"steerlab": {"presets": ["nope"]}}, 422, "steerlab.presets[0]", "unknown preset 'nope'"),
+    ("preset in list", {"steerlab": {"interventions": ["nope"]}}, 422, "steerlab.interventions[0]", "unknown preset"),
+    ("wrong width", {"steerlab": {"interventions": [
+        {"type": "add_vector", "site": "blocks.0.resid_post", "vector": [1.0, 2.0]}]}},
+     422, "steerlab.interventions[0]", "vector width 2 does not match"),
+    ("unknown site", {"steerlab": {"interventions": [
+        {"type": "add_vector", "site": "blocks.99.resid_post", "vector": [0.0] * 64}]}},
+     422, "steerlab.interventions[0]", "blocks.99"),
+    ("unknown type", {"steerlab": {"interventions": [{"type": "nope"}]}}, 422, "steerlab.interventions[0]",
+     "unknown intervention type 'nope'"),
+    ("nan", {"steerlab": {"interventions": [
+        {"type": "add_vector", "site": "blocks.0.resid_post", "vector": [float("nan")] * 64}]}},
+     422, "steerlab.interventions[0]", "expected finite numbers"),  # Python's JSON reads NaN
+    ("unknown steerlab field", {"steerlab": {"intervention": []}}, 422, "steerlab.intervention", "Extra inputs"),
+    ("bad sampler", {"steerlab": {"sampler": "nope"}}, 422, "steerlab.sampler", "unknown sampler 'nope'"),
+    ("bad sampler param", {"steerlab": {"sampler": {"name": "top_h", "params": {"alpha": 7}}}}, 422,
+     "steerlab.sampler", "alpha"),
+    ("negative max_tokens", {"max_tokens": 0}, 422, "max_tokens", "greater than or equal to 1"),
+    ("temperature", {"temperature": -1}, 422, "temperature", "greater than or equal to 0"),
+    ("n", {"n": 2}, 422, "n", "less than or equal to 1"),
+    ("stop", {"stop": ["\n"]}, 422, "stop", "None"),
+    ("two prompts", {"prompt": ["a", "b"]}, 422, "prompt", "expected one prompt"),
+    ("missing prompt", {"prompt": None}, 422, "prompt", ""),
+    ("max_tokens over limit", {"max_tokens": 25}, 413, "max_tokens", "limit of 24"),
+    ("prompt over limit", {"prompt": "Once upon a time " * 10}, 413, "prompt", "over this server's limit of 32"),
+    ("unknown model", {"model": "gpt-4"}, 404, "model", "'gpt-4' is not served here"),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "status", "param", "fragment"), BAD, ids=[b[0] for b in BAD])
+def test_bad_requests_get_their_answer_and_the_server_keeps_serving(client, case, change, status, param, fragment):
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0, **change}
+    body = {k: v for k, v in body.items() if v is not None}
+    raw = json.dumps(body, allow_nan=True).encode()
+    r = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    _err(r, status, param, fragment)
+    ok = _post(client, prompt="Once upon a time", max_tokens=4, temperature=0)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == ", there was a"
+
+
+def test_malformed_json_and_chat_shapes(client):
+    r = client.post("/v1/completions", content=b'{"model": "stories", "prompt": ', headers={"content-type":
+                                                                                          "application/json"})
+    _err(r, 400, None, "not valid JSON")
+    two_turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                 {"role": "user", "content": "c"}]
+    _err(_post(client, "/v1/chat/completions", messages=two_turns), 422, "messages", "multi-turn")
+    _err(_post(client, "/v1/chat/completions", messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
+         422, "messages[0].content[0]", "text part")
+    _err(_post(client, "/v1/chat/completions", messages=[]), 422, "messages", "at least 1")
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a story"}]}]
+    assert _post(client, "/v1/chat/completions", messages=parts, max_tokens=3, temperature=0).status_code == 200
+
+
+def test_bearer_key(stories):
+    app = create_app(stories, ServerConfig(model_name=MODEL, api_key="s3cret"))
+    with TestClient(app) as c:
+        assert c.get("/health").status_code == 200  # health stays open
+        _err(c.get("/v1/models"), 401, None, "API key")
+        _err(_post(c, prompt="x", max_tokens=2), 401, None, "API key")
+        bad = c.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers={"Authorization": "Bearer no"})
+        _err(bad, 401)
+        ok = c.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 2},
+                    headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_full_queue_is_429_and_timeout_is_504(stories):
+    """The engine's lock is held from here, so the first request sits in a running batch: with one
+    concurrent row and a queue of one, the third request is refused; with a short timeout, 504."""
+    app = create_app(stories, ServerConfig(model_name=MODEL, max_concurrent=1, queue_length=1, timeout_s=1.0))
+    lock = engine_for(stories).lock
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3, "temperature": 0}
+    with TestClient(app) as c:
+        results: dict[int, httpx.Response] = {}
+        svc = app.state.service
+        lock.acquire()
+        try:
+            threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, c.post("/v1/completions", json=body)))
+                       for i in range(2)]
+            threads[0].start()
+            _until(lambda: svc.scheduler.stats()["running"] == 1)
+            threads[1].start()
+            _until(lambda: svc.scheduler.stats()["waiting"] == 1)
+            _err(c.post("/v1/completions", json=body), 429, None, "queue is full")
+            for t in threads:
+                t.join(10)
+        finally:
+            lock.release()
+        assert [results[i].status_code for i in (0, 1)] == [504, 504]
+        assert "did not finish within 1 s" in results[0].json()["error"]["message"]
+        _until(lambda: svc.scheduler.stats() == {"waiting": 0, "running": 0})
+        ok = c.post("/v1/completions", json=body)
+        assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == ", there was"
+
+
+def _until(cond, timeout: float = 10.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_exposure_warning():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("example.org")
+    assert exposure_warning("127.0.0.1", None) is None
+    assert exposure_warning("0.0.0.0", "key") is None
+    assert "without an API key" in exposure_warning("0.0.0.0", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# a real server on a loopback port: the openai client, a client that goes away mid-stream
+# ---------------------------------------------------------------------------------------------
+@contextmanager
+def running_server(app):
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    _until(lambda: server.started, 30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(30)
+
+
+def test_openai_client_unchanged(stories):
+    import openai
+
+    app = create_app(stories, ServerConfig(model_name=MODEL, api_key="k"))
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+        assert [m.id for m in client.models.list()] == [MODEL]
+        c = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0)
+        want = stories.tokenizer.decode(greedy_by_hand(stories, "Once upon a time", 10))
+        assert c.choices[0].text == want and c.usage.completion_tokens == 10
+        streamed = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0,
+                                             stream=True)
+        assert "".join(ch.choices[0].text for ch in streamed) == want
+        chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
+                                              temperature=0, extra_body={"steerlab": {"interventions": [
+                                                  {"type": "scale_units", "site": "blocks.0.mlp_out",
+                                                   "units": [0, 1, 2], "scale": 0.0}]}})
+        assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+        parts = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=6, temperature=0, stream=True)
+        pieces = [p.choices[0].delta.content or "" for p in parts]
+        plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                               max_tokens=6, temperature=0)
+        assert "".join(pieces) == plain.choices[0].message.content
+        with pytest.raises(openai.UnprocessableEntityError, match="unknown preset"):
+            client.completions.create(model=MODEL, prompt="x", extra_body={"steerlab": {"presets": ["nope"]}})
+        with pytest.raises(openai.AuthenticationError):
+            openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+
+
+def test_client_gone_mid_stream(stories):
+    app = create_app(stories, ServerConfig(model_name=MODEL, max_new_tokens=200))
+    svc = app.state.service
+    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0, "stream": True}
+    with running_server(app) as url:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                first = next(line for line in r.iter_lines() if line.startswith("data: "))
+                assert json.loads(first[6:])["choices"][0]["text"]
+            # the connection is closed: the job is cancelled and its batch stops early
+            _until(lambda: svc.scheduler.stats() == {"waiting": 0, "running": 0}, 20)
+            ok = c.post("/v1/completions", json={**body, "stream": False, "max_tokens": 4})
+            assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == ", there was a"
