@@ -13,6 +13,7 @@ from steerlab.interventions.base import (
     parse_intervention,
     register_intervention,
 )
+from steerlab.interventions.regions import RegionEdit
 from steerlab.interventions.routing import ExpertMask
 from steerlab.interventions.spec import InterventionSet, as_set
 from steerlab.interventions.weights import ParamEdit
@@ -27,6 +28,7 @@ __all__ = [
     "ParamEdit",
     "Patch",
     "ProjectOut",
+    "RegionEdit",
     "ScaleUnits",
     "SiteIntervention",
     "as_set",

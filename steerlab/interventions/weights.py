@@ -37,14 +37,14 @@ from steerlab.models.handle import ModelHandle
 class ParamEdit(Intervention):
     """Edit a parameter in place, reversibly (restored exactly on exit).
 
-    ``op``: ``zero``, ``scale`` (by ``value``), ``noise`` (add N(0, value^2), seeded), ``add``
-    (``delta`` tensor of the parameter's shape). ``indices`` (flat) or ``mask`` (bool, the
+    ``op``: ``zero``, ``scale`` (by ``value``), ``noise`` (add N(0, value^2), seeded), ``set`` (to
+    ``value``), ``add`` (``delta`` tensor of the parameter's shape). ``indices`` (flat) or ``mask`` (bool, the
     parameter's shape) restrict the edit to a region; by default the whole parameter.
     """
 
     type: Literal["param_edit"] = "param_edit"
     param: str
-    op: Literal["zero", "scale", "noise", "add"]
+    op: Literal["zero", "scale", "noise", "set", "add"]
     value: float = 0.0
     seed: int = 0
     indices: list[Annotated[int, Field(ge=0)]] | None = None
@@ -78,7 +78,8 @@ class ParamEdit(Intervention):
 
     def describe(self) -> str:
         region = " (indices)" if self.indices is not None else " (mask)" if self.mask is not None else ""
-        return f"{self.op} {self.param}{region}" + (f" by {self.value:g}" if self.op in ("scale", "noise") else "")
+        how = {"scale": f" by {self.value:g}", "noise": f" by {self.value:g}", "set": f" to {self.value:g}"}
+        return f"{self.op} {self.param}{region}" + how.get(self.op, "")
 
     def editor(self, h: ModelHandle) -> ParamEditor:
         """Validate against ``h`` and return the editor that applies and restores this edit."""
@@ -86,9 +87,11 @@ class ParamEdit(Intervention):
 
 
 class ParamEditor:
-    """Applies a :class:`ParamEdit` in place and restores the exact original values."""
+    """Applies a :class:`ParamEdit` in place and restores the exact original values. ``index`` (flat int64
+    indices) selects the region instead of the edit's ``indices``/``mask`` (sparse regions of millions of
+    entries, :class:`~steerlab.interventions.regions.RegionEdit`)."""
 
-    def __init__(self, h: ModelHandle, iv: ParamEdit) -> None:
+    def __init__(self, h: ModelHandle, iv: ParamEdit, index: Tensor | None = None) -> None:
         params = dict(h.model.named_parameters())
         if iv.param not in params:
             close = difflib.get_close_matches(iv.param, list(params), n=3)
@@ -105,6 +108,12 @@ class ParamEditor:
                 raise SpecError(
                     f"flat indices {bad[:5]} out of range for parameter {iv.param!r} with {p.numel()} elements"
                 )
+        if index is not None and index.numel() and (int(index.min()) < 0 or int(index.max()) >= p.numel()):
+            raise SpecError(
+                f"flat indices {int(index.min())}..{int(index.max())} out of range for parameter {iv.param!r} "
+                f"with {p.numel()} elements"
+            )
+        self.index = None if index is None else index.to(torch.long)
         if iv.op == "add" and (iv.delta is None or tuple(iv.delta.shape) != tuple(p.shape)):
             got = None if iv.delta is None else tuple(iv.delta.shape)
             raise SpecError(f"op 'add' needs a delta of shape {tuple(p.shape)} for {iv.param!r}, got {got}")
@@ -113,6 +122,8 @@ class ParamEditor:
 
     def _select(self) -> Tensor:
         p, iv = self.param, self.iv
+        if self.index is not None:
+            return self.index.to(p.device)
         if iv.mask is not None:
             return iv.mask.to(p.device).reshape(-1).nonzero().flatten()
         if iv.indices is not None:
@@ -130,6 +141,8 @@ class ParamEditor:
             new = torch.zeros_like(cur)
         elif iv.op == "scale":
             new = cur * iv.value
+        elif iv.op == "set":
+            new = torch.full_like(cur, iv.value)
         elif iv.op == "noise":
             g = torch.Generator(device="cpu").manual_seed(iv.seed)
             new = cur + (torch.randn(cur.shape, generator=g) * iv.value).to(cur)

@@ -1,0 +1,234 @@
+"""Per-parameter importance over per-language corpora, under a memory bound.
+
+The paper's rule (Zhang et al. 2024): run the model on a language's text, call ``backward()`` without
+ever stepping, and score each parameter by ``|theta * G|`` with ``G`` the accumulated gradient (here of
+the mean token NLL, so languages weigh equally). ``method="fisher"`` scores by the empirical Fisher
+diagonal instead: the squared mini-batch gradient, summed over batches, per token.
+
+Memory: at most one parameter-sized buffer besides the weights. Taylor accumulates in the parameters'
+own ``.grad``, which is folded in place into the language's importance, written to a scratch file and
+freed before the next language; Fisher folds each batch's gradient into one accumulator from a
+post-accumulate hook, so a gradient lives for one matrix at a time. The summed importance is never
+held whole: the final pass reads one matrix of every language back at a time. What is kept is sparse:
+per matrix, the indices of the top and bottom ``keep`` fraction (ordered by rank, so any smaller
+fraction is a prefix) of the summed importance, each language's own top indices, and per-language
+summaries (sum, max, share held by the top fraction, per matrix).
+
+Example:
+    >>> import steerlab as sl
+    >>> h = sl.load("shared:stories260K")
+    >>> imp = score_importance(h, ["eng"], token_budget=64, batch_size=2, max_len=32, progress=False)
+    >>> imp.top["model.layers.0.mlp.down_proj.weight"].numel() == keep_count(64 * 172, imp.keep)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from steerlab.errors import SpecError
+from steerlab.interventions.regions import model_signature
+from steerlab.models.handle import ModelHandle
+from steerlab.regions.corpus import corpus_texts, token_batches
+from steerlab.scoring import gradients, sequence_nll
+
+Method = Literal["taylor", "fisher"]
+
+
+def check_fraction(fraction: float, what: str = "fraction") -> float:
+    """``fraction`` if it lies in (0, 0.5], else :class:`SpecError` naming it."""
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 0.5) or math.isnan(fraction):
+        raise SpecError(f"{what} must be in (0, 0.5], got {fraction}")
+    return float(fraction)
+
+
+def keep_count(numel: int, fraction: float) -> int:
+    """Entries a region of ``fraction`` holds in a matrix of ``numel`` entries: ``round(fraction * numel)``,
+    at least 1 (the paper's per-matrix rule).
+
+    >>> keep_count(1000, 0.01), keep_count(64, 0.01)
+    (10, 1)
+    """
+    return max(1, min(numel, round(fraction * numel)))
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (``VmHWM``; 0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs``); False where not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Importance:
+    """Sparse importance of one model over some languages (see the module docstring)."""
+
+    model: str
+    signature: str
+    method: str
+    keep: float
+    languages: list[str]
+    shapes: dict[str, list[int]]
+    top: dict[str, Tensor]  # matrix -> flat indices, most important first (keep fraction of the summed score)
+    bottom: dict[str, Tensor]  # matrix -> flat indices, least important first
+    lang_top: dict[str, dict[str, Tensor]]  # language -> matrix -> its own top indices, most important first
+    summary: dict[str, dict[str, dict[str, float]]]  # language (and "all") -> matrix -> sum, max, top_share
+    tokens: dict[str, int]  # language -> tokens scored
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _fold_stats(imp: Tensor, k: int) -> tuple[Tensor, dict[str, float]]:
+    vals, idx = imp.topk(k)
+    total = float(imp.sum(dtype=torch.float64))
+    share = float(vals.sum(dtype=torch.float64)) / total if total > 0 else 0.0
+    return idx.to(torch.int32), {"sum": total, "max": float(vals[0]), "top_share": share}
+
+
+def score_importance(
+    h: ModelHandle,
+    languages: Sequence[str],
+    *,
+    method: Method = "taylor",
+    token_budget: int = 2048,
+    batch_size: int = 4,
+    max_len: int = 64,
+    keep: float = 0.02,
+    files: Mapping[str, str | Path] | None = None,
+    params: Sequence[str] | None = None,
+    progress: bool = True,
+    scratch: str | Path | None = None,
+) -> Importance:
+    """Score every parameter (or those in ``params``) on each language's ``score`` corpus, ``token_budget``
+    tokens per language in batches of ``batch_size`` passages of at most ``max_len`` tokens; keep the top and
+    bottom ``keep`` fraction per matrix. Scratch files (one float32 copy of the parameters per language)
+    go to a temporary folder under ``scratch`` and are deleted, also on error. The weights are never
+    changed and no gradient is left behind."""
+    if method not in ("taylor", "fisher"):
+        raise SpecError(f"importance method {method!r} is not one of ['taylor', 'fisher']")
+    keep = check_fraction(keep, "keep")
+    langs = list(dict.fromkeys(languages))
+    if not langs:
+        raise SpecError("no languages given; expected at least one language code")
+    texts = {lang: corpus_texts(lang, "score", files=files) for lang in langs}  # validates every code first
+    named = dict(h.model.named_parameters())
+    names = list(named) if params is None else list(params)
+    shapes = {n: list(named[n].shape) for n in names} if all(n in named for n in names) else {}
+    t0 = time.perf_counter()
+    lang_top: dict[str, dict[str, Tensor]] = {}
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    tokens: dict[str, int] = {}
+    with gradients(h, names) as ps, tempfile.TemporaryDirectory(prefix="steerlab-regions-", dir=scratch) as td:
+        for li, lang in enumerate(langs):
+            acc: dict[str, Tensor] = {}
+            hooks = []
+            if method == "fisher":
+                for n, p in ps.items():
+                    acc[n] = torch.zeros_like(p, dtype=torch.float32)
+
+                    def fold(p: Tensor, a: Tensor = acc[n]) -> None:
+                        a.addcmul_(p.grad, p.grad)
+                        p.grad = None
+
+                    hooks.append(p.register_post_accumulate_grad_hook(fold))
+            n_tok = 0
+            try:
+                batches = token_batches(
+                    h, texts[lang], token_budget=token_budget, batch_size=batch_size, max_len=max_len
+                )
+                bar = tqdm(batches, desc=f"importance {lang}", unit="batch", disable=not progress, leave=False)
+                for enc in bar:
+                    m = enc["attention_mask"]
+                    n_tok += int((m[:, 1:].bool() & m[:, :-1].bool()).sum())
+                    sequence_nll(h, enc).backward()
+            finally:
+                for hk in hooks:
+                    hk.remove()
+            tokens[lang] = n_tok
+            lang_top[lang], summary[lang] = {}, {}
+            with open(Path(td) / f"{li}.f32", "wb") as f:
+                for n, p in ps.items():
+                    if method == "fisher":
+                        imp = acc.pop(n).div_(n_tok)
+                    elif p.grad is None:
+                        imp = torch.zeros_like(p, dtype=torch.float32)
+                    else:
+                        imp = p.grad.float().mul_(p.detach()).abs_().div_(n_tok)  # in place in .grad (fp32)
+                        p.grad = None
+                    flat = imp.view(-1)
+                    lang_top[lang][n], summary[lang][n] = _fold_stats(flat, keep_count(flat.numel(), keep))
+                    flat.numpy().tofile(f)
+                    del imp, flat
+        top, bottom, summary["all"] = {}, {}, {}
+        offset = 0
+        for n, p in tqdm(ps.items(), desc="summing languages", unit="matrix", disable=not progress, leave=False):
+            numel = p.numel()
+            tot = torch.zeros(numel, dtype=torch.float32)
+            for li in range(len(langs)):
+                arr = np.fromfile(Path(td) / f"{li}.f32", dtype=np.float32, count=numel, offset=offset)
+                tot += torch.from_numpy(arr)
+            offset += numel * 4
+            k = keep_count(numel, keep)
+            top[n], summary["all"][n] = _fold_stats(tot, k)
+            bottom[n] = tot.topk(k, largest=False).indices.to(torch.int32)
+    seconds = time.perf_counter() - t0
+    n_all = sum(tokens.values())
+    config = {
+        "model": h.spec,
+        "signature": model_signature(h),
+        "method": method,
+        "languages": langs,
+        "token_budget": token_budget,
+        "batch_size": batch_size,
+        "max_len": max_len,
+        "keep": keep,
+        "files": {k: str(v) for k, v in (files or {}).items()},
+    }
+    metrics = {
+        "tokens": n_all,
+        "seconds": round(seconds, 3),
+        "tokens_per_s": round(n_all / seconds, 3) if seconds > 0 else None,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "param_bytes_fp32": 4 * sum(named[n].numel() for n in names),
+        "pid": os.getpid(),
+    }
+    return Importance(
+        model=h.spec,
+        signature=config["signature"],
+        method=method,
+        keep=keep,
+        languages=langs,
+        shapes=shapes,
+        top=top,
+        bottom=bottom,
+        lang_top=lang_top,
+        summary=summary,
+        tokens=tokens,
+        config=config,
+        metrics=metrics,
+    )

@@ -1,0 +1,151 @@
+"""Importance scoring (steerlab.regions): the scores equal a from-scratch autograd computation, the model is
+left untouched, bad input is refused in one line and an interrupted run leaves nothing behind."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from steerlab.errors import SpecError
+from steerlab.regions import importance as I
+from steerlab.regions.artifact import read_importance, write_importance
+from steerlab.regions.importance import keep_count, score_importance
+
+TEXTS = {
+    "aa": ["Once upon a time there was a cat.", "The dog ran to the park and played.", "Lily saw a big red ball."],
+    "bb": ["Tom had a toy car. He liked it.", "The sun was hot and the sky was blue.", "They ate cake at the party."],
+}
+
+
+def _files(tmp_path):
+    out = {}
+    for lang, lines in TEXTS.items():
+        p = tmp_path / f"{lang}.txt"
+        p.write_text("\n".join(lines + lines[:1]))  # the last line is the eval part (the last tenth, at least one)
+        out[lang] = p
+    return out
+
+
+def _reference(h, texts, method):
+    """|theta * sum of per-token NLL gradients| / tokens (taylor) or the sum of squared per-text gradients /
+    tokens (fisher, one text per batch): each text run alone, unpadded, with F.cross_entropy."""
+    params = dict(h.model.named_parameters())
+    acc = {n: torch.zeros_like(p) for n, p in params.items()}
+    n_tok = 0
+    for p in params.values():
+        p.requires_grad_(True)
+    for t in texts:
+        ids = torch.tensor([h.tokenizer(t)["input_ids"]])
+        with torch.enable_grad():
+            logits = h.model(input_ids=ids).logits[0, :-1]
+            loss = F.cross_entropy(logits.float(), ids[0, 1:], reduction="sum")
+            grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+        n_tok += ids.shape[1] - 1
+        for (n, _), g in zip(params.items(), grads, strict=True):
+            if g is not None:
+                acc[n] += g * g if method == "fisher" else g
+    for p in params.values():
+        p.requires_grad_(False)
+    if method == "fisher":
+        return {n: a / n_tok for n, a in acc.items()}
+    return {n: (a * params[n].detach()).abs() / n_tok for n, a in acc.items()}
+
+
+def _check_top(ref, top, bottom=None):
+    for n, r in ref.items():
+        flat = r.reshape(-1)
+        k = keep_count(flat.numel(), 0.05)
+        assert top[n].numel() == k
+        torch.testing.assert_close(flat[top[n].long()], flat.topk(k).values, rtol=1e-4, atol=1e-10)
+        if bottom is not None:
+            torch.testing.assert_close(
+                flat[bottom[n].long()], flat.topk(k, largest=False).values, rtol=1e-4, atol=1e-10
+            )
+
+
+def test_taylor_and_fisher_match_autograd_from_scratch(stories, tmp_path):
+    h = stories
+    files = _files(tmp_path)
+    before = {n: p.detach().clone() for n, p in h.model.named_parameters()}
+    imp = score_importance(
+        h,
+        ["aa", "bb"],
+        files=files,
+        token_budget=10_000,
+        batch_size=2,
+        max_len=64,
+        keep=0.05,
+        progress=False,
+        scratch=tmp_path,
+    )
+    ref = {lang: _reference(h, TEXTS[lang], "taylor") for lang in TEXTS}
+    _check_top(ref["aa"], imp.lang_top["aa"])
+    _check_top({n: ref["aa"][n] + ref["bb"][n] for n in ref["aa"]}, imp.top, imp.bottom)
+    n = "model.layers.2.mlp.up_proj.weight"
+    assert abs(imp.summary["bb"][n]["sum"] - float(ref["bb"][n].sum())) < 1e-4 * float(ref["bb"][n].sum())
+    fis = score_importance(
+        h,
+        ["aa"],
+        method="fisher",
+        files=files,
+        token_budget=10_000,
+        batch_size=1,
+        max_len=64,
+        keep=0.05,
+        progress=False,
+        scratch=tmp_path,
+    )
+    _check_top(_reference(h, TEXTS["aa"], "fisher"), fis.top)
+    # the model is untouched: same weights, no gradients, requires_grad as before; scratch files removed
+    for name, p in h.model.named_parameters():
+        assert torch.equal(p, before[name]) and p.grad is None and not p.requires_grad
+    assert list(tmp_path.glob("steerlab-regions-*")) == []
+
+
+def test_token_budget_and_artifact_round_trip(stories, tmp_path):
+    imp = score_importance(stories, ["eng"], token_budget=100, batch_size=4, max_len=30, progress=False)
+    # 100 tokens fed in rows of <= 30 tokens: 4 rows (30, 30, 30, 10) -> 100 - 4 predicted tokens
+    assert imp.tokens == {"eng": 96}
+    back = read_importance(write_importance(tmp_path / "imp", imp))
+    assert back.languages == ["eng"] and back.signature == imp.signature
+    for n in imp.top:
+        assert torch.equal(back.top[n], imp.top[n]) and torch.equal(back.lang_top["eng"][n], imp.lang_top["eng"][n])
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(stories, tmp_path, monkeypatch):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    cases = [
+        (dict(languages=["klingon"]), "unknown language 'klingon'"),
+        (dict(languages=["xx"], files={"xx": empty}), "is empty"),
+        (dict(languages=["eng"], keep=0.0), "keep must be in (0, 0.5], got 0.0"),
+        (dict(languages=["eng"], keep=0.6), "got 0.6"),
+        (dict(languages=["eng"], method="hessian"), "'hessian' is not one of"),
+        (dict(languages=[]), "no languages"),
+    ]
+    for kw, msg in cases:
+        langs = kw.pop("languages")
+        try:
+            score_importance(stories, langs, progress=False, **kw)
+        except SpecError as e:
+            assert msg in str(e) and "\n" not in str(e), str(e)
+        else:
+            raise AssertionError(f"{kw} was accepted")
+
+    calls = {"n": 0}
+    real = I.sequence_nll
+
+    def dying(h, enc):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(h, enc)
+
+    monkeypatch.setattr(I, "sequence_nll", dying)
+    out = tmp_path / "imp"
+    try:
+        write_importance(out, score_importance(stories, ["eng"], token_budget=512, progress=False, scratch=tmp_path))
+    except KeyboardInterrupt:
+        pass
+    assert not out.exists() and list(tmp_path.glob("steerlab-regions-*")) == []
+    assert all(p.grad is None and not p.requires_grad for p in stories.model.parameters())
