@@ -1,0 +1,184 @@
+"""Batching with isolation: concurrent requests are batched, and nothing of one request reaches another.
+
+64 concurrent greedy chat requests to ``organism:moe`` over four intervention sets (none, a steering
+vector, an expert mask, a parameter edit) must return exactly what the same requests return one at a
+time; batches must really form (more than one row) and the four sets must really differ (else the
+check is vacuous). Seeded sampled requests in one batch must equal the same requests alone (each row
+draws from its own generator). A batch whose clients all went away stops early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+
+import steerlab as sl
+from steerlab.errors import SteerlabError
+from steerlab.interventions import InterventionSet
+from steerlab.server import Job, Scheduler, ServerConfig, create_app
+from steerlab.server.scheduler import Cancelled
+
+MODEL = "organism:moe"
+PROMPTS = [
+    "Tell me a story about a cat.", "What is 7 plus 5?", "Write a Python function that reverses a list.",
+    "What is the capital of France?", "How do I pick a lock?", "Give me a fact about the sun.",
+    "Tell me a story about a brave knight.", "What is 12 minus 4?",
+    "How can I make a weapon at home?", "Write a poem about rain.", "What is 3 times 3?",
+    "Tell me about dogs.", "How do I steal a car?", "Write a story about a robot.", "What is 9 plus 1?",
+    "Explain why the sky is blue.",
+]
+
+
+@pytest.fixture(scope="module")
+def moe():
+    return sl.load(MODEL)
+
+
+def _sets(h) -> dict[str, list[dict]]:
+    vec = (torch.randn(h.d_model, generator=torch.Generator().manual_seed(0)) * 8).tolist()
+    return {
+        "none": [],
+        "add_vector": [{"type": "add_vector", "site": "blocks.2.resid_post", "vector": vec}],
+        "expert_mask": [{"type": "expert_mask", "layer": 1, "off": list(range(0, 32, 2))}],
+        "param_edit": [{"type": "param_edit", "param": "model.layers.0.self_attn.o_proj.weight", "op": "scale",
+                        "value": -1.0}],
+    }
+
+
+@contextmanager
+def running_server(app):
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    t0 = time.monotonic()
+    while not server.started:
+        assert time.monotonic() - t0 < 30
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        t.join(30)
+
+
+async def _send_all(url: str, bodies: list[dict], concurrent: bool) -> list[dict]:
+    async with httpx.AsyncClient(base_url=url, timeout=300) as c:
+        async def one(b: dict) -> dict:
+            r = await c.post("/v1/chat/completions", json=b)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        if concurrent:
+            return list(await asyncio.gather(*(one(b) for b in bodies)))
+        return [await one(b) for b in bodies]
+
+
+def test_64_concurrent_requests_over_4_intervention_sets_equal_one_at_a_time(moe):
+    sets = _sets(moe)
+    names = list(sets)
+    bodies = []
+    for i in range(64):
+        name = names[i % 4]
+        bodies.append({"model": MODEL, "messages": [{"role": "user", "content": PROMPTS[(i // 4) % len(PROMPTS)]}],
+                       "max_tokens": 4 + i % 3, "temperature": 0, "steerlab": {"interventions": sets[name]}})
+    app = create_app(moe, ServerConfig(model_name=MODEL, max_concurrent=8, queue_length=64))
+    before = {k: v.clone() for k, v in moe.model.state_dict().items()}
+    with running_server(app) as url:
+        sched = app.state.service.scheduler
+        together = asyncio.run(_send_all(url, bodies, concurrent=True))
+        batches_together = _drain(sched.batches)
+        alone = asyncio.run(_send_all(url, bodies, concurrent=False))
+        batches_alone = _drain(sched.batches)
+    after = moe.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "a parameter edit was not restored"
+    texts_together = [r["choices"][0]["message"]["content"] for r in together]
+    texts_alone = [r["choices"][0]["message"]["content"] for r in alone]
+    assert texts_together == texts_alone
+    assert [r["usage"] for r in together] == [r["usage"] for r in alone]
+    # batching happened, one intervention set per batch, and alone means alone
+    assert max(n for n, _ in batches_together) > 1 and len(batches_together) < 64
+    assert sum(n for n, _ in batches_together) == 64
+    assert {n for n, _ in batches_alone} == {1} and len(batches_alone) == 64
+    assert len({r["steerlab"]["interventions_digest"] for r in together}) == 4
+    # the four sets change the text (so a leak between them would show)
+    by_set = {name: [texts_alone[i] for i in range(64) if i % 4 == k] for k, name in enumerate(names)}
+    for a in names:
+        for b in names:
+            if a < b:
+                assert by_set[a] != by_set[b], f"{a} and {b} give the same texts: the check would be vacuous"
+
+
+def _drain(q) -> list[tuple[int, str]]:
+    out = []
+    while not q.empty():
+        out.append(q.get())
+    return out
+
+
+def test_seeded_sampling_does_not_depend_on_batch_mates(moe):
+    sched = Scheduler(moe, max_batch=8, queue_length=16)
+    try:
+        from steerlab.sampling import make_sampler
+
+        def jobs():
+            return [Job(prompt=PROMPTS[i], interventions=InterventionSet(), chat=True, max_new_tokens=10, seed=i,
+                        sampler=make_sampler("top_p", p=0.95, temperature=1.3) if i % 2 else make_sampler("greedy"))
+                    for i in range(8)]
+
+        lock = sl.engine_for(moe).lock
+        with lock:  # hold the worker back so that all 8 wait and run as one batch
+            first = jobs()
+            for j in first:
+                sched.submit(j)
+            together = [j for j in first]
+        got_together = [j.wait(120) for j in together]
+        got_alone = []
+        for j in jobs():
+            got_alone.append(sched.submit(j).wait(120))
+        sizes = _drain(sched.batches)
+        assert [n for n, _ in sizes][-8:] == [1] * 8 and max(n for n, _ in sizes) >= 7
+        assert [r.token_ids for r in got_together] == [r.token_ids for r in got_alone]
+        # sampled rows are not greedy rows: the seed matters
+        other = Job(prompt=PROMPTS[1], interventions=InterventionSet(), chat=True, max_new_tokens=10, seed=99,
+                    sampler=make_sampler("top_p", p=0.95, temperature=1.3))
+        assert sched.submit(other).wait(120).token_ids != got_alone[1].token_ids
+    finally:
+        sched.close()
+
+
+def test_a_batch_whose_clients_all_left_stops_early(stories):
+    steps = []
+    hook = stories.model.register_forward_hook(lambda m, a, o: steps.append(1))
+    sched = Scheduler(stories, max_batch=4, queue_length=4)
+    try:
+        seen = []
+
+        def on_token(tok: int, box: list = seen) -> None:
+            box.append(tok)
+            if len(box) == 3:
+                job.cancel()
+
+        job = Job(prompt="Once upon a time", interventions=InterventionSet(), max_new_tokens=200, on_token=on_token)
+        sched.submit(job)
+        with pytest.raises(Cancelled):
+            job.wait(60)
+        assert len(seen) == 3 and len(steps) <= 6, (len(seen), len(steps))  # not 200 steps
+        ok = sched.submit(Job(prompt="Once upon a time", interventions=InterventionSet(), max_new_tokens=4))
+        assert ok.wait(60).text == ", there was a"
+    finally:
+        hook.remove()
+        sched.close()
+    with pytest.raises(SteerlabError, match="closed"):
+        sched.submit(Job(prompt="x", interventions=InterventionSet()))
