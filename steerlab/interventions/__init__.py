@@ -13,6 +13,7 @@ from steerlab.interventions.base import (
     parse_intervention,
     register_intervention,
 )
+from steerlab.interventions.conditional import ConditionalAdd
 from steerlab.interventions.regions import RegionEdit
 from steerlab.interventions.routing import ExpertMask
 from steerlab.interventions.spec import InterventionSet, as_set
@@ -21,6 +22,7 @@ from steerlab.interventions.weights import ParamEdit
 __all__ = [
     "ActOp",
     "AddVector",
+    "ConditionalAdd",
     "ExpertMask",
     "Intervention",
     "InterventionSet",

@@ -1,0 +1,134 @@
+"""Directions turned into interventions of the registry: add with a scale, ablate at every layer, or add
+only where a probe fires. Each helper validates up front (width against the model, finite scales, known
+sites) with a one-line :class:`~steerlab.errors.SpecError`, and returns plain registered types
+(:class:`~steerlab.interventions.AddVector`, :class:`~steerlab.interventions.ProjectOut`,
+:class:`~steerlab.interventions.ConditionalAdd`) that compose with every other type, with and without the
+KV cache.
+
+Example:
+    >>> import torch
+    >>> from steerlab.models.tiny import tiny_model
+    >>> h = tiny_model("llama")
+    >>> v = torch.ones(h.d_model)
+    >>> add(h, v, "blocks.1.resid_post", 4.0, positions="generated").describe()
+    'scale 4'
+    >>> len(ablate_everywhere(h, v)) == 3 * h.adapter.n_layers
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from steerlab.errors import SpecError
+from steerlab.interventions import AddVector, ConditionalAdd, ProjectOut
+from steerlab.models.handle import ModelHandle
+from steerlab.steering.logistic import LinearProbe
+
+COMPONENTS = ("resid_pre", "resid_mid", "resid_post")
+
+
+def check_scales(scales: Sequence[Any] | Any) -> list[float]:
+    """The scales as floats; a non-number or a NaN/infinite one is a :class:`SpecError` naming it."""
+    values = list(scales) if isinstance(scales, (list, tuple)) else [scales]
+    out = []
+    for s in values:
+        try:
+            f = float(s)
+        except (TypeError, ValueError) as e:
+            raise SpecError(f"scale {s!r} is not a number; expected finite numbers") from e
+        if not math.isfinite(f):
+            raise SpecError(f"scale {s!r} is not finite; expected finite numbers")
+        out.append(f)
+    if not out:
+        raise SpecError("no scales given; expected at least one finite number")
+    return out
+
+
+def _check_vec(h: ModelHandle, v: Tensor, what: str) -> Tensor:
+    v = torch.as_tensor(v).detach().float().cpu()
+    if v.ndim != 1 or v.shape[0] != h.d_model:
+        raise SpecError(f"{what} has shape {tuple(v.shape)}; {h.spec} expects a vector of width d_model={h.d_model}")
+    if not torch.isfinite(v).all():
+        raise SpecError(f"{what} has NaN or infinite values; expected finite numbers")
+    return v
+
+
+def unit(v: Tensor) -> Tensor:
+    """``v / |v|`` (a zero vector is a :class:`SpecError`)."""
+    n = float(v.norm())
+    if n == 0.0:
+        raise SpecError("the direction has zero norm; expected a non-zero vector")
+    return v / n
+
+
+def add(
+    h: ModelHandle, vector: Tensor, site: str, scale: float, *, positions: Any = "all", normalize: bool = True,
+    name: str | None = None,
+) -> AddVector:
+    """Add ``scale * vector`` (``vector`` made unit-norm first unless ``normalize=False``) at ``site``."""
+    (scale,) = check_scales(scale)
+    h.site(site)
+    v = _check_vec(h, vector, f"vector for {site!r}")
+    return AddVector(site=site, vector=unit(v) if normalize else v, scale=scale, positions=positions, name=name)
+
+
+def orthonormal(vectors: Sequence[Tensor] | Tensor) -> Float[Tensor, "k d"]:
+    """An orthonormal basis ``[k, d]`` of the span of ``vectors`` (QR; rank-deficient inputs are an error)."""
+    m = torch.stack(list(vectors)) if not isinstance(vectors, Tensor) else vectors
+    m = m.reshape(-1, m.shape[-1]).double()
+    q, r = torch.linalg.qr(m.T)
+    if bool((r.diagonal().abs() < 1e-8 * r.diagonal().abs().max()).any()):
+        raise SpecError(f"the {m.shape[0]} directions are linearly dependent; expected independent directions")
+    return q.T.float()
+
+
+def ablate_everywhere(
+    h: ModelHandle, vectors: Tensor | Sequence[Tensor], *, components: Sequence[str] = COMPONENTS,
+    layers: Sequence[int] | None = None, name: str | None = None,
+) -> list[ProjectOut]:
+    """Project a direction (``[d]``) or a subspace (``[k, d]`` or a list) out of the residual stream at every
+    layer (``components`` of each, where the model has them): the directional ablation of refusal-direction
+    work. A subspace is orthonormalized first, so successive projections remove exactly its span."""
+    vs = [vectors] if isinstance(vectors, Tensor) and vectors.ndim == 1 else list(vectors)
+    basis = orthonormal([_check_vec(h, v, "ablated direction") for v in vs])
+    bad = [c for c in components if c not in COMPONENTS]
+    if bad:
+        raise SpecError(f"unknown residual components {bad}; expected some of {list(COMPONENTS)}")
+    out = []
+    for i in layers if layers is not None else range(h.adapter.n_layers):
+        for c in components:
+            site = f"blocks.{i}.{c}"
+            if site in h.sites:
+                out += [ProjectOut(site=site, direction=u, name=name) for u in basis]
+    if not out:
+        raise SpecError(f"no residual site to ablate at for layers {layers} and components {list(components)}")
+    return out
+
+
+def conditional(
+    h: ModelHandle, vector: Tensor, probe: LinearProbe, scale: float, *, mode: Literal["row", "from_step"] = "row",
+    positions: Any = "all", threshold: float = 0.0, normalize: bool = True, name: str | None = None,
+) -> ConditionalAdd:
+    """Add ``scale * vector`` at the probe's site only where the probe fires (see
+    :class:`~steerlab.interventions.ConditionalAdd`)."""
+    (scale,) = check_scales(scale)
+    (threshold,) = check_scales(threshold)
+    h.site(probe.site)
+    v = _check_vec(h, vector, "steering vector")
+    w = _check_vec(h, probe.weight, f"probe weight at {probe.site!r}")
+    return ConditionalAdd(site=probe.site, vector=unit(v) if normalize else v, scale=scale, probe_weight=w,
+                          probe_bias=probe.bias, threshold=threshold, mode=mode, positions=positions, name=name)
+
+
+def random_like(v: Tensor, seed: int) -> Tensor:
+    """A seeded random direction with the norm of ``v`` (the control of a steering or ablation effect)."""
+    g = torch.Generator().manual_seed(int(seed))
+    r = torch.randn(v.shape[-1], generator=g)
+    return r / r.norm() * v.float().norm()
