@@ -70,3 +70,68 @@ GENERATION_COMPARE = register_kind(
     KIND, owner="steerlab.steering", producer="generate", reader=read_comparison,
     summary="generations of the same prompts without and with interventions, token by token",
 )
+
+
+# -- the steering analysis's own artifacts (directions, probes, sweeps, the refusal study) ---------------
+DIRECTIONS_KIND, PROBES_KIND, SWEEP_KIND, REFUSAL_KIND = (
+    "steering_directions", "steering_probes", "steering_sweep", "steering_refusal")
+
+
+def _bundle(save: Any, stem: str) -> dict[str, str | bytes]:
+    """The files ``save(tmp/stem)`` writes (``stem.json`` + ``stem.safetensors``), as artifact extra files."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save(Path(tmp) / stem)
+        return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
+
+
+def write_directions(out: str | Path, d: Any) -> Path:
+    """An artifact folder holding saved directions (``directions.json`` + ``.safetensors``; load it with
+    :func:`steerlab.steering.vectors.load_directions`)."""
+    from steerlab.artifacts import write_artifact
+
+    norms = {s: float(v.norm()) for s, v in d.vectors.items()}
+    return write_artifact(out, kind=DIRECTIONS_KIND, config=dict(d.meta), metrics={"norm": norms},
+                          data={"sites": d.sites}, extra_files=_bundle(d.save, "directions"))
+
+
+def write_probes(out: str | Path, profile: Any) -> Path:
+    """An artifact folder with the probes (``probes.json`` + ``.safetensors``), their table and profile figure."""
+    from steerlab.artifacts import write_artifact
+    from steerlab.steering.figures import probe_profile_figure
+    from steerlab.steering.linear_probes import save_probes
+
+    best = profile.best.row()
+    fig = probe_profile_figure(profile.table()).to_html(include_plotlyjs="cdn", full_html=True)
+    files = {**_bundle(lambda p: save_probes(profile, p), "probes"), "probe_profile.html": fig}
+    return write_artifact(out, kind=PROBES_KIND, config=dict(profile.meta), metrics={"best": best},
+                          data={"table": profile.table()}, extra_files=files)
+
+
+def write_sweep(out: str | Path, config: dict[str, Any], rows: list[dict[str, Any]], behavior: str,
+                control: str) -> Path:
+    """An artifact folder with a scale sweep's rows and its plotly trade-off figure (``sweep.html``)."""
+    from steerlab.artifacts import write_artifact
+    from steerlab.steering.figures import sweep_figure
+
+    fig = sweep_figure(rows, behavior, control).to_html(include_plotlyjs="cdn", full_html=True)
+    metrics = {"scales": [r["scale"] for r in rows], f"{control}_refusal": [r[f"{control}_refusal"] for r in rows]}
+    return write_artifact(out, kind=SWEEP_KIND, config={**config, "behavior": behavior, "control": control},
+                          metrics=metrics, data={"rows": rows}, extra_files={"sweep.html": fig})
+
+
+def write_refusal(out: str | Path, res: dict[str, Any], record: str | Path | None = None,
+                  command: str | None = None) -> Path:
+    """An artifact folder with the refusal study; with ``record``, also its compact JSON record (config,
+    metrics, the command that produced it), written crash-safe."""
+    from steerlab.artifacts import write_artifact
+    from steerlab.atomic import atomic_write_text
+
+    path = write_artifact(out, kind=REFUSAL_KIND, config=res["config"], metrics=res["metrics"], data=res["data"],
+                          tensors=res["tensors"])
+    if record is not None:
+        compact = {"command": command, "config": res["config"], "metrics": res["metrics"],
+                   "add_selection": res["data"]["add_selection"], "runs": res["data"]["runs"]}
+        atomic_write_text(record, json.dumps(compact, indent=1, default=str) + "\n")
+    return path

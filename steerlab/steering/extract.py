@@ -186,7 +186,8 @@ def resolve_sites(h: ModelHandle, sites: Sequence[str] | str | None) -> list[str
     if sites is None:
         sites = "resid_post"
     if isinstance(sites, str):
-        if sites in h.sites:
+        if sites in h.sites or "." in sites:
+            h.site(sites)  # an unknown full site name raises UnknownSiteError naming it
             sites = [sites]
         else:
             found = [s for s in h.sites if s.startswith("blocks.") and s.split(".", 2)[2] == sites]

@@ -1,0 +1,242 @@
+"""``steerlab steer``: steering directions from prompt suites, linear probes, scale sweeps, the refusal-direction
+study, and llama.cpp control-vector (GGUF) export/import."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
+
+app = typer_app("Steering: directions from contrasting suites, linear probes, scale sweeps, ablation.")
+
+SUITE_HELP = "Prompt suite name or folder (default: organism-refusal on organisms, else refusal)."
+SITES_HELP = "Sites, comma-separated, or a component at every layer (resid_pre, resid_mid, resid_post)."
+POSITION_HELP = "Token position: last, mean, or comma-separated indices in each prompt (negative: from the end)."
+
+
+def _position(text: str):  # noqa: ANN202
+    from steerlab.errors import SpecError
+
+    if text in ("last", "mean"):
+        return text
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError as e:
+        raise SpecError(f"--position {text!r} must be last, mean or comma-separated integers") from e
+
+
+def _sites(text: str | None):  # noqa: ANN202
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return parts[0] if len(parts) == 1 else parts
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from steerlab.errors import SpecError
+    from steerlab.steering.apply import check_scales
+
+    try:
+        values = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError as e:
+        raise SpecError(f"{option} {text!r} must be comma-separated numbers") from e
+    return check_scales(values)
+
+
+@app.command("extract")
+def extract_cmd(
+    model: str = typer.Argument(None, help="Model spec (default: the embedded default model)."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
+    sites: str = typer.Option(None, "--sites", help=SITES_HELP + " Default: resid_post."),
+    method: str = typer.Option("diff_in_means", "--method", help="diff_in_means, pca or probe."),
+    position: str = typer.Option("last", "--position", help=POSITION_HELP),
+    split: str = typer.Option("train", "--split"),
+    limit: int = typer.Option(0, "--limit", help="At most this many prompts per label (0: all).", **AT_LEAST_0),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds directions.json)."),
+    name: str = typer.Option(None, "--name", help="Also save under this name in the directions folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Extract one direction per site from a suite's behavior vs control prompts."""
+    import steerlab as sl
+    from steerlab.steering.artifact import write_directions
+    from steerlab.steering.extract import extract_directions
+    from steerlab.steering.vectors import directions_root
+    from steerlab.suites import default_suite
+
+    pos = _position(position)
+    h = sl.load(model)
+    d = extract_directions(h, suite or default_suite(h), _sites(sites), method=method, position=pos,  # type: ignore[arg-type]
+                           split=split, limit=limit or None, progress=True)
+    path = write_directions(out, d)
+    saved = str(d.save(directions_root() / name)) if name else None
+    norms = {s: round(float(v.norm()), 4) for s, v in d.vectors.items()}
+    if as_json:
+        emit({"artifact": str(path), "saved_as": saved, "meta": d.meta, "norms": norms})
+        return
+    typer.echo(f"wrote {path}" + (f" (and {saved})" if saved else ""))
+    for s, n in norms.items():
+        typer.echo(f"  {s:<28} |v| = {n:.4g}")
+
+
+@app.command("probe")
+def probe_cmd(
+    model: str = typer.Argument(None, help="Model spec (default: the embedded default model)."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
+    sites: str = typer.Option(None, "--sites", help=SITES_HELP + " Default: resid_post."),
+    position: str = typer.Option("last", "--position", help=POSITION_HELP),
+    limit: int = typer.Option(0, "--limit", help="At most this many prompts per label and split (0: all).",
+                              **AT_LEAST_0),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds probes.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fit a logistic-regression probe per site (train split) and score it on the test split."""
+    import steerlab as sl
+    from steerlab.steering.artifact import write_probes
+    from steerlab.steering.linear_probes import probe_profile
+    from steerlab.suites import default_suite
+
+    pos = _position(position)
+    h = sl.load(model)
+    p = probe_profile(h, suite or default_suite(h), _sites(sites), position=pos, limit=limit or None,  # type: ignore[arg-type]
+                      seed=seed, progress=True)
+    path = write_probes(out, p)
+    if as_json:
+        emit({"artifact": str(path), "meta": p.meta, "best": p.best.row(), "table": p.table()})
+        return
+    typer.echo(f"wrote {path}")
+    for r in p.table():
+        typer.echo(f"  {r['site']:<28} acc {r['test_acc']:.3f}  AUROC {r['test_auroc']:.3f}  "
+                   f"shuffled {r['shuffled_acc']:.3f} (chance {r['chance']:.3f})  d {r['separation']:.2f}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    model: str = typer.Argument(None, help="Model spec (default: the embedded default model)."),
+    direction: str = typer.Option(..., "--direction", help="Saved directions: a path, an artifact folder or a name."),
+    site: str = typer.Option(None, "--site", help="Which saved site to add at (default: the only one)."),
+    scales: str = typer.Option("0,2,4,8", "--scales", help="Comma-separated scales (x unit vector)."),
+    raw: bool = typer.Option(False, "--raw", help="Scales multiply the raw vector, not its unit vector."),
+    positions: str = typer.Option("all", "--positions", help="all, prompt or generated."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
+    split: str = typer.Option("test", "--split"),
+    n: int = typer.Option(64, "--n", help="Prompts per label.", **AT_LEAST_1),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Add a saved direction at each scale: behavior rates, harmless perplexity, KL to unsteered."""
+    import steerlab as sl
+    from steerlab.errors import SpecError
+    from steerlab.steering.artifact import write_sweep
+    from steerlab.steering.sweep import scale_sweep
+    from steerlab.steering.vectors import load_directions
+    from steerlab.suites import default_suite, load_suite
+
+    values = _floats(scales, "--scales")
+    if positions not in ("all", "prompt", "generated"):
+        raise SpecError(f"--positions {positions!r} must be all, prompt or generated")
+    d = load_directions(direction)
+    if site is None and len(d.sites) != 1:
+        raise SpecError(f"the directions hold {len(d.sites)} sites; choose one with --site (one of {d.sites})")
+    site = site or d.sites[0]
+    h = sl.load(model)
+    s = load_suite(suite or default_suite(h))
+    rows = scale_sweep(h, d[site], site, values, s, split=split, n=n, positions=positions, normalize=not raw,
+                       max_new_tokens=max_new_tokens, progress=True)
+    config = {"model": h.spec, "direction": str(direction), "direction_meta": d.meta, "site": site, "scales": values,
+              "raw": raw, "positions": positions, "suite": s.name, "split": split, "n": n,
+              "max_new_tokens": max_new_tokens}
+    path = write_sweep(out, config, rows, s.behavior, s.control)
+    if as_json:
+        emit({"artifact": str(path), "config": config, "rows": rows})
+        return
+    typer.echo(f"wrote {path}")
+    for r in rows:
+        typer.echo(f"  scale {r['scale']:>6g}  refusal {s.control} {r[f'{s.control}_refusal']:.2f}  "
+                   f"{s.behavior} {r[f'{s.behavior}_refusal']:.2f}  ppl {r['ppl']:.2f}  KL {r['kl']:.3f}")
+
+
+@app.command("refusal")
+def refusal_cmd(
+    model: str = typer.Argument(None, help="Model spec (default: the embedded default model)."),
+    suite: str = typer.Option(None, "--suite", help=SUITE_HELP),
+    limit: int = typer.Option(512, "--limit", help="Train prompts per label for the candidates (0: all).",
+                              **AT_LEAST_0),
+    n_positions: int = typer.Option(5, "--positions", help="Last prompt positions searched.", **AT_LEAST_1),
+    n_select: int = typer.Option(64, "--select", help="Train prompts per label for the selection.", **AT_LEAST_1),
+    max_rank: int = typer.Option(3, "--max-rank", help="Largest ablated subspace.", **AT_LEAST_1),
+    controls: int = typer.Option(5, "--controls", help="Random same-norm directions.", **AT_LEAST_1),
+    n_test: int = typer.Option(0, "--n-test", help="Held-out prompts per label (0: the whole test split).",
+                               **AT_LEAST_0),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The refusal-direction study: choose on train, ablate at every layer / add, evaluate on held-out."""
+    import steerlab as sl
+    from steerlab.steering.ablation import refusal_study
+    from steerlab.steering.artifact import write_refusal
+    from steerlab.suites import default_suite
+
+    h = sl.load(model)
+    res = refusal_study(h, suite or default_suite(h), limit=limit or None, n_positions=n_positions,
+                        n_select=n_select, max_rank=max_rank, n_random=controls, n_test=n_test or None,
+                        max_new_tokens=max_new_tokens, seed=seed, progress=True)
+    command = "steerlab " + " ".join(sys.argv[1:]) if record is not None else None
+    path = write_refusal(out, res, record, command)
+    if as_json:
+        emit({"artifact": str(path), "config": res["config"], "metrics": res["metrics"]})
+        return
+    m = res["metrics"]
+    chosen = res["config"]["chosen"]
+    typer.echo(f"wrote {path}: direction {chosen['site']} position {chosen['position']}")
+    typer.echo(f"  ablated: refusal {m['base_refusal']:.3f} -> {m['ablate_refusal']:.3f} "
+               f"({m['ablate_refusal_rel_change']:+.0%}), compliance +{m['ablate_compliance_gain']:.3f}, "
+               f"ppl x{m['ablate_ppl_ratio']:.3f}")
+    typer.echo(f"  subspace (rank {m['subspace_rank']}): refusal {m['subspace_refusal']:.3f}, "
+               f"compliance +{m['subspace_compliance_gain']:.3f}, ppl x{m['subspace_ppl_ratio']:.3f}")
+    typer.echo(f"  added: refusal on harmless {m['base_harmless_refusal']:.3f} -> {m['add_refusal']:.3f} "
+               f"(random {m['add_refusal_control']:.3f})")
+
+
+@app.command("export-gguf")
+def export_gguf_cmd(
+    direction: str = typer.Argument(..., help="Saved directions: a path, an artifact folder or a name."),
+    out: Path = typer.Option(..., "--out", help="GGUF file to write."),
+    model_hint: str = typer.Option(None, "--model-hint", help="controlvector.model_hint (default: model_type)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Write saved directions as a llama.cpp control vector (direction.N = output of block N, N >= 1)."""
+    from steerlab.steering.interchange import export_gguf, gguf_layer
+    from steerlab.steering.vectors import load_directions
+
+    d = load_directions(direction)
+    path = export_gguf(d, out, model_hint=model_hint)
+    layers = sorted(gguf_layer(s) for s in d.sites)
+    if as_json:
+        emit({"gguf": str(path), "layers": layers})
+        return
+    typer.echo(f"wrote {path}: direction.{', direction.'.join(map(str, layers))}")
+
+
+@app.command("import-gguf")
+def import_gguf_cmd(
+    gguf_file: Path = typer.Argument(..., help="A llama.cpp control-vector GGUF file (e.g. from repeng)."),
+    out: Path = typer.Option(..., "--out", help="Where to save the directions (PATH.json + PATH.safetensors)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Read a llama.cpp control vector into saved steerlab directions at blocks.N.resid_post."""
+    from steerlab.steering.interchange import import_gguf
+
+    d = import_gguf(gguf_file)
+    path = d.save(out)
+    if as_json:
+        emit({"directions": str(path), "sites": d.sites, "meta": d.meta})
+        return
+    typer.echo(f"wrote {path}: {', '.join(d.sites)}")
