@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,3 +78,114 @@ def importance_from(art: Artifact) -> Importance:
 def read_importance(path: str | Path) -> Importance:
     """Read a ``regions_importance`` artifact folder."""
     return importance_from(read_artifact(path))
+
+
+FIND_KIND = "regions_find"
+PERTURB_KIND = "regions_perturb"
+
+
+def _layer_matrix_map(imp: Importance) -> dict[str, Any]:
+    """Where the importance concentrates: per parameter, the share of its summed importance held by its top
+    ``keep`` entries, and its total, arranged as layer x matrix (parameters outside the layers separately)."""
+    import re
+
+    rows: dict[str, dict[str, float]] = {}
+    for n, s in imp.summary.get("all", {}).items():
+        m = re.search(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.(.+)$", n)
+        layer, mat = (m.group(1), m.group(2)) if m else ("other", n)
+        rows.setdefault(layer, {})[mat] = s["top_share"]
+    return rows
+
+
+def write_find(
+    out: str | Path, imp: Importance, fraction: float, scope: str, seeds: int
+) -> tuple[Path, dict[str, Any]]:
+    """Core, bottom, ``seeds`` random and every language's monolingual region of ``imp`` as region files in a
+    ``regions_find`` artifact (with the Jaccard overlaps of the languages' top regions)."""
+    from steerlab.atomic import safetensors_bytes
+    from steerlab.regions.select import (
+        bottom_region,
+        core_region,
+        language_overlaps,
+        monolingual_region,
+        random_region,
+    )
+
+    regions = {"core": core_region(imp, fraction, scope), "bottom": bottom_region(imp, fraction, scope)}
+    regions |= {f"random{s}": random_region(imp, fraction, s, scope) for s in range(seeds)}
+    regions |= {f"mono_{lang}": monolingual_region(imp, lang, fraction, scope) for lang in imp.languages}
+    files: dict[str, str | bytes] = {}
+    for key, r in regions.items():
+        meta = {
+            "format": "steerlab.region",
+            "name": r.name,
+            "signature": r.signature,
+            "model": r.model,
+            "shapes": json.dumps({n: r.shapes[n] for n in r.indices}),
+            "meta": json.dumps(r.meta),
+        }
+        files[f"{key}.safetensors"] = safetensors_bytes({n: t.long() for n, t in r.indices.items()}, metadata=meta)
+    info = {
+        "sizes": {k: r.size() for k, r in regions.items()},
+        "languages": imp.languages,
+        "overlaps": language_overlaps(imp, fraction, scope),
+    }
+    config = {"importance": imp.config, "fraction": fraction, "scope": scope, "seeds": seeds}
+    data = {**info, "map": _layer_matrix_map(imp), "counts": regions["core"].counts()}
+    path = write_artifact(out, kind=FIND_KIND, config=config, metrics={"core_size": info["sizes"]["core"]},
+                          data=data, extra_files=files)  # fmt: skip
+    return path, info
+
+
+def _r(x: float) -> float:
+    return float(f"{x:.4g}") if x == x and abs(x) != float("inf") else x
+
+
+def write_perturb(
+    out: str | Path,
+    h: Any,
+    imp: Importance,
+    res: Any,
+    *,
+    fraction: float,
+    command: str,
+    n_eval: int,
+    record: str | Path | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """A ``regions_perturb`` artifact of ``res`` (:class:`~steerlab.regions.perturb.PerturbResult`) with the
+    overlaps and the layer x matrix map of ``imp``; with ``record``, also a compact JSON record (atomic)."""
+    from steerlab.atomic import atomic_write_text
+    from steerlab.regions.perturb import _ppl
+    from steerlab.regions.select import language_overlaps
+
+    scope = res.rows[0]["scope"] if res.rows else "layers"
+    rec = {
+        "command": command,
+        "model": h.spec,
+        "importance": {k: imp.config.get(k) for k in ("command", "method", "languages", "token_budget", "batch_size",
+                                                       "max_len", "keep")} | {"tokens": imp.tokens, **imp.metrics},
+        "fraction": fraction,
+        "n_eval": n_eval,
+        "languages": res.languages,
+        "base_ppl": {k: _r(_ppl(v)) for k, v in res.base_nll.items()},
+        "summary": {s: {k: ([_r(x) for x in v] if isinstance(v, list) else _r(v)) for k, v in d.items()}
+                    for s, d in res.summary().items()},
+        "rows": [
+            {k: r[k] for k in ("name", "kind", "scope", "seed", "language", "size", "op", "value")}
+            | {"median_ratio": _r(r["median_ratio"]), "ratio": {k: _r(v) for k, v in r["ratio"].items()}}
+            for r in res.rows
+        ],
+    }  # fmt: skip
+    data = {
+        **rec,
+        "base_nll": res.base_nll,
+        "full_rows": res.rows,
+        "overlaps": {"languages": imp.languages, "scope": scope, "jaccard": language_overlaps(imp, fraction, scope)},
+        "map": _layer_matrix_map(imp),
+    }
+    config = {"importance": imp.config, "fraction": fraction, "n_eval": n_eval, "command": command}
+    metrics = {f"{s}.{k}": v for s, d in rec["summary"].items() for k, v in d.items() if not isinstance(v, list)}
+    path = write_artifact(out, kind=PERTURB_KIND, config=config, metrics=metrics, data=data)
+    if record is not None:
+        atomic_write_text(record, json.dumps(rec, indent=1) + "\n")
+    return path, rec

@@ -45,7 +45,7 @@ def _ntrex_file(code: str) -> Path:
     return d / ("newstest2019-src.eng.txt" if code == "eng" else f"newstest2019-ref.{code}.txt")
 
 
-def _python_chunks(files: tuple[str, ...], chars: int = 600) -> list[str]:
+def _python_chunks(files: tuple[str, ...], chars: int = 400) -> list[str]:
     root = Path(sysconfig.get_paths()["stdlib"])
     out: list[str] = []
     for rel in files:

@@ -1,0 +1,151 @@
+"""``steerlab regions ...``: importance scoring, regions, perturbation against controls (Zhang et al. 2024)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import typer
+
+from steerlab.cli.common import AT_LEAST_1, SEED, emit, in_range, typer_app
+
+app = typer_app("Linguistic regions: importance scoring, core/bottom/random/monolingual regions, perturbation.")
+
+
+def _codes(text: str) -> list[str]:
+    return [c.strip() for c in text.split(",") if c.strip()]
+
+
+def _files(items: list[str]) -> dict[str, str]:
+    from steerlab.errors import SpecError
+
+    out = {}
+    for it in items:
+        code, sep, path = it.partition("=")
+        if not sep or not code.strip() or not path.strip():
+            raise SpecError(f"--text {it!r} must be CODE=FILE (a language code and a text file)")
+        out[code.strip()] = path.strip()
+    return out
+
+
+def _fraction(value: float | None) -> float | None:
+    from steerlab.regions.importance import check_fraction
+
+    return None if value is None else check_fraction(value, "--fraction")
+
+
+@app.command("score")
+def score(
+    model: str = typer.Argument(..., help="Model spec, e.g. shared:SmolLM2-135M-Instruct-Q4_1-gguf."),
+    langs: str = typer.Option("eng,deu,fra,spa,rus,zho-CN", "--lang", help="Comma-separated language codes."),
+    text: list[str] = typer.Option([], "--text", help="CODE=FILE: a language of your own (one passage per line)."),
+    method: str = typer.Option("taylor", "--method", help="taylor (|theta * accumulated grad|) or fisher."),
+    budget: int = typer.Option(2048, "--budget", help="Tokens per language.", **AT_LEAST_1),
+    batch_size: int = typer.Option(4, "--batch-size", **AT_LEAST_1),
+    max_len: int = typer.Option(64, "--max-len", help="Tokens per passage.", **in_range(2)),
+    keep: float = typer.Option(0.02, "--keep", help="Fraction per matrix whose top/bottom indices are stored."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Score every parameter's importance per language and store the sparse top/bottom sets."""
+    from steerlab.models.load import load
+    from steerlab.regions.artifact import write_importance
+    from steerlab.regions.corpus import corpus_texts
+    from steerlab.regions.importance import check_fraction, score_importance
+
+    check_fraction(keep, "--keep")
+    files = _files(text)
+    codes = _codes(langs) + [c for c in files if c not in _codes(langs)]
+    for c in codes:
+        corpus_texts(c, "score", n=1, files=files)  # bad codes and empty files fail before the model loads
+    h = load(model)
+    imp = score_importance(
+        h,
+        codes,
+        method=method,
+        token_budget=budget,
+        batch_size=batch_size,
+        max_len=max_len,
+        keep=keep,  # type: ignore[arg-type]
+        files=files,
+        progress=progress,
+    )
+    imp.config["command"] = "steerlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = write_importance(out, imp)
+    res = {"out": str(path), **imp.metrics, "tokens_per_language": imp.tokens}
+    emit(res) if as_json else typer.echo(f"wrote {path}: {imp.metrics['tokens']} tokens in {imp.metrics['seconds']} s")
+
+
+@app.command("find")
+def find(
+    importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
+    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5]."),
+    scope: str = typer.Option("layers", "--scope", help="matrices | layers (norms too) | all (embeddings too)."),
+    seeds: int = typer.Option(3, "--seeds", help="Random control regions.", **AT_LEAST_1),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write (region files inside)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Core, bottom, random and monolingual regions as region files, with language overlaps."""
+    from steerlab.regions.artifact import read_importance, write_find
+
+    imp = read_importance(importance)
+    path, info = write_find(out, imp, _fraction(fraction) or 0.01, scope, seeds)
+    emit({"out": str(path), **info}) if as_json else typer.echo(f"wrote {path}: {info['sizes']}")
+
+
+@app.command("perturb")
+def perturb_cmd(
+    importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
+    langs: str = typer.Option(
+        "arb,deu,eng,fra,hin,ita,jpn,kor,por,rus,spa,zho-CN", "--lang", help="Evaluation languages (held-out text)."
+    ),
+    text: list[str] = typer.Option([], "--text", help="CODE=FILE: a language of your own."),
+    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5]."),
+    scopes: str = typer.Option("layers", "--scopes", help="Comma-separated: matrices, layers, all."),
+    control_scopes: str | None = typer.Option(None, "--control-scopes", help="Scopes with bottom/random controls."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the random control regions."),
+    op: str = typer.Option("zero", "--op", help="zero | scale | noise | set."),
+    value: float = typer.Option(0.0, "--value", help="Scale factor, noise std or value to set."),
+    monolingual: bool = typer.Option(False, "--monolingual/--no-monolingual", help="Also each language's region."),
+    n_eval: int = typer.Option(16, "--n-eval", help="Held-out passages per language.", **AT_LEAST_1),
+    model: str | None = typer.Option(
+        None, "--model", help="Model spec (default: the one the importance was scored on)."
+    ),
+    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here."),
+    seed: int = typer.Option(0, "--seed", help="Noise seed.", **SEED),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Edit the core region and its controls; per-language perplexity before and after."""
+    from steerlab.errors import SpecError
+    from steerlab.models.load import load
+    from steerlab.regions.artifact import read_importance, write_perturb
+    from steerlab.regions.corpus import corpus_texts
+
+    if op not in ("zero", "scale", "noise", "set"):
+        raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
+    _fraction(fraction)
+    try:
+        seed_list = [int(s) for s in _codes(seeds)]
+    except ValueError:
+        raise SpecError(f"--seeds {seeds!r} must be comma-separated integers") from None
+    files = _files(text)
+    codes = _codes(langs)
+    for c in codes:
+        corpus_texts(c, "eval", n=1, files=files)
+    imp = read_importance(importance)
+    h = load(model or imp.model)
+    from steerlab.regions.perturb import perturb
+
+    res = perturb(
+        h, imp, codes, fraction=fraction, scopes=_codes(scopes),
+        control_scopes=None if control_scopes is None else _codes(control_scopes), seeds=seed_list, op=op,
+        value=value, monolingual=monolingual, n_eval=n_eval, files=files, progress=progress,
+    )  # fmt: skip
+    command = "steerlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path, rec = write_perturb(out, h, imp, res, fraction=fraction, command=command, n_eval=n_eval, record=record)
+    emit({"out": str(path), **rec}) if as_json else typer.echo(json.dumps(rec["summary"], indent=1))
