@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from steerlab.sampling import make_sampler  # noqa: F401
 
 
-ANALYSES = ("steerlab.experts", "steerlab.decoding", "steerlab.steering")  # each registers its kinds in .artifact
+# each registers its kinds in .artifact
+ANALYSES = ("steerlab.experts", "steerlab.decoding", "steerlab.steering", "steerlab.regions")
 
 
 def artifact_kinds() -> tuple[ArtifactKind, ...]:

@@ -33,6 +33,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("generate", "Generate", "app_pages/generate.py", ":material/edit_note:", "steerlab.steering", True),
     PageSpec("sampling", "Sampling", "app_pages/sampling.py", ":material/casino:", "steerlab.decoding"),
     PageSpec("experts", "Experts", "app_pages/experts.py", ":material/hub:", "steerlab.experts"),
+    PageSpec("regions", "Regions", "app_pages/regions.py", ":material/grid_on:", "steerlab.regions"),
     PageSpec("runs", "Runs", "app_pages/runs.py", ":material/folder_open:"),
 )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
 import typer
@@ -30,6 +29,24 @@ def _files(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _command(ctx: typer.Context) -> str:
+    """The command line that reproduces this call, every option spelled out (from the parsed parameters)."""
+    parts = ["steerlab", "regions", ctx.info_name or ""]
+    for p in ctx.command.params:
+        v = ctx.params.get(p.name or "")
+        if p.name in ("as_json", "progress") or v is None:
+            continue
+        if p.param_type_name == "argument":
+            parts.append(str(v))
+        elif getattr(p, "is_flag", False):
+            flag = p.opts[0] if v else (p.secondary_opts or [None])[0]
+            parts += [flag] if flag else []
+        else:
+            for item in v if isinstance(v, (list, tuple)) else [v]:
+                parts += [max(p.opts, key=len), str(item)]
+    return " ".join(shlex.quote(x) for x in parts)
+
+
 def _fraction(value: float | None) -> float | None:
     from steerlab.regions.importance import check_fraction
 
@@ -38,6 +55,7 @@ def _fraction(value: float | None) -> float | None:
 
 @app.command("score")
 def score(
+    ctx: typer.Context,
     model: str = typer.Argument(..., help="Model spec, e.g. shared:SmolLM2-135M-Instruct-Q4_1-gguf."),
     langs: str = typer.Option("eng,deu,fra,spa,rus,zho-CN", "--lang", help="Comma-separated language codes."),
     text: list[str] = typer.Option([], "--text", help="CODE=FILE: a language of your own (one passage per line)."),
@@ -73,7 +91,7 @@ def score(
         files=files,
         progress=progress,
     )
-    imp.config["command"] = "steerlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    imp.config["command"] = _command(ctx)
     path = write_importance(out, imp)
     res = {"out": str(path), **imp.metrics, "tokens_per_language": imp.tokens}
     emit(res) if as_json else typer.echo(f"wrote {path}: {imp.metrics['tokens']} tokens in {imp.metrics['seconds']} s")
@@ -98,6 +116,7 @@ def find(
 
 @app.command("perturb")
 def perturb_cmd(
+    ctx: typer.Context,
     importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
     langs: str = typer.Option(
         "arb,deu,eng,fra,hin,ita,jpn,kor,por,rus,spa,zho-CN", "--lang", help="Evaluation languages (held-out text)."
@@ -146,6 +165,6 @@ def perturb_cmd(
         control_scopes=None if control_scopes is None else _codes(control_scopes), seeds=seed_list, op=op,
         value=value, monolingual=monolingual, n_eval=n_eval, files=files, progress=progress,
     )  # fmt: skip
-    command = "steerlab " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = _command(ctx)
     path, rec = write_perturb(out, h, imp, res, fraction=fraction, command=command, n_eval=n_eval, record=record)
     emit({"out": str(path), **rec}) if as_json else typer.echo(json.dumps(rec["summary"], indent=1))

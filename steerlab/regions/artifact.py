@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from steerlab.artifacts import Artifact, read_artifact, write_artifact
+from steerlab.artifacts import Artifact, read_artifact, register_kind, write_artifact
 from steerlab.errors import SteerlabError
 from steerlab.regions.importance import Importance
 
@@ -189,3 +189,11 @@ def write_perturb(
     if record is not None:
         atomic_write_text(record, json.dumps(rec, indent=1) + "\n")
     return path, rec
+
+
+register_kind(IMPORTANCE_KIND, owner="steerlab.regions", producer="regions score", reader=importance_from,
+              summary="per-parameter importance per language: per-matrix top/bottom indices, summaries")  # fmt: skip
+register_kind(FIND_KIND, owner="steerlab.regions", producer="regions find",
+              summary="core, bottom, random and monolingual region files with language overlaps")  # fmt: skip
+register_kind(PERTURB_KIND, owner="steerlab.regions", producer="regions perturb",
+              summary="per-language perplexity with the core region and its controls edited")  # fmt: skip

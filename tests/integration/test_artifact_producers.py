@@ -28,6 +28,9 @@ PRODUCER_TESTS = {
     "sampling_compare": "tests/integration/test_sampling_compare.py",
     "experts_image": "tests/integration/test_experts.py -k cli",
     "experts_evaluate": "tests/integration/test_experts.py -k cli",
+    "regions_importance": "tests/integration/test_regions_cli.py",
+    "regions_find": "tests/integration/test_regions_cli.py",
+    "regions_perturb": "tests/integration/test_regions_cli.py",
 }
 
 
