@@ -206,6 +206,7 @@ OWN_CONTENT = {
     "generate": lambda page: page.locator('button:has-text("Generate"):enabled').first,
     "sampling": lambda page: page.get_by_role("tab", name="Sampler comparison"),
     "experts": lambda page: page.get_by_role("tab", name="Switch and regenerate"),
+    "regions": lambda page: page.get_by_role("tab", name="Perturb and generate"),
     "runs": lambda page: page.get_by_text("Configuration", exact=True),
 }
 

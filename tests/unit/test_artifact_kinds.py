@@ -48,4 +48,6 @@ def test_the_builtin_analyses_register_their_kinds():
         "experts_image": "steerlab.experts", "experts_evaluate": "steerlab.experts",
         "sampling_diagnostics": "steerlab.decoding", "sampling_compare": "steerlab.decoding",
         "generation_compare": "steerlab.steering",
+        "regions_importance": "steerlab.regions", "regions_find": "steerlab.regions",
+        "regions_perturb": "steerlab.regions",
     }
