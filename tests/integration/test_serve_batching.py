@@ -158,7 +158,13 @@ def test_seeded_sampling_does_not_depend_on_batch_mates(moe):
         sched.close()
 
 
-def test_a_batch_whose_clients_all_left_stops_early(stories):
+@pytest.mark.parametrize("steered", [False, True])
+def test_a_batch_whose_clients_all_left_stops_early(stories, steered):
+    """Cancelled after 3 tokens of 200: the batch ends (Cancelled), the model ran a handful of steps
+    (counted on the bare model when unsteered), and the next request is answered normally."""
+    from steerlab.interventions import AddVector
+
+    ivs = InterventionSet([AddVector(site="blocks.1.resid_post", vector=torch.ones(64))] if steered else [])
     steps = []
     hook = stories.model.register_forward_hook(lambda m, a, o: steps.append(1))
     sched = Scheduler(stories, max_batch=4, queue_length=4)
@@ -170,13 +176,16 @@ def test_a_batch_whose_clients_all_left_stops_early(stories):
             if len(box) == 3:
                 job.cancel()
 
-        job = Job(prompt="Once upon a time", interventions=InterventionSet(), max_new_tokens=200, on_token=on_token)
+        job = Job(prompt="Once upon a time", interventions=ivs, max_new_tokens=200, on_token=on_token)
         sched.submit(job)
         with pytest.raises(Cancelled):
             job.wait(60)
-        assert len(seen) == 3 and len(steps) <= 6, (len(seen), len(steps))  # not 200 steps
-        ok = sched.submit(Job(prompt="Once upon a time", interventions=InterventionSet(), max_new_tokens=4))
-        assert ok.wait(60).text == ", there was a"
+        assert len(seen) == 3
+        if not steered:
+            assert len(steps) <= 6, len(steps)  # not 200 steps
+        ok = sched.submit(Job(prompt="Once upon a time", interventions=ivs, max_new_tokens=4))
+        want = sl.generate(stories, ["Once upon a time"], interventions=ivs, max_new_tokens=4).texts[0]
+        assert ok.wait(60).text == want
     finally:
         hook.remove()
         sched.close()
