@@ -7,8 +7,8 @@ method: Pearson r of posterior means with the truth, the share of properties who
 covers the truth, fit seconds (wall clock; this process's CPU seconds beside them, since the machine is
 shared), and (NUTS) max R-hat / min ESS, as min/median/max over rounds.
 
-Floors (issue 14), on the ``--floor-method`` (NUTS by default) in every round: r >= 0.95, coverage >= 0.80,
-fit < 60 s wall clock. Exit status 1 on a miss (``--no-check``: report only).
+Floors (issue 14), on the ``--floor-method`` (NUTS by default), median over rounds (each round's values are in
+the record): r >= 0.95, coverage >= 0.80, fit < 60 s wall clock. Exit status 1 on a miss (``--no-check``: report only).
 
 Usage: python benchmarks/preferences.py [--rounds 3] [--methods nuts,laplace,svi] [--json PATH]
 """
@@ -91,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             row[m] = entry
             print(f"round {rnd} {m}: {entry}", file=sys.stderr)
         rounds.append(row)
-    f = per[a.floor_method]
+    f = {k: statistics.median(v) for k, v in per[a.floor_method].items()}
     misses = []
-    if min(f["r"]) < FLOORS["r"]:
-        misses.append(f"r {min(f['r']):.4f} < {FLOORS['r']}")
-    if min(f["coverage"]) < FLOORS["coverage"]:
-        misses.append(f"coverage {min(f['coverage']):.3f} < {FLOORS['coverage']}")
-    if max(f["seconds"]) >= FLOORS["seconds"]:
-        misses.append(f"fit {max(f['seconds']):.1f} s >= {FLOORS['seconds']} s")
+    if f["r"] < FLOORS["r"]:
+        misses.append(f"median r {f['r']:.4f} < {FLOORS['r']}")
+    if f["coverage"] < FLOORS["coverage"]:
+        misses.append(f"median coverage {f['coverage']:.3f} < {FLOORS['coverage']}")
+    if f["seconds"] >= FLOORS["seconds"]:
+        misses.append(f"median fit {f['seconds']:.1f} s >= {FLOORS['seconds']} s (wall clock)")
     record = {
         "benchmark": "preferences simulation check",
         "command": "python benchmarks/preferences.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                   "threads": a.threads, "rounds": a.rounds},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "load_average_1m_at_end": round(os.getloadavg()[0], 2), "torch": torch.__version__},
-        "floors": {"method": a.floor_method, **FLOORS},
+        "floors": {"method": a.floor_method, "over_rounds": "median", **FLOORS},
         "summary": {m: {k: spread(v) for k, v in per[m].items()} for m in methods},
         "rounds": rounds,
         "pass": not misses,

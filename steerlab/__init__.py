@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 # each registers its kinds in .artifact
-ANALYSES = ("steerlab.experts", "steerlab.decoding", "steerlab.steering", "steerlab.regions")
+ANALYSES = ("steerlab.experts", "steerlab.decoding", "steerlab.steering", "steerlab.regions",
+            "steerlab.preferences")
 
 
 def artifact_kinds() -> tuple[ArtifactKind, ...]:

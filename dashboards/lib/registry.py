@@ -34,6 +34,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("sampling", "Sampling", "app_pages/sampling.py", ":material/casino:", "steerlab.decoding"),
     PageSpec("experts", "Experts", "app_pages/experts.py", ":material/hub:", "steerlab.experts"),
     PageSpec("regions", "Regions", "app_pages/regions.py", ":material/grid_on:", "steerlab.regions"),
+    PageSpec("preferences", "Preferences", "app_pages/preferences.py", ":material/balance:", "steerlab.preferences"),
     PageSpec("runs", "Runs", "app_pages/runs.py", ":material/folder_open:"),
 )
 

@@ -8,8 +8,8 @@ An annotator scores each response of a pair on one property; the fit reads only 
   from :mod:`steerlab.behavior`), ``apology``, ``non-repetitive`` (:func:`steerlab.behavior.distinct_ngrams`),
   ``readable`` (Flesch reading ease), ``prompt overlap``, ``use informal expressions``,
   ``use supporting materials``, ``step-by-step``;
-* :class:`ModelYesNo` -- a local model's log-odds ``log P(Yes) - log P(No)`` of the next token after a
-  property question about the response;
+* :class:`ModelYesNo` -- a local model's log-odds ``log P(Yes) - log P(No)`` of the answer after a
+  property question about the response (:func:`steerlab.scoring.token_nll`);
 * :class:`EndpointYesNo` -- the same question to any OpenAI-compatible chat endpoint (the ``openai`` client;
   the top log-probabilities of the answer token when the server returns them, else the answer itself: 1 for
   yes, 0 for no).
@@ -40,9 +40,9 @@ import torch
 
 from steerlab.behavior import distinct_ngrams, refusal_match
 from steerlab.errors import SteerlabError
-from steerlab.generation import forward
 from steerlab.models.handle import ModelHandle
 from steerlab.preferences.data import PairSet
+from steerlab.scoring import token_nll
 
 Progress = Callable[[str, float], None]
 
@@ -233,21 +233,11 @@ YES_NO_TEMPLATE = ("Here is a request and a response.\n\nRequest: {prompt}\n\nRe
                    "Question: {question} Answer Yes or No.\nAnswer:")
 
 
-def _first_token(h: ModelHandle, words_: Sequence[str]) -> list[int]:
-    ids = []
-    for w in words_:
-        t = h.tokenizer(w, add_special_tokens=False)["input_ids"]
-        if not t:
-            raise SteerlabError(f"the tokenizer of {h.info().get('name', 'the model')} encodes {w!r} to no tokens")
-        ids.append(t[0])
-    return ids
-
-
 @dataclass
 class ModelYesNo:
-    """A local model's answer to ``question`` about each response: ``log P(yes) - log P(no)`` of the next token,
-    summed over the variants in ``yes``/``no`` (e.g. ``" Yes"``, ``"Yes"``). The prompt and response are cut
-    to their last ``max_chars`` characters so the question fits the model's context."""
+    """A local model's answer to ``question`` about each response: ``log P(yes) - log P(no)`` of the answer
+    (each variant in ``yes``/``no`` scored whole, e.g. ``" Yes"``, ``"Yes"``; variants' probabilities summed).
+    The prompt and response are cut to their last ``max_chars`` characters so the question fits the model's context."""
 
     handle: ModelHandle
     property: str
@@ -260,21 +250,19 @@ class ModelYesNo:
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         h = self.handle
-        yes_ids, no_ids = list(dict.fromkeys(_first_token(h, self.yes))), list(dict.fromkeys(_first_token(h, self.no)))
-        if set(yes_ids) & set(no_ids):
-            raise SteerlabError(f"yes {self.yes} and no {self.no} share a first token; expected distinct answers")
+        tok = h.tokenizer
+        answers = [tok(w, add_special_tokens=False)["input_ids"] for w in self.yes + self.no]
+        if any(not a for a in answers):
+            raise SteerlabError(f"answers {self.yes + self.no} include one that encodes to no tokens")
         texts = [YES_NO_TEMPLATE.format(prompt=p[-self.max_chars:], response=r[-self.max_chars:],
                                         question=self.question) for p, r in zip(prompts, responses, strict=True)]
-        out: list[float] = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = h.tokenize(texts[i : i + self.batch_size])  # left-padded: the last position is the next token
-            with torch.no_grad():
-                logits = forward(h, enc["input_ids"], attention_mask=enc["attention_mask"])[:, -1].float()
-            logp = torch.log_softmax(logits, -1)
-            ly = torch.logsumexp(logp[:, yes_ids], -1)
-            ln = torch.logsumexp(logp[:, no_ids], -1)
-            out.extend((ly - ln).tolist())
-        return out
+        ctx = [tok(t)["input_ids"] for t in texts]
+        # log P(answer | text) of every answer variant (multi-token answers scored whole)
+        nll = token_nll(h, [c for c in ctx for _ in answers], [a for _ in ctx for a in answers],
+                        batch_size=self.batch_size)
+        logp = -torch.tensor([s for s, _ in nll], dtype=torch.float64).reshape(len(ctx), len(answers))
+        n_yes = len(self.yes)
+        return (torch.logsumexp(logp[:, :n_yes], -1) - torch.logsumexp(logp[:, n_yes:], -1)).tolist()
 
 
 @dataclass

@@ -31,6 +31,9 @@ PRODUCER_TESTS = {
     "regions_importance": "tests/integration/test_regions_cli.py",
     "regions_find": "tests/integration/test_regions_cli.py",
     "regions_perturb": "tests/integration/test_regions_cli.py",
+    "preference_pairs": "tests/integration/test_preferences_cli.py",
+    "preference_fit": "tests/unit/test_dashboard_preferences.py",
+    "preference_compare": "tests/integration/test_preferences_cli.py",
 }
 
 
