@@ -207,6 +207,7 @@ OWN_CONTENT = {
     "sampling": lambda page: page.get_by_role("tab", name="Sampler comparison"),
     "experts": lambda page: page.get_by_role("tab", name="Switch and regenerate"),
     "regions": lambda page: page.get_by_role("tab", name="Perturb and generate"),
+    "preferences": lambda page: page.get_by_role("tab", name="Judge similarity"),
     "runs": lambda page: page.get_by_text("Configuration", exact=True),
 }
 
