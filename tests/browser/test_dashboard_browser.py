@@ -352,3 +352,21 @@ def test_experts_page_images_and_switches(dash):
     _settle(page)
     _assert_clean(page)
     _screenshot(page, "experts_switch")
+
+
+def test_regions_page_scores_and_perturbs(dash):
+    page = dash.page
+    page.goto(f"{dash.url}/regions")
+    _settle(page)
+    assert page.locator("h1").first.inner_text() == "Regions"
+    page.get_by_role("tab", name="Perturb and generate").click()
+    panel = page.get_by_role("tabpanel", name="Perturb and generate")
+    panel.get_by_role("button", name="Score").click()  # importance of the default model on eng + deu, 256 tokens each
+    panel.get_by_role("button", name="Perturb and generate").wait_for()
+    _settle(page)
+    panel.get_by_role("button", name="Perturb and generate").click()
+    panel.get_by_text("unmodified · ").wait_for()
+    _settle(page)
+    assert "zero " in panel.inner_text() and " entries of " in panel.inner_text()  # the edited side's header
+    _assert_clean(page)
+    _screenshot(page, "regions")
