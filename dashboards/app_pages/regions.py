@@ -13,9 +13,16 @@ import steerlab as sl
 from dashboards.lib import runs, shell
 from steerlab.artifacts import read_artifact
 from steerlab.interventions.regions import RegionEdit, model_signature
-from steerlab.regions.artifact import FIND_KIND, IMPORTANCE_KIND, PERTURB_KIND, importance_from, write_importance
+from steerlab.regions.artifact import (
+    DIMS_KIND,
+    FIND_KIND,
+    IMPORTANCE_KIND,
+    PERTURB_KIND,
+    importance_from,
+    write_importance,
+)
 from steerlab.regions.corpus import languages
-from steerlab.regions.figures import layer_map, overlap_heatmap, ratio_bars
+from steerlab.regions.figures import layer_map, overlap_heatmap, ratio_bars, single_weight_sweep
 from steerlab.regions.importance import score_importance
 from steerlab.regions.select import SCOPES, bottom_region, core_region, monolingual_region, random_region
 from steerlab.viz.runs import run_label
@@ -44,7 +51,7 @@ tab_runs, tab_live = st.tabs(TABS, default=TABS[1] if opened is not None and ope
 with tab_runs:
     arts = []
     with shell.guard("Listing regions runs"):
-        arts = runs.runs_of_kind((PERTURB_KIND, FIND_KIND))
+        arts = runs.runs_of_kind((PERTURB_KIND, FIND_KIND, DIMS_KIND))
     if not arts:
         st.info(
             f"No `{PERTURB_KIND}` artifact under `{shell.runs_root()}` yet: run `steerlab regions score MODEL --out "
@@ -73,6 +80,18 @@ with tab_runs:
                 for scope in dict.fromkeys(r["scope"] for r in rows):
                     st.plotly_chart(ratio_bars(rows, d["languages"], scope), key=f"{P}.bars.{scope}")
                 ov = d.get("overlaps", {})
+            elif art.kind == DIMS_KIND:
+                st.caption(f"model `{d.get('model')}` · `{d.get('command', '')}`")
+                st.json(d["summary"], expanded=1)
+                cands = pd.DataFrame(
+                    [{"weight": f"{c['param']}[{c['index']}]", "row": c["row"], "col": c["col"],
+                      "on massive dim": c["on_massive_dim"], "min ppl ratio": c["min_ratio"]}
+                     for c in d["candidates"]]
+                )  # fmt: skip
+                st.dataframe(cands, hide_index=True)
+                st.plotly_chart(single_weight_sweep(d["candidates"], d["random_max_ratios"]), key=f"{P}.dims")
+                st.dataframe(pd.DataFrame(d["massive"]), hide_index=True)
+                ov = {}
             else:
                 st.caption(f"region files: {', '.join(f for f in art.files if f.endswith('.safetensors'))}")
                 sizes = [{"region": k, "entries": v} for k, v in d["sizes"].items()]

@@ -168,3 +168,45 @@ def perturb_cmd(
     command = _command(ctx)
     path, rec = write_perturb(out, h, imp, res, fraction=fraction, command=command, n_eval=n_eval, record=record)
     emit({"out": str(path), **rec}) if as_json else typer.echo(json.dumps(rec["summary"], indent=1))
+
+
+@app.command("dims")
+def dims_cmd(
+    ctx: typer.Context,
+    importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
+    langs: str = typer.Option("deu,eng,fra,rus,spa,zho-CN", "--lang", help="Evaluation languages (held-out text)."),
+    candidates: int = typer.Option(8, "--candidates", help="Candidate single weights.", **AT_LEAST_1),
+    n_random: int = typer.Option(100, "--random", help="Random single weights of the top candidate's matrix."),
+    op: str = typer.Option("zero", "--op", help="zero | scale | noise | set."),
+    value: float = typer.Option(0.0, "--value", help="Scale factor, noise std or value to set."),
+    n_eval: int = typer.Option(8, "--n-eval", help="Held-out passages per language.", **AT_LEAST_1),
+    scope: str = typer.Option("matrices", "--scope", help="matrices | layers | all."),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    model: str | None = typer.Option(None, "--model", help="Model spec (default: the scored one)."),
+    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Single weights that break the model (dimension dependency) against random single weights."""
+    from steerlab.errors import SpecError
+    from steerlab.models.load import load
+    from steerlab.regions.artifact import read_importance, write_dims
+    from steerlab.regions.corpus import corpus_texts
+    from steerlab.regions.dims import find_dims
+    from steerlab.regions.select import in_scope
+
+    if op not in ("zero", "scale", "noise", "set"):
+        raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
+    if n_random < 0:
+        raise SpecError(f"--random must be an integer >= 0, got {n_random}")
+    in_scope("x", [1], scope)
+    codes = _codes(langs)
+    for c in codes:
+        corpus_texts(c, "eval", n=1)
+    imp = read_importance(importance)
+    h = load(model or imp.model)
+    res = find_dims(h, imp, codes, n_candidates=candidates, n_random=n_random, op=op, value=value, n_eval=n_eval,
+                    seed=seed, scope=scope, progress=progress)  # fmt: skip
+    path, rec = write_dims(out, imp, res, command=_command(ctx), record=record)
+    emit({"out": str(path), **rec["summary"]}) if as_json else typer.echo(json.dumps(rec["summary"], indent=1))

@@ -197,3 +197,39 @@ register_kind(FIND_KIND, owner="steerlab.regions", producer="regions find",
               summary="core, bottom, random and monolingual region files with language overlaps")  # fmt: skip
 register_kind(PERTURB_KIND, owner="steerlab.regions", producer="regions perturb",
               summary="per-language perplexity with the core region and its controls edited")  # fmt: skip
+
+
+DIMS_KIND = "regions_dims"
+
+
+def write_dims(out: str | Path, imp: Importance, res: Any, *, command: str,
+               record: str | Path | None = None) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """A ``regions_dims`` artifact of ``res`` (:class:`~steerlab.regions.dims.DimsResult`): every candidate, the
+    activations that pointed to it and its effect, and the random single weights; with ``record``, a compact
+    JSON record too."""
+    from steerlab.atomic import atomic_write_text
+
+    rec = {
+        "command": command,
+        "model": res.config.get("model"),
+        "importance": {k: imp.config.get(k) for k in ("command", "method", "languages", "token_budget")},
+        "languages": res.languages,
+        "op": res.op,
+        "value": res.value,
+        "summary": res.summary(),
+        "massive": res.massive,
+        "candidates": [{k: c[k] for k in ("param", "index", "row", "col", "on_massive_dim", "min_ratio", "ratio")}
+                       for c in res.candidates],
+        "random_max_ratios": [round(r["max_ratio"], 5) for r in res.random],
+    }  # fmt: skip
+    data = {**rec, "base_nll": res.base_nll, "full_candidates": res.candidates, "random": res.random}
+    metrics = {k: v for k, v in rec["summary"].items() if isinstance(v, (int, float))}
+    path = write_artifact(out, kind=DIMS_KIND, config={**res.config, "command": command, "importance": imp.config},
+                          metrics=metrics, data=data)  # fmt: skip
+    if record is not None:
+        atomic_write_text(record, json.dumps(rec, indent=1) + "\n")
+    return path, rec
+
+
+register_kind(DIMS_KIND, owner="steerlab.regions", producer="regions dims",
+              summary="massive activations, candidate and random single weights with their effects")  # fmt: skip

@@ -56,3 +56,16 @@ def layer_map(rows: dict[str, dict[str, float]]) -> go.Figure:
     fig.update_layout(title="Where the core lives: share of importance in each matrix's top entries", height=460,
                       margin={"t": 50, "b": 120})  # fmt: skip
     return fig
+
+
+def single_weight_sweep(candidates: list[dict[str, Any]], random_max: list[float]) -> go.Figure:
+    """Each candidate single weight's smallest per-language perplexity ratio next to the random single
+    weights' largest ones (log scale)."""
+    fig = go.Figure()
+    fig.add_bar(x=[f"{c['param'].replace('model.layers.', 'L')}[{c['index']}]" for c in candidates],
+                y=[c["min_ratio"] for c in candidates], name="candidates (min over languages)")  # fmt: skip
+    fig.add_box(y=random_max, name=f"random single weights (max over languages, n={len(random_max)})",
+                boxpoints="all")  # fmt: skip
+    fig.update_layout(yaxis_type="log", yaxis_title="perplexity after / before", height=440,
+                      title="Single-weight perturbation", margin={"t": 50, "b": 140})  # fmt: skip
+    return fig

@@ -34,6 +34,7 @@ PRODUCER_TESTS = {
     "preference_pairs": "tests/integration/test_preferences_cli.py",
     "preference_fit": "tests/unit/test_dashboard_preferences.py",
     "preference_compare": "tests/integration/test_preferences_cli.py",
+    "regions_dims": "tests/integration/test_regions_cli.py",
 }
 
 

@@ -119,3 +119,30 @@ def test_perturb_run_reopens_in_the_regions_page(made, monkeypatch):
     rows = kind_of("regions_perturb").read(made / "pert").data["full_rows"]
     assert list(table["median ppl ratio"]) == [r["median_ratio"] for r in rows]
     assert len(at.get("plotly_chart")) == 3  # ratio bars (one scope), overlap heatmap, layer x matrix map
+
+
+def test_dims_candidates_effects_by_hand(made, stories, tmp_path):
+    _ok(["regions", "dims", str(made / "imp"), "--lang", "eng", "--candidates", "2", "--random", "3", "--n-eval", "3",
+         "--out", str(tmp_path / "dims"), "--no-progress", "--json"])  # fmt: skip
+    art = kind_of("regions_dims").read(tmp_path / "dims")
+    imp = kind_of("regions_importance").read(made / "imp")
+    cands, rand = art.data["full_candidates"], art.data["random"]
+    assert len(cands) == 2 and len(rand) == 3 and len({r["index"] for r in rand}) == 3
+    # candidates: the matrices with the largest single importance, each its top entry
+    by_max = sorted((n for n in imp.top if ".layers." in n and len(imp.shapes[n]) == 2),
+                    key=lambda n: -imp.summary["all"][n]["max"])  # fmt: skip
+    assert [c["param"] for c in cands] == by_max[:2] and cands[0]["index"] == int(imp.top[by_max[0]][0])
+    c = cands[0]
+    assert (c["row"], c["col"]) == divmod(c["index"], imp.shapes[c["param"]][1])
+    texts = corpus_texts("eng", "eval", n=3)
+    p = dict(stories.model.named_parameters())[c["param"]]
+    with torch.no_grad():
+        base = _nll_by_hand(stories, texts)
+        old = p.view(-1)[c["index"]].item()
+        p.view(-1)[c["index"]] = 0.0
+        try:
+            zeroed = _nll_by_hand(stories, texts)
+        finally:
+            p.view(-1)[c["index"]] = old
+    assert c["ratio"]["eng"] == pytest.approx(math.exp(zeroed - base), rel=1e-3)
+    assert art.data["massive"] and all({"layer", "dim", "max_abs"} <= set(m) for m in art.data["massive"])

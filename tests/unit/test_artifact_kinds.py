@@ -49,7 +49,7 @@ def test_the_builtin_analyses_register_their_kinds():
         "sampling_diagnostics": "steerlab.decoding", "sampling_compare": "steerlab.decoding",
         "generation_compare": "steerlab.steering",
         "regions_importance": "steerlab.regions", "regions_find": "steerlab.regions",
-        "regions_perturb": "steerlab.regions",
+        "regions_perturb": "steerlab.regions", "regions_dims": "steerlab.regions",
         "preference_pairs": "steerlab.preferences", "preference_fit": "steerlab.preferences",
         "preference_compare": "steerlab.preferences",
     }
