@@ -34,9 +34,13 @@ def serve(
     queue_length: int = typer.Option(64, "--queue-length", help="Requests waiting beyond those; more get 429.",
                                      **AT_LEAST_1),
     timeout: float = typer.Option(120.0, "--timeout", help="Seconds a request may take; then 504.", callback=_positive),
+    remote: str = typer.Option(None, "--remote", help="Run every batch on NDIF ('ndif') or nnsight's local "
+                               "simulation of it ('local'); greedy only (docs/scale.md)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Load model and presets, serve nothing."),
 ) -> None:
     """Serve MODEL over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
+    if remote not in (None, "ndif", "local"):
+        raise SteerlabError(f"--remote must be 'ndif' or 'local', got {remote!r}")
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env)
@@ -49,7 +53,7 @@ def serve(
     loaded = load_presets(presets, h)
     cfg = ServerConfig(model_name=served_name or model, api_key=key, max_prompt_tokens=max_prompt_tokens,
                        max_new_tokens=max_new_tokens, max_concurrent=max_concurrent, queue_length=queue_length,
-                       timeout_s=timeout)
+                       timeout_s=timeout, remote={"ndif": True, "local": "local"}.get(remote or "", False))
     warning = exposure_warning(host, key)
     if warning:
         typer.echo(warning, err=True)

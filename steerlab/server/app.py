@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import hmac
 import ipaddress
 import json
@@ -47,6 +48,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sse_starlette.sse import EventSourceResponse
 
 from steerlab.errors import SpecError, SteerlabError, UnknownSiteError
 from steerlab.interventions import InterventionSet
@@ -72,6 +74,7 @@ class ServerConfig:
     max_concurrent: int = 8
     queue_length: int = 64
     timeout_s: float = 120.0
+    remote: bool | str = False  # True: every batch runs on NDIF; "local": nnsight's in-process simulation of it
 
     def __post_init__(self) -> None:
         for name in ("max_prompt_tokens", "max_new_tokens", "max_concurrent", "queue_length"):
@@ -209,23 +212,25 @@ class Service:
         self.h, self.config, self.presets = h, config, presets
         # the worker thread tokenizes with the handle's tokenizer; the routes use their own copy (a
         # fast tokenizer must not be used from two threads while one changes its padding settings)
-        self.tok = copy.deepcopy(h.tokenizer)
+        self.routes_handle = dataclasses.replace(h, tokenizer=copy.deepcopy(h.tokenizer))
+        self.tok = self.routes_handle.tokenizer
         self.validated: dict[str, bool] = {}
         self.scheduler: Scheduler | None = None
 
     def start(self) -> None:
-        self.scheduler = Scheduler(self.h, max_batch=self.config.max_concurrent, queue_length=self.config.queue_length)
+        self.scheduler = Scheduler(self.h, max_batch=self.config.max_concurrent, queue_length=self.config.queue_length,
+                                   remote=self.config.remote)
 
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.close()
 
     # -- request -> job ------------------------------------------------------------------------
-    def interventions(self, opts: SteerlabOptions | None) -> InterventionSet:
-        """The request's intervention set (presets first, then ``interventions`` in order), validated
-        against the model; a bad one is a 422 naming its field."""
+    def interventions(self, opts: SteerlabOptions | None) -> tuple[InterventionSet, str]:
+        """The request's intervention set (presets first, then ``interventions`` in order) and its
+        digest, validated against the model; a bad one is a 422 naming its field."""
         if opts is None:
-            return InterventionSet()
+            opts = SteerlabOptions()
         items: list[Any] = []
         params: list[str] = []
         named = [(f"steerlab.presets[{i}]", n) for i, n in enumerate(opts.presets)]
@@ -261,7 +266,7 @@ class Service:
             if len(self.validated) > 1024:
                 self.validated.clear()
             self.validated[digest] = True
-        return ivs
+        return ivs, digest
 
     def sampler(self, req: _Common) -> tuple[Sampler, int]:
         opts = req.steerlab
@@ -285,13 +290,8 @@ class Service:
         return make_sampler("temperature", temperature=t), seed
 
     def count_tokens(self, prompt: str, chat: bool, system: str | None) -> int:
-        """Prompt tokens exactly as :meth:`ModelHandle.encode` makes them (on the routes' tokenizer copy)."""
-        templated = chat and bool(getattr(self.tok, "chat_template", None))
-        if templated:
-            msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-            text = self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            return len(self.tok(text, add_special_tokens=False)["input_ids"])
-        return len(self.tok(prompt)["input_ids"])
+        """Prompt tokens exactly as generation encodes them (:meth:`ModelHandle.encode`, on the routes' copy)."""
+        return int(self.routes_handle.encode([prompt], chat=chat, system=system)["attention_mask"].sum())
 
     def job(self, req: _Common, prompt: str, chat: bool, system: str | None, max_tokens: int | None) -> Job:
         cfg = self.config
@@ -307,10 +307,24 @@ class Service:
         if n_prompt > cfg.max_prompt_tokens:
             raise ApiError(413, f"the prompt has {n_prompt} tokens, over this server's limit of "
                            f"{cfg.max_prompt_tokens} (--max-prompt-tokens)", "prompt", "request_too_large")
-        ivs = self.interventions(req.steerlab)
+        ivs, digest = self.interventions(req.steerlab)
         smp, seed = self.sampler(req)
+        if cfg.remote:
+            self.check_remote(req, ivs, smp)
         return Job(prompt=prompt, interventions=ivs, sampler=smp, seed=seed, max_new_tokens=n_new, chat=chat,
-                   system=system, prompt_tokens=n_prompt)
+                   system=system, prompt_tokens=n_prompt, digest=digest)
+
+    def check_remote(self, req: _Common, ivs: InterventionSet, smp: Sampler) -> None:
+        """What the remote path cannot run is a 422 before queueing (see ``docs/scale.md``)."""
+        if not smp.greedy:
+            param = "steerlab.sampler" if req.steerlab and req.steerlab.sampler else "temperature"
+            raise ApiError(422, f"{param}: this server runs remotely and generates greedily; send temperature 0",
+                           param)
+        for i, iv in enumerate(ivs):
+            if iv.kind == "weights" or (iv.kind == "routing" and getattr(iv, "positions", "all") != "all"):
+                what = "parameter edits" if iv.kind == "weights" else "expert masks at some positions"
+                raise ApiError(422, f"steerlab.interventions: intervention {i} ({iv.type}): {what} cannot run "
+                               "remotely (docs/scale.md)", "steerlab.interventions")
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
@@ -462,8 +476,6 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
             obj = "chat.completion"
         return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage,
                 "steerlab": meta(res)}
-
-    from sse_starlette.sse import EventSourceResponse
 
     def chunk(delta: str, finish: str | None, first: bool = False) -> dict[str, str]:
         if kind == "completion":

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steerlab.engines import engine_for
 from steerlab.errors import SteerlabError
 from steerlab.generation import generate
 from steerlab.interventions import InterventionSet
@@ -178,11 +179,14 @@ class Scheduler:
     """Runs submitted :class:`Job` s in batches on one worker thread (see the module docstring).
 
     ``max_batch``: rows per ``generate`` call (requests generating at once); ``queue_length``: jobs
-    that may wait beyond those; :meth:`submit` raises :class:`QueueFull` past it.
+    that may wait beyond those; :meth:`submit` raises :class:`QueueFull` past it. ``remote``: run each
+    batch through nnsight's remote path instead (``True``: NDIF, ``"local"``: its in-process simulation;
+    :meth:`NNsightEngine.generate_remote`): greedy only, tokens handed out when the batch ends.
     """
 
-    def __init__(self, handle: ModelHandle, max_batch: int = 8, queue_length: int = 64) -> None:
-        self.handle = handle
+    def __init__(self, handle: ModelHandle, max_batch: int = 8, queue_length: int = 64,
+                 remote: bool | str = False) -> None:
+        self.handle, self.remote = handle, remote
         self.max_batch, self.queue_length = int(max_batch), int(queue_length)
         self._pending: deque[Job] = deque()
         self._cv = threading.Condition()
@@ -266,6 +270,9 @@ class Scheduler:
         sampler: Sampler | str = "greedy" if greedy else RowSampler([j.sampler for j in jobs], [j.seed for j in jobs])
         eos = h.tokenizer.eos_token_id
         self.batches.put((len(jobs), first.digest))
+        if self.remote:
+            self._run_remote(jobs)
+            return
         try:
             out = generate(
                 h,
@@ -289,3 +296,22 @@ class Scheduler:
                 row, reason = row[: row.index(eos)], "stop"
             text = h.tokenizer.decode(row, skip_special_tokens=True)
             j._finish(Result(row, text, reason, j.prompt_tokens, len(jobs)))
+
+    def _run_remote(self, jobs: list[Job]) -> None:
+        h, first = self.handle, jobs[0]
+        if not all(j.sampler.greedy for j in jobs):
+            raise SteerlabError("the remote engine generates greedily; expected the greedy sampler")
+        enc = h.encode([j.prompt for j in jobs], chat=first.chat, system=first.system)
+        seqs = engine_for(h).generate_remote(enc, first.interventions, remote=self.remote,
+                                             max_new_tokens=max(j.max_new_tokens for j in jobs))
+        eos = h.tokenizer.eos_token_id
+        for i, j in enumerate(jobs):
+            row = seqs[i, enc["input_ids"].shape[1]:].tolist()[: j.max_new_tokens]
+            reason = "length"
+            if eos is not None and eos in row:
+                row, reason = row[: row.index(eos)], "stop"
+            if j.on_token is not None and not j.cancelled:
+                for tok in row:
+                    j.on_token(tok)
+            j._finish(Result(row, h.tokenizer.decode(row, skip_special_tokens=True), reason, j.prompt_tokens,
+                             len(jobs)))

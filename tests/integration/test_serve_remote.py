@@ -97,3 +97,39 @@ def test_parameter_edits_are_refused_remotely(stories):
         moe = tiny_model("deepseek_v3")
         engine_for(moe).generate_remote(moe.encode(PROMPTS), [ExpertMask(layer=1, off=[0], positions="prompt")])
     assert all(torch.equal(before[k], v) for k, v in stories.model.state_dict().items())
+
+
+def test_the_server_over_the_remote_path(stories, backend_calls):
+    """``ServerConfig(remote="local")``: the same HTTP answers as the local server, through nnsight's
+    simulation backend; what cannot run remotely is a 422 before queueing."""
+    from fastapi.testclient import TestClient
+
+    from steerlab.server import ServerConfig, create_app
+
+    steer = {"interventions": [{"type": "add_vector", "site": "blocks.1.resid_post",
+                                "vector": _vec(stories, 1).tolist()}]}
+    bodies = [{"model": "s", "prompt": p, "max_tokens": 8, "temperature": 0, "steerlab": steer} for p in PROMPTS]
+    answers = {}
+    for remote in (False, "local"):
+        with TestClient(create_app(stories, ServerConfig(model_name="s", remote=remote))) as c:
+            answers[remote] = [c.post("/v1/completions", json=b).json()["choices"][0] for b in bodies]
+            if remote:
+                streamed = c.post("/v1/completions", json={**bodies[0], "stream": True}).text
+                edit = {"interventions": [{"type": "param_edit", "param": "model.layers.0.self_attn.o_proj.weight",
+                                           "op": "zero"}]}
+                r = c.post("/v1/completions", json={**bodies[0], "steerlab": edit})
+                assert r.status_code == 422 and "parameter edits cannot run remotely" in r.json()["error"]["message"]
+                r = c.post("/v1/completions", json={**bodies[0], "temperature": 1.0})
+                assert r.status_code == 422 and r.json()["error"]["param"] == "temperature"
+    assert len(backend_calls) >= len(PROMPTS)
+    assert answers["local"] == answers[False]
+    want = sl.generate(stories, PROMPTS[:1], interventions=steer["interventions"], max_new_tokens=8).texts[0]
+    assert answers["local"][0]["text"] == want
+    chunks = [json_text(line) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert "".join(chunks) == want
+
+
+def json_text(line: str) -> str:
+    import json
+
+    return json.loads(line[len("data: "):])["choices"][0]["text"]
