@@ -221,7 +221,7 @@ def test_bearer_key(stories):
 def test_full_queue_is_429_and_timeout_is_504(stories):
     """The engine's lock is held from here, so the first request sits in a running batch: with one
     concurrent row and a queue of one, the third request is refused; with a short timeout, 504."""
-    app = create_app(stories, ServerConfig(model_name=MODEL, max_concurrent=1, queue_length=1, timeout_s=1.0))
+    app = create_app(stories, ServerConfig(model_name=MODEL, max_concurrent=1, queue_length=1, timeout_s=3.0))
     lock = engine_for(stories).lock
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 3, "temperature": 0}
     with TestClient(app) as c:
@@ -241,7 +241,7 @@ def test_full_queue_is_429_and_timeout_is_504(stories):
         finally:
             lock.release()
         assert [results[i].status_code for i in (0, 1)] == [504, 504]
-        assert "did not finish within 1 s" in results[0].json()["error"]["message"]
+        assert "did not finish within 3 s" in results[0].json()["error"]["message"]
         _until(lambda: svc.scheduler.stats() == {"waiting": 0, "running": 0})
         ok = c.post("/v1/completions", json=body)
         assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == ", there was"
