@@ -16,13 +16,14 @@ from steerlab.interventions.regions import RegionEdit, model_signature
 from steerlab.regions.artifact import (
     DIMS_KIND,
     FIND_KIND,
+    FREEZE_KIND,
     IMPORTANCE_KIND,
     PERTURB_KIND,
     importance_from,
     write_importance,
 )
 from steerlab.regions.corpus import languages
-from steerlab.regions.figures import layer_map, overlap_heatmap, ratio_bars, single_weight_sweep
+from steerlab.regions.figures import freeze_curves, layer_map, overlap_heatmap, ratio_bars, single_weight_sweep
 from steerlab.regions.importance import score_importance
 from steerlab.regions.select import SCOPES, bottom_region, core_region, monolingual_region, random_region
 from steerlab.viz.runs import run_label
@@ -51,7 +52,7 @@ tab_runs, tab_live = st.tabs(TABS, default=TABS[1] if opened is not None and ope
 with tab_runs:
     arts = []
     with shell.guard("Listing regions runs"):
-        arts = runs.runs_of_kind((PERTURB_KIND, FIND_KIND, DIMS_KIND))
+        arts = runs.runs_of_kind((PERTURB_KIND, FIND_KIND, DIMS_KIND, FREEZE_KIND))
     if not arts:
         st.info(
             f"No `{PERTURB_KIND}` artifact under `{shell.runs_root()}` yet: run `steerlab regions score MODEL --out "
@@ -80,6 +81,11 @@ with tab_runs:
                 for scope in dict.fromkeys(r["scope"] for r in rows):
                     st.plotly_chart(ratio_bars(rows, d["languages"], scope), key=f"{P}.bars.{scope}")
                 ov = d.get("overlaps", {})
+            elif art.kind == FREEZE_KIND:
+                st.caption(f"model `{d.get('model')}` · trained on `{d['train_language']}` · `{d.get('command', '')}`")
+                st.json(d["summary"], expanded=2)
+                st.plotly_chart(freeze_curves(d["curves"], d["train_language"]), key=f"{P}.freeze")
+                ov = {}
             elif art.kind == DIMS_KIND:
                 st.caption(f"model `{d.get('model')}` · `{d.get('command', '')}`")
                 st.json(d["summary"], expanded=1)

@@ -210,3 +210,45 @@ def dims_cmd(
                     seed=seed, scope=scope, progress=progress)  # fmt: skip
     path, rec = write_dims(out, imp, res, command=_command(ctx), record=record)
     emit({"out": str(path), **rec["summary"]}) if as_json else typer.echo(json.dumps(rec["summary"], indent=1))
+
+
+@app.command("freeze-train")
+def freeze_cmd(
+    ctx: typer.Context,
+    importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
+    train_lang: str = typer.Option("deu", "--train-lang", help="The language trained on (its score corpus)."),
+    langs: str = typer.Option("eng", "--lang", help="Other languages whose held-out loss is tracked."),
+    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5]."),
+    scope: str = typer.Option("layers", "--scope", help="matrices | layers | all."),
+    steps: int = typer.Option(100, "--steps", **AT_LEAST_1),
+    lr: float = typer.Option(1e-3, "--lr"),
+    batch_size: int = typer.Option(8, "--batch-size", **AT_LEAST_1),
+    eval_every: int = typer.Option(10, "--eval-every", **AT_LEAST_1),
+    n_eval: int = typer.Option(16, "--n-eval", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    random_seed: int = typer.Option(0, "--random-seed", help="Seed of the random frozen region.", **SEED),
+    model: str | None = typer.Option(None, "--model", help="Model spec (default: the scored one)."),
+    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Train on one language with the core region frozen, unfrozen, and a random region frozen."""
+    from steerlab.models.load import load
+    from steerlab.regions.artifact import read_importance, write_freeze
+    from steerlab.regions.corpus import corpus_texts
+    from steerlab.regions.freeze import freeze_train
+    from steerlab.regions.select import in_scope
+
+    _fraction(fraction)
+    in_scope("x", [1], scope)
+    codes = _codes(langs)
+    for c in [train_lang, *codes]:
+        corpus_texts(c, "eval", n=1)
+    imp = read_importance(importance)
+    h = load(model or imp.model)
+    res = freeze_train(h, imp, train_lang, codes, fraction=fraction, scope=scope, steps=steps, lr=lr, seed=seed,
+                       random_seed=random_seed, batch_size=batch_size, n_eval=n_eval, eval_every=eval_every,
+                       progress=progress)  # fmt: skip
+    path, rec = write_freeze(out, imp, res, command=_command(ctx), record=record)
+    emit({"out": str(path), **rec["summary"]}) if as_json else typer.echo(json.dumps(rec["summary"], indent=1))

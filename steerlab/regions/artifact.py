@@ -233,3 +233,28 @@ def write_dims(out: str | Path, imp: Importance, res: Any, *, command: str,
 
 register_kind(DIMS_KIND, owner="steerlab.regions", producer="regions dims",
               summary="massive activations, candidate and random single weights with their effects")  # fmt: skip
+
+
+FREEZE_KIND = "regions_freeze"
+
+
+def write_freeze(out: str | Path, imp: Importance, res: Any, *, command: str,
+                 record: str | Path | None = None) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """A ``regions_freeze`` artifact of ``res`` (:class:`~steerlab.regions.freeze.FreezeResult`): held-out loss
+    curves per variant and language, training losses, forgetting; with ``record``, a compact JSON record."""
+    from steerlab.atomic import atomic_write_text
+
+    rec = {"command": command, "model": res.config.get("model"), "train_language": res.train_lang,
+           "languages": res.languages, "config": res.config, "summary": res.summary(), "curves": res.curves,
+           "importance": {k: imp.config.get(k) for k in ("command", "method", "languages")}}  # fmt: skip
+    data = {**rec, "train_losses": res.train_losses}
+    metrics = {f"{v}.forgetting": s["forgetting"] for v, s in rec["summary"].items() if isinstance(s, dict)}
+    path = write_artifact(out, kind=FREEZE_KIND, config={**res.config, "command": command, "importance": imp.config},
+                          metrics=metrics, data=data)  # fmt: skip
+    if record is not None:
+        atomic_write_text(record, json.dumps(rec, indent=1) + "\n")
+    return path, rec
+
+
+register_kind(FREEZE_KIND, owner="steerlab.regions", producer="regions freeze-train",
+              summary="held-out loss curves: core-frozen vs unfrozen vs random-frozen further training")  # fmt: skip

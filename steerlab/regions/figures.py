@@ -69,3 +69,16 @@ def single_weight_sweep(candidates: list[dict[str, Any]], random_max: list[float
     fig.update_layout(yaxis_type="log", yaxis_title="perplexity after / before", height=440,
                       title="Single-weight perturbation", margin={"t": 50, "b": 140})  # fmt: skip
     return fig
+
+
+def freeze_curves(curves: dict[str, dict[str, list[list[float]]]], train_lang: str) -> go.Figure:
+    """Held-out loss vs training step per variant (colour) and language (solid: the trained one)."""
+    fig = go.Figure()
+    for variant, by_lang in curves.items():
+        for lang, pts in by_lang.items():
+            dash = "solid" if lang == train_lang else "dot"
+            fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                            name=f"{variant} · {lang}", line={"dash": dash})  # fmt: skip
+    fig.update_layout(xaxis_title="training step", yaxis_title="held-out loss (nats/token)", height=440,
+                      title=f"Further training on {train_lang}: core frozen vs unfrozen vs random frozen")  # fmt: skip
+    return fig

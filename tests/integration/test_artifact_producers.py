@@ -35,6 +35,7 @@ PRODUCER_TESTS = {
     "preference_fit": "tests/unit/test_dashboard_preferences.py",
     "preference_compare": "tests/integration/test_preferences_cli.py",
     "regions_dims": "tests/integration/test_regions_cli.py",
+    "regions_freeze": "tests/integration/test_regions_cli.py",
 }
 
 

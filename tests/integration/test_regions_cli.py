@@ -146,3 +146,36 @@ def test_dims_candidates_effects_by_hand(made, stories, tmp_path):
             p.view(-1)[c["index"]] = old
     assert c["ratio"]["eng"] == pytest.approx(math.exp(zeroed - base), rel=1e-3)
     assert art.data["massive"] and all({"layer", "dim", "max_abs"} <= set(m) for m in art.data["massive"])
+
+
+def test_freeze_train_curves_start_from_the_same_loss_and_weights_come_back(made, stories, tmp_path):
+    before = {n: p.detach().clone() for n, p in stories.model.named_parameters()}
+    _ok(["regions", "freeze-train", str(made / "imp"), "--train-lang", "deu", "--lang", "eng", "--steps", "2",
+         "--eval-every", "1", "--n-eval", "3", "--batch-size", "2", "--lr", "0.01", "--out", str(tmp_path / "fr"),
+         "--no-progress", "--json"])  # fmt: skip
+    assert all(torch.equal(p, before[n]) for n, p in stories.model.named_parameters())
+    art = kind_of("regions_freeze").read(tmp_path / "fr")
+    curves = art.data["curves"]
+    assert set(curves) == {"core-frozen", "unfrozen", "random-frozen"}
+    # step 0: the untrained model's mean next-token NLL on each held-out batch, computed here text by text
+    for lang in ("deu", "eng"):
+        total = n = 0
+        with torch.no_grad():
+            for t in corpus_texts(lang, "eval", n=3):
+                ids = torch.tensor([stories.tokenizer(t, truncation=True, max_length=64)["input_ids"]])
+                logits = stories.model(input_ids=ids).logits[0, :-1].float()
+                total += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+                n += ids.shape[1] - 1
+        for v in curves:
+            assert [s for s, _ in curves[v][lang]] == [0, 1, 2]
+            assert curves[v][lang][0][1] == pytest.approx(total / n, rel=1e-4)
+    assert curves["unfrozen"]["deu"][-1][1] != curves["unfrozen"]["deu"][0][1]  # it trained
+
+
+def test_freeze_mask_holds_exactly_the_region(stories):
+    from steerlab.regions.freeze import _mask
+    from steerlab.regions.select import Region
+
+    region = Region("r", {"model.norm.weight": torch.tensor([1, 5])}, {"model.norm.weight": [64]}, "s")
+    m = _mask(stories, region)["model.norm.weight"]
+    assert m.shape == (64,) and (~m).nonzero().flatten().tolist() == [1, 5]

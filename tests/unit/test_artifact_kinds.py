@@ -50,6 +50,7 @@ def test_the_builtin_analyses_register_their_kinds():
         "generation_compare": "steerlab.steering",
         "regions_importance": "steerlab.regions", "regions_find": "steerlab.regions",
         "regions_perturb": "steerlab.regions", "regions_dims": "steerlab.regions",
+        "regions_freeze": "steerlab.regions",
         "preference_pairs": "steerlab.preferences", "preference_fit": "steerlab.preferences",
         "preference_compare": "steerlab.preferences",
     }
