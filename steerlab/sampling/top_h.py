@@ -16,12 +16,14 @@ Three documented rule variants (``variant=``):
     needed (no cap). ``H(q_k)`` is non-decreasing in ``k`` along the descending order (adding a token no
     more likely than any kept one raises the entropy: ``h(w) >= w log(k+1) > w H(q_k)``), so the greedy
     prefix is exactly ``{k : H(q_k) <= alpha H(p)}``; with ``alpha = 1`` every token with ``p > 0`` is
-    kept (up to float32 rounding at the far tail). Vectorized as: one full-vocabulary softmax (for
-    ``log Z`` and ``H(p)``), an exact sorted prefix of 128 tokens (two-stage top-k through the maxima of
-    32-token blocks) scanned with cumulative sums, and a wider prefix only for the rows whose bound is
+    kept (up to float32 rounding at the far tail). Vectorized as: one pass over the vocabulary for
+    ``log Z`` and ``H(p)`` (from ``y = (x - max) / T``: no cancellation between ``log Z`` and ``sum p x``),
+    an exact sorted prefix of 128 tokens (two-stage top-k through the maxima of 32-token blocks, ranked
+    on the raw logits) scanned with cumulative sums, and a wider prefix only for the rows whose bound is
     not reached inside it (x4 per round, up to the whole vocabulary). The kept count depends only on the
-    sorted values, so it does not depend on the prefix width (tested against the previous
-    implementation's frozen counts).
+    sorted values, not on the prefix width, and equals a float64 evaluation of the rule except where the
+    statistic lies within 3e-5 (relative) of the bound (tested on peaked, tied, ``-inf``, flat and Zipf
+    rows).
 ``hf``
     Identical to ``transformers.TopHLogitsWarper``: the top 100 tokens are renormalized among
     themselves, the budget is ``alpha`` times the entropy of that renormalized top-100 distribution, and
@@ -179,25 +181,28 @@ def _validate_rows(head_max: Tensor) -> None:
 
 
 def _full_stats(
-    x: Float[Tensor, "batch vocab"], top_val: Tensor, top_id: Tensor, entropy: bool
+    x: Float[Tensor, "batch vocab"], x_max: Tensor, temperature: float, entropy: bool
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """``log Z`` and (optionally) ``H(p)`` of ``softmax(x)``, plus a scratch buffer shaped like ``x``.
+    """``log Z`` and (optionally) ``H(p)`` of ``p = softmax(x / T)`` from *raw* logits ``x`` and their row
+    maxima ``x_max`` (``[batch, 1]``), plus a scratch buffer shaped like ``x`` (contents undefined).
 
-    One fused softmax gives ``log Z = max - log p_max`` and ``H(p) = log Z - sum p x``; the softmax
-    buffer is returned for reuse as the output (contents undefined). Rows with ``-inf`` logits (where
+    One pass builds ``y = (x - max) / T`` (the tempered logits minus their maximum, never materializing
+    ``x / T``), one more ``e = exp(y)``; then ``S = sum e``, ``log Z = max / T + log S`` and
+    ``H(p) = log S - (e . y) / S`` (a dot product: no further buffer). Rows with ``-inf`` logits (where
     ``0 * -inf`` is NaN) are recomputed safely.
     """
-    work = torch.softmax(x, dim=-1)
-    p_max = work.gather(1, top_id).squeeze(1)
-    log_z = top_val.squeeze(1) - p_max.log()
+    y = torch.sub(x, x_max) if temperature == 1.0 else torch.sub(x, x_max).div_(temperature)
+    work = torch.exp(y)
+    s = work.sum(-1)
+    log_s = s.log()
+    log_z = x_max.squeeze(1) / temperature + log_s
     if not entropy:
         return log_z, None, work
-    h = log_z - work.mul_(x).sum(-1)
+    h = log_s - torch.linalg.vecdot(work, y) / s
     bad = ~torch.isfinite(h)
     if bad.any():
-        xb = x[bad]
-        pb = torch.softmax(xb, dim=-1)
-        h[bad] = log_z[bad] - torch.where(pb > 0, pb * xb, 0.0).sum(-1)
+        eb, yb = work[bad], y[bad]
+        h[bad] = log_s[bad] - torch.where(eb > 0, eb * yb, 0.0).sum(-1) / s[bad]
     return log_z, h.clamp_(min=0.0), work
 
 
@@ -246,20 +251,31 @@ def _pad_prefix(ids: Tensor, vals: Tensor, n_keep: Tensor, width: int) -> tuple[
 
 
 # -- the rule --------------------------------------------------------------------------------------
-def _select(x: Float[Tensor, "batch vocab"], alpha: float, variant: str) -> tuple[TopHSelection, Tensor | None]:
-    """Selection on tempered float logits ``x``, plus a scratch buffer shaped like ``x`` (or None)."""
+def _select(
+    x: Float[Tensor, "batch vocab"], alpha: float, variant: str, temperature: float = 1.0
+) -> tuple[TopHSelection, Tensor | None]:
+    """Selection on ``softmax(x / temperature)`` of float logits ``x``, plus a scratch buffer shaped like
+    ``x`` (or None). ``paper``/``reference`` never materialize ``x / T``: the candidates are ranked on
+    ``x`` (division by ``T > 0`` keeps the order) and only the selected values are divided, so the kept
+    values are bit-identical to ``(x / T)[kept]``."""
     b, v = x.shape
     if variant == "hf":
-        top_vals, top_ids = torch.topk(x, min(CAPPED_TOP_N, v), dim=-1)
+        xt = x if temperature == 1.0 else x / temperature
+        top_vals, top_ids = torch.topk(xt, min(CAPPED_TOP_N, v), dim=-1)
         _validate_rows(top_vals[:, 0])
         n_keep, budget = _hf_rule(top_vals, alpha)
         ids, vals = _pad_prefix(top_ids, top_vals, n_keep, int(n_keep.max()))
         return TopHSelection(ids, vals, n_keep, budget), None
+
+    def tempered(raw: Tensor) -> Tensor:
+        return raw if temperature == 1.0 else raw / temperature
+
     width = min(CAPPED_TOP_N if variant == "reference" else PAPER_HEAD, v)
     block_max = _block_maxima(x)
-    head_vals, head_ids = _topk_rows(x, width, block_max)
+    head_raw, head_ids = _topk_rows(x, width, block_max)
+    head_vals = tempered(head_raw)
     _validate_rows(head_vals[:, 0])
-    log_z, h_p, work = _full_stats(x, head_vals[:, :1], head_ids[:, :1], entropy=variant == "paper")
+    log_z, h_p, work = _full_stats(x, head_raw[:, :1], temperature, entropy=variant == "paper")
     if variant == "reference":
         n_keep, budget = _scan_reference(head_vals, log_z, alpha)
         ids, vals = _pad_prefix(head_ids, head_vals, n_keep, int(n_keep.max()))
@@ -271,7 +287,8 @@ def _select(x: Float[Tensor, "batch vocab"], alpha: float, variant: str) -> tupl
     wide: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, ids, vals) of rows scanned wider
     while pending.numel():
         width = v if width * _WIDEN * 2 > v else width * _WIDEN
-        sub_vals, sub_ids = _topk_rows(x, width, block_max, pending)
+        sub_raw, sub_ids = _topk_rows(x, width, block_max, pending)
+        sub_vals = tempered(sub_raw)
         sub_n, sub_found = _scan_paper(sub_vals, log_z[pending], budget[pending])
         n_keep[pending] = sub_n
         wide.append((pending, sub_ids, sub_vals))
@@ -313,9 +330,10 @@ def _as_float_2d(logits: Tensor) -> Tensor:
     return logits.float()
 
 
-def _apply(x: Tensor, alpha: float, variant: str, owned: bool) -> Tensor:
-    """Selection + output. ``owned``: ``x`` is a temporary of ours and may be overwritten."""
-    sel, work = _select(x, alpha, variant)
+def _apply(x: Tensor, alpha: float, variant: str, owned: bool, temperature: float = 1.0) -> Tensor:
+    """Selection on ``x / temperature`` + output. ``owned``: ``x`` is a temporary of ours and may be
+    overwritten."""
+    sel, work = _select(x, alpha, variant, temperature)
     out = work if work is not None else (x if owned else torch.empty_like(x))
     return out.fill_(_NEG_INF).scatter_(1, sel.ids, sel.values)
 
@@ -352,16 +370,11 @@ class TopH(Sampler):
         if logits.ndim != 2:
             raise SpecError(f"logits must have shape [batch, vocab], got {tuple(logits.shape)}")
         x = logits.float()
-        owned = x is not logits
-        if self.temperature != 1.0:
-            x = x.div_(self.temperature) if owned else x / self.temperature
-            owned = True
-        return _apply(x, self.alpha, self.variant, owned=owned)
+        return _apply(x, self.alpha, self.variant, owned=x is not logits, temperature=self.temperature)
 
     def select(self, logits: Float[Tensor, "batch vocab"]) -> TopHSelection:
         """The kept set of each row of *raw* logits (temperature applied here)."""
-        x = logits.float() / self.temperature
-        return _select(_as_float_2d(x), self.alpha, self.variant)[0]
+        return _select(_as_float_2d(logits), self.alpha, self.variant, self.temperature)[0]
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "variant": self.variant, "temperature": self.temperature}
