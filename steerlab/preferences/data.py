@@ -251,13 +251,14 @@ def split_dialogue(text: str) -> tuple[str, str]:
 
 
 def load_hh_rlhf(path: str | Path | None = None, *, n: int | None = None, seed: int = 0,
-                 judge: str = "human") -> PairSet:
-    """HH-RLHF chosen/rejected pairs (harmless-base test split by default), the first ``n`` lines.
+                 judge: str = "human", problems: list[RowProblem] | None = None) -> PairSet:
+    """HH-RLHF chosen/rejected pairs (harmless-base test split by default), the first ``n`` usable lines.
 
     The prompt is the dialogue up to the final assistant turn (the two dialogues share it); the responses are
     the two final turns. A/B order is drawn per pair with ``seed`` (so position carries no signal) and
-    ``labels[judge]`` names the chosen one. Lines whose dialogues do not share the context are reported, not
-    silently kept: they raise :class:`SteerlabError` with their line number.
+    ``labels[judge]`` names the chosen one. A line whose dialogues differ before the last turn, or whose final
+    turn is empty, raises :class:`SteerlabError` naming its line; with a ``problems`` list it is skipped and
+    recorded there instead (nothing is dropped silently).
     """
     f = Path(path) if path is not None else shared_dir() / "data" / "hh_rlhf" / "harmless-base_test.jsonl"
     rng = random.Random(seed)
@@ -269,9 +270,15 @@ def load_hh_rlhf(path: str | Path | None = None, *, n: int | None = None, seed: 
             row = json.loads(line)
             ctx_c, chosen = split_dialogue(row["chosen"])
             ctx_r, rejected = split_dialogue(row["rejected"])
-            if ctx_c != ctx_r:
-                raise SteerlabError(f"{f}:{n_line}: chosen and rejected dialogues differ before the last turn")
             swap = rng.random() < 0.5
+            msg = ("chosen and rejected dialogues differ before the last turn" if ctx_c != ctx_r else
+                   "the chosen final turn is empty" if not chosen else
+                   "the rejected final turn is empty" if not rejected else "")
+            if msg:
+                if problems is None:
+                    raise SteerlabError(f"{f}:{n_line}: {msg} (pass problems=[] to skip such lines)")
+                problems.append(RowProblem(n_line, msg))
+                continue
             a, b = (rejected, chosen) if swap else (chosen, rejected)
             pairs.append(Pair(id=f"hh-{n_line}", prompt=ctx_c, response_a=a, response_b=b,
                               labels={judge: "B" if swap else "A"}, scenario="harmless-base"))

@@ -45,7 +45,7 @@ from steerlab.preferences.data import (
     read_pairs_jsonl,
 )
 from steerlab.preferences.fit import Method, cluster_order, correlation_matrix, fit, judge_similarity
-from steerlab.preferences.judges import DPOJudge, Judge, LoglikJudge, judge_pairs
+from steerlab.preferences.judges import DPOJudge, Judge, LoglikJudge, agreement, judge_pairs
 
 Progress = Callable[[str, float], None]
 
@@ -59,7 +59,10 @@ def load_source(source: str, *, on_error: Literal["skip", "raise"] = "raise",
         n_text = source.partition(":")[2]
         if n_text and (not n_text.isdigit() or int(n_text) < 1):
             raise SteerlabError(f"source {source!r}: expected hh_rlhf:N with N a positive integer")
-        return load_hh_rlhf(n=int(n_text) if n_text else None, seed=seed), []
+        problems: list[RowProblem] = []
+        ps = load_hh_rlhf(n=int(n_text) if n_text else None, seed=seed,
+                          problems=problems if on_error == "skip" else None)
+        return ps, problems
     path = Path(source)
     if path.is_dir():
         if not (path / PAIRS_FILE).exists():
@@ -194,8 +197,10 @@ def run_fit(source: str, out: str | Path, *, judges: Sequence[str] | None = None
     config = {"source": source, "judges": js, "groups": list(groups), "properties": props,
               "annotators": list(annotators), "method": method, "prior_scale": prior_scale, "level": level,
               "chains": chains, "warmup": warmup, "samples": samples, "seed": seed, "min_pairs": min_pairs}
-    return write_artifact(out, **fit_artifact(fits, pairs, similarity=sim, order=cluster_order(sim),
-                                              config=config, problems=problems))
+    kw = fit_artifact(fits, pairs, similarity=sim, order=cluster_order(sim), config=config, problems=problems)
+    kw["data"]["agreement"] = {f"{a} vs {b}": agreement(pairs, a, b) for i, a in enumerate(js) for b in js[i + 1:]}
+    kw["data"]["label_share_a"] = {j: float(pairs.subset(judge=j).labels(j).mean()) for j in js}
+    return write_artifact(out, **kw)
 
 
 def weights_from(source: str) -> tuple[dict[str, dict[str, list[float]]], list[str]]:
@@ -265,6 +270,9 @@ def summary(path: str | Path) -> dict[str, Any]:
 
         out["fits"] = {j: {g: FitResult.from_json(f).table() for g, f in per.items()}
                        for j, per in art.data["fits"].items()}
+    for key in ("agreement", "label_share_a"):
+        if key in art.data:
+            out[key] = art.data[key]
     if art.data.get("problems"):
         out["problems"] = art.data["problems"]
     return json.loads(json.dumps(out))

@@ -370,3 +370,46 @@ def test_regions_page_scores_and_perturbs(dash):
     assert "zero " in panel.inner_text() and " entries of " in panel.inner_text()  # the edited side's header
     _assert_clean(page)
     _screenshot(page, "regions")
+
+
+def test_preferences_page_published_weights_two_judges_and_a_pair(dash):
+    """The published weights (Li et al. 2024) load; two judges are chosen (human and qwen-72b-chat instead of the
+    default GPT-4) and drawn side by side; the similarity heatmap draws; a pair opens in the pair browser."""
+    from steerlab._paths import shared_dir
+
+    advice = json.loads((shared_dir() / "data/preference-dissection/query_aware_idxs.json").read_text())["Advice"]
+    page = dash.page
+    page.goto(f"{dash.url}/preferences")
+    _settle(page)
+    assert page.locator("h1").first.inner_text() == "Preferences"
+    assert "CC-BY-NC-4.0" in page.get_by_text("Preference-dissection data").inner_text()
+    judges = page.get_by_test_id("stMultiSelect").filter(
+        has=page.get_by_test_id("stWidgetLabel").get_by_text("Judges", exact=True))
+    judges.get_by_role("button", name="Remove gpt-4-1106-preview").click()
+    _settle(page)
+    box = judges.locator("input")
+    box.click()
+    box.fill("qwen-72b-chat")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    _settle(page)
+    assert "human" in judges.inner_text() and "qwen-72b-chat" in judges.inner_text()
+    plot = page.locator(".js-plotly-plot").first
+    plot.wait_for()
+    text = plot.inner_text()
+    assert "qwen-72b-chat" in text and "human" in text and "gpt-4-1106-preview" not in text
+    assert "contain rich info" in text and "Advice" in text
+    _assert_clean(page)
+    _screenshot(page, "preferences")
+    page.get_by_role("tab", name="Judge similarity").click()
+    _settle(page)
+    assert "Pearson r of property weights" in page.get_by_role("tabpanel", name="Judge similarity").inner_text()
+    page.get_by_role("tab", name="Pairs").click()
+    panel = page.get_by_role("tabpanel", name="Pairs")
+    number = panel.get_by_role("spinbutton")
+    number.fill("3")
+    number.press("Enter")
+    _settle(page)
+    panel.get_by_text(f"Pair {advice[3]} - scenario: Advice").wait_for()
+    assert "Verdicts" in panel.inner_text()
+    _assert_clean(page)

@@ -115,3 +115,17 @@ def test_jsonl_round_trip(tmp_path):
     ps = PairSet([Pair("a", "q", "x", "y", {"h": "B"}, "S", ("c",), {"p": (1.0, 2.0)})])
     back, problems = read_pairs_jsonl(ps.write_jsonl(tmp_path / "o.jsonl"))
     assert problems == [] and back.pairs == ps.pairs
+
+
+def test_hh_rlhf_lines_with_an_empty_turn_are_reported(tmp_path):
+    f = tmp_path / "hh.jsonl"
+    rows = [{"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"},
+            {"chosen": "\n\nHuman: b\n\nAssistant:", "rejected": "\n\nHuman: b\n\nAssistant: no"},
+            {"chosen": "\n\nHuman: c\n\nAssistant: ok", "rejected": "\n\nHuman: x\n\nAssistant: no"}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SteerlabError, match="hh.jsonl:2: the chosen final turn is empty"):
+        load_hh_rlhf(f)
+    problems = []
+    ps = load_hh_rlhf(f, problems=problems)
+    assert [p.id for p in ps.pairs] == ["hh-1"] and [(p.line, p.message[:20]) for p in problems] == [
+        (2, "the chosen final tur"), (3, "chosen and rejected ")]
