@@ -99,6 +99,8 @@ def judge_cmd(
     source: str = _SOURCE,
     out: Path = _OUT,
     judge: list[str] = typer.Option(..., "--judge", help="[NAME=]loglik:MODEL or [NAME=]dpo:POLICY,REF[,BETA]."),
+    max_prompt_tokens: int | None = typer.Option(None, "--max-prompt-tokens", **AT_LEAST_1,
+                                                 help="Keep the last N prompt tokens (default: what fits)."),
     on_error: str = _ON_ERROR,
     seed: int = typer.Option(0, "--seed", **SEED),
     as_json: bool = _JSON,
@@ -108,7 +110,8 @@ def judge_cmd(
 
     cb, close = _bar(not as_json)
     try:
-        path = run_judge(source, out, judges=judge, on_error=_on_error(on_error), seed=seed, progress=cb)
+        path = run_judge(source, out, judges=judge, on_error=_on_error(on_error), seed=seed,
+                         max_prompt_tokens=max_prompt_tokens, progress=cb)
     finally:
         close()
     _report(path, as_json)

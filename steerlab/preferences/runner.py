@@ -79,8 +79,9 @@ def _model_name(spec: str) -> str:
     return spec.rstrip("/").split("/")[-1].split(":")[-1]
 
 
-def parse_judge(spec: str) -> Judge:
-    """A judge from ``[NAME=]loglik:MODEL`` or ``[NAME=]dpo:POLICY,REFERENCE[,BETA]`` (models load here)."""
+def parse_judge(spec: str, *, max_prompt_tokens: int | None = None) -> Judge:
+    """A judge from ``[NAME=]loglik:MODEL`` or ``[NAME=]dpo:POLICY,REFERENCE[,BETA]`` (models load here); the
+    prompt keeps at most its last ``max_prompt_tokens`` tokens (default: what the context leaves)."""
     import steerlab as sl
 
     name = ""
@@ -89,7 +90,7 @@ def parse_judge(spec: str) -> Judge:
         name, spec = spec.split("=", 1)
     kind, _, rest = spec.partition(":")
     if kind == "loglik" and rest:
-        return LoglikJudge(sl.load(rest), name or f"loglik:{_model_name(rest)}")
+        return LoglikJudge(sl.load(rest), name or f"loglik:{_model_name(rest)}", max_prompt_tokens=max_prompt_tokens)
     if kind == "dpo" and rest:
         parts = rest.split(",")
         if len(parts) not in (2, 3):
@@ -98,7 +99,8 @@ def parse_judge(spec: str) -> Judge:
             beta = float(parts[2]) if len(parts) == 3 else 0.1
         except ValueError:
             raise SteerlabError(f"judge {spec!r}: BETA {parts[2]!r} is not a number") from None
-        return DPOJudge(sl.load(parts[0]), sl.load(parts[1]), name or f"dpo:{_model_name(parts[0])}", beta=beta)
+        return DPOJudge(sl.load(parts[0]), sl.load(parts[1]), name or f"dpo:{_model_name(parts[0])}", beta=beta,
+                        max_prompt_tokens=max_prompt_tokens)
     raise SteerlabError(f"judge spec {spec!r}: expected [NAME=]loglik:MODEL or [NAME=]dpo:POLICY,REFERENCE[,BETA]")
 
 
@@ -139,7 +141,8 @@ def run_annotate(source: str, out: str | Path, *, annotators: Sequence[str] = RU
 
 
 def run_judge(source: str, out: str | Path, *, judges: Sequence[str | Judge],
-              on_error: Literal["skip", "raise"] = "raise", seed: int = 0, progress: Progress | None = None) -> Path:
+              on_error: Literal["skip", "raise"] = "raise", seed: int = 0, max_prompt_tokens: int | None = None,
+              progress: Progress | None = None) -> Path:
     """Label the pairs of ``source`` with each model judge (specs or :class:`Judge` objects); write a
     ``preference_pairs`` artifact holding the labels and every verdict's scores."""
     if not judges:
@@ -148,13 +151,13 @@ def run_judge(source: str, out: str | Path, *, judges: Sequence[str | Judge],
     verdicts: dict[str, list[dict[str, Any]]] = {}
     names = []
     for k, spec in enumerate(judges):
-        j = parse_judge(spec) if isinstance(spec, str) else spec
+        j = parse_judge(spec, max_prompt_tokens=max_prompt_tokens) if isinstance(spec, str) else spec
         names.append(j.name)
         sub = None if progress is None else (lambda s, f, k=k: progress(s, (k + f) / len(judges)))
         pairs, vs = judge_pairs(pairs, j, progress=sub)
         verdicts[j.name] = [v.to_json() for v in vs]
     config = {"source": source, "judges": [s if isinstance(s, str) else s.name for s in judges],
-              "judge_names": names, "on_error": on_error, "seed": seed}
+              "judge_names": names, "on_error": on_error, "seed": seed, "max_prompt_tokens": max_prompt_tokens}
     return write_artifact(out, **pairs_artifact(pairs, config=config, problems=problems, verdicts=verdicts))
 
 
