@@ -327,3 +327,28 @@ def test_client_gone_mid_stream(stories):
             _until(lambda: svc.scheduler.stats() == {"waiting": 0, "running": 0}, 20)
             ok = c.post("/v1/completions", json={**body, "stream": False, "max_tokens": 4})
             assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == ", there was a"
+
+
+def test_serve_command_dry_run(tmp_path, monkeypatch):
+    """``steerlab serve``: exposed without a key warns; a missing key variable, a bad --remote and a
+    missing presets folder are one line and exit status 2."""
+    from typer.testing import CliRunner
+
+    from steerlab.cli.main import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["serve", "shared:stories260K", "--host", "0.0.0.0", "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "warning: serving on 0.0.0.0 without an API key" in r.stderr
+    monkeypatch.setenv("STEERLAB_TEST_KEY", "k")
+    r = runner.invoke(app, ["serve", "shared:stories260K", "--host", "0.0.0.0", "--api-key-env", "STEERLAB_TEST_KEY",
+                            "--dry-run"])
+    assert r.exit_code == 0 and "warning" not in r.stderr and "key required" in r.stderr
+    for argv, msg in [
+        (["--api-key-env", "STEERLAB_NO_SUCH_VAR"], "--api-key-env STEERLAB_NO_SUCH_VAR: the environment variable is"),
+        (["--remote", "cloud"], "--remote must be 'ndif' or 'local', got 'cloud'"),
+        (["--presets", str(tmp_path / "nope")], "presets folder"),
+    ]:
+        r = runner.invoke(app, ["serve", "shared:stories260K", *argv, "--dry-run"])
+        assert r.exit_code == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
