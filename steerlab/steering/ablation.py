@@ -8,7 +8,7 @@ measure everything on the held-out split against random directions of the same n
    ``n_select`` train behavior prompts (short greedy generations, refusal phrase in the prefix) among those
    that keep the capability perplexity within ``max_ppl_increase`` wins. A **subspace** grows greedily from
    it: the candidate that lowers the train refusal rate most is added (orthonormalized) while it helps,
-   up to ``max_rank`` directions.
+   up to ``max_rank`` directions, from the ``subspace_pool`` best single candidates.
 3. **Addition**: the chosen direction is added at its own site (all positions) at scales ``k * |v|``; the
    smallest scale inducing at least ``target_induced`` refusals on train control prompts (else the one
    inducing most) is chosen.
@@ -22,8 +22,8 @@ Example:
     >>> from steerlab.models.tiny import tiny_model
     >>> r = refusal_study(tiny_model("llama"), "organism-refusal", limit=4, n_select=2, n_test=2, n_random=1,
     ...                   max_rank=1, scales=(1.0,), max_new_tokens=4, capability_n=2)
-    >>> sorted(r["metrics"])[:3]
-    ['ablate_compliance', 'ablate_refusal', 'add_refusal_control']
+    >>> {"ablate_refusal", "subspace_refusal", "add_refusal"} <= set(r["metrics"])
+    True
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def refusal_study(
     n_select: int = 64,
     select_tokens: int = 8,
     max_rank: int = 3,
+    subspace_pool: int = 8,
     max_ppl_increase: float = 0.10,
     scales: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0),
     target_induced: float = 0.5,
@@ -128,9 +129,11 @@ def refusal_study(
     # -- greedy low-rank subspace (train) -----------------------------------------------------------
     basis_keys = [best_key]
     sub_refusal = best["train_refusal"]
+    ranked = [(r["site"], r["position"]) for r in sorted(ok, key=lambda r: r["train_refusal"])][:subspace_pool]
     while len(basis_keys) < max_rank and sub_refusal > 0:
         trial = None
-        for key, v in cands.items():
+        for key in ranked:
+            v = cands[key]
             if key in basis_keys:
                 continue
             try:
@@ -218,6 +221,7 @@ def refusal_study(
     config = {
         "model": h.spec, "suite": s.name, "suite_version": s.version, "layers": layers, "n_positions": n_positions,
         "limit": limit, "n_select": n_select, "select_tokens": select_tokens, "max_rank": max_rank,
+        "subspace_pool": subspace_pool,
         "max_ppl_increase": max_ppl_increase, "scales": list(scales), "target_induced": target_induced,
         "n_random": n_random, "n_test": [len(test_pos), len(test_neg)], "max_new_tokens": max_new_tokens,
         "capability": cap_text.source, "seed": seed,
