@@ -35,6 +35,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("experts", "Experts", "app_pages/experts.py", ":material/hub:", "steerlab.experts"),
     PageSpec("regions", "Regions", "app_pages/regions.py", ":material/grid_on:", "steerlab.regions"),
     PageSpec("preferences", "Preferences", "app_pages/preferences.py", ":material/balance:", "steerlab.preferences"),
+    PageSpec("steer", "Steer", "app_pages/steer.py", ":material/explore:", "steerlab.steering.vectors"),
     PageSpec("runs", "Runs", "app_pages/runs.py", ":material/folder_open:"),
 )
 

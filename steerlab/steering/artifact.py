@@ -73,6 +73,8 @@ GENERATION_COMPARE = register_kind(
 
 
 # -- the steering analysis's own artifacts (directions, probes, sweeps, the refusal study) ---------------
+# Reopened by the Steer page (its analysis: STEER_OWNER), written by `steerlab steer ... --out DIR`.
+STEER_OWNER = "steerlab.steering.vectors"
 DIRECTIONS_KIND, PROBES_KIND, SWEEP_KIND, REFUSAL_KIND = (
     "steering_directions", "steering_probes", "steering_sweep", "steering_refusal")
 
@@ -86,39 +88,56 @@ def _bundle(save: Any, stem: str) -> dict[str, str | bytes]:
         return {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
 
 
-def write_directions(out: str | Path, d: Any) -> Path:
-    """An artifact folder holding saved directions (``directions.json`` + ``.safetensors``; load it with
-    :func:`steerlab.steering.vectors.load_directions`)."""
-    from steerlab.artifacts import write_artifact
-
+def write_directions_payload(d: Any) -> dict[str, Any]:
+    """Keyword arguments of :func:`steerlab.artifacts.write_artifact` for saved directions (``directions.json``
+    + ``.safetensors`` inside; :func:`steerlab.steering.vectors.load_directions` reads the folder)."""
     norms = {s: float(v.norm()) for s, v in d.vectors.items()}
-    return write_artifact(out, kind=DIRECTIONS_KIND, config=dict(d.meta), metrics={"norm": norms},
-                          data={"sites": d.sites}, extra_files=_bundle(d.save, "directions"))
+    return {"kind": DIRECTIONS_KIND, "config": dict(d.meta), "metrics": {"norm": norms}, "data": {"sites": d.sites},
+            "extra_files": _bundle(d.save, "directions")}
 
 
-def write_probes(out: str | Path, profile: Any) -> Path:
-    """An artifact folder with the probes (``probes.json`` + ``.safetensors``), their table and profile figure."""
+def write_directions(out: str | Path, d: Any) -> Path:
+    """An artifact folder holding saved directions."""
     from steerlab.artifacts import write_artifact
+
+    return write_artifact(out, **write_directions_payload(d))
+
+
+def write_probes_payload(profile: Any) -> dict[str, Any]:
+    """Artifact arguments for probes (``probes.json`` + ``.safetensors``), their table and profile figure."""
     from steerlab.steering.figures import probe_profile_figure
     from steerlab.steering.linear_probes import save_probes
 
-    best = profile.best.row()
     fig = probe_profile_figure(profile.table()).to_html(include_plotlyjs="cdn", full_html=True)
     files = {**_bundle(lambda p: save_probes(profile, p), "probes"), "probe_profile.html": fig}
-    return write_artifact(out, kind=PROBES_KIND, config=dict(profile.meta), metrics={"best": best},
-                          data={"table": profile.table()}, extra_files=files)
+    return {"kind": PROBES_KIND, "config": dict(profile.meta), "metrics": {"best": profile.best.row()},
+            "data": {"table": profile.table()}, "extra_files": files}
 
 
-def write_sweep(out: str | Path, config: dict[str, Any], rows: list[dict[str, Any]], behavior: str,
-                control: str) -> Path:
-    """An artifact folder with a scale sweep's rows and its plotly trade-off figure (``sweep.html``)."""
+def write_probes(out: str | Path, profile: Any) -> Path:
+    """An artifact folder holding probes."""
     from steerlab.artifacts import write_artifact
+
+    return write_artifact(out, **write_probes_payload(profile))
+
+
+def write_sweep_payload(config: dict[str, Any], rows: list[dict[str, Any]], behavior: str,
+                        control: str) -> dict[str, Any]:
+    """Artifact arguments for a scale sweep's rows and its plotly trade-off figure (``sweep.html``)."""
     from steerlab.steering.figures import sweep_figure
 
     fig = sweep_figure(rows, behavior, control).to_html(include_plotlyjs="cdn", full_html=True)
     metrics = {"scales": [r["scale"] for r in rows], f"{control}_refusal": [r[f"{control}_refusal"] for r in rows]}
-    return write_artifact(out, kind=SWEEP_KIND, config={**config, "behavior": behavior, "control": control},
-                          metrics=metrics, data={"rows": rows}, extra_files={"sweep.html": fig})
+    return {"kind": SWEEP_KIND, "config": {**config, "behavior": behavior, "control": control}, "metrics": metrics,
+            "data": {"rows": rows}, "extra_files": {"sweep.html": fig}}
+
+
+def write_sweep(out: str | Path, config: dict[str, Any], rows: list[dict[str, Any]], behavior: str,
+                control: str) -> Path:
+    """An artifact folder holding a scale sweep."""
+    from steerlab.artifacts import write_artifact
+
+    return write_artifact(out, **write_sweep_payload(config, rows, behavior, control))
 
 
 def write_refusal(out: str | Path, res: dict[str, Any], record: str | Path | None = None,
@@ -135,3 +154,12 @@ def write_refusal(out: str | Path, res: dict[str, Any], record: str | Path | Non
                    "add_selection": res["data"]["add_selection"], "runs": res["data"]["runs"]}
         atomic_write_text(record, json.dumps(compact, indent=1, default=str) + "\n")
     return path
+
+
+for _name, _producer, _summary in (
+    (DIRECTIONS_KIND, "steer extract", "steering directions per site from a prompt suite (safetensors + JSON)"),
+    (PROBES_KIND, "steer probe", "linear probes per site: held-out accuracy, AUROC, shuffled control"),
+    (SWEEP_KIND, "steer sweep", "a direction added at several scales: behavior rates, perplexity, KL"),
+    (REFUSAL_KIND, "steer refusal", "the refusal-direction study: ablation, addition, random controls"),
+):
+    register_kind(_name, owner=STEER_OWNER, producer=_producer, summary=_summary)

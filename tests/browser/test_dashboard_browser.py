@@ -208,6 +208,7 @@ OWN_CONTENT = {
     "experts": lambda page: page.get_by_role("tab", name="Switch and regenerate"),
     "regions": lambda page: page.get_by_role("tab", name="Perturb and generate"),
     "preferences": lambda page: page.get_by_role("tab", name="Judge similarity"),
+    "steer": lambda page: page.get_by_role("tab", name="Probes"),
     "runs": lambda page: page.get_by_text("Configuration", exact=True),
 }
 
@@ -413,3 +414,21 @@ def test_preferences_page_published_weights_two_judges_and_a_pair(dash):
     panel.get_by_text(f"Pair {advice[3]} - scenario: Advice").wait_for()
     assert "Verdicts" in panel.inner_text()
     _assert_clean(page)
+
+
+def test_steer_page_extracts_a_direction_and_profiles_probes(dash):
+    page = dash.page
+    page.goto(f"{dash.url}/steer")
+    _settle(page)
+    assert page.locator("h1").first.inner_text() == "Steer"
+    page.get_by_role("button", name="Extract").click()
+    page.get_by_text("method `diff_in_means`").wait_for()  # the direction's provenance line
+    _settle(page)
+    page.get_by_role("tab", name="Probes").click()
+    page.get_by_role("button", name="Fit probes").click()
+    page.get_by_text("Best site").wait_for()
+    _settle(page)
+    panel = page.get_by_role("tabpanel", name="Probes")
+    assert "held-out accuracy" in panel.locator(".js-plotly-plot").first.inner_text()
+    _assert_clean(page)
+    _screenshot(page, "steer")

@@ -36,6 +36,8 @@ PRODUCER_TESTS = {
     "preference_compare": "tests/integration/test_preferences_cli.py",
     "regions_dims": "tests/integration/test_regions_cli.py",
     "regions_freeze": "tests/integration/test_regions_cli.py",
+    **{k: "tests/integration/test_steer_cli.py" for k in ("steering_directions", "steering_probes", "steering_sweep",
+                                                          "steering_refusal")},
 }
 
 
