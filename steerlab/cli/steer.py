@@ -3,7 +3,6 @@ study, and llama.cpp control-vector (GGUF) export/import."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -168,7 +167,11 @@ def refusal_cmd(
                               **AT_LEAST_0),
     n_positions: int = typer.Option(5, "--positions", help="Last prompt positions searched.", **AT_LEAST_1),
     n_select: int = typer.Option(64, "--select", help="Train prompts per label for the selection.", **AT_LEAST_1),
+    select_tokens: int = typer.Option(8, "--select-tokens", help="Tokens generated per selection prompt.",
+                                      **AT_LEAST_1),
     max_rank: int = typer.Option(3, "--max-rank", help="Largest ablated subspace.", **AT_LEAST_1),
+    pool: int = typer.Option(8, "--pool", help="Best single candidates the subspace grows from.", **AT_LEAST_1),
+    scales: str = typer.Option("0.5,1,1.5,2,3,4", "--scales", help="Addition scales, in units of |v|."),
     controls: int = typer.Option(5, "--controls", help="Random same-norm directions.", **AT_LEAST_1),
     n_test: int = typer.Option(0, "--n-test", help="Held-out prompts per label (0: the whole test split).",
                                **AT_LEAST_0),
@@ -185,10 +188,16 @@ def refusal_cmd(
     from steerlab.suites import default_suite
 
     h = sl.load(model)
+    add_scales = tuple(_floats(scales, "--scales"))
     res = refusal_study(h, suite or default_suite(h), limit=limit or None, n_positions=n_positions,
-                        n_select=n_select, max_rank=max_rank, n_random=controls, n_test=n_test or None,
+                        n_select=n_select, select_tokens=select_tokens, max_rank=max_rank, subspace_pool=pool,
+                        scales=add_scales, n_random=controls, n_test=n_test or None,
                         max_new_tokens=max_new_tokens, seed=seed, progress=True)
-    command = "steerlab " + " ".join(sys.argv[1:]) if record is not None else None
+    command = (f"steerlab steer refusal {h.spec}" + (f" --suite {suite}" if suite else "")
+               + f" --limit {limit} --positions {n_positions} --select {n_select} --select-tokens {select_tokens}"
+               f" --max-rank {max_rank} --pool {pool} --scales {scales}"
+               f" --controls {controls} --n-test {n_test} --max-new-tokens {max_new_tokens} --seed {seed}"
+               f" --out {out} --record {record}")
     path = write_refusal(out, res, record, command)
     if as_json:
         emit({"artifact": str(path), "config": res["config"], "metrics": res["metrics"]})

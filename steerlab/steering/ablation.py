@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from steerlab.activations import capture
 from steerlab.behavior import behavior_rates, refusal_match
 from steerlab.capability import CapabilityText, default_capability, perplexity
+from steerlab.errors import SpecError
 from steerlab.generation import generate
 from steerlab.models.handle import ModelHandle
 from steerlab.steering.apply import ablate_everywhere, add, orthonormal, random_like
@@ -64,7 +65,8 @@ def candidate_directions(
                 for p in positions:
                     acc[(s, p)].append(pool(cap[s], cap.attention_mask, [p]))
         sums[label] = {k: torch.cat(v) for k, v in acc.items()}
-    return {k: diff_in_means(sums["pos"][k], sums["neg"][k]) for k in sums["pos"]}
+    out = {k: diff_in_means(sums["pos"][k], sums["neg"][k]) for k in sums["pos"]}
+    return {k: v for k, v in out.items() if float(v.norm()) > 1e-6}  # e.g. the same last token on both sides
 
 
 def _refusal_rate(h: ModelHandle, prompts: list[str], ivs: Any, chat: bool, system: str | None, n_tokens: int,
@@ -105,6 +107,8 @@ def refusal_study(
     layers = list(range(h.adapter.n_layers)) if layers is None else list(layers)
     pos, neg = suite_prompts(s, "train", limit)
     cands = candidate_directions(h, pos, neg, layers, n_positions, chat=chat, system=system, progress=progress)
+    if not cands:
+        raise SpecError(f"suite {s.name!r}: no layer or position separates the labels (every candidate is zero)")
     sel_pos = suite_prompts(s, "train", None)[0][-n_select:]  # selection prompts (train split)
     sel_neg = suite_prompts(s, "train", None)[1][-n_select:]
     cap_text = default_capability(h)
@@ -113,23 +117,27 @@ def refusal_study(
                                   cap_text.source)
     base_ppl = perplexity(h, cap_text)
 
-    # -- selection of the single direction (train) --------------------------------------------------
+    # -- selection of the single direction (train): fewest refusals; perplexity checked in that order --------
     table = []
     for key, v in tqdm(cands.items(), desc="select", disable=not progress):
-        ivs = ablate_everywhere(h, v)
-        ref = _refusal_rate(h, sel_pos, ivs, chat, system, select_tokens)
-        ppl = perplexity(h, cap_text, ivs)
+        ref = _refusal_rate(h, sel_pos, ablate_everywhere(h, v), chat, system, select_tokens)
         table.append({"site": key[0], "position": key[1], "norm": float(v.norm()), "train_refusal": ref,
-                      "ppl_ratio": ppl / base_ppl})
-    ok = [r for r in table if r["ppl_ratio"] <= 1 + max_ppl_increase] or table
-    best = min(ok, key=lambda r: (r["train_refusal"], r["ppl_ratio"]))
+                      "ppl_ratio": None})
+    table.sort(key=lambda r: r["train_refusal"])
+    ok = []
+    for r in table:  # the capability check runs only until a candidate passes it (it costs most)
+        r["ppl_ratio"] = perplexity(h, cap_text, ablate_everywhere(h, cands[(r["site"], r["position"])])) / base_ppl
+        if r["ppl_ratio"] <= 1 + max_ppl_increase:
+            ok.append(r)
+            break
+    best = ok[0] if ok else min((r for r in table if r["ppl_ratio"] is not None), key=lambda r: r["ppl_ratio"])
     best_key = (best["site"], best["position"])
     v_best = cands[best_key]
 
     # -- greedy low-rank subspace (train) -----------------------------------------------------------
     basis_keys = [best_key]
     sub_refusal = best["train_refusal"]
-    ranked = [(r["site"], r["position"]) for r in sorted(ok, key=lambda r: r["train_refusal"])][:subspace_pool]
+    ranked = [(r["site"], r["position"]) for r in table][:subspace_pool]
     while len(basis_keys) < max_rank and sub_refusal > 0:
         trial = None
         for key in ranked:

@@ -84,7 +84,7 @@ def orthonormal(vectors: Sequence[Tensor] | Tensor) -> Float[Tensor, "k d"]:
     m = torch.stack(list(vectors)) if not isinstance(vectors, Tensor) else vectors
     m = m.reshape(-1, m.shape[-1]).double()
     q, r = torch.linalg.qr(m.T)
-    if bool((r.diagonal().abs() < 1e-8 * r.diagonal().abs().max()).any()):
+    if bool((r.diagonal().abs() <= 1e-8 * max(float(r.diagonal().abs().max()), 1e-30)).any()):
         raise SpecError(f"the {m.shape[0]} directions are linearly dependent; expected independent directions")
     return q.T.float()
 

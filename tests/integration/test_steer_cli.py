@@ -99,3 +99,25 @@ def test_bad_inputs_one_line_nothing_written(extracted, tmp_path):
            "unknown direction method 'median'")
     _fails(["steer", "import-gguf", str(tmp_path / "none.gguf"), "--out", str(tmp_path / "x")], "does not exist")
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_refusal_study_writes_artifact_and_record(tmp_path, stories):
+    """The study end to end at toy size; its chosen direction is the diff-in-means of the first 4 train prompts
+    per label at the chosen site's last token, recomputed here from a plain capture."""
+    args = ["steer", "refusal", MODEL, "--suite", "organism-refusal", "--limit", "4", "--positions", "1", "--select",
+            "2", "--max-rank", "1", "--controls", "1", "--n-test", "2", "--max-new-tokens", "4", "--out",
+            str(tmp_path / "r"), "--record", str(tmp_path / "rec.json"), "--json"]
+    res = _ok(args)
+    art = read_artifact(tmp_path / "r")
+    assert art.kind == "steering_refusal" and art.metrics == res["metrics"]
+    rec = json.loads((tmp_path / "rec.json").read_text())
+    assert rec["command"].startswith(f"steerlab steer refusal {MODEL} --suite organism-refusal --limit 4")
+    assert rec["metrics"]["subspace_rank"] == 1 and len(rec["runs"]["ablate_random"]) == 1
+    site = art.config["chosen"]["site"]
+    from steerlab.suites import load_suite
+
+    s = load_suite("organism-refusal")
+    pos, neg = s.contrast("train", 4)
+    a = sl.capture(stories, pos, [site], chat=True).last(site)
+    b = sl.capture(stories, neg, [site], chat=True).last(site)
+    torch.testing.assert_close(art.tensors["direction"], a.mean(0) - b.mean(0), atol=1e-5, rtol=1e-5)
