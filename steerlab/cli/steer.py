@@ -249,3 +249,57 @@ def import_gguf_cmd(
         emit({"directions": str(path), "sites": d.sites, "meta": d.meta})
         return
     typer.echo(f"wrote {path}: {', '.join(d.sites)}")
+
+
+@app.command("sentiment")
+def sentiment_cmd(
+    model: str = typer.Argument(None, help="Model spec (default: the embedded default model)."),
+    suite: str = typer.Option("sentiment", "--suite", help="Suite with behavior/control labels and a 'neutral' one."),
+    site: str = typer.Option(..., "--site", help="Where the direction is extracted and added."),
+    position: str = typer.Option("mean", "--position", help=POSITION_HELP),
+    scales: str = typer.Option("-4,-2,0,2,4", "--scales", help="Scales, in units of the raw diff-in-means vector."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """A direction from the suite's train split (diff-in-means), added at each scale to the generations of its
+    neutral test prompts, scored by an independent sentiment lexicon, with response and capability perplexity."""
+    import json as _json
+
+    import steerlab as sl
+    from steerlab.artifacts import write_artifact
+    from steerlab.atomic import atomic_write_text
+    from steerlab.capability import wikitext
+    from steerlab.steering.extract import extract_directions
+    from steerlab.steering.sentiment import is_monotone, property_sweep
+    from steerlab.suites import load_suite
+
+    values = _floats(scales, "--scales")
+    pos = _position(position)
+    h = sl.load(model)
+    s = load_suite(suite)
+    prompts = s.user_texts("neutral", "test")
+    d = extract_directions(h, s, [site], position=pos, split="train", progress=True)  # type: ignore[arg-type]
+    rows = property_sweep(h, d[site], site, values, prompts, max_new_tokens=max_new_tokens,
+                          capability=wikitext(16), progress=True, **s.chat_kwargs())
+    scores = [r["score"] for r in rows]
+    metrics = {"scores": scores, "monotone_increasing": is_monotone(scores), "n_scales": len(values),
+               "response_ppl": [r["response_ppl"] for r in rows], "capability_ppl": [r["capability_ppl"] for r in rows],
+               "direction_norm": round(float(d[site].norm()), 4)}
+    config = {"model": h.spec, "suite": s.name, "site": site, "position": pos, "scales": values,
+              "n_prompts": len(prompts), "max_new_tokens": max_new_tokens, "scorer": "lexicon_sentiment",
+              "capability": "wikitext2 (16 paragraphs)", "direction": d.meta}
+    path = write_artifact(out, kind="steering_sentiment", config=config, metrics=metrics, data={"rows": rows})
+    if record is not None:
+        command = (f"steerlab steer sentiment {h.spec} --suite {suite} --site {site} --position {position}"
+                   f" --scales={scales} --max-new-tokens {max_new_tokens} --out {out} --record {record}")
+        atomic_write_text(record, _json.dumps({"command": command, "config": config, "metrics": metrics,
+                                               "rows": rows}, indent=1, default=str) + "\n")
+    if as_json:
+        emit({"artifact": str(path), "metrics": metrics, "rows": rows})
+        return
+    typer.echo(f"wrote {path}: monotone {metrics['monotone_increasing']}")
+    for r in rows:
+        typer.echo(f"  scale {r['scale']:>6g}  sentiment {r['score']:+.3f}  response ppl {r['response_ppl']}  "
+                   f"capability ppl {r['capability_ppl']}")

@@ -121,3 +121,24 @@ def test_refusal_study_writes_artifact_and_record(tmp_path, stories):
     a = sl.capture(stories, pos, [site], chat=True).last(site)
     b = sl.capture(stories, neg, [site], chat=True).last(site)
     torch.testing.assert_close(art.tensors["direction"], a.mean(0) - b.mean(0), atol=1e-5, rtol=1e-5)
+
+
+def test_sentiment_sweep_cli(tmp_path):
+    from steerlab.steering.sentiment import is_monotone, lexicon_sentiment
+
+    assert lexicon_sentiment("good bad good") == pytest.approx(1 / 4)  # (2 - 1) / (2 + 1 + 1)
+    assert lexicon_sentiment("nothing here") == 0.0 and lexicon_sentiment("awful, sad") == pytest.approx(-2 / 3)
+    assert is_monotone([0.1, 0.2, 0.3]) and not is_monotone([0.1, 0.1, 0.3])
+    res = _ok(["steer", "sentiment", MODEL, "--site", "blocks.2.resid_post", "--scales=-2,0,2", "--max-new-tokens",
+               "3", "--out", str(tmp_path / "s"), "--record", str(tmp_path / "s.json"), "--json"])
+    rows = res["rows"]
+    assert [r["scale"] for r in rows] == [-2.0, 0.0, 2.0] and res["metrics"]["scores"] == [r["score"] for r in rows]
+    rec = json.loads((tmp_path / "s.json").read_text())
+    assert rec["command"].startswith(f"steerlab steer sentiment {MODEL} --suite sentiment --site blocks.2.resid_post")
+    # the unsteered row scores the plain greedy generations of the suite's neutral test prompts
+    from steerlab.suites import load_suite
+
+    s = load_suite("sentiment")
+    plain = sl.generate(sl.load(MODEL), s.user_texts("neutral", "test"), max_new_tokens=3, chat=True).texts
+    assert rows[1]["example"] == plain[0]
+    assert rows[1]["score"] == pytest.approx(round(sum(map(lexicon_sentiment, plain)) / len(plain), 4))
