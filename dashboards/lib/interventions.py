@@ -11,8 +11,10 @@ from steerlab.artifacts import list_runs
 from steerlab.errors import SpecError
 from steerlab.interventions import AddVector, ExpertMask, Intervention, InterventionSet, LastK, ProjectOut, ScaleUnits
 from steerlab.models.handle import ModelHandle
+from steerlab.steering import directions
 from steerlab.steering.artifact import INTERVENTIONS_FILE, load_interventions
 from steerlab.steering.directions import embedding_direction, random_direction
+from steerlab.steering.vectors import load_directions
 from steerlab.viz.runs import run_label
 
 SOURCES = ("Build here", "Spec file", "Saved run")
@@ -23,15 +25,13 @@ KINDS = {
     "expert_mask": "Switch experts off",
 }
 POSITIONS = {"all": "all", "prompt": "prompt", "generated": "generated", "last prompt token": LastK(last=1)}
-VECTOR_SOURCES = ("Token embeddings: A − B", "Random direction")
+VECTOR_SOURCES = ("Token embeddings: A − B", "Random direction", "Saved directions")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def activation_norm(_h: ModelHandle, spec: str, site: str, prompts: tuple[str, ...]) -> float:
     """Mean L2 norm of the activation at ``site`` over the prompts' real tokens (a scale for vectors)."""
-    import steerlab as sl
-
-    return float(sl.capture(_h, list(prompts), [site]).masked(site).norm(dim=-1).mean())
+    return directions.activation_norm(_h, site, list(prompts))
 
 
 def _vector_sites(h: ModelHandle) -> list[str]:
@@ -87,10 +87,18 @@ def _builder(h: ModelHandle, prefix: str, prompts: list[str]) -> None:
                 minus = d2.text_input("B (optional)", " sad", key=f"{prefix}.iv_minus")
                 vec = embedding_direction(h, plus, minus)
                 label = f"embed({plus.strip()!r})" + (f" - embed({minus.strip()!r})" if minus else "")
-            else:
+            elif source == VECTOR_SOURCES[1]:
                 seed = d1.number_input("Seed", value=0, step=1, key=f"{prefix}.iv_seed")
                 vec = random_direction(h.d_model, seed)
                 label = f"random(seed={seed})"
+            else:  # saved by `steerlab steer extract` or the Steer page: unit vector of the chosen site's direction
+                name = d1.text_input("Name, file or folder", key=f"{prefix}.iv_saved").strip()
+                if not name:
+                    raise SpecError("give the name or path of saved directions (steerlab steer extract --name NAME)")
+                saved = load_directions(name)
+                at = site if site in saved.sites else saved.sites[0]
+                vec = saved.unit(at)
+                label = f"{name}[{at}]"
             if kind == "add_vector":
                 scale = d3.number_input("Scale (x unit vector)", value=4.0, step=1.0, key=f"{prefix}.iv_scale")
                 if prompts:

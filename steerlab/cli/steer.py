@@ -90,6 +90,7 @@ def probe_cmd(
                               **AT_LEAST_0),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds probes.json)."),
+    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Fit a logistic-regression probe per site (train split) and score it on the test split."""
@@ -103,6 +104,16 @@ def probe_cmd(
     p = probe_profile(h, suite or default_suite(h), _sites(sites), position=pos, limit=limit or None,  # type: ignore[arg-type]
                       seed=seed, progress=True)
     path = write_probes(out, p)
+    if record is not None:
+        import json as _json
+
+        from steerlab.atomic import atomic_write_text
+
+        command = (f"steerlab steer probe {h.spec}" + (f" --suite {suite}" if suite else "")
+                   + (f" --sites {sites}" if sites else "") + f" --position {position} --limit {limit} --seed {seed}"
+                   f" --out {out} --record {record}")
+        atomic_write_text(record, _json.dumps({"command": command, "meta": p.meta, "best": p.best.row(),
+                                               "table": p.table()}, indent=1, default=str) + "\n")
     if as_json:
         emit({"artifact": str(path), "meta": p.meta, "best": p.best.row(), "table": p.table()})
         return

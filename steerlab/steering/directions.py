@@ -44,3 +44,11 @@ def random_direction(d: int, seed: int) -> Float[Tensor, " d"]:
         raise SpecError(f"width d must be >= 1, got {d!r}")
     v = torch.randn(int(d), generator=torch.Generator().manual_seed(int(seed)))
     return v / v.norm()
+
+
+def activation_norm(h: ModelHandle, site: str, prompts: list[str]) -> float:
+    """Mean L2 norm of the activation at ``site`` over the prompts' real tokens: the scale a steering vector's
+    size is judged against."""
+    from steerlab.activations import capture
+
+    return float(capture(h, list(prompts), [site]).masked(site).norm(dim=-1).mean())

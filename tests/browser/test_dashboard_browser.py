@@ -421,8 +421,12 @@ def test_steer_page_extracts_a_direction_and_profiles_probes(dash):
     page.goto(f"{dash.url}/steer")
     _settle(page)
     assert page.locator("h1").first.inner_text() == "Steer"
+    limit = page.get_by_label("Prompts per label")
+    limit.fill("8")
+    limit.press("Enter")
+    _settle(page)
     page.get_by_role("button", name="Extract").click()
-    page.get_by_text("method `diff_in_means`").wait_for()  # the direction's provenance line
+    page.get_by_text("· position last ·").wait_for()  # the direction's provenance line
     _settle(page)
     page.get_by_role("tab", name="Probes").click()
     page.get_by_role("button", name="Fit probes").click()

@@ -99,3 +99,25 @@ def test_errors_are_messages(app):
     at.button(key="steer.sweep_run").click().run()
     assert not at.exception
     assert any("scale nan is not finite" in e.value for e in at.error)
+
+
+def test_generate_page_builds_a_vector_from_saved_directions(monkeypatch, tmp_path, stories):
+    """The intervention stack's "Saved directions" source: the unit vector of the saved direction at the chosen
+    site (saved here by hand), scaled as asked."""
+    from steerlab.steering.vectors import Directions
+
+    v = torch.arange(float(stories.d_model))
+    Directions({"blocks.2.resid_post": v}, {"method": "hand"}).save(tmp_path / "mine")
+    monkeypatch.setenv("STEERLAB_DASHBOARD_MODEL", "shared:stories260K")
+    monkeypatch.setenv("STEERLAB_RUNS", str(tmp_path / "runs"))
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.switch_page("app_pages/generate.py").run()
+    at.selectbox(key="generate.iv_site").set_value("blocks.2.resid_post").run()
+    at.selectbox(key="generate.iv_src").set_value("Saved directions").run()
+    at.text_input(key="generate.iv_saved").set_value(str(tmp_path / "mine")).run()
+    at.number_input(key="generate.iv_scale").set_value(3.0)
+    at.button(key="generate.iv_add").click().run()
+    _clean(at)
+    (iv,) = at.session_state["generate.stack"]
+    assert iv.site == "blocks.2.resid_post" and iv.scale == 3.0
+    torch.testing.assert_close(iv.vector, v / v.norm())

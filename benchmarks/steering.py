@@ -1,0 +1,209 @@
+"""Steering against the `steering-vectors` package, on the same model and vector, in its own virtualenv.
+
+steering-vectors pins transformers < 5, so it never enters steerlab's environment: this script builds a
+virtualenv (default ``/tmp/sv``: its own transformers 4.57, huggingface_hub and tokenizers, plus a read-only
+``.pth`` onto steerlab's site-packages for torch and numpy; nothing is installed into steerlab's venv) and
+runs a worker there that answers over a pipe. Both sides load the same HF folder (default the shared
+``stories260K``).
+
+1. **Interchange**: the worker trains a steering vector with ``steering_vectors.train_steering_vector``
+   (mean of paired differences at one decoder layer) and returns it with its own steered logits
+   (``SteeringVector.apply(model, multiplier=M)``); steerlab imports the vector
+   (:func:`steerlab.steering.interchange.from_layer_vectors`) and reproduces those logits with
+   ``sl.forward`` within ``1e-4`` (real positions of a left-padded batch).
+2. **Throughput**: greedy generation of ``--tokens`` tokens at batch 1 and 8 with the vector added at every
+   position, steering-vectors (HF ``generate`` inside ``apply``) and steerlab (``sl.generate``) interleaved
+   round by round after a warm-up; both sides must produce the same token ids (asserted). Reported as the
+   median (min-max) of per-round ratios steerlab / steering-vectors. Floor: median <= 1.0 ("no slower").
+3. **Extraction time per 1,000 prompts**: ``extract_directions`` (diff-in-means at every ``resid_post``) on
+   1,000 prompts of the ``organism-refusal`` suite (500 per label), against steering-vectors'
+   ``train_steering_vector`` on the same 500 pairs at every layer.
+
+Exit status 1 when the logits differ by more than 1e-4, the ids differ, or the floor fails.
+
+Usage: python benchmarks/steering.py [--venv /tmp/sv] [--model PATH] [--rounds N] [--tokens N] [--json PATH|-]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROMPTS = ["Once upon a time, there was a little girl who", "The old man walked slowly to the",
+           "Tom and his dog went to the park and", "Lily found a shiny red ball under the",
+           "One day, a big bear", "The sun was hot and the", "Sam had a red", "Mom said"]
+PAIRS = [("I love the happy sun", "I hate the sad rain"), ("The dog was very kind", "The dog was very mean"),
+         ("She smiled and laughed", "She cried and shouted"), ("It was a wonderful day", "It was a terrible day"),
+         ("The cake was sweet and good", "The cake was bitter and bad"), ("He was glad", "He was angry")]
+LAYER, MULTIPLIER = 2, 4.0
+SV_PACKAGES = ["steering-vectors==0.12.2", "transformers==4.57.*", "huggingface_hub<1.0", "tokenizers<0.23,>=0.22"]
+
+WORKER = r'''
+import json, sys, time, torch
+torch.set_num_threads(1)
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from steering_vectors import SteeringVector, train_steering_vector
+path, layer, mult = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+tok = AutoTokenizer.from_pretrained(path); tok.padding_side = "left"
+if tok.pad_token is None: tok.pad_token = tok.eos_token
+model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+sv = None
+def reply(obj): sys.stdout.write(json.dumps(obj) + "\n"); sys.stdout.flush()
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["op"] == "train":
+        t0 = time.perf_counter()
+        out = train_steering_vector(model, tok, [tuple(p) for p in cmd["pairs"]], layers=cmd.get("layers"),
+                                    read_token_index=-1, show_progress=False, batch_size=cmd.get("batch_size", 1))
+        secs = time.perf_counter() - t0
+        if cmd.get("keep", True): sv = out
+        reply({"seconds": secs, "layers": {str(k): v.tolist() for k, v in out.layer_activations.items()}})
+    elif cmd["op"] == "logits":
+        enc = tok(cmd["prompts"], return_tensors="pt", padding=True)
+        with torch.no_grad(), sv.apply(model, multiplier=mult):
+            logits = model(**enc).logits
+        reply({"logits": logits.tolist(), "mask": enc["attention_mask"].tolist()})
+    elif cmd["op"] == "generate":
+        enc = tok(cmd["prompts"], return_tensors="pt", padding=True)
+        n = cmd["tokens"]
+        with torch.no_grad(), sv.apply(model, multiplier=mult):
+            t0 = time.perf_counter()
+            out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+            secs = time.perf_counter() - t0
+        reply({"seconds": secs, "ids": out[:, enc["input_ids"].shape[1]:].tolist()})
+'''
+
+
+def ensure_venv(venv: Path) -> Path:
+    """The steering-vectors virtualenv: built on first use, never touching steerlab's own environment."""
+    py = venv / "bin" / "python"
+    if py.exists() and subprocess.run([str(py), "-c", "import steering_vectors, transformers"],
+                                      capture_output=True).returncode == 0:
+        return py
+    subprocess.run([str(Path(sys.base_prefix) / "bin" / "python3"), "-m", "venv", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    main_site = next(p for p in map(Path, sys.path) if p.name == "site-packages" and (p / "torch").exists())
+    (site / "zz_steerlab_site_readonly.pth").write_text(str(main_site) + "\n")  # torch, numpy: read only
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", *SV_PACKAGES], check=True)
+    return py
+
+
+class Worker:
+    def __init__(self, py: Path, model: str) -> None:
+        self.proc = subprocess.Popen([str(py), "-c", WORKER, model, str(LAYER), str(MULTIPLIER)], text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+    def ask(self, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the steering-vectors worker died (run it by hand to see why)")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.terminate()
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {"min": round(min(xs), 4), "median": round(statistics.median(xs), 4), "max": round(max(xs), 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--venv", default="/tmp/sv")
+    ap.add_argument("--model", default=None, help="HF model folder (default: the shared stories260K)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--extract", type=int, default=1000, help="prompts for the extraction timing (0: skip)")
+    ap.add_argument("--json", nargs="?", const="-", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    import steerlab as sl
+    from steerlab._paths import shared_dir
+    from steerlab.steering.extract import extract_directions
+    from steerlab.steering.interchange import as_interventions, from_layer_vectors
+    from steerlab.suites import load_suite
+
+    model = args.model or str(shared_dir() / "models" / "stories260K")
+    py = ensure_venv(Path(args.venv))
+    w = Worker(py, model)
+    h = sl.load(model)
+    report: dict[str, Any] = {"model": model, "layer": LAYER, "multiplier": MULTIPLIER, "tokens": args.tokens,
+                              "rounds": args.rounds, "packages": SV_PACKAGES, "failures": []}
+    try:
+        # 1. interchange: their vector, their logits, reproduced here
+        trained = w.ask(op="train", pairs=PAIRS, layers=[LAYER])
+        d = from_layer_vectors({int(k): torch.tensor(v) for k, v in trained["layers"].items()},
+                               {"source": "steering-vectors train_steering_vector"})
+        theirs = w.ask(op="logits", prompts=PROMPTS)
+        t_logits, mask = torch.tensor(theirs["logits"]), torch.tensor(theirs["mask"]).bool()
+        ours = sl.forward(h, PROMPTS, interventions=as_interventions(d, MULTIPLIER))
+        err = float((ours - t_logits).abs()[mask].max())
+        effect = float((sl.forward(h, PROMPTS) - t_logits).abs()[mask].max())
+        report["interchange"] = {"max_abs_logit_diff": err, "tolerance": 1e-4, "steering_effect": effect,
+                                 "site": d.sites[0], "passed": err <= 1e-4 and effect > 1e-2}
+        if not report["interchange"]["passed"]:
+            report["failures"].append(f"logits differ by {err:.3g} (effect {effect:.3g})")
+        # 2. throughput, interleaved rounds after a warm-up, same ids asserted
+        ivs = as_interventions(d, MULTIPLIER)
+        for batch in (1, 8):
+            prompts = PROMPTS[:batch]
+
+            def ours_gen(prompts: list[str] = prompts) -> tuple[float, list[list[int]]]:
+                t0 = time.perf_counter()
+                out = sl.generate(h, prompts, interventions=ivs, max_new_tokens=args.tokens, stop_at_eos=False)
+                return time.perf_counter() - t0, out.token_ids
+
+            ours_gen()
+            w.ask(op="generate", prompts=prompts, tokens=args.tokens)
+            ratios, ts, tt = [], [], []
+            for _ in range(args.rounds):
+                r = w.ask(op="generate", prompts=prompts, tokens=args.tokens)
+                s, ids = ours_gen()
+                if [list(map(int, x)) for x in ids] != r["ids"]:
+                    report["failures"].append(f"batch {batch}: different token ids")
+                ratios.append(s / r["seconds"])
+                ts.append(s)
+                tt.append(r["seconds"])
+            report[f"generate_batch{batch}"] = {"ratio": _spread(ratios), "steerlab_s": _spread(ts),
+                                                "steering_vectors_s": _spread(tt), "floor": 1.0}
+            if statistics.median(ratios) > 1.0:
+                med = statistics.median(ratios)
+                report["failures"].append(f"batch {batch}: steerlab/steering-vectors {med:.3f} > 1")
+        # 3. extraction time per 1,000 prompts
+        if args.extract:
+            s = load_suite("organism-refusal")
+            pos, neg = s.contrast("train", args.extract // 2)
+            t0 = time.perf_counter()
+            extract_directions(h, s, "resid_post", limit=args.extract // 2, batch_size=32)
+            ours_s = time.perf_counter() - t0
+            theirs_s = w.ask(op="train", pairs=list(zip(pos, neg, strict=False)), layers=None, keep=False,
+                             batch_size=32)["seconds"]
+            n = len(pos) + len(neg)
+            report["extraction"] = {"prompts": n, "steerlab_s_per_1000": round(ours_s * 1000 / n, 2),
+                                    "steering_vectors_s_per_1000": round(theirs_s * 1000 / n, 2),
+                                    "sites": "every resid_post / every decoder layer"}
+    finally:
+        w.close()
+    if args.json == "-":
+        print(json.dumps(report, indent=2))
+    else:
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps({k: v for k, v in report.items() if k not in ("packages",)}, indent=1))
+    return 1 if report["failures"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
