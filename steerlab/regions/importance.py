@@ -103,9 +103,31 @@ class Importance:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
+def chunked_topk(x: Tensor, k: int, largest: bool = True, chunk: int = 1 << 20) -> tuple[Tensor, Tensor]:
+    """``x.topk(k, largest=largest)`` of a flat tensor (values and indices, sorted), in O(k + chunk) extra memory:
+    ``torch.topk`` on a 28M-entry matrix allocates ~16 bytes per entry; here each chunk's candidates are
+    merged into a running best ``k``.
+
+    >>> x = torch.tensor([3.0, 9.0, 1.0, 7.0, 5.0])
+    >>> chunked_topk(x, 2, chunk=2)[1].tolist(), chunked_topk(x, 2, largest=False, chunk=2)[1].tolist()
+    ([1, 3], [2, 0])
+    """
+    if x.numel() <= chunk:
+        return x.topk(k, largest=largest)
+    best_v = x.new_empty(0)
+    best_i = torch.empty(0, dtype=torch.long)
+    for start in range(0, x.numel(), chunk):
+        part = x[start : start + chunk]
+        v, i = part.topk(min(k, part.numel()), largest=largest)
+        cat_v, cat_i = torch.cat([best_v, v]), torch.cat([best_i, i + start])
+        sel_v, pos = cat_v.topk(min(k, cat_v.numel()), largest=largest)
+        best_v, best_i = sel_v, cat_i[pos]
+    return best_v, best_i
+
+
 def _fold_stats(imp: Tensor, k: int) -> tuple[Tensor, dict[str, float]]:
-    vals, idx = imp.topk(k)
-    total = float(imp.sum(dtype=torch.float64))
+    vals, idx = chunked_topk(imp, k)
+    total = float(imp.sum())
     share = float(vals.sum(dtype=torch.float64)) / total if total > 0 else 0.0
     return idx.to(torch.int32), {"sum": total, "max": float(vals[0]), "top_share": share}
 
@@ -195,7 +217,7 @@ def score_importance(
             offset += numel * 4
             k = keep_count(numel, keep)
             top[n], summary["all"][n] = _fold_stats(tot, k)
-            bottom[n] = tot.topk(k, largest=False).indices.to(torch.int32)
+            bottom[n] = chunked_topk(tot, k, largest=False)[1].to(torch.int32)
     seconds = time.perf_counter() - t0
     n_all = sum(tokens.values())
     config = {

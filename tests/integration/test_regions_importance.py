@@ -149,3 +149,13 @@ def test_bad_input_is_one_line_and_leaves_nothing(stories, tmp_path, monkeypatch
         pass
     assert not out.exists() and list(tmp_path.glob("steerlab-regions-*")) == []
     assert all(p.grad is None and not p.requires_grad for p in stories.model.parameters())
+
+
+def test_chunked_topk_equals_torch_topk():
+    x = torch.randn(3_000_001, generator=torch.Generator().manual_seed(0))
+    x[::7] = 0.5  # ties across chunks
+    for largest in (True, False):
+        for k in (1, 1000, 60_000):
+            v, i = I.chunked_topk(x, k, largest=largest)
+            ref = x.topk(k, largest=largest).values
+            assert torch.equal(v, ref) and torch.equal(x[i], ref) and i.unique().numel() == k
