@@ -34,3 +34,4 @@ bench: install
 	$(BIN)/python benchmarks/overhead.py --models smollm,moe --json docs/records/overhead_bench.json
 	$(BIN)/python benchmarks/sampling.py --json > docs/records/sampling_bench.json.tmp && mv docs/records/sampling_bench.json.tmp docs/records/sampling_bench.json
 	$(BIN)/python benchmarks/experts.py --json > docs/records/experts_bench.json.tmp && mv docs/records/experts_bench.json.tmp docs/records/experts_bench.json
+	$(BIN)/python benchmarks/preferences.py --json docs/records/preferences_bench.json
