@@ -52,7 +52,7 @@ torch.set_num_threads(1)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from steering_vectors import SteeringVector, train_steering_vector
 path, layer, mult = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-tok = AutoTokenizer.from_pretrained(path); tok.padding_side = "left"
+tok = AutoTokenizer.from_pretrained(path, extra_special_tokens={}); tok.padding_side = "left"  # a v5 config
 if tok.pad_token is None: tok.pad_token = tok.eos_token
 model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
 sv = None
@@ -66,13 +66,14 @@ for line in sys.stdin:
         secs = time.perf_counter() - t0
         if cmd.get("keep", True): sv = out
         reply({"seconds": secs, "layers": {str(k): v.tolist() for k, v in out.layer_activations.items()}})
-    elif cmd["op"] == "logits":
-        enc = tok(cmd["prompts"], return_tensors="pt", padding=True)
+    elif cmd["op"] == "logits":  # token ids come from steerlab's side: both models see the same input
+        enc = {k: torch.tensor(cmd[k]) for k in ("input_ids", "attention_mask")}
+        pos = (enc["attention_mask"].cumsum(-1) - 1).masked_fill(enc["attention_mask"] == 0, 1)
         with torch.no_grad(), sv.apply(model, multiplier=mult):
-            logits = model(**enc).logits
-        reply({"logits": logits.tolist(), "mask": enc["attention_mask"].tolist()})
+            logits = model(**enc, position_ids=pos).logits
+        reply({"logits": logits.tolist()})
     elif cmd["op"] == "generate":
-        enc = tok(cmd["prompts"], return_tensors="pt", padding=True)
+        enc = {k: torch.tensor(cmd[k]) for k in ("input_ids", "attention_mask")}
         n = cmd["tokens"]
         with torch.no_grad(), sv.apply(model, multiplier=mult):
             t0 = time.perf_counter()
@@ -146,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         trained = w.ask(op="train", pairs=PAIRS, layers=[LAYER])
         d = from_layer_vectors({int(k): torch.tensor(v) for k, v in trained["layers"].items()},
                                {"source": "steering-vectors train_steering_vector"})
-        theirs = w.ask(op="logits", prompts=PROMPTS)
-        t_logits, mask = torch.tensor(theirs["logits"]), torch.tensor(theirs["mask"]).bool()
-        ours = sl.forward(h, PROMPTS, interventions=as_interventions(d, MULTIPLIER))
+        enc = h.encode(PROMPTS)
+        ids = {k: enc[k].tolist() for k in ("input_ids", "attention_mask")}
+        t_logits = torch.tensor(w.ask(op="logits", **ids)["logits"])
+        mask = enc["attention_mask"].bool()
+        ours = sl.forward(h, dict(enc), interventions=as_interventions(d, MULTIPLIER))
         err = float((ours - t_logits).abs()[mask].max())
-        effect = float((sl.forward(h, PROMPTS) - t_logits).abs()[mask].max())
+        effect = float((sl.forward(h, dict(enc)) - t_logits).abs()[mask].max())
         report["interchange"] = {"max_abs_logit_diff": err, "tolerance": 1e-4, "steering_effect": effect,
                                  "site": d.sites[0], "passed": err <= 1e-4 and effect > 1e-2}
         if not report["interchange"]["passed"]:
@@ -165,13 +168,15 @@ def main(argv: list[str] | None = None) -> int:
                 out = sl.generate(h, prompts, interventions=ivs, max_new_tokens=args.tokens, stop_at_eos=False)
                 return time.perf_counter() - t0, out.token_ids
 
+            e = h.encode(prompts)
+            batch_ids = {k: e[k].tolist() for k in ("input_ids", "attention_mask")}
             ours_gen()
-            w.ask(op="generate", prompts=prompts, tokens=args.tokens)
+            w.ask(op="generate", tokens=args.tokens, **batch_ids)
             ratios, ts, tt = [], [], []
             for _ in range(args.rounds):
-                r = w.ask(op="generate", prompts=prompts, tokens=args.tokens)
-                s, ids = ours_gen()
-                if [list(map(int, x)) for x in ids] != r["ids"]:
+                r = w.ask(op="generate", tokens=args.tokens, **batch_ids)
+                s, new_ids = ours_gen()
+                if [list(map(int, x)) for x in new_ids] != r["ids"]:
                     report["failures"].append(f"batch {batch}: different token ids")
                 ratios.append(s / r["seconds"])
                 ts.append(s)
