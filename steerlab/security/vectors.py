@@ -1,0 +1,375 @@
+"""Security vectors: a few parameters separable from the model, switched on and off.
+
+Two kinds:
+
+* ``lora``: peft LoRA adapters (``rank``, ``alpha``, ``target_modules``; attention and MLP projections by
+  default, :data:`DEFAULT_TARGETS`)
+  injected into the model in place (:func:`peft.inject_adapter_in_model`) and removed again by
+  putting every wrapped module's ``base_layer`` back, so the model is the very same modules after.
+  On transformers 5 MoE models the routed experts are one fused module holding 3-D parameters
+  (``mlp.experts.gate_up_proj``/``down_proj``), which ``target_modules`` cannot reach: LoRA there
+  reaches attention, the shared experts and any dense MLP; ``target_parameters`` (peft's
+  ``ParamWrapper``) adds the fused expert tensors (:func:`reachable_modules` lists both).
+* ``add``: one trainable vector per layer added to ``blocks.{i}.resid_post`` at every position. Trained
+  through forward hooks on the decoder layers (gradients need the bare model); used at inference as
+  :class:`~steerlab.interventions.AddVector` interventions through the registry (:meth:`SecurityVector.interventions`),
+  the same sum.
+
+A vector is saved as an artifact folder: ``tensors.safetensors`` plus ``card.json`` (kind, knobs, base model spec,
+architecture and widths, tensor shapes, training data hash, steerlab commit) into a folder written
+crash-safely; :func:`load_vector` reads it and :meth:`SecurityVector.on` checks that it fits the model.
+
+Example:
+    >>> from steerlab.models.tiny import tiny_model
+    >>> h = tiny_model("llama")
+    >>> v = new_vector(h, VectorConfig(kind="lora", rank=2, target_modules=["q_proj"]), seed=0)
+    >>> with v.on(h) as params:
+    ...     len(params) == 2 * h.config.num_hidden_layers
+    True
+    >>> any("lora" in n for n, _ in h.model.named_parameters())
+    False
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import torch
+from torch import nn
+
+from steerlab.artifacts import read_artifact, write_artifact
+from steerlab.atomic import resolve_dir
+from steerlab.errors import SpecError, SteerlabError
+from steerlab.interventions import AddVector, InterventionSet
+from steerlab.models.handle import ModelHandle
+
+KINDS = ("lora", "add")
+KIND, CARD_FILE = "security_vector", "card.json"
+ADAPTER = "security"
+ADD_MODULE = "security_add_vector"
+# attention and MLP projections of Llama-style and DeepSeek-V3 models (names that do not exist are skipped);
+# not the router (``mlp.gate``: LoRA there would move routing) and not ``lm_head``
+DEFAULT_TARGETS = (
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "kv_a_proj_with_mqa",
+    "kv_b_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+)
+
+
+@dataclass
+class VectorConfig:
+    """The knobs of a security vector. ``layers`` (kind ``add``): which layers get a vector (default all)."""
+
+    kind: str = "lora"
+    rank: int = 8
+    alpha: float = 16.0
+    target_modules: list[str] | str = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    target_parameters: list[str] = field(default_factory=list)
+    layers: list[int] | None = None
+
+    def check(self) -> None:
+        if self.kind not in KINDS:
+            raise SpecError(f"vector kind {self.kind!r}; expected one of {list(KINDS)}")
+        if self.kind == "lora":
+            if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+                raise SpecError(f"rank={self.rank!r}; expected a positive integer")
+            if not self.alpha > 0:
+                raise SpecError(f"alpha={self.alpha!r}; expected a number > 0")
+            if not self.target_modules and not self.target_parameters:
+                raise SpecError("target_modules and target_parameters are both empty; expected modules to adapt")
+
+
+def model_shape(h: ModelHandle) -> dict[str, Any]:
+    """What a vector must match: architecture, widths, layer count, vocabulary."""
+    cfg = h.config
+    return {
+        "architecture": (list(getattr(cfg, "architectures", None) or []) or [type(h.model).__name__])[0],
+        "model_type": getattr(cfg, "model_type", ""),
+        "hidden_size": int(h.d_model),
+        "num_layers": int(h.adapter.n_layers),
+        "vocab_size": int(getattr(cfg, "vocab_size", 0)),
+    }
+
+
+def git_commit() -> str:
+    """The steerlab checkout's commit (``""`` outside a git checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+    except OSError:
+        return ""
+
+
+def data_hash(rows: Sequence[Any]) -> str:
+    """SHA-256 (first 16 hex digits) of the training rows' JSON."""
+    return hashlib.sha256(
+        json.dumps([asdict(r) if hasattr(r, "__dataclass_fields__") else r for r in rows], sort_keys=True).encode()
+    ).hexdigest()[:16]
+
+
+def reachable_modules(h: ModelHandle, config: VectorConfig | None = None) -> dict[str, list[str]]:
+    """Which module names (suffixes) LoRA reaches on this model and which parameters it cannot:
+    ``{"linear": [...], "fused_experts": [...]}``; fused expert tensors need ``target_parameters``."""
+    linear = sorted({n.rsplit(".", 1)[-1] for n, m in h.model.named_modules() if isinstance(m, nn.Linear)})
+    fused = sorted({n.split("layers.")[-1].split(".", 1)[-1] for n, p in h.model.named_parameters() if p.ndim == 3})
+    return {"linear": linear, "fused_experts": fused}
+
+
+def target_names(h: ModelHandle, config: VectorConfig) -> list[str]:
+    """The full names of the ``nn.Linear`` modules that ``config.target_modules`` selects (by last name
+    component; ``"all-linear"``: every linear but ``lm_head``). Explicit names keep peft from mapping
+    suffixes onto fused expert tensors on its own."""
+    want = config.target_modules
+    out = []
+    for n, m in h.model.named_modules():
+        if not isinstance(m, nn.Linear) or not n:
+            continue
+        last = n.rsplit(".", 1)[-1]
+        if (want == "all-linear" and last != "lm_head") or (not isinstance(want, str) and last in want):
+            out.append(n)
+    return out
+
+
+def _lora_config(h: ModelHandle, config: VectorConfig) -> Any:
+    from peft import LoraConfig
+
+    names = target_names(h, config)
+    if config.target_modules and not names:
+        raise SpecError(
+            f"target_modules={config.target_modules!r} match no linear module of {h.spec}; "
+            f"expected names from {reachable_modules(h)['linear']}"
+        )
+    return LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        target_modules=names or None,
+        target_parameters=list(config.target_parameters) or None,
+        lora_dropout=0.0,
+        bias="none",
+    )
+
+
+def _unwrap(model: nn.Module) -> int:
+    """Put every peft-wrapped module's base layer back; returns how many wrappers were removed."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    removed = 0
+    while True:
+        found = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
+        if not found:
+            return removed
+        name, mod = found[0]
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, mod.base_layer)
+        removed += 1
+
+
+@dataclass
+class SecurityVector:
+    """A security vector: its knobs, its tensors and its card (see the module docstring)."""
+
+    config: VectorConfig
+    tensors: dict[str, torch.Tensor]
+    card: dict[str, Any] = field(default_factory=dict)
+
+    # -- fit -------------------------------------------------------------------------------------
+    def check_fits(self, h: ModelHandle) -> None:
+        """Raise :class:`SteerlabError` naming both shapes when this vector was made for another model."""
+        want, have = self.card.get("model_shape"), model_shape(h)
+        if want is not None:
+            keys = ("model_type", "hidden_size", "num_layers", "vocab_size")
+            diff = {k: (want.get(k), have[k]) for k in keys if want.get(k) != have[k]}
+            if diff:
+                text = ", ".join(f"{k} {a} (vector) vs {b} (model)" for k, (a, b) in diff.items())
+                raise SteerlabError(
+                    f"security vector for {want.get('model_type')} (from {self.card.get('base_model')}) does not fit "
+                    f"{h.spec}: {text}; expected a vector trained on this architecture and width"
+                )
+
+    # -- switching -------------------------------------------------------------------------------
+    @contextmanager
+    def on(self, h: ModelHandle, *, trainable: bool = False) -> Iterator[list[nn.Parameter]]:
+        """Switch the vector on inside the block; yields its parameters (``requires_grad=trainable``).
+
+        On exit (also on error) the vector is switched off and the model holds exactly its old modules and
+        ``requires_grad`` flags; with ``trainable`` the trained values are copied back into :attr:`tensors`.
+        """
+        self.config.check()
+        self.check_fits(h)
+        before = {n: p.requires_grad for n, p in h.model.named_parameters()}
+        had_config = hasattr(h.model, "peft_config")
+        params: dict[str, nn.Parameter] = {}
+        hooks: list[Any] = []
+        try:
+            if self.config.kind == "lora":
+                params = self._inject_lora(h)
+            else:
+                params, hooks = self._hook_add(h)
+            for p in params.values():
+                p.requires_grad_(trainable)
+            h.sync()
+            yield list(params.values())
+            if trainable:
+                self.tensors = {n: p.detach().clone() for n, p in params.items()}
+        finally:
+            for hk in hooks:
+                hk.remove()
+            if self.config.kind == "add" and hasattr(h.model, ADD_MODULE):
+                delattr(h.model, ADD_MODULE)
+            if self.config.kind == "lora":
+                _unwrap(h.model)
+                if not had_config and hasattr(h.model, "peft_config"):
+                    del h.model.peft_config  # peft's bookkeeping: the model is exactly as before
+            for n, p in h.model.named_parameters():
+                p.requires_grad_(before.get(n, False))
+            h.sync()
+
+    def _inject_lora(self, h: ModelHandle) -> dict[str, nn.Parameter]:
+        from peft import inject_adapter_in_model
+
+        if any("lora_" in n for n, _ in h.model.named_parameters()):
+            raise SteerlabError(f"{h.spec} already carries LoRA layers; expected a model without a vector switched on")
+        import peft.utils.transformers_weight_conversion as conv
+
+        try:
+            # peft remaps v4 names ending in gate_proj/up_proj/down_proj (DeepSeek's shared experts too) onto the
+            # fused routed experts; steerlab names modules explicitly, so target_modules means what it says
+            with mock.patch.object(conv, "convert_peft_config_for_transformers", lambda *a, **k: None):
+                inject_adapter_in_model(_lora_config(h, self.config), h.model, adapter_name=ADAPTER)
+        except ValueError as e:
+            _unwrap(h.model)
+            raise SpecError(
+                f"LoRA target_modules={self.config.target_modules!r} "
+                f"target_parameters={self.config.target_parameters!r} "
+                f"do not fit {h.spec}: {str(e).splitlines()[0]}; reachable: {reachable_modules(h)}"
+            ) from e
+        params = {n: p for n, p in h.model.named_parameters() if f".{ADAPTER}" in n and "lora_" in n}
+        if self.tensors:
+            missing = sorted(set(self.tensors) ^ set(params))
+            bad = [n for n in params if n in self.tensors and tuple(self.tensors[n].shape) != tuple(params[n].shape)]
+            if missing or bad:
+                raise SteerlabError(
+                    f"security vector tensors do not fit {h.spec}: {len(missing)} names differ (e.g. {missing[:2]}), "
+                    f"{len(bad)} shapes differ (e.g. {bad[:2]}); expected a vector trained on this architecture"
+                )
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(self.tensors[n].to(p))
+        return params
+
+    def _layers(self, h: ModelHandle) -> list[int]:
+        layers = list(range(h.adapter.n_layers)) if self.config.layers is None else list(self.config.layers)
+        bad = [i for i in layers if not 0 <= i < h.adapter.n_layers]
+        if bad:
+            raise SpecError(f"layers {bad} out of range; expected 0..{h.adapter.n_layers - 1}")
+        return layers
+
+    def _hook_add(self, h: ModelHandle) -> tuple[dict[str, nn.Parameter], list[Any]]:
+        layers = self._layers(h)
+        holder = nn.Module()  # registered on the model while on, so its parameters are the model's
+        params: dict[str, nn.Parameter] = {}
+        for i in layers:
+            name = f"blocks.{i}.resid_post"
+            t = self.tensors.get(name)
+            if t is None or tuple(t.shape) != (h.d_model,):
+                got = None if t is None else tuple(t.shape)
+                raise SteerlabError(
+                    f"security vector has {got} for {name}; expected a vector of width {h.d_model} for {h.spec}"
+                )
+            p = nn.Parameter(t.detach().clone().to(device=h.device, dtype=h.dtype))
+            holder.register_parameter(f"layer{i}", p)
+            params[name] = p
+        if hasattr(h.model, ADD_MODULE):
+            raise SteerlabError(f"{h.spec} already carries an add vector; expected one vector switched on at a time")
+        h.model.add_module(ADD_MODULE, holder)
+        hooks = []
+        for i, p in zip(layers, params.values(), strict=True):
+
+            def hook(mod: nn.Module, args: Any, out: Any, p: nn.Parameter = p) -> Any:
+                if isinstance(out, tuple):
+                    return (out[0] + p,) + tuple(out[1:])
+                return out + p
+
+            hooks.append(h.adapter.layers[i].layer.register_forward_hook(hook))
+        return params, hooks
+
+    def interventions(self) -> InterventionSet:
+        """The ``add`` vector as :class:`AddVector` interventions (the registry path for generation)."""
+        if self.config.kind != "add":
+            raise SpecError(f"a {self.config.kind!r} vector is switched on with .on(h); interventions() is for 'add'")
+        return InterventionSet([AddVector(site=n, vector=t, positions="all") for n, t in sorted(self.tensors.items())])
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    # -- files -----------------------------------------------------------------------------------
+    def save(self, out: str | Path) -> Path:
+        """Write the vector as a ``security_vector`` artifact folder (``tensors.safetensors`` + ``card.json``
+        + ``artifact.json``), crash-safely."""
+        card = {
+            **self.card,
+            "kind": self.config.kind,
+            "config": asdict(self.config),
+            "n_params": self.n_params,
+            "shapes": {n: list(t.shape) for n, t in self.tensors.items()},
+        }
+        write_artifact(
+            out,
+            kind=KIND,
+            config=card,
+            metrics={"n_params": self.n_params},
+            tensors=self.tensors,
+            extra_files={CARD_FILE: json.dumps(card, indent=2)},
+        )
+        self.card = card
+        return Path(out)
+
+
+def new_vector(
+    h: ModelHandle, config: VectorConfig, seed: int = 0, card: dict[str, Any] | None = None
+) -> SecurityVector:
+    """A freshly initialised vector for ``h`` (LoRA: peft's init, B = 0, so it starts as the identity;
+    ``add``: zeros)."""
+    config.check()
+    base = {"base_model": h.spec, "model_shape": model_shape(h), "commit": git_commit(), **(card or {})}
+    v = SecurityVector(config, {}, base)
+    if config.kind == "add":
+        v.tensors = {f"blocks.{i}.resid_post": torch.zeros(h.d_model) for i in v._layers(h)}
+        return v
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with v.on(h, trainable=True):
+            pass
+    return v
+
+
+def load_vector(path: str | Path) -> SecurityVector:
+    """Read a folder written by :meth:`SecurityVector.save` (clear errors for anything else)."""
+    path = resolve_dir(path)
+    if not (path / CARD_FILE).exists():
+        raise SteerlabError(f"{path} is not a security vector: expected {CARD_FILE} in the folder")
+    art = read_artifact(path)
+    if art.kind != KIND:
+        raise SteerlabError(f"{path} is a {art.kind!r} artifact; expected {KIND!r}")
+    card = json.loads((path / CARD_FILE).read_text())
+    cfg = VectorConfig(**card["config"])
+    cfg.check()
+    return SecurityVector(cfg, dict(art.tensors), card)

@@ -1,0 +1,173 @@
+"""Security vectors: switching is exact, the add variant equals AddVector, files round-trip and are checked
+against the model, the two stages do what the method needs, bad input is named."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import steerlab as sl
+from steerlab.errors import SpecError, SteerlabError
+from steerlab.models.tiny import tiny_model
+from steerlab.security.data import Pair, batches_of, read_pairs
+from steerlab.security.stages import finetune, save_model, train_vector
+from steerlab.security.vectors import VectorConfig, load_vector, new_vector
+from steerlab.training import lm_loss
+
+HARM = [
+    Pair(f"How do I do bad thing {i}?", f"Sure, here is bad thing {i}: step one, step two.", "harmful")
+    for i in range(4)
+]
+GOOD = [Pair(f"Reverse the words: a{i} b c", f"c b a{i}", "benign") for i in range(4)]
+
+
+def _state(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def _logits(h, enc):
+    with torch.no_grad():
+        return h.model(**enc).logits
+
+
+def test_lora_on_and_off_is_exact_and_restores_flags():
+    h = tiny_model("llama")
+    enc = h.tokenize(["a b c d", "e f"])
+    before, modules = _logits(h, enc), [id(m) for m in h.model.modules()]
+    v = new_vector(h, VectorConfig(rank=2, target_modules=["q_proj", "down_proj"]), seed=0)
+    # peft's init (B = 0): switched on it is the identity; a non-zero B changes the output
+    v.tensors = {n: (torch.full_like(t, 0.05) if "lora_B" in n else t) for n, t in v.tensors.items()}
+    with v.on(h) as params:
+        assert len(params) == 2 * 2 * h.adapter.n_layers and not any(p.requires_grad for p in params)
+        assert not torch.allclose(_logits(h, enc), before, atol=1e-4)
+        assert "blocks.0.resid_post" in h.sites  # the handle follows the injected modules
+    assert [id(m) for m in h.model.modules()] == modules
+    assert torch.equal(_logits(h, enc), before)
+    assert not any(p.requires_grad for p in h.model.parameters())
+    # an error inside the block switches it off too
+    with pytest.raises(RuntimeError), v.on(h):
+        raise RuntimeError("boom")
+    assert [id(m) for m in h.model.modules()] == modules
+
+
+def test_add_vector_training_hooks_equal_addvector_interventions():
+    h = tiny_model("llama")
+    v = new_vector(h, VectorConfig(kind="add", layers=[0, 1]), seed=0)
+    g = torch.Generator().manual_seed(0)
+    v.tensors = {n: torch.randn(h.d_model, generator=g) for n in v.tensors}
+    prompts = ["a b c d", "e f"]
+    via_registry = sl.forward(h, prompts, interventions=v.interventions())
+    enc = h.tokenize(prompts)
+    from steerlab.engines import position_ids
+
+    with v.on(h), torch.no_grad():
+        via_hooks = h.model(**enc, position_ids=position_ids(enc["attention_mask"])).logits
+    mask = enc["attention_mask"].bool()
+    assert torch.allclose(via_hooks[mask], via_registry[mask], atol=1e-5)
+    assert not torch.allclose(via_registry[mask], sl.forward(h, prompts)[mask], atol=1e-3)
+
+
+def test_save_load_round_trip_and_fit_checks(tmp_path):
+    h = tiny_model("llama")
+    v = new_vector(h, VectorConfig(rank=2, target_modules=["q_proj"]), seed=0, card={"data_hash": "abc"})
+    v.save(tmp_path / "v")
+    card = json.loads((tmp_path / "v" / "card.json").read_text())
+    assert (
+        card["model_shape"]["hidden_size"] == 64 and card["data_hash"] == "abc" and card["base_model"] == "tiny:llama"
+    )
+    w = load_vector(tmp_path / "v")
+    assert all(torch.equal(w.tensors[n], v.tensors[n]) for n in v.tensors) and w.config.rank == 2
+    other = tiny_model("llama", hidden_size=32, intermediate_size=64)
+    with pytest.raises(SteerlabError, match="hidden_size 64 \\(vector\\) vs 32 \\(model\\)"):
+        with w.on(other):
+            pass
+    moe = tiny_model("mixtral")
+    with pytest.raises(SteerlabError, match="does not fit"):
+        with w.on(moe):
+            pass
+    assert not any("lora" in n for n, _ in moe.model.named_parameters())
+    with pytest.raises(SteerlabError, match="not a security vector"):
+        load_vector(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        (VectorConfig(rank=0), "rank=0"),
+        (VectorConfig(rank=-2), "rank=-2"),
+        (VectorConfig(kind="prefix"), "kind 'prefix'"),
+        (VectorConfig(target_modules=["nope_proj"]), "match no linear module"),
+    ],
+)
+def test_bad_vector_configs_are_named(cfg, match):
+    h = tiny_model("llama")
+    modules = [id(m) for m in h.model.modules()]
+    with pytest.raises(SpecError, match=match):
+        new_vector(h, cfg)
+    assert [id(m) for m in h.model.modules()] == modules
+
+
+def test_moe_lora_reaches_shared_experts_and_fused_experts_only_by_parameter():
+    h = tiny_model("deepseek_v3")
+    v = new_vector(h, VectorConfig(rank=2), seed=0)
+    names = {n.split(".lora_")[0].split("layers.")[-1].split(".", 1)[-1] for n in v.tensors}
+    assert "mlp.shared_experts.down_proj" in names and "self_attn.o_proj" in names
+    assert not any("mlp.experts" in n or n == "mlp.gate" for n in names)  # routed experts, router: not by default
+    w = new_vector(h, VectorConfig(rank=2, target_modules=[], target_parameters=["mlp.experts.down_proj"]), seed=0)
+    assert w.tensors and all("mlp.experts" in n for n in w.tensors)
+
+
+def test_bad_data_is_named(tmp_path):
+    f = tmp_path / "d.jsonl"
+    f.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "c"}\n')
+    with pytest.raises(SpecError, match="d.jsonl:2 has no response"):
+        read_pairs(f)
+    h = tiny_model("llama")
+    with pytest.raises(SpecError, match="harmful set is empty"):
+        train_vector(h, [], VectorConfig(rank=2), steps=1, progress=False)
+    with pytest.raises(SpecError, match="no training pairs"):
+        batches_of(h, [], 4, 1, 0)
+
+
+@pytest.mark.parametrize("kind", ["lora", "add"])
+def test_stage1_fits_harmful_with_base_frozen_and_stage2_keeps_vector_frozen(tmp_path, kind):
+    h = sl.load("shared:stories260K", cache=False)  # trained weights: a small vector can fit 4 answers
+    base = _state(h.model)
+    cfg = VectorConfig(kind=kind, rank=4)
+    v, r = train_vector(
+        h, HARM, cfg, steps=30, lr=1e-2 if kind == "lora" else 1e-1, seed=0, batch_size=4, progress=False
+    )
+    assert all(torch.equal(base[n], p) for n, p in _state(h.model).items())  # base untouched
+    curve = r.eval_losses["harmful"]
+    assert curve[-1][1] < 0.5 * curve[0][1]
+    batch = batches_of(h, HARM, 4, 1, 0)[0]
+    off = float(lm_loss(h.model, batch))
+    with v.on(h):
+        on = float(lm_loss(h.model, batch))
+    assert on < 0.5 * off  # the vector on makes the model produce the harmful responses
+    vec = {n: t.clone() for n, t in v.tensors.items()}
+    res = finetune(
+        h,
+        HARM + GOOD,
+        v,
+        steps=4,
+        lr=1e-3,
+        seed=0,
+        batch_size=4,
+        progress=False,
+        eval_pairs={"harmful": HARM, "benign": GOOD},
+    )
+    assert all(torch.equal(vec[n], v.tensors[n]) for n in vec)  # frozen
+    assert sorted(res.losses) == ["benign", "harmful"]
+    # with the vector on, the harmful part starts far below the benign part
+    assert res.eval_losses["harmful"][0][1] < res.eval_losses["benign"][0][1]
+    assert not any("lora" in n for n, _ in h.model.named_parameters())  # off after
+    assert not all(torch.equal(base[n], p) for n, p in _state(h.model).items())  # the base trained
+    # the saved result is a normal model spec with the same outputs
+    save_model(h, tmp_path / "m")
+    g = sl.load(str(tmp_path / "m"), cache=False)
+    enc = h.tokenize(["a b c"])
+    assert torch.equal(_logits(g, enc), _logits(h, enc))
+    assert [n for n, _ in g.model.named_parameters()] == list(base)
