@@ -6,7 +6,9 @@ virtualenv (default ``/tmp/sv``: its own transformers 4.57, huggingface_hub and 
 runs a worker there that answers over a pipe. Both sides load the same HF folder (default the shared
 ``stories260K``).
 
-1. **Interchange**: the worker trains a steering vector with ``steering_vectors.train_steering_vector``
+1. **Interchange** (also with repeng: its ``ControlVector`` trained, exported with its own ``export_gguf``,
+   read by :func:`steerlab.steering.interchange.import_gguf`, its ``ControlModel`` logits reproduced within
+   ``1e-4``): the worker trains a steering vector with ``steering_vectors.train_steering_vector``
    (mean of paired differences at one decoder layer) and returns it with its own steered logits
    (``SteeringVector.apply(model, multiplier=M)``); steerlab imports the vector
    (:func:`steerlab.steering.interchange.from_layer_vectors`) and reproduces those logits with
@@ -44,7 +46,8 @@ PAIRS = [("I love the happy sun", "I hate the sad rain"), ("The dog was very kin
          ("She smiled and laughed", "She cried and shouted"), ("It was a wonderful day", "It was a terrible day"),
          ("The cake was sweet and good", "The cake was bitter and bad"), ("He was glad", "He was angry")]
 LAYER, MULTIPLIER = 2, 4.0
-SV_PACKAGES = ["steering-vectors==0.12.2", "transformers==4.57.*", "huggingface_hub<1.0", "tokenizers<0.23,>=0.22"]
+SV_PACKAGES = ["steering-vectors==0.12.2", "repeng==0.4.0", "transformers==4.57.*", "huggingface_hub<1.0",
+               "tokenizers<0.23,>=0.22", "numpy==1.26.*"]
 
 WORKER = r'''
 import json, sys, time, torch
@@ -72,6 +75,19 @@ for line in sys.stdin:
         with torch.no_grad(), sv.apply(model, multiplier=mult):
             logits = model(**enc, position_ids=pos).logits
         reply({"logits": logits.tolist()})
+    elif cmd["op"] == "repeng":  # repeng trains (PCA of paired differences), exports GGUF, steers
+        from repeng import ControlModel, ControlVector, DatasetEntry
+        cm = ControlModel(model, list(range(1, model.config.num_hidden_layers)))
+        v = ControlVector.train(cm, tok, [DatasetEntry(positive=a, negative=b) for a, b in cmd["pairs"]],
+                                method="pca_diff")
+        v.export_gguf(cmd["gguf"])
+        cm.set_control(v, cmd["coeff"])
+        enc = {k: torch.tensor(cmd[k]) for k in ("input_ids", "attention_mask")}
+        with torch.no_grad():
+            logits = cm(**enc).logits
+        cm.reset()
+        cm.unwrap()
+        reply({"logits": logits.tolist()})
     elif cmd["op"] == "generate":
         enc = {k: torch.tensor(cmd[k]) for k in ("input_ids", "attention_mask")}
         n = cmd["tokens"]
@@ -87,7 +103,7 @@ for line in sys.stdin:
 def ensure_venv(venv: Path) -> Path:
     """The steering-vectors virtualenv: built on first use, never touching steerlab's own environment."""
     py = venv / "bin" / "python"
-    if py.exists() and subprocess.run([str(py), "-c", "import steering_vectors, transformers"],
+    if py.exists() and subprocess.run([str(py), "-c", "import steering_vectors, repeng, transformers"],
                                       capture_output=True).returncode == 0:
         return py
     subprocess.run([str(Path(sys.base_prefix) / "bin" / "python3"), "-m", "venv", str(venv)], check=True)
@@ -158,6 +174,25 @@ def main(argv: list[str] | None = None) -> int:
                                  "site": d.sites[0], "passed": err <= 1e-4 and effect > 1e-2}
         if not report["interchange"]["passed"]:
             report["failures"].append(f"logits differ by {err:.3g} (effect {effect:.3g})")
+        # 1b. repeng: its control vector through its own GGUF export, its steered logits reproduced here
+        import tempfile
+
+        from steerlab.steering.interchange import import_gguf
+
+        one = h.encode(PROMPTS[:1])  # one prompt, no padding (repeng masks the positions before position 0)
+        with tempfile.TemporaryDirectory() as tmp:
+            gguf = str(Path(tmp) / "repeng.gguf")
+            rp = w.ask(op="repeng", pairs=PAIRS, gguf=gguf, coeff=2.0,
+                       **{k: one[k].tolist() for k in ("input_ids", "attention_mask")})
+            rd = import_gguf(gguf)
+        r_theirs = torch.tensor(rp["logits"])
+        r_ours = sl.forward(h, dict(one), interventions=as_interventions(rd, 2.0))
+        r_err = float((r_ours - r_theirs).abs().max())
+        r_eff = float((sl.forward(h, dict(one)) - r_theirs).abs().max())
+        report["repeng_interchange"] = {"max_abs_logit_diff": r_err, "tolerance": 1e-4, "steering_effect": r_eff,
+                                        "sites": rd.sites, "coeff": 2.0, "passed": r_err <= 1e-4 and r_eff > 1e-2}
+        if not report["repeng_interchange"]["passed"]:
+            report["failures"].append(f"repeng logits differ by {r_err:.3g} (effect {r_eff:.3g})")
         # 2. throughput, interleaved rounds after a warm-up, same ids asserted
         ivs = as_interventions(d, MULTIPLIER)
         for batch in (1, 8):
