@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # each registers its kinds in .artifact
 ANALYSES = ("steerlab.experts", "steerlab.decoding", "steerlab.steering", "steerlab.regions",
-            "steerlab.preferences")
+            "steerlab.preferences", "steerlab.security")
 
 
 def artifact_kinds() -> tuple[ArtifactKind, ...]:

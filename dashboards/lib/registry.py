@@ -36,6 +36,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("regions", "Regions", "app_pages/regions.py", ":material/grid_on:", "steerlab.regions"),
     PageSpec("preferences", "Preferences", "app_pages/preferences.py", ":material/balance:", "steerlab.preferences"),
     PageSpec("steer", "Steer", "app_pages/steer.py", ":material/explore:", "steerlab.steering.vectors"),
+    PageSpec("security", "Security", "app_pages/security.py", ":material/shield:", "steerlab.security"),
     PageSpec("runs", "Runs", "app_pages/runs.py", ":material/folder_open:"),
 )
 

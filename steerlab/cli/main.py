@@ -3,7 +3,7 @@ ends as one line and exit status 2 (:class:`steerlab.cli.common.Group`)."""
 
 from __future__ import annotations
 
-from steerlab.cli import core, dashboard, experts, organisms, prefs, regions, sampling, serve, steer, suites
+from steerlab.cli import core, dashboard, experts, organisms, prefs, regions, sampling, security, serve, steer, suites
 from steerlab.cli.common import typer_app
 
 app = typer_app("Steering and analysis workbench for dense and MoE transformer language models.", name="steerlab")
@@ -19,6 +19,7 @@ app.add_typer(experts.app, name="experts")
 app.add_typer(steer.app, name="steer")
 app.add_typer(regions.app, name="regions")
 app.add_typer(prefs.app, name="prefs")
+app.add_typer(security.app, name="security")
 
 
 def main() -> None:  # pragma: no cover

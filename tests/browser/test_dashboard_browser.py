@@ -150,6 +150,11 @@ def _seed_runs(root: Path) -> None:
                             "steered": [row([",", " a", " happy", " dog"], 0.6)]})
     write_artifact(root / "seeded-comparison", **comparison_payload(cmp))
 
+    from steerlab.security.artifact import write_sweep
+    from steerlab.security.experiment import demo_record
+
+    write_sweep(root / "security-demo", demo_record())  # a hand-written sweep record (no model) for the Security page
+
 
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory, pytestconfig):
@@ -209,6 +214,7 @@ OWN_CONTENT = {
     "regions": lambda page: page.get_by_role("tab", name="Perturb and generate"),
     "preferences": lambda page: page.get_by_role("tab", name="Judge similarity"),
     "steer": lambda page: page.get_by_role("tab", name="Probes"),
+    "security": lambda page: page.get_by_role("tab", name="Loss curves"),
     "runs": lambda page: page.get_by_text("Configuration", exact=True),
 }
 
@@ -436,3 +442,20 @@ def test_steer_page_extracts_a_direction_and_profiles_probes(dash):
     assert "held-out accuracy" in panel.locator(".js-plotly-plot").first.inner_text()
     _assert_clean(page)
     _screenshot(page, "steer")
+def test_security_page_curves_and_loss(dash):
+    page = dash.page
+    page.goto(f"{dash.url}/security")
+    _settle(page)
+    assert page.locator("h1").first.inner_text() == "Security"
+    plot = page.locator(".js-plotly-plot").first
+    plot.wait_for()
+    assert "harmful fine-tuning samples" in plot.inner_text() and "with security vector" in plot.inner_text()
+    _assert_clean(page)
+    _screenshot(page, "security")
+    page.get_by_role("tab", name="Loss curves").click()
+    panel = page.get_by_role("tabpanel", name="Loss curves")
+    panel.locator(".js-plotly-plot").first.wait_for()
+    assert "Loss per data part" in panel.inner_text()
+    page.get_by_role("tab", name="Side by side").click()
+    page.get_by_text("Recorded answers").wait_for()
+    _assert_clean(page)

@@ -38,6 +38,8 @@ PRODUCER_TESTS = {
     "regions_freeze": "tests/integration/test_regions_cli.py",
     **{k: "tests/integration/test_steer_cli.py" for k in ("steering_directions", "steering_probes", "steering_sweep",
                                                           "steering_refusal")},
+    "security_vector": "tests/integration/test_security.py", "security_finetune": "tests/integration/test_security.py",
+    "security_sweep": "tests/integration/test_security.py",
 }
 
 

@@ -1,0 +1,252 @@
+"""``steerlab security``: security vectors that make harmful behaviour unlearnable (Zhou et al. 2024)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
+
+app = typer_app("Security vectors: train one on harmful data, fine-tune with it on, evaluate the sweep.")
+
+HARMFUL_HELP = "Harmful pairs: organism (the organism corpus's compliant answers), advbench, or a JSONL file."
+
+
+def _csv(text: str | None) -> list[str]:
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _ints(text: str, opt: str) -> list[int]:
+    from steerlab.errors import SpecError
+
+    try:
+        vals = [int(t) for t in _csv(text)]
+    except ValueError:
+        raise SpecError(f"{opt} {text!r}; expected comma-separated integers, e.g. 0,100,300,1000") from None
+    if not vals or any(v < 0 for v in vals):
+        raise SpecError(f"{opt} {text!r}; expected comma-separated integers >= 0")
+    return vals
+
+
+def _vector_config(kind: str, rank: int, alpha: float, targets: str | None, params: str | None, layers: str | None):
+    from steerlab.security.vectors import VectorConfig
+
+    cfg = VectorConfig(kind=kind, rank=rank, alpha=alpha)
+    if targets is not None:
+        cfg.target_modules = "all-linear" if targets == "all-linear" else _csv(targets)
+    cfg.target_parameters = _csv(params)
+    cfg.layers = _ints(layers, "--layers") if layers else None
+    cfg.check()
+    return cfg
+
+
+@app.command("train-vector")
+def train_vector_cmd(
+    model: str = typer.Argument(..., help="Model spec (e.g. organism:dense)."),
+    harmful: str = typer.Option("organism", "--harmful", help=HARMFUL_HELP),
+    n: int = typer.Option(100, "--n", help="Harmful pairs to train on.", **AT_LEAST_1),
+    kind: str = typer.Option("lora", "--kind", help="lora (peft) or add (a vector per layer on resid_post)."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
+    targets: str = typer.Option(None, "--target-modules", help="LoRA modules (comma-separated names, all-linear)."),
+    target_params: str = typer.Option(
+        None, "--target-parameters", help="Fused expert tensors, e.g. mlp.experts.down_proj."
+    ),
+    layers: str = typer.Option(None, "--layers", help="Layers of an add vector (default all)."),
+    epochs: int = typer.Option(8, "--epochs", **AT_LEAST_1),
+    lr: float = typer.Option(2e-3, "--lr"),
+    batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    out: Path = typer.Option(..., "--out", help="Vector folder to write."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Stage 1: train only the vector on harmful prompt/response pairs (base weights frozen)."""
+    import steerlab as sl
+    from steerlab.security.data import harmful_pool
+    from steerlab.security.stages import train_vector
+
+    cfg = _vector_config(kind, rank, alpha, targets, target_params, layers)
+    pairs = harmful_pool(harmful, seed=seed)[:n]
+    h = sl.load(model, cache=False)
+    ckpt = out.with_name(f".{out.name}.ckpt")
+    v, res = train_vector(
+        h, pairs, cfg, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, checkpoint_dir=ckpt, progress=True
+    )
+    v.card["curves"] = {
+        "loss": [[s, x] for s, x in res.losses["harmful"]],
+        "eval": [[s, x] for s, x in res.eval_losses["harmful"]],
+    }
+    v.save(out)
+    _drop(ckpt)
+    info = {
+        "artifact": str(out),
+        "kind": v.config.kind,
+        "n_params": v.n_params,
+        "pairs": len(pairs),
+        "eval_loss": {"start": res.eval_losses["harmful"][0][1], "end": res.eval_losses["harmful"][-1][1]},
+    }
+    if as_json:
+        emit(info)
+    else:
+        typer.echo(
+            f"wrote {out}: {v.n_params} parameters; harmful loss {info['eval_loss']['start']:.3f} -> "
+            f"{info['eval_loss']['end']:.3f}"
+        )
+
+
+def _drop(ckpt: Path) -> None:
+    import shutil
+
+    shutil.rmtree(ckpt, ignore_errors=True)
+
+
+@app.command("finetune")
+def finetune_cmd(
+    model: str = typer.Argument(..., help="Model spec to fine-tune."),
+    data: str = typer.Option(
+        "organism",
+        "--data",
+        help="organism (harmful pairs + the benign skill) or a JSONL file of prompt/response/part rows.",
+    ),
+    n_harmful: int = typer.Option(1000, "--n-harmful", help="Harmful pairs (with --data organism).", **AT_LEAST_0),
+    n_benign: int = typer.Option(320, "--n-benign", help="Benign skill pairs (with --data organism).", **AT_LEAST_0),
+    skill: str = typer.Option("repeat", "--skill", help="The benign skill: repeat or reverse a word list."),
+    skip: int = typer.Option(100, "--skip", help="Harmful pairs skipped first (those the vector saw).", **AT_LEAST_0),
+    vector: Path = typer.Option(None, "--vector", help="A security vector folder, switched on and frozen."),
+    epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (a normal model spec afterwards)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Stage 2: fine-tune the whole model with the vector on and frozen; the saved model has it off.
+
+    An interrupted run resumes from ``.OUT.ckpt`` beside ``--out`` when started again with the same options."""
+    import steerlab as sl
+    from steerlab.security.artifact import write_finetune
+    from steerlab.security.data import benign_pairs, harmful_pool, read_pairs, summary
+    from steerlab.security.stages import finetune
+    from steerlab.security.vectors import data_hash, load_vector
+
+    if data == "organism":
+        pairs = harmful_pool("organism", seed=seed)[skip : skip + n_harmful] + benign_pairs(
+            n_benign, "train", seed, skill
+        )
+    else:
+        pairs = read_pairs(data)
+    vec = load_vector(vector) if vector is not None else None
+    h = sl.load(model, cache=False)
+    if vec is not None:
+        vec.check_fits(h)
+    ckpt = out.with_name(f".{out.name}.ckpt")
+    res = finetune(
+        h,
+        pairs,
+        vec,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        batch_size=batch_size,
+        checkpoint_dir=ckpt,
+        eval_pairs={part: [p for p in pairs if p.part == part] for part in summary(pairs)},
+    )
+    config = {
+        "model": model,
+        "data": data,
+        "pairs": summary(pairs),
+        "data_hash": data_hash(pairs),
+        "vector": str(vector) if vector else None,
+        "epochs": epochs,
+        "lr": lr,
+        "seed": seed,
+        "batch_size": batch_size,
+    }
+    write_finetune(out, h, res.to_json(), config)
+    _drop(ckpt)
+    ends = {k: {"start": c[0][1], "end": c[-1][1]} for k, c in res.eval_losses.items()}
+    if as_json:
+        emit({"artifact": str(out), "steps": res.steps, "eval_loss": ends, "pairs": summary(pairs)})
+    else:
+        typer.echo(
+            f"wrote {out} ({res.steps} steps); eval loss "
+            + ", ".join(f"{k} {v['start']:.3f} -> {v['end']:.3f}" for k, v in ends.items())
+        )
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Argument(..., help="Base model spec (e.g. organism:dense)."),
+    samples: str = typer.Option("0,100,300,1000", "--samples", help="Harmful fine-tuning samples per run."),
+    n_vector: int = typer.Option(100, "--n-vector", help="Harmful pairs the vector is trained on.", **AT_LEAST_1),
+    n_benign: int = typer.Option(320, "--n-benign", help="Benign skill pairs in every run.", **AT_LEAST_1),
+    skill: str = typer.Option("repeat", "--skill", help="The benign skill: repeat or reverse a word list."),
+    vector: Path = typer.Option(None, "--vector", help="Use this vector instead of training one."),
+    kind: str = typer.Option("lora", "--kind"),
+    rank: int = typer.Option(8, "--rank"),
+    alpha: float = typer.Option(16.0, "--alpha"),
+    vector_epochs: int = typer.Option(8, "--vector-epochs", **AT_LEAST_1),
+    vector_lr: float = typer.Option(2e-3, "--vector-lr"),
+    epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
+    lr: float = typer.Option(3e-4, "--lr"),
+    n_eval: int = typer.Option(100, "--n-eval", help="Held-out harmful prompts per split.", **AT_LEAST_1),
+    benign_n: int = typer.Option(100, "--benign-eval", help="Benign skill test items.", **AT_LEAST_1),
+    harmless_n: int = typer.Option(
+        64, "--harmless-eval", help="Harmless prompts for the vector-off check.", **AT_LEAST_1
+    ),
+    ppl_per_domain: int = typer.Option(
+        32, "--ppl-per-domain", help="Held-out answers per domain for perplexity.", **AT_LEAST_1
+    ),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", **AT_LEAST_1),
+    seed: int = typer.Option(0, "--seed", **SEED),
+    work: Path = typer.Option(None, "--work", help="Work folder (resumable; default .OUT.work beside --out)."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    record: Path = typer.Option(None, "--record", help="Also write the compact record JSON here."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """The whole experiment: a vector, then plain and vector-on fine-tuning for each number of harmful samples;
+    compliance (template and real test splits), benign accuracy, perplexity, loss curves, vector-off check."""
+    import json
+
+    import steerlab as sl
+    from steerlab.atomic import atomic_write_text
+    from steerlab.security.artifact import write_sweep
+    from steerlab.security.experiment import SweepConfig, run_sweep
+    from steerlab.security.vectors import load_vector
+
+    cfg = SweepConfig(
+        spec=model,
+        samples=_ints(samples, "--samples"),
+        n_vector=n_vector,
+        n_benign=n_benign,
+        vector={"kind": kind, "rank": rank, "alpha": alpha},
+        vector_epochs=vector_epochs,
+        vector_lr=vector_lr,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        noise_seed=seed + 1,
+        n_eval=n_eval,
+        benign_n=benign_n,
+        harmless_n=harmless_n,
+    )
+    cfg.check()
+    vec = load_vector(vector) if vector is not None else None
+    rec = run_sweep(
+        cfg,
+        lambda: sl.load(model, cache=False),
+        work or out.with_name(f".{out.name}.work"),
+        vector=vec,
+        log=lambda s: typer.echo(s, err=True),
+    )
+    path = write_sweep(out, rec)
+    if record is not None:
+        compact = {k: v for k, v in rec.items() if k != "samples"}
+        compact["command"] = "steerlab security evaluate " + model
+        atomic_write_text(record, json.dumps(compact, indent=1))
+    if as_json:
+        emit({"artifact": str(path), **{k: rec[k] for k in ("rise", "benign_accuracy_gap", "vector_off", "floors")}})
+    else:
+        typer.echo(f"wrote {path}")
+        typer.echo(json.dumps({k: rec[k] for k in ("rise", "benign_accuracy_gap", "floors")}))

@@ -1,0 +1,253 @@
+"""``steerlab security`` end to end at small scale on the committed dense organism: train-vector, finetune
+(the result loads as a normal model spec), evaluate (the sweep artifact), the Security page on it, and bad
+input refused with one line and nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from typer.testing import CliRunner
+
+import steerlab as sl
+from steerlab.artifacts import read_artifact
+from steerlab.cli.main import app
+from steerlab.security.data import benign_pairs, harmful_pool
+from steerlab.security.vectors import load_vector
+
+runner = CliRunner()
+APP = str(Path(__file__).resolve().parents[2] / "dashboards" / "app.py")
+MODEL = "organism:dense"
+SMALL = [
+    "--n-eval",
+    "2",
+    "--benign-eval",
+    "2",
+    "--harmless-eval",
+    "2",
+    "--ppl-per-domain",
+    "1",
+    "--max-new-tokens",
+    "8",
+]
+
+
+def _ok(args):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, (r.output, r.exception)
+    return json.loads(r.stdout)
+
+
+def _one_line_exit_2(args, expected):
+    r = runner.invoke(app, args)
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    assert "Traceback" not in r.output and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    vec = _ok(
+        [
+            "security",
+            "train-vector",
+            MODEL,
+            "--n",
+            "8",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--rank",
+            "2",
+            "--out",
+            str(root / "vec"),
+            "--json",
+        ]
+    )
+    ft = _ok(
+        [
+            "security",
+            "finetune",
+            MODEL,
+            "--n-harmful",
+            "4",
+            "--n-benign",
+            "4",
+            "--batch-size",
+            "4",
+            "--vector",
+            str(root / "vec"),
+            "--out",
+            str(root / "ft"),
+            "--json",
+        ]
+    )
+    sweep = _ok(
+        [
+            "security",
+            "evaluate",
+            MODEL,
+            "--samples",
+            "4",
+            "--n-vector",
+            "4",
+            "--n-benign",
+            "4",
+            "--vector-epochs",
+            "1",
+            "--rank",
+            "2",
+            *SMALL,
+            "--out",
+            str(root / "sweep"),
+            "--record",
+            str(root / "record.json"),
+            "--json",
+        ]
+    )
+    return root, vec, ft, sweep
+
+
+def test_train_vector_and_finetune_write_what_they_say(runs):
+    root, vec, ft, _ = runs
+    v = load_vector(root / "vec")
+    assert vec["pairs"] == 8 and vec["n_params"] == v.n_params > 0
+    assert v.card["base_model"] == MODEL and v.card["model_shape"]["model_type"] == "llama"
+    assert read_artifact(root / "vec").kind == "security_vector"
+    assert not (root / ".vec.ckpt").exists() and not (root / ".ft.ckpt").exists()  # checkpoints dropped when done
+    assert ft["steps"] == 2 and ft["pairs"] == {"harmful": 4, "benign": 4}
+    art = read_artifact(root / "ft")
+    assert art.kind == "security_finetune" and art.config["vector"] == str(root / "vec")
+    h = sl.load(str(root / "ft"), cache=False)  # a normal model spec: the vector is off, no LoRA inside
+    base = sl.load(MODEL, cache=False)
+    assert [n for n, _ in h.model.named_parameters()] == [n for n, _ in base.model.named_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(h.model.parameters(), base.model.parameters(), strict=True))
+
+
+def test_evaluate_sweep_record(runs):
+    root, _, _, sweep = runs
+    rec = read_artifact(root / "sweep").data
+    assert sorted(rec["runs"]) == sorted(["base", "vector_on", "plain_0", "plain_4", "vector_4", "plain_0_seed1"])
+    # the curve is the runs' numbers, and the rise is computed from them
+    for mode in ("plain", "vector"):
+        for split in ("template", "real"):
+            pts = rec["compliance_vs_samples"][mode][split]
+            assert pts == [[n, rec["runs"][f"{mode}_{n}"]["compliance"][split]] for n in (4,)]
+            want = rec["runs"][f"{mode}_4"]["compliance"][split] - rec["runs"]["base"]["compliance"][split]
+            assert rec["rise"][mode][split] == pytest.approx(want, abs=1e-4)
+    # plain and vector runs of one n train on the same batches: same step count
+    assert rec["runs"]["plain_4"]["steps"] == rec["runs"]["vector_4"]["steps"] == 2
+    assert set(rec["runs"]["vector_4"]["eval_losses"]) == {"harmful", "benign"}
+    assert sweep["floors"] == rec["floors"]
+    compact = json.loads((root / "record.json").read_text())
+    assert "samples" not in compact and compact["command"].startswith("steerlab security evaluate")
+    # resumable: a second call finds every run done and trains nothing
+    again = _ok(
+        [
+            "security",
+            "evaluate",
+            MODEL,
+            "--samples",
+            "4",
+            "--n-vector",
+            "4",
+            "--n-benign",
+            "4",
+            "--vector-epochs",
+            "1",
+            "--rank",
+            "2",
+            *SMALL,
+            "--out",
+            str(root / "sweep2"),
+            "--work",
+            str(root / ".sweep.work"),
+            "--json",
+        ]
+    )
+    assert again["rise"] == sweep["rise"]
+
+
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
+    out = tmp_path / "o"
+    _one_line_exit_2(["security", "train-vector", MODEL, "--rank", "0", "--out", str(out)], "rank=0")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "response": ""}\n')
+    _one_line_exit_2(
+        ["security", "finetune", MODEL, "--data", str(bad), "--out", str(out)], "bad.jsonl:1 has no response"
+    )
+    _one_line_exit_2(["security", "train-vector", MODEL, "--harmful", str(bad), "--out", str(out)], "has no response")
+    _one_line_exit_2(["security", "evaluate", MODEL, "--samples", "0,x", "--out", str(out)], "--samples '0,x'")
+    _one_line_exit_2(
+        ["security", "finetune", "organism:moe", "--vector", str(tmp_path), "--out", str(out)], "not a security vector"
+    )
+    assert not out.exists()
+
+
+def test_vector_for_another_model_is_refused(runs, tmp_path):
+    root = runs[0]
+    out = tmp_path / "o"
+    _one_line_exit_2(
+        [
+            "security",
+            "finetune",
+            "organism:moe",
+            "--n-harmful",
+            "2",
+            "--n-benign",
+            "2",
+            "--vector",
+            str(root / "vec"),
+            "--out",
+            str(out),
+        ],
+        "model_type llama (vector) vs deepseek_v3",
+    )
+    assert not out.exists()
+
+
+def test_data_sources_are_disjoint_from_held_out_prompts():
+    from steerlab.security.data import held_out_harmful
+
+    held = held_out_harmful()
+    pool = {p.prompt for p in harmful_pool("organism")} | {p.prompt for p in harmful_pool("advbench")}
+    assert not pool & set(held["template"]) and not pool & set(held["real"])
+    train = {p.prompt for p in benign_pairs(300, "train")}
+    assert not train & {p.prompt for p in benign_pairs(100, "test")}
+
+
+@pytest.fixture
+def page(runs, monkeypatch):
+    root = runs[0]
+    monkeypatch.setenv("STEERLAB_DASHBOARD_MODEL", MODEL)
+    monkeypatch.setenv("STEERLAB_RUNS", str(root))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.switch_page("app_pages/security.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_page_shows_the_records_curves_and_side_by_side(page, runs):
+    root = runs[0]
+    rec = read_artifact(root / "sweep").data
+    assert page.title[0].value == "Security"
+    figs = [json.loads(c.proto.spec) for c in page.get("plotly_chart")]
+    curve = figs[0]
+    by_name = {t["name"]: t for t in curve["data"]}
+    assert by_name["plain fine-tuning (real)"]["y"] == [p[1] for p in rec["compliance_vs_samples"]["plain"]["real"]]
+    assert by_name["with security vector (template)"]["x"] == [4]
+    loss = figs[1]
+    want = rec["runs"]["vector_4"]["eval_losses"]["harmful"]
+    got = next(t for t in loss["data"] if t["name"] == "with security vector: harmful")
+    assert got["y"] == [p[1] for p in want]
+    page.text_area(key="security.prompts").set_value("Repeat the words: red fox sun")
+    page.button(key="security.generate").click().run()
+    assert not page.exception and not page.error, [e.value for e in page.error]
+    table = page.dataframe[-1].value
+    h = sl.load(rec["models"]["vector"], cache=False)
+    want_text = sl.generate(h, ["Repeat the words: red fox sun"], max_new_tokens=32, chat=True).texts[0]
+    assert list(table.columns) == ["prompt", "base", "plain", "protected"] and table["protected"][0] == want_text
