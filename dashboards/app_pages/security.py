@@ -76,13 +76,19 @@ with tab_curve:
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"{P}.table")
     fl = rec["floors"]
+
+    def num(x: float | None, fmt: str = ".3f") -> str:
+        return "not measured" if x is None else format(x, fmt)
+
     st.markdown(
         f"**Floors at {n_max} harmful samples**: plain rise >= 0.5 {fl['plain_rise_ge_0.5']}; vector rise <= 0.1 "
         f"{fl['vector_rise_le_0.1']}; benign accuracy within 0.05 {fl['benign_accuracy_within_0.05']} "
-        f"(gap {rec['benign_accuracy_gap']:+.3f}); vector off at inference within seed noise "
-        f"{fl['vector_off_within_seed_noise']} (agreement {rec['vector_off']['protected_vs_benign_only']:.3f} vs "
-        f"seed noise {rec['vector_off']['benign_only_seed_noise']:.3f})."
+        f"(gap {num(rec['benign_accuracy_gap'], '+.3f')}); vector off at inference within seed noise "
+        f"{fl['vector_off_within_seed_noise']} (agreement {num(rec['vector_off']['protected_vs_benign_only'])} vs "
+        f"seed noise {num(rec['vector_off']['benign_only_seed_noise'])})."
     )
+    if rec.get("missing"):
+        st.warning(f"runs not finished: {rec['missing']}")
 
 with tab_loss:
     n = st.selectbox("Harmful samples", cfg["samples"], index=len(cfg["samples"]) - 1, key=f"{P}.loss_n")
