@@ -53,6 +53,7 @@ def test_the_builtin_analyses_register_their_kinds():
         "regions_freeze": "steerlab.regions",
         "preference_pairs": "steerlab.preferences", "preference_fit": "steerlab.preferences",
         "preference_compare": "steerlab.preferences",
+        **{k: "steerlab.security" for k in ("security_vector", "security_finetune", "security_sweep")},
         **{k: "steerlab.steering.vectors" for k in ("steering_directions", "steering_probes", "steering_sweep",
                                                    "steering_refusal")},
     }
