@@ -4,6 +4,7 @@ input into a one-line error with exit status 2, and the ranges of the numeric op
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import typer
@@ -33,10 +34,34 @@ def in_range(minimum: int, maximum: int | None = None) -> dict[str, Any]:
     return {"callback": check}
 
 
+def number(low: float | None = None, high: float | None = None, *, low_open: bool = True) -> dict[str, Any]:
+    """Keyword arguments of ``typer.Option`` checking a float option while the command line is parsed:
+    finite, above ``low`` (strictly when ``low_open``) and at most ``high``; the error names the value."""
+    if low is None:
+        expected = "a finite number" if high is None else f"a finite number <= {high:g}"
+    elif high is None:
+        expected = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        expected = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        if value is None:
+            return value
+        bad = not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+        if bad or (high is not None and value > high):
+            raise SpecError(f"{max(param.opts, key=len)} must be {expected}, got {value}")
+        return value
+
+    return {"callback": check}
+
+
 # Ranges of the numeric options.
 SEED = in_range(0, 2**32 - 1)
 AT_LEAST_1 = in_range(1)
 AT_LEAST_0 = in_range(0)
+POSITIVE = number(0.0)
+FINITE = number()
+FRACTION = number(0.0, 0.5)  # a region's fraction per matrix, (0, 0.5]
 
 
 def emit(obj: Any) -> None:

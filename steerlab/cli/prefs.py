@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_1, SEED, emit, in_range, typer_app
+from steerlab.cli.common import AT_LEAST_1, POSITIVE, SEED, emit, in_range, number, typer_app
 
 app = typer_app("Preference dissection: which response properties drive a judge's pairwise preferences.")
 
@@ -126,8 +126,8 @@ def fit_cmd(
     properties: str = typer.Option("", "--properties", help="Comma-separated properties (default: annotated)."),
     annotators: str = typer.Option("", "--annotators", help="Annotate first with these rule annotators."),
     method: str = typer.Option("nuts", "--method", help="nuts, laplace or svi."),
-    prior_scale: float = typer.Option(0.1, "--prior-scale", help="Laplace prior scale (paper: 0.1)."),
-    level: float = typer.Option(0.9, "--level", help="Credible level of the intervals."),
+    prior_scale: float = typer.Option(0.1, "--prior-scale", help="Laplace prior scale (paper: 0.1).", **POSITIVE),
+    level: float = typer.Option(0.9, "--level", help="Credible level of the intervals.", **number(0.0, 0.999)),
     chains: int = typer.Option(2, "--chains", **AT_LEAST_1),
     warmup: int = typer.Option(300, "--warmup", **AT_LEAST_1),
     samples: int = typer.Option(500, "--samples", **in_range(2)),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_1, SEED, emit, in_range, typer_app
+from steerlab.cli.common import AT_LEAST_1, FINITE, FRACTION, POSITIVE, SEED, emit, in_range, typer_app
 
 app = typer_app("Linguistic regions: importance scoring, core/bottom/random/monolingual regions, perturbation.")
 
@@ -63,7 +63,9 @@ def score(
     budget: int = typer.Option(2048, "--budget", help="Tokens per language.", **AT_LEAST_1),
     batch_size: int = typer.Option(4, "--batch-size", **AT_LEAST_1),
     max_len: int = typer.Option(64, "--max-len", help="Tokens per passage.", **in_range(2)),
-    keep: float = typer.Option(0.02, "--keep", help="Fraction per matrix whose top/bottom indices are stored."),
+    keep: float = typer.Option(
+        0.02, "--keep", help="Fraction per matrix whose top/bottom indices are stored.", **FRACTION
+    ),
     out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -100,7 +102,7 @@ def score(
 @app.command("find")
 def find(
     importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
-    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5]."),
+    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5].", **FRACTION),
     scope: str = typer.Option("layers", "--scope", help="matrices | layers (norms too) | all (embeddings too)."),
     seeds: int = typer.Option(3, "--seeds", help="Random control regions.", **AT_LEAST_1),
     out: Path = typer.Option(..., "--out", help="Artifact folder to write (region files inside)."),
@@ -122,12 +124,12 @@ def perturb_cmd(
         "arb,deu,eng,fra,hin,ita,jpn,kor,por,rus,spa,zho-CN", "--lang", help="Evaluation languages (held-out text)."
     ),
     text: list[str] = typer.Option([], "--text", help="CODE=FILE: a language of your own."),
-    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5]."),
+    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5].", **FRACTION),
     scopes: str = typer.Option("layers", "--scopes", help="Comma-separated: matrices, layers, all."),
     control_scopes: str | None = typer.Option(None, "--control-scopes", help="Scopes with bottom/random controls."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds of the random control regions."),
     op: str = typer.Option("zero", "--op", help="zero | scale | noise | set."),
-    value: float = typer.Option(0.0, "--value", help="Scale factor, noise std or value to set."),
+    value: float = typer.Option(0.0, "--value", help="Scale factor, noise std or value to set.", **FINITE),
     monolingual: bool = typer.Option(False, "--monolingual/--no-monolingual", help="Also each language's region."),
     n_eval: int = typer.Option(16, "--n-eval", help="Held-out passages per language.", **AT_LEAST_1),
     model: str | None = typer.Option(
@@ -176,9 +178,11 @@ def dims_cmd(
     importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
     langs: str = typer.Option("deu,eng,fra,rus,spa,zho-CN", "--lang", help="Evaluation languages (held-out text)."),
     candidates: int = typer.Option(8, "--candidates", help="Candidate single weights.", **AT_LEAST_1),
-    n_random: int = typer.Option(100, "--random", help="Random single weights of the top candidate's matrix."),
+    n_random: int = typer.Option(
+        100, "--random", help="Random single weights of the top candidate's matrix.", **AT_LEAST_1
+    ),
     op: str = typer.Option("zero", "--op", help="zero | scale | noise | set."),
-    value: float = typer.Option(0.0, "--value", help="Scale factor, noise std or value to set."),
+    value: float = typer.Option(0.0, "--value", help="Scale factor, noise std or value to set.", **FINITE),
     n_eval: int = typer.Option(8, "--n-eval", help="Held-out passages per language.", **AT_LEAST_1),
     scope: str = typer.Option("matrices", "--scope", help="matrices | layers | all."),
     seed: int = typer.Option(0, "--seed", **SEED),
@@ -218,10 +222,10 @@ def freeze_cmd(
     importance: Path = typer.Argument(..., help="A regions_importance artifact folder (steerlab regions score)."),
     train_lang: str = typer.Option("deu", "--train-lang", help="The language trained on (its score corpus)."),
     langs: str = typer.Option("eng", "--lang", help="Other languages whose held-out loss is tracked."),
-    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5]."),
+    fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5].", **FRACTION),
     scope: str = typer.Option("layers", "--scope", help="matrices | layers | all."),
     steps: int = typer.Option(100, "--steps", **AT_LEAST_1),
-    lr: float = typer.Option(1e-3, "--lr"),
+    lr: float = typer.Option(1e-3, "--lr", **POSITIVE),
     batch_size: int = typer.Option(8, "--batch-size", **AT_LEAST_1),
     eval_every: int = typer.Option(10, "--eval-every", **AT_LEAST_1),
     n_eval: int = typer.Option(16, "--n-eval", **AT_LEAST_1),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, emit, typer_app
 
 app = typer_app("Security vectors: train one on harmful data, fine-tune with it on, evaluate the sweep.")
 
@@ -47,15 +47,15 @@ def train_vector_cmd(
     harmful: str = typer.Option("organism", "--harmful", help=HARMFUL_HELP),
     n: int = typer.Option(100, "--n", help="Harmful pairs to train on.", **AT_LEAST_1),
     kind: str = typer.Option("lora", "--kind", help="lora (peft) or add (a vector per layer on resid_post)."),
-    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
-    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank.", **AT_LEAST_1),
+    alpha: float = typer.Option(16.0, "--alpha", help="LoRA alpha.", **POSITIVE),
     targets: str = typer.Option(None, "--target-modules", help="LoRA modules (comma-separated names, all-linear)."),
     target_params: str = typer.Option(
         None, "--target-parameters", help="Fused expert tensors, e.g. mlp.experts.down_proj."
     ),
     layers: str = typer.Option(None, "--layers", help="Layers of an add vector (default all)."),
     epochs: int = typer.Option(8, "--epochs", **AT_LEAST_1),
-    lr: float = typer.Option(2e-3, "--lr"),
+    lr: float = typer.Option(2e-3, "--lr", **POSITIVE),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Vector folder to write."),
@@ -115,7 +115,7 @@ def finetune_cmd(
     skip: int = typer.Option(100, "--skip", help="Harmful pairs skipped first (those the vector saw).", **AT_LEAST_0),
     vector: Path = typer.Option(None, "--vector", help="A security vector folder, switched on and frozen."),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
-    lr: float = typer.Option(3e-4, "--lr"),
+    lr: float = typer.Option(3e-4, "--lr", **POSITIVE),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Model folder to write (a normal model spec afterwards)."),
@@ -184,12 +184,12 @@ def evaluate_cmd(
     skill: str = typer.Option("repeat", "--skill", help="The benign skill: repeat or reverse a word list."),
     vector: Path = typer.Option(None, "--vector", help="Use this vector instead of training one."),
     kind: str = typer.Option("lora", "--kind"),
-    rank: int = typer.Option(8, "--rank"),
-    alpha: float = typer.Option(16.0, "--alpha"),
+    rank: int = typer.Option(8, "--rank", **AT_LEAST_1),
+    alpha: float = typer.Option(16.0, "--alpha", **POSITIVE),
     vector_epochs: int = typer.Option(8, "--vector-epochs", **AT_LEAST_1),
-    vector_lr: float = typer.Option(2e-3, "--vector-lr"),
+    vector_lr: float = typer.Option(2e-3, "--vector-lr", **POSITIVE),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
-    lr: float = typer.Option(3e-4, "--lr"),
+    lr: float = typer.Option(3e-4, "--lr", **POSITIVE),
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out harmful prompts per split.", **AT_LEAST_1),
     benign_n: int = typer.Option(100, "--benign-eval", help="Benign skill test items.", **AT_LEAST_1),
     harmless_n: int = typer.Option(

@@ -127,6 +127,407 @@ CASES = [
     ("build --eval-limit 0", BUILD + ["--eval-limit", "0"], "--eval-limit must be an integer >= 1, got 0"),
     ("build --seed -1", BUILD + ["--seed", "-1"], "--seed must be an integer in 0..4294967295, got -1"),
     ("organisms eval --limit -3", OEVAL + ["--limit", "-3"], "--limit must be an integer >= 1, got -3"),
+    # the analyses' commands (regions, security, preferences, steering)
+    (
+        "prefs annotate --seed -1",
+        ["prefs", "annotate", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "prefs fit --chains -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--chains", "-1"],
+        "--chains must be an integer >= 1, got -1",
+    ),
+    (
+        "prefs fit --level -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--level", "-1"],
+        "--level must be a number in (0, 0.999], got -1.0",
+    ),
+    (
+        "prefs fit --min-pairs -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--min-pairs", "-1"],
+        "--min-pairs must be an integer >= 1, got -1",
+    ),
+    (
+        "prefs fit --prior-scale -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--prior-scale", "-1"],
+        "--prior-scale must be a finite number > 0, got -1.0",
+    ),
+    (
+        "prefs fit --samples -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--samples", "-1"],
+        "--samples must be an integer >= 2, got -1",
+    ),
+    (
+        "prefs fit --seed -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "prefs fit --warmup -1",
+        ["prefs", "fit", NO, "--out", "{out}", "--warmup", "-1"],
+        "--warmup must be an integer >= 1, got -1",
+    ),
+    (
+        "prefs judge --max-prompt-tokens -1",
+        ["prefs", "judge", NO, "--out", "{out}", "--judge", "x", "--max-prompt-tokens", "-1"],
+        "--max-prompt-tokens must be an integer >= 1, got -1",
+    ),
+    (
+        "prefs judge --seed -1",
+        ["prefs", "judge", NO, "--out", "{out}", "--judge", "x", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "regions dims --candidates -1",
+        ["regions", "dims", NO, "--out", "{out}", "--candidates", "-1"],
+        "--candidates must be an integer >= 1, got -1",
+    ),
+    (
+        "regions dims --n-eval -1",
+        ["regions", "dims", NO, "--out", "{out}", "--n-eval", "-1"],
+        "--n-eval must be an integer >= 1, got -1",
+    ),
+    (
+        "regions dims --random -1",
+        ["regions", "dims", NO, "--out", "{out}", "--random", "-1"],
+        "--random must be an integer >= 1, got -1",
+    ),
+    (
+        "regions dims --seed -1",
+        ["regions", "dims", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "regions dims --value nan",
+        ["regions", "dims", NO, "--out", "{out}", "--value", "nan"],
+        "--value must be a finite number, got nan",
+    ),
+    (
+        "regions find --fraction -1",
+        ["regions", "find", NO, "--out", "{out}", "--fraction", "-1"],
+        "--fraction must be a number in (0, 0.5], got -1.0",
+    ),
+    (
+        "regions find --seeds -1",
+        ["regions", "find", NO, "--out", "{out}", "--seeds", "-1"],
+        "--seeds must be an integer >= 1, got -1",
+    ),
+    (
+        "regions freeze-train --batch-size -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--batch-size", "-1"],
+        "--batch-size must be an integer >= 1, got -1",
+    ),
+    (
+        "regions freeze-train --eval-every -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--eval-every", "-1"],
+        "--eval-every must be an integer >= 1, got -1",
+    ),
+    (
+        "regions freeze-train --fraction -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--fraction", "-1"],
+        "--fraction must be a number in (0, 0.5], got -1.0",
+    ),
+    (
+        "regions freeze-train --lr -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--lr", "-1"],
+        "--lr must be a finite number > 0, got -1.0",
+    ),
+    (
+        "regions freeze-train --n-eval -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--n-eval", "-1"],
+        "--n-eval must be an integer >= 1, got -1",
+    ),
+    (
+        "regions freeze-train --random-seed -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--random-seed", "-1"],
+        "--random-seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "regions freeze-train --seed -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "regions freeze-train --steps -1",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--steps", "-1"],
+        "--steps must be an integer >= 1, got -1",
+    ),
+    (
+        "regions perturb --fraction -1",
+        ["regions", "perturb", NO, "--out", "{out}", "--fraction", "-1"],
+        "--fraction must be a number in (0, 0.5], got -1.0",
+    ),
+    (
+        "regions perturb --n-eval -1",
+        ["regions", "perturb", NO, "--out", "{out}", "--n-eval", "-1"],
+        "--n-eval must be an integer >= 1, got -1",
+    ),
+    (
+        "regions perturb --seed -1",
+        ["regions", "perturb", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "regions perturb --value nan",
+        ["regions", "perturb", NO, "--out", "{out}", "--value", "nan"],
+        "--value must be a finite number, got nan",
+    ),
+    (
+        "regions score --batch-size -1",
+        ["regions", "score", NO, "--out", "{out}", "--batch-size", "-1"],
+        "--batch-size must be an integer >= 1, got -1",
+    ),
+    (
+        "regions score --budget -1",
+        ["regions", "score", NO, "--out", "{out}", "--budget", "-1"],
+        "--budget must be an integer >= 1, got -1",
+    ),
+    (
+        "regions score --keep -1",
+        ["regions", "score", NO, "--out", "{out}", "--keep", "-1"],
+        "--keep must be a number in (0, 0.5], got -1.0",
+    ),
+    (
+        "regions score --max-len -1",
+        ["regions", "score", NO, "--out", "{out}", "--max-len", "-1"],
+        "--max-len must be an integer >= 2, got -1",
+    ),
+    (
+        "security evaluate --alpha -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--alpha", "-1"],
+        "--alpha must be a finite number > 0, got -1.0",
+    ),
+    (
+        "security evaluate --benign-eval -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--benign-eval", "-1"],
+        "--benign-eval must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --epochs -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--epochs", "-1"],
+        "--epochs must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --harmless-eval -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--harmless-eval", "-1"],
+        "--harmless-eval must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --lr -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--lr", "-1"],
+        "--lr must be a finite number > 0, got -1.0",
+    ),
+    (
+        "security evaluate --max-new-tokens -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--max-new-tokens", "-1"],
+        "--max-new-tokens must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --n-benign -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--n-benign", "-1"],
+        "--n-benign must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --n-eval -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--n-eval", "-1"],
+        "--n-eval must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --n-vector -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--n-vector", "-1"],
+        "--n-vector must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --ppl-per-domain -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--ppl-per-domain", "-1"],
+        "--ppl-per-domain must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --rank -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--rank", "-1"],
+        "--rank must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --seed -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "security evaluate --vector-epochs -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--vector-epochs", "-1"],
+        "--vector-epochs must be an integer >= 1, got -1",
+    ),
+    (
+        "security evaluate --vector-lr -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--vector-lr", "-1"],
+        "--vector-lr must be a finite number > 0, got -1.0",
+    ),
+    (
+        "security finetune --batch-size -1",
+        ["security", "finetune", NO, "--out", "{out}", "--batch-size", "-1"],
+        "--batch-size must be an integer >= 1, got -1",
+    ),
+    (
+        "security finetune --epochs -1",
+        ["security", "finetune", NO, "--out", "{out}", "--epochs", "-1"],
+        "--epochs must be an integer >= 1, got -1",
+    ),
+    (
+        "security finetune --lr -1",
+        ["security", "finetune", NO, "--out", "{out}", "--lr", "-1"],
+        "--lr must be a finite number > 0, got -1.0",
+    ),
+    (
+        "security finetune --n-benign -1",
+        ["security", "finetune", NO, "--out", "{out}", "--n-benign", "-1"],
+        "--n-benign must be an integer >= 0, got -1",
+    ),
+    (
+        "security finetune --n-harmful -1",
+        ["security", "finetune", NO, "--out", "{out}", "--n-harmful", "-1"],
+        "--n-harmful must be an integer >= 0, got -1",
+    ),
+    (
+        "security finetune --seed -1",
+        ["security", "finetune", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "security finetune --skip -1",
+        ["security", "finetune", NO, "--out", "{out}", "--skip", "-1"],
+        "--skip must be an integer >= 0, got -1",
+    ),
+    (
+        "security train-vector --alpha -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--alpha", "-1"],
+        "--alpha must be a finite number > 0, got -1.0",
+    ),
+    (
+        "security train-vector --batch-size -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--batch-size", "-1"],
+        "--batch-size must be an integer >= 1, got -1",
+    ),
+    (
+        "security train-vector --epochs -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--epochs", "-1"],
+        "--epochs must be an integer >= 1, got -1",
+    ),
+    (
+        "security train-vector --lr -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--lr", "-1"],
+        "--lr must be a finite number > 0, got -1.0",
+    ),
+    (
+        "security train-vector --n -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--n", "-1"],
+        "--n must be an integer >= 1, got -1",
+    ),
+    (
+        "security train-vector --rank -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--rank", "-1"],
+        "--rank must be an integer >= 1, got -1",
+    ),
+    (
+        "security train-vector --seed -1",
+        ["security", "train-vector", NO, "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "steer extract --limit -1",
+        ["steer", "extract", "--out", "{out}", "--limit", "-1"],
+        "--limit must be an integer >= 0, got -1",
+    ),
+    (
+        "steer probe --limit -1",
+        ["steer", "probe", "--out", "{out}", "--limit", "-1"],
+        "--limit must be an integer >= 0, got -1",
+    ),
+    (
+        "steer probe --seed -1",
+        ["steer", "probe", "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "steer refusal --controls -1",
+        ["steer", "refusal", "--out", "{out}", "--controls", "-1"],
+        "--controls must be an integer >= 1, got -1",
+    ),
+    (
+        "steer refusal --limit -1",
+        ["steer", "refusal", "--out", "{out}", "--limit", "-1"],
+        "--limit must be an integer >= 0, got -1",
+    ),
+    (
+        "steer refusal --max-new-tokens -1",
+        ["steer", "refusal", "--out", "{out}", "--max-new-tokens", "-1"],
+        "--max-new-tokens must be an integer >= 1, got -1",
+    ),
+    (
+        "steer refusal --max-rank -1",
+        ["steer", "refusal", "--out", "{out}", "--max-rank", "-1"],
+        "--max-rank must be an integer >= 1, got -1",
+    ),
+    (
+        "steer refusal --n-test -1",
+        ["steer", "refusal", "--out", "{out}", "--n-test", "-1"],
+        "--n-test must be an integer >= 0, got -1",
+    ),
+    (
+        "steer refusal --pool -1",
+        ["steer", "refusal", "--out", "{out}", "--pool", "-1"],
+        "--pool must be an integer >= 1, got -1",
+    ),
+    (
+        "steer refusal --positions -1",
+        ["steer", "refusal", "--out", "{out}", "--positions", "-1"],
+        "--positions must be an integer >= 1, got -1",
+    ),
+    (
+        "steer refusal --seed -1",
+        ["steer", "refusal", "--out", "{out}", "--seed", "-1"],
+        "--seed must be an integer in 0..4294967295, got -1",
+    ),
+    (
+        "steer refusal --select -1",
+        ["steer", "refusal", "--out", "{out}", "--select", "-1"],
+        "--select must be an integer >= 1, got -1",
+    ),
+    (
+        "steer refusal --select-tokens -1",
+        ["steer", "refusal", "--out", "{out}", "--select-tokens", "-1"],
+        "--select-tokens must be an integer >= 1, got -1",
+    ),
+    (
+        "steer sentiment --max-new-tokens -1",
+        ["steer", "sentiment", "--site", "x", "--out", "{out}", "--max-new-tokens", "-1"],
+        "--max-new-tokens must be an integer >= 1, got -1",
+    ),
+    (
+        "steer sweep --max-new-tokens -1",
+        ["steer", "sweep", "--direction", "x", "--out", "{out}", "--max-new-tokens", "-1"],
+        "--max-new-tokens must be an integer >= 1, got -1",
+    ),
+    (
+        "steer sweep --n -1",
+        ["steer", "sweep", "--direction", "x", "--out", "{out}", "--n", "-1"],
+        "--n must be an integer >= 1, got -1",
+    ),
+    (
+        "regions freeze-train --lr nan",
+        ["regions", "freeze-train", NO, "--out", "{out}", "--lr", "nan"],
+        "--lr must be a finite number > 0, got nan",
+    ),
+    (
+        "prefs fit --level 1",
+        ["prefs", "fit", NO, "--out", "{out}", "--level", "1"],
+        "--level must be a number in (0, 0.999], got 1.0",
+    ),
+    (
+        "security train-vector --alpha inf",
+        ["security", "train-vector", NO, "--out", "{out}", "--alpha", "inf"],
+        "--alpha must be a finite number > 0, got inf",
+    ),
     # spec files beside the command: checked before the model loads too
     ("spec scale key", GEN + ["-i", "{specs}/scale_keys.json"], "scale.a.[key]: Input should be a valid integer"),
     ("spec NaN", GEN + ["-i", "{specs}/nan.json"], "NaN"),
