@@ -175,7 +175,8 @@ def test_evaluate_sweep_record(runs):
 
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     out = tmp_path / "o"
-    _one_line_exit_2(["security", "train-vector", MODEL, "--rank", "0", "--out", str(out)], "rank=0")
+    argv = ["security", "train-vector", MODEL, "--rank", "0", "--out", str(out)]
+    _one_line_exit_2(argv, "--rank must be an integer >= 1, got 0")  # checked while parsing (VectorConfig checks too)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "response": ""}\n')
     _one_line_exit_2(
