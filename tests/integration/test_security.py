@@ -33,6 +33,9 @@ SMALL = [
     "--max-new-tokens",
     "8",
 ]
+# the sweep's small configuration, shared by the first run and the resumed one
+EVAL_SMALL = ["security", "evaluate", MODEL, "--samples", "4", "--n-vector", "4", "--n-benign", "4"]
+EVAL_SMALL += ["--vector-epochs", "1", "--rank", "2", *SMALL]
 
 
 def _ok(args):
@@ -89,20 +92,7 @@ def runs(tmp_path_factory):
     )
     sweep = _ok(
         [
-            "security",
-            "evaluate",
-            MODEL,
-            "--samples",
-            "4",
-            "--n-vector",
-            "4",
-            "--n-benign",
-            "4",
-            "--vector-epochs",
-            "1",
-            "--rank",
-            "2",
-            *SMALL,
+            *EVAL_SMALL,
             "--out",
             str(root / "sweep"),
             "--record",
@@ -149,20 +139,7 @@ def test_evaluate_sweep_record(runs):
     # resumable: a second call finds every run done and trains nothing
     again = _ok(
         [
-            "security",
-            "evaluate",
-            MODEL,
-            "--samples",
-            "4",
-            "--n-vector",
-            "4",
-            "--n-benign",
-            "4",
-            "--vector-epochs",
-            "1",
-            "--rank",
-            "2",
-            *SMALL,
+            *EVAL_SMALL,
             "--out",
             str(root / "sweep2"),
             "--work",
