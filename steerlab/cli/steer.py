@@ -183,7 +183,8 @@ def refusal_cmd(
     max_rank: int = typer.Option(3, "--max-rank", help="Largest ablated subspace.", **AT_LEAST_1),
     pool: int = typer.Option(8, "--pool", help="Best single candidates the subspace grows from.", **AT_LEAST_1),
     scales: str = typer.Option("0.5,1,1.5,2,3,4", "--scales", help="Addition scales, in units of |v|."),
-    controls: int = typer.Option(5, "--controls", help="Random same-norm directions.", **AT_LEAST_1),
+    controls: int = typer.Option(5, "--controls", help="Random same-norm directions (and same-rank subspaces).",
+                                 **AT_LEAST_1),
     n_test: int = typer.Option(0, "--n-test", help="Held-out prompts per label (0: the whole test split).",
                                **AT_LEAST_0),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
@@ -223,6 +224,13 @@ def refusal_cmd(
                f"compliance +{m['subspace_compliance_gain']:.3f}, ppl x{m['subspace_ppl_ratio']:.3f}")
     typer.echo(f"  added: refusal on harmless {m['base_harmless_refusal']:.3f} -> {m['add_refusal']:.3f} "
                f"(random {m['add_refusal_control']:.3f})")
+    typer.echo(f"  random controls (worst of {controls}): direction refusal "
+               f"{m['random_ablate_refusal_rel_change_worst']:+.0%} "
+               f"compliance +{m['random_ablate_compliance_gain_worst']:.3f}"
+               f"; rank-{m['subspace_rank']} subspace refusal {m['subspace_random_refusal_rel_change_worst']:+.0%} "
+               f"compliance +{m['subspace_random_compliance_gain_worst']:.3f}; within a fifth: ablate "
+               f"{m['random_ablate_within_fifth']}, subspace {m['subspace_random_within_fifth']}, "
+               f"add {m['add_random_within_fifth']}")
 
 
 @app.command("export-gguf")

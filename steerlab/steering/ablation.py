@@ -14,9 +14,12 @@ measure everything on the held-out split against random directions of the same n
    inducing most) is chosen.
 4. **Held-out evaluation** (test split, :func:`steerlab.behavior.behavior_rates`: refusal / fluent
    compliance / broken under the unmodified model): base, single-direction and subspace ablation, each of
-   ``n_random`` random same-norm directions ablated the same way; refusal induced on test control prompts
-   by the direction and by random same-norm directions at the chosen scale; capability perplexity
-   (:func:`steerlab.capability.default_capability`) for each.
+   ``n_random`` random same-norm directions ablated the same way, and as many random subspaces of the
+   subspace's rank (:func:`~steerlab.steering.apply.random_subspace`: orthogonal, one norm-matched row per
+   chosen site/position); refusal induced on test control prompts by the direction and by random same-norm
+   directions at the chosen scale; capability perplexity (:func:`steerlab.capability.default_capability`)
+   for each. ``*_within_fifth`` says whether every control stays within a fifth of the matching effect
+   (:func:`within_fifth`).
 
 Example:
     >>> from steerlab.models.tiny import tiny_model
@@ -41,7 +44,7 @@ from steerlab.capability import CapabilityText, default_capability, perplexity
 from steerlab.errors import SpecError
 from steerlab.generation import generate
 from steerlab.models.handle import ModelHandle
-from steerlab.steering.apply import ablate_everywhere, add, orthonormal, random_like
+from steerlab.steering.apply import ablate_everywhere, add, orthonormal, random_like, random_subspace
 from steerlab.steering.extract import diff_in_means, pool, suite_prompts
 from steerlab.suites import ProbeSuite, load_suite
 
@@ -76,6 +79,19 @@ def _refusal_rate(h: ModelHandle, prompts: list[str], ivs: Any, chat: bool, syst
         out = generate(h, prompts[start : start + batch_size], ivs, max_new_tokens=n_tokens, chat=chat, system=system)
         hits += sum(refusal_match(t) is not None for t in out.texts)
     return hits / max(len(prompts), 1)
+
+
+def within_fifth(effects: list[float], controls: list[list[float]]) -> bool:
+    """Whether every control moves each measure by at most a fifth of the real effect on it: for each ``i``,
+    ``max(controls[i]) <= effects[i] / 5`` (effects and controls signed in the direction of the effect, so
+    a control moving the other way passes; a non-positive effect leaves room for no control effect at all;
+    1e-9 of slack absorbs rounding, e.g. ``0.7 / 5 < 0.14`` in floats).
+
+    Example:
+        >>> within_fifth([0.8, 0.7], [[0.1, 0.16], [0.0, -0.2]]), within_fifth([0.8], [[0.17]])
+        (True, False)
+    """
+    return all(max(c, default=-math.inf) <= max(e, 0.0) / 5 + 1e-9 for e, c in zip(effects, controls, strict=True))
 
 
 def refusal_study(
@@ -188,6 +204,11 @@ def refusal_study(
         ivs = ablate_everywhere(h, random_like(v_best, seed + 1000 + i))
         randoms.append({**rates(test_pos, ivs), "ppl": perplexity(h, cap_text, ivs)})
     runs["ablate_random"] = randoms
+    sub_randoms = []  # random subspaces of the same rank, one row per chosen site/position, norms matched
+    for i in tqdm(range(n_random), desc="random subspace ablations", disable=not progress):
+        ivs = ablate_everywhere(h, random_subspace([cands[k] for k in basis_keys], seed + 3000 + i))
+        sub_randoms.append({**rates(test_pos, ivs), "ppl": perplexity(h, cap_text, ivs)})
+    runs["ablate_subspace_random"] = sub_randoms
     adder = [add(h, v_best, best_key[0], add_k * norm)]
     runs["add"] = {**rates(test_neg, adder), "ppl": perplexity(h, cap_text, adder)}
     add_randoms = []
@@ -220,11 +241,30 @@ def refusal_study(
         "random_ablate_refusal_mean": mean(randoms, "refusal"),
         "random_ablate_refusal_rel_change_worst": min((rel(r["refusal"]) for r in randoms), default=math.nan),
         "random_ablate_compliance_gain_worst": max((r["compliance"] - b_comp for r in randoms), default=math.nan),
+        "random_ablate_compliance_mean": mean(randoms, "compliance"),
+        "subspace_random_refusal_mean": mean(sub_randoms, "refusal"),
+        "subspace_random_refusal_worst": min((r["refusal"] for r in sub_randoms), default=math.nan),
+        "subspace_random_refusal_rel_change_worst": min((rel(r["refusal"]) for r in sub_randoms), default=math.nan),
+        "subspace_random_compliance_mean": mean(sub_randoms, "compliance"),
+        "subspace_random_compliance_gain_worst": max((r["compliance"] - b_comp for r in sub_randoms),
+                                                     default=math.nan),
+        "subspace_random_ppl_ratio_mean": mean(sub_randoms, "ppl") / base_ppl if sub_randoms else math.nan,
         "add_scale_x_norm": add_k, "add_scale": add_k * norm,
         "add_refusal": runs["add"]["refusal"], "add_ppl_ratio": runs["add"]["ppl"] / base_ppl,
         "add_refusal_control": max((r["refusal"] for r in add_randoms), default=math.nan),
-        "seconds": round(time.time() - t0, 1),
+        "add_refusal_control_mean": mean(add_randoms, "refusal"),
     }
+    # the controls' floor: each random control moves refusal and compliance by at most a fifth of the real effect
+    drop = [b_ref - runs[k]["refusal"] for k in ("ablate_single", "ablate_subspace")]
+    gain = [runs[k]["compliance"] - b_comp for k in ("ablate_single", "ablate_subspace")]
+    m["random_ablate_within_fifth"] = within_fifth(
+        [drop[0], gain[0]], [[b_ref - r["refusal"] for r in randoms], [r["compliance"] - b_comp for r in randoms]])
+    m["subspace_random_within_fifth"] = within_fifth(
+        [drop[1], gain[1]],
+        [[b_ref - r["refusal"] for r in sub_randoms], [r["compliance"] - b_comp for r in sub_randoms]])
+    m["add_random_within_fifth"] = within_fifth([runs["add"]["refusal"] - base_less],
+                                                [[r["refusal"] - base_less for r in add_randoms]])
+    m["seconds"] = round(time.time() - t0, 1)
     m = {k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in m.items()}
     config = {
         "model": h.spec, "suite": s.name, "suite_version": s.version, "layers": layers, "n_positions": n_positions,

@@ -132,3 +132,28 @@ def random_like(v: Tensor, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(int(seed))
     r = torch.randn(v.shape[-1], generator=g)
     return r / r.norm() * v.float().norm()
+
+
+def random_subspace(vectors: Sequence[Tensor] | Tensor, seed: int) -> Float[Tensor, "k d"]:
+    """The control of a subspace ablation: ``k`` seeded random, mutually orthogonal directions (``[k, d]``),
+    row ``i`` with the norm of ``vectors[i]``, so the span has the rank of ``vectors`` and
+    :func:`ablate_everywhere` treats it exactly as the chosen subspace (same rank, one row per chosen
+    site/position). A zero-norm row is a :class:`SpecError`.
+
+    Example:
+        >>> import torch
+        >>> r = random_subspace([torch.ones(8), 2 * torch.eye(8)[0]], seed=0)
+        >>> r.shape, [round(float(n), 4) for n in r.norm(dim=1)], abs(float(r[0] @ r[1])) < 1e-5
+        (torch.Size([2, 8]), [2.8284, 2.0], True)
+    """
+    m = torch.stack(list(vectors)) if not isinstance(vectors, Tensor) else vectors
+    m = m.reshape(-1, m.shape[-1]).double()
+    norms = m.norm(dim=1)
+    if bool((norms == 0).any()):
+        raise SpecError("a direction of the subspace has zero norm; expected non-zero vectors")
+    if m.shape[0] > m.shape[1]:
+        raise SpecError(f"{m.shape[0]} directions in width {m.shape[1]}; expected at most {m.shape[1]}")
+    g = torch.Generator().manual_seed(int(seed))
+    q, _ = torch.linalg.qr(torch.randn(m.shape[1], m.shape[0], generator=g, dtype=torch.float64))
+    return (q.T * norms[:, None]).float()
+

@@ -113,6 +113,13 @@ def test_refusal_study_writes_artifact_and_record(tmp_path, stories):
     rec = json.loads((tmp_path / "rec.json").read_text())
     assert rec["command"].startswith(f"steerlab steer refusal {MODEL} --suite organism-refusal --limit 4")
     assert rec["metrics"]["subspace_rank"] == 1 and len(rec["runs"]["ablate_random"]) == 1
+    sub_random = rec["runs"]["ablate_subspace_random"]  # one random subspace of the same rank per control
+    assert len(sub_random) == 1 and rec["metrics"]["subspace_random_refusal_mean"] == round(sub_random[0]["refusal"], 4)
+    b_ref, drop = rec["metrics"]["base_refusal"], rec["metrics"]["base_refusal"] - rec["metrics"]["subspace_refusal"]
+    gain = rec["metrics"]["subspace_compliance_gain"]
+    worst = (b_ref - sub_random[0]["refusal"], sub_random[0]["compliance"] - rec["metrics"]["base_compliance"])
+    assert rec["metrics"]["subspace_random_within_fifth"] == (worst[0] <= max(drop, 0) / 5 + 1e-6
+                                                               and worst[1] <= max(gain, 0) / 5 + 1e-6)
     site = art.config["chosen"]["site"]
     from steerlab.suites import load_suite
 
