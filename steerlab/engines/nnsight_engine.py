@@ -153,14 +153,19 @@ class NNsightEngine:
 
 
     # -- the remote path (see remote_program below) ----------------------------------------------
-    def generate_remote(
+    def run_remote(
         self, enc: dict[str, Tensor], interventions: Any = None, *, remote: bool | str = "local",
         max_new_tokens: int = 16, **generate_kwargs: Any
-    ) -> Tensor:
+    ) -> Any:
         """Greedy generation of exactly ``max_new_tokens`` tokens (no stop at EOS) with ``interventions``
-        through nnsight's remote path: ``remote=True`` ships the run to NDIF (a model it hosts, the key
-        in nnsight's config), ``"local"`` runs nnsight's serialize -> deserialize -> execute path here.
-        Returns the sequences ``[batch, prompt + max_new_tokens]``."""
+        (a list, a set or a compiled :class:`Plan`) through nnsight's remote path: ``remote=True`` ships the
+        run to NDIF (a model it hosts, the key in nnsight's config), ``"local"`` runs nnsight's serialize ->
+        deserialize -> execute path here. Returns Hugging Face ``generate``'s output (``sequences``, and
+        ``logits`` with ``output_logits=True``).
+
+        Weight edits are made inside the traced code, before the first forward, and undone there in a
+        ``finally`` once generation has ended or failed: the model's weights come back bit for bit.
+        """
         import sys
 
         import nnsight
@@ -168,19 +173,36 @@ class NNsightEngine:
         from steerlab.interventions import ops
         from steerlab.models.adapters import routing
 
+        if isinstance(interventions, Plan):
+            interventions = interventions.interventions
         program = remote_program(self.handle, interventions, enc, max_new_tokens)
         for module in (ops, routing, sys.modules[__name__]):  # shipped by value (source), never imported there
             nnsight.register(module)
         route = routing.route
         lm = self.lm
         kw = {"do_sample": False, "eos_token_id": [], "pad_token_id": self.handle.tokenizer.pad_token_id,
-              **generate_kwargs}
+              "return_dict_in_generate": True, **generate_kwargs}
+        visits, edits = program["visits"], program["edits"]
         with self.lock, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with lm.generate(dict(enc), max_new_tokens=max_new_tokens, remote=remote, **kw) as tracer:
-                for step in tracer.iter[:max_new_tokens]:
-                    _remote_step(lm, program, step, route)
-                out = tracer.result.save()
+                saved: list = []
+                memo: dict = {}
+                try:
+                    _remote_edit(lm, edits, saved)
+                    for step in tracer.iter[:max_new_tokens]:
+                        _remote_step(lm, visits, step, route, memo)
+                    out = tracer.result.save()
+                finally:
+                    _remote_restore(saved)
+        return out
+
+    def generate_remote(
+        self, enc: dict[str, Tensor], interventions: Any = None, *, remote: bool | str = "local",
+        max_new_tokens: int = 16, **generate_kwargs: Any
+    ) -> Tensor:
+        """:meth:`run_remote`'s sequences ``[batch, prompt + max_new_tokens]``."""
+        out = self.run_remote(enc, interventions, remote=remote, max_new_tokens=max_new_tokens, **generate_kwargs)
         return out.sequences if hasattr(out, "sequences") else out
 
 
@@ -188,9 +210,15 @@ class NNsightEngine:
 # nnsight ships a traced block to NDIF as source plus the values it references, and the server runs
 # it with an import whitelist (torch, numpy, einops, math, collections, ...). So nothing of steerlab
 # runs there: `remote_program` compiles an intervention list, before the trace, into plain data
-# (module paths, tensors, per-step position masks) and `_remote_step`, which touches only torch and
-# that data, applies it. The pure tensor functions of `steerlab.interventions.ops` and the routing
-# rule (`route`) ship by value (their module registered with nnsight, source only).
+# (module and parameter paths, tensors, per-step position masks) and `_remote_edit`, `_remote_step`
+# and `_remote_restore`, which touch only torch and that data, apply it. The pure tensor functions of
+# `steerlab.interventions.ops` and the routing rule (`route`) ship by value (their module registered
+# with nnsight, source only).
+REMOTE_TYPES = ("add_vector", "project_out", "scale_units", "patch", "conditional_add", "expert_mask",
+                "param_edit", "region_edit")  # every type remote_program compiles (tests enumerate the registry)
+_MAX_MASK_GROUPS = 6  # expert masks of one layer with this many distinct position selectors at most
+
+
 def _remote_masks(positions: Any, attention_mask: Tensor, prompt_len: int, n_steps: int) -> list[Any]:
     """The position mask of each step (``None``: all, ``False``: none, else ``[batch, seq]``), as a list."""
     state = StepState.start(attention_mask, prompt_len, attention_mask.shape[0])
@@ -213,23 +241,81 @@ def _event_order(model: torch.nn.Module) -> dict[tuple[str, str], int]:
     return order
 
 
-def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n_steps: int) -> list[dict]:
-    """Compile ``interventions`` for ``enc`` into plain data for :func:`_remote_step` (see above).
+def _remote_weight_edits(h: ModelHandle, editors: list[Any]) -> list[tuple]:
+    """A plan's weight editors as plain data ``(parameter path, flat indices, op, value, extra)``, in
+    the order they apply: ``extra`` is the seeded noise (``noise``) or the delta's entries (``add``),
+    drawn and gathered here exactly as :class:`ParamEditor` does."""
+    from steerlab.interventions.regions import RegionEditor
+    from steerlab.interventions.weights import ParamEditor
 
-    Activation edits (any site, any positions) and expert masks (all positions) compile; a parameter
-    edit raises :class:`SpecError`: it would change weights that every user of a hosted model shares.
-    """
+    names = {id(p): n for n, p in h.model.named_parameters()}
+    flat: list[ParamEditor] = []
+    for ed in editors:
+        if isinstance(ed, RegionEditor):
+            flat.extend(ed.editors)
+        elif isinstance(ed, ParamEditor):
+            flat.append(ed)
+    out = []
+    for ed in flat:
+        iv, p = ed.iv, ed.param
+        idx = ed._select()
+        extra = None
+        if iv.op == "noise":
+            g = torch.Generator(device="cpu").manual_seed(iv.seed)
+            extra = torch.randn((idx.numel(),), generator=g) * iv.value
+        elif iv.op == "add":
+            extra = iv.delta.reshape(-1).to(p.device, p.dtype)[idx]
+        out.append((names[id(p)], idx, iv.op, float(iv.value), extra))
+    return out
+
+
+def _router_args(h: ModelHandle, layer: int, masks: list[Any]) -> tuple:
+    """``route``'s arguments for the masks of ``layer`` that apply together (merged), as plain data."""
+    from steerlab.interventions.routing import MergedMask
+
+    merged = MergedMask.of(masks)
+    parts = h.adapter.layers[layer]
+    n = parts.rule.n_experts
+
+    def flags(idx: Any) -> Tensor | None:
+        if not idx:
+            return None
+        t = torch.zeros(n, dtype=torch.bool, device=h.device)
+        t[sorted(idx)] = True
+        return t
+
+    scale = None
+    if merged.scale:
+        scale = torch.ones(n, dtype=torch.float32, device=h.device)
+        for e, s in merged.scale.items():
+            scale[e] = s
+    bias = h.adapter.router_bias(parts.router)
+    off, on = flags(merged.off), flags(merged.on)
+    only_off = off is not None and on is None and scale is None and not merged.renormalize and parts.rule.off_is_local
+    return (parts.rule, off, on, None if bias is None else bias.detach().clone(), scale, merged.renormalize, only_off)
+
+
+def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n_steps: int) -> dict[str, list]:
+    """Compile ``interventions`` for ``enc`` into plain data for :func:`_remote_step` (``"visits"``, in
+    forward order) and :func:`_remote_edit` (``"edits"``, weight edits). Every type of
+    :data:`REMOTE_TYPES` compiles; any other raises :class:`SpecError` naming it."""
     from steerlab.errors import SpecError
     from steerlab.interventions import ops
     from steerlab.interventions.compile import compile_plan
-    from steerlab.interventions.routing import ExpertMask, MergedMask
+    from steerlab.interventions.positions import check_positions
     from steerlab.interventions.spec import as_set
 
     ivs = as_set(interventions)
-    compile_plan(h, ivs)  # validates everything against the model first
+    for i, iv in enumerate(ivs):
+        if iv.type not in REMOTE_TYPES:
+            raise SpecError(f"intervention {i}: type {iv.type!r} has no remote form; the remote path runs "
+                            f"{list(REMOTE_TYPES)}")
+    plan = compile_plan(h, ivs)  # validates everything against the model first
+    mask, prompt_len = enc["attention_mask"], enc["input_ids"].shape[1]
+    check_positions(plan.selectors, mask)
     paths = {id(m): name for name, m in h.model.named_modules()}
     order = _event_order(h.model)
-    mask, prompt_len = enc["attention_mask"], enc["input_ids"].shape[1]
+    pad_lens = StepState.start(mask, prompt_len).pad_lens.to(h.device)
     visits: dict[tuple[str, str], dict] = {}
 
     def visit(ref: Any, router: bool = False) -> dict:
@@ -239,17 +325,13 @@ def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n
                            "scale": ref.scale, "router": router, "ops": []}
         return visits[key]
 
-    masks: dict[str, list[tuple[int, ExpertMask]]] = {}
+    masks: dict[int, list[Any]] = {}
     mid_ops: dict[int, list[tuple]] = {}
     for i, iv in enumerate(ivs):
         if iv.kind == "weights":
-            raise SpecError(f"intervention {i} ({iv.type}): parameter edits cannot run remotely; they would "
-                            "change weights that every user of a hosted model shares")
+            continue  # plan.editors, below
         if iv.kind == "routing":
-            if iv.positions != "all":
-                raise SpecError(f"intervention {i} ({iv.type}): remote expert masks act at all positions, "
-                                f"got positions={iv.positions!r}")
-            masks.setdefault(str(iv.layer), []).append((i, iv))
+            masks.setdefault(iv.layer, []).append(iv)
             continue
         ref = h.site(iv.site)
         sel = _remote_masks(iv.positions, mask, prompt_len, n_steps)
@@ -260,14 +342,19 @@ def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n
             op = ("fn", ops.project_out, (iv.direction.to(h.device, dt),), sel)
         elif iv.type == "scale_units":
             op = ("fn", ops.scale_units, (torch.tensor(iv.units, dtype=torch.long, device=h.device), iv.scale), sel)
+        elif iv.type == "patch" and iv.value.ndim == 3:
+            raise SpecError(f"intervention {i} (patch): a [batch, pos, d] value patches one plain forward; "
+                            "generation needs a [d] or [P, d] value")
         elif iv.type == "patch" and iv.value.ndim == 2:
             ops_ = [("fn", ops.patch, (row.to(h.device, dt),), _remote_masks([p], mask, prompt_len, n_steps))
                     for row, p in zip(iv.value, iv.positions, strict=True)]
             op = ("many", None, tuple(ops_), sel)
         elif iv.type == "patch":
             op = ("fn", ops.patch, (iv.value.to(h.device, dt),), sel)
-        else:
-            raise SpecError(f"intervention {i}: type {iv.type!r} has no remote form yet")
+        else:  # conditional_add
+            args = ((iv.scale * iv.vector).to(h.device, dt), iv.probe_weight.to(h.device, torch.float32),
+                    iv.probe_bias, iv.threshold, iv.mode, i, pad_lens, prompt_len)
+            op = ("cond", None, args, sel)
         if ref.component == "resid_mid":
             mid_ops.setdefault(ref.layer, []).append(op)
         else:
@@ -279,34 +366,110 @@ def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n
             continue
         visit(h.site(f"blocks.{layer}.resid_pre"))["ops"].insert(0, ("keep", None, (layer,), None))
         attn["ops"].append(("mid", None, (layer, ("many", None, tuple(ops_list), None)), None))
-    for layer, numbered in masks.items():
-        L = int(layer)
-        merged = MergedMask.of([m for _, m in numbered])
-        parts = h.adapter.layers[L]
-        n = parts.rule.n_experts
+    for layer, layer_masks in masks.items():
+        groups: dict[str, list[Any]] = {}
+        for m in layer_masks:
+            groups.setdefault(repr(m.positions), []).append(m)
+        members = list(groups.values())
+        if len(members) > _MAX_MASK_GROUPS:
+            raise SpecError(f"expert masks on layer {layer} use {len(members)} different positions; the remote "
+                            f"path takes at most {_MAX_MASK_GROUPS} per layer")
+        sels = [_remote_masks(g[0].positions, mask, prompt_len, n_steps) for g in members]
+        variants = {bits: _router_args(h, layer, [m for g, ms in enumerate(members) if bits >> g & 1 for m in ms])
+                    for bits in range(1, 1 << len(members))}
+        visit(h.site(f"blocks.{layer}.moe.router_logits"), router=True)["ops"].append(
+            ("route", None, (variants, sels), None))
+    # the plan's weight editors (ParamEditor, RegionEditor; expert masks route in the trace instead)
+    from steerlab.interventions.regions import RegionEditor
+    from steerlab.interventions.weights import ParamEditor
 
-        def flags(idx: Any, n: int = n) -> Tensor | None:
-            if not idx:
-                return None
-            t = torch.zeros(n, dtype=torch.bool, device=h.device)
-            t[sorted(idx)] = True
-            return t
-
-        scale = None
-        if merged.scale:
-            scale = torch.ones(n, dtype=torch.float32, device=h.device)
-            for e, s in merged.scale.items():
-                scale[e] = s
-        bias = h.adapter.router_bias(parts.router)
-        args = (parts.rule, flags(merged.off), flags(merged.on), None if bias is None else bias.detach().clone(),
-                scale, merged.renormalize)
-        visit(h.site(f"blocks.{L}.moe.router_logits"), router=True)["ops"].append(("route", None, args, None))
-    return sorted(visits.values(), key=lambda v: order[(v["path"], v["kind"])])
+    editors = [ed for ed in plan.editors if isinstance(ed, (ParamEditor, RegionEditor))]
+    return {"visits": sorted(visits.values(), key=lambda v: order[(v["path"], v["kind"])]),
+            "edits": _remote_weight_edits(h, editors)}
 
 
-def _remote_step(lm: Any, program: list[dict], step: int, route: Any) -> None:
-    """Apply a :func:`remote_program` at generation step ``step`` (plain torch: runs inside the trace)."""
+def _remote_edit(lm: Any, edits: list[tuple], saved: list) -> None:
+    """Apply :func:`remote_program`'s weight edits in place (plain torch: runs inside the trace), each
+    one's original entries appended to ``saved`` before it is changed."""
+    for path, idx, op, value, extra in edits:
+        flat = lm.get(path).data.view(-1)
+        cur = flat[idx]
+        saved.append((flat, idx, cur.clone()))
+        if op == "zero":
+            new = torch.zeros_like(cur)
+        elif op == "scale":
+            new = cur * value
+        elif op == "set":
+            new = torch.full_like(cur, value)
+        elif op == "noise":
+            new = cur + extra.to(cur)
+        else:
+            new = cur + extra
+        flat[idx] = new
+
+
+def _remote_restore(saved: list) -> None:
+    """Undo :func:`_remote_edit`, in reverse order (plain torch: runs inside the trace)."""
+    for flat, idx, old in reversed(saved):
+        flat[idx] = old
+
+
+def _remote_route(route: Any, out: Any, variants: dict, sels: list, step: int) -> Any:
+    """The router output with the expert masks of one layer (plain torch: runs inside the trace)."""
+
+    def redo(bits: int) -> Any:
+        rule, off, on, bias, scale, renorm, only_off = variants[bits]
+        if only_off and not bool(off[out[2]].any()):
+            return out
+        w, idx = route(rule, out[0], off=off, on=on, bias=bias, gate_scale=scale, renormalize=renorm)
+        return (out[0], w.to(out[1].dtype), idx, *out[3:])
+
+    ms = [s[step] if step < len(s) else s[-1] for s in sels]
+    if all(m is None or m is False for m in ms):
+        bits = sum(1 << g for g, m in enumerate(ms) if m is None)
+        return redo(bits) if bits else out
+    logits = out[0]
+    code = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    for g, m in enumerate(ms):
+        if m is None:
+            code += 1 << g
+        elif m is not False:
+            code += m.reshape(-1).long() << g
+    w, idx = out[1], out[2]
+    for bits in code.unique().tolist():
+        if bits:
+            new = redo(bits)
+            here = (code == bits).unsqueeze(1)
+            w, idx = torch.where(here, new[1], w), torch.where(here, new[2], idx)
+    return (logits, w, idx, *out[3:])
+
+
+def _remote_step(lm: Any, program: list[dict], step: int, route: Any, memo: dict) -> None:
+    """Apply :func:`remote_program`'s visits at generation step ``step`` (plain torch: runs inside the
+    trace). ``memo`` keeps what lasts across steps (conditional steering's verdicts)."""
     kept: dict[int, Any] = {}
+
+    def conditional(args: Any, x: Any, m: Any) -> Any:  # ConditionalAdd's op, step by step
+        vec, w, bias, thr, mode, key, pad, plen = args
+        fires = (x.float() @ w + bias) > thr
+        off = max(plen + step - x.shape[1], 0)
+        if mode == "row":
+            col = plen - 1 - off  # the last prompt token (left padding: same column)
+            if 0 <= col < x.shape[1]:
+                memo[key] = fires[:, col]
+            active = memo[key].unsqueeze(1).expand_as(fires)
+        else:
+            cols = off + torch.arange(x.shape[1], device=x.device)
+            real = cols.unsqueeze(0) >= pad.unsqueeze(1)
+            carry = memo.get(key) if off > 0 else None
+            hit = (fires & real).int().cumsum(1) > 0
+            active = hit if carry is None else hit | carry.unsqueeze(1)
+            memo[key] = active[:, -1]
+        if m is False:
+            return x
+        if m is not None:
+            active = active & m
+        return x + active.unsqueeze(-1).to(x.dtype) * vec
 
     def run(op: Any, x: Any) -> Any:
         name, fn, args, sel = op
@@ -321,6 +484,8 @@ def _remote_step(lm: Any, program: list[dict], step: int, route: Any) -> None:
                 x = run(sub, x)
             return x
         m = sel[step] if step < len(sel) else sel[-1]
+        if name == "cond":
+            return conditional(args, x, m)
         if m is False:
             return x
         if name == "add":
@@ -331,9 +496,8 @@ def _remote_step(lm: Any, program: list[dict], step: int, route: Any) -> None:
         env = lm.get(v["path"])
         value = env.input if v["kind"] == "input" else env.output
         if v["router"]:
-            for _name, _, (rule, off, on, bias, scale, renorm), _ in v["ops"]:
-                w, idx = route(rule, value[0], off=off, on=on, bias=bias, gate_scale=scale, renormalize=renorm)
-                value = (value[0], w.to(value[1].dtype), idx, *value[3:])
+            for _name, _, (variants, sels), _ in v["ops"]:
+                value = _remote_route(route, value, variants, sels, step)
             env.output = value
             continue
         el = v["element"]

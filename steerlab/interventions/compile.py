@@ -71,6 +71,7 @@ class Plan:
     records: list[str]
     n_interventions: int
     selectors: list[Any] = field(default_factory=list)  # every position selector, checked per batch
+    interventions: Any = None  # the validated InterventionSet it was compiled from (the remote path recompiles it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,7 +207,8 @@ def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | 
             v.apply = _chain(tensor_fns[k])
     ordered = sorted(visits.values(), key=lambda v: (v.key, v.kind != "input"))
     selectors = [iv.positions for iv in ivs if getattr(iv, "positions", "all") != "all"]
-    return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs), selectors=selectors)
+    return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs), selectors=selectors,
+                interventions=ivs)
 
 
 def _identity(value: Any, state: StepState) -> None:

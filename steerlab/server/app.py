@@ -50,6 +50,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
+from steerlab.engines.nnsight_engine import REMOTE_TYPES
 from steerlab.errors import SpecError, SteerlabError, UnknownSiteError
 from steerlab.interventions import InterventionSet
 from steerlab.interventions.compile import compile_plan
@@ -315,16 +316,16 @@ class Service:
                    system=system, prompt_tokens=n_prompt, digest=digest)
 
     def check_remote(self, req: _Common, ivs: InterventionSet, smp: Sampler) -> None:
-        """What the remote path cannot run is a 422 before queueing (see ``docs/scale.md``)."""
+        """What the remote path cannot run is a 422 before queueing (see ``docs/scale.md``): it generates
+        greedily, and runs every intervention type of the registry's built-ins."""
         if not smp.greedy:
             param = "steerlab.sampler" if req.steerlab and req.steerlab.sampler else "temperature"
             raise ApiError(422, f"{param}: this server runs remotely and generates greedily; send temperature 0",
                            param)
         for i, iv in enumerate(ivs):
-            if iv.kind == "weights" or (iv.kind == "routing" and getattr(iv, "positions", "all") != "all"):
-                what = "parameter edits" if iv.kind == "weights" else "expert masks at some positions"
-                raise ApiError(422, f"steerlab.interventions: intervention {i} ({iv.type}): {what} cannot run "
-                               "remotely (docs/scale.md)", "steerlab.interventions")
+            if iv.type not in REMOTE_TYPES:
+                raise ApiError(422, f"steerlab.interventions: intervention {i} ({iv.type}) has no remote form "
+                               "(docs/scale.md)", "steerlab.interventions")
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)

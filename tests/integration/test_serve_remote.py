@@ -1,9 +1,11 @@
-"""The NDIF path: every intervention type through nnsight's ``remote="local"`` (serialize -> deserialize
-with local modules hidden -> execute) gives exactly the local engine's tokens.
+"""The NDIF path: every registered intervention type through nnsight's ``remote="local"`` (serialize ->
+deserialize with local modules hidden -> execute) gives exactly the local engine's tokens and logits.
 
 Each case checks that nnsight's ``LocalSimulationBackend`` really ran (a counter around it), that the
-remote tokens equal ``sl.generate`` with the local engine bit for bit, and that the intervention changes
-the tokens (so equality is not vacuous). Parameter edits are refused remotely, with a one-line reason.
+remote tokens and per-step logits equal ``sl.generate`` with the local engine bit for bit (the same torch
+ops in the same order on the same weights: no tolerance is needed, so none is allowed), that the
+intervention changes the tokens (so equality is not vacuous) and that the model's weights are the same
+bits afterwards. The registry is enumerated: a type registered in steerlab without a case here fails.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ import torch
 import steerlab as sl
 from steerlab.engines import engine_for
 from steerlab.errors import SpecError
-from steerlab.interventions import AddVector, ExpertMask, ParamEdit, Patch, ProjectOut, ScaleUnits
+from steerlab.interventions import (
+    AddVector,
+    ConditionalAdd,
+    ExpertMask,
+    ParamEdit,
+    Patch,
+    ProjectOut,
+    RegionEdit,
+    ScaleUnits,
+    intervention_types,
+)
 
 PROMPTS = ["Once upon a time there was", "The dog ran to the", "Lily saw"]  # left padding in the batch
 N = 5
@@ -39,88 +51,207 @@ def _vec(h, seed: int) -> torch.Tensor:
     return torch.randn(h.d_model, generator=torch.Generator().manual_seed(seed)) * 3
 
 
-CASES = {
-    "add_vector": lambda h: [AddVector(site="blocks.1.resid_post", vector=_vec(h, 1))],
-    "project_out_mid": lambda h: [ProjectOut(site="blocks.1.resid_mid", direction=_vec(h, 2))],
-    "scale_units_generated": lambda h: [ScaleUnits(site="blocks.1.mlp_out", units=list(range(0, h.d_model, 2)),
-                                                   scale=4.0, positions="generated")],
-    "patch_last": lambda h: [Patch(site="blocks.0.resid_post", value=_vec(h, 3), positions={"last": 2})],
-    "patch_rows": lambda h: [Patch(site="blocks.1.resid_pre", value=torch.stack([_vec(h, 4), _vec(h, 5)]),
-                                   positions=[0, 2])],
-}
-MOE_CASES = {
-    "expert_mask_off": lambda h: [ExpertMask(layer=1, off=[0, 1])],
-    "expert_mask_on_scale": lambda h: [ExpertMask(layer=1, on=[2], scale={3: 0.5}, renormalize=True)],
-    "all_together": lambda h: [*CASES["add_vector"](h), *CASES["project_out_mid"](h),
-                               *CASES["scale_units_generated"](h), *CASES["patch_last"](h),
-                               AddVector(site="blocks.0.resid_mid", vector=_vec(h, 7), positions="prompt"),
-                               ExpertMask(layer=2, off=[1]), ExpertMask(layer=1, off=[3])],
-}
+def _probe(h, site: str, layer_prompts=PROMPTS) -> tuple[torch.Tensor, float]:
+    """A probe on ``site`` whose threshold splits the rows' last prompt tokens (some fire, some not)."""
+    w = _vec(h, 11)
+    acts = sl.capture(h, layer_prompts, [site]).last(site) @ w
+    return w, float(acts.median())
+
+
+def _region(h, names: list[str], per: int, seed: int) -> tuple[list[str], list[int], torch.Tensor]:
+    params = dict(h.model.named_parameters())
+    g = torch.Generator().manual_seed(seed)
+    idx = [torch.randperm(params[n].numel(), generator=g)[:per] for n in names]
+    return names, [per] * len(names), torch.cat(idx)
+
+
+def _dense_cases(h) -> dict:
+    w, thr = _probe(h, "blocks.1.resid_post")
+    mlp = "model.layers.1.mlp.down_proj.weight"
+    shape = dict(h.model.named_parameters())[mlp].shape
+    names, counts, idx = _region(h, ["model.layers.0.mlp.up_proj.weight", "model.layers.2.self_attn.o_proj.weight"],
+                                 300, 5)
+    return {
+        "add_vector": [AddVector(site="blocks.1.resid_post", vector=_vec(h, 1))],
+        "project_out_mid": [ProjectOut(site="blocks.1.resid_mid", direction=_vec(h, 2))],
+        "scale_units_generated": [ScaleUnits(site="blocks.1.mlp_out", units=list(range(0, h.d_model, 2)),
+                                             scale=4.0, positions="generated")],
+        "patch_last": [Patch(site="blocks.0.resid_post", value=_vec(h, 3), positions={"last": 2})],
+        "patch_rows": [Patch(site="blocks.1.resid_pre", value=torch.stack([_vec(h, 4), _vec(h, 5)]),
+                             positions=[0, 2])],
+        "conditional_row": [ConditionalAdd(site="blocks.1.resid_post", vector=_vec(h, 6), scale=2.0,
+                                           probe_weight=w, threshold=thr)],
+        "conditional_from_step_mid": [ConditionalAdd(site="blocks.2.resid_mid", vector=_vec(h, 8), mode="from_step",
+                                                     probe_weight=_vec(h, 9), threshold=5.0, positions="generated")],
+        "param_edit_scale_mask": [ParamEdit(param=mlp, op="scale", value=-2.0, mask=torch.rand(shape) < 0.5)],
+        "param_edit_noise_then_add": [
+            ParamEdit(param=mlp, op="noise", value=0.5, seed=3, indices=list(range(0, shape.numel(), 7))),
+            ParamEdit(param=mlp, op="add", delta=torch.randn(shape, generator=torch.Generator().manual_seed(4))),
+        ],
+        "param_edit_zero_set": [ParamEdit(param="model.layers.3.self_attn.o_proj.weight", op="zero"),
+                                ParamEdit(param="model.norm.weight", op="set", value=2.0, indices=[0, 5, 9])],
+        "region_edit_noise": [RegionEdit(params=names, counts=counts, indices=idx, op="noise", value=0.3, seed=2)],
+        "region_edit_scale": [RegionEdit(params=names, counts=counts, indices=idx, op="scale", value=-3.0)],
+    }
+
+
+def _moe_cases(h) -> dict:
+    dense = _dense_cases_moe(h)
+    return {
+        "expert_mask_off": [ExpertMask(layer=1, off=[0, 1])],
+        "expert_mask_on_scale": [ExpertMask(layer=1, on=[2], scale={3: 0.5}, renormalize=True)],
+        "expert_mask_positions": [ExpertMask(layer=1, off=[0, 1], positions="prompt"),
+                                  ExpertMask(layer=1, on=[3], positions="generated"),
+                                  ExpertMask(layer=2, off=[2], scale={1: 0.3}, positions={"last": 1})],
+        "expert_weights": [ParamEdit(param="model.layers.1.mlp.experts.down_proj", op="scale", value=-4.0)],
+        "all_together": [*dense, ExpertMask(layer=2, off=[1]), ExpertMask(layer=1, off=[3]),
+                         ExpertMask(layer=1, scale={0: 0.5}, positions="generated"),
+                         RegionEdit(params=["model.layers.2.mlp.experts.gate_up_proj"], counts=[50],
+                                    indices=torch.arange(0, 5000, 100), op="set", value=0.7)],
+    }
+
+
+def _dense_cases_moe(h) -> list:
+    w, thr = _probe(h, "blocks.0.resid_post")
+    return [AddVector(site="blocks.1.resid_post", vector=_vec(h, 1)),
+            ProjectOut(site="blocks.1.resid_mid", direction=_vec(h, 2)),
+            ScaleUnits(site="blocks.1.mlp_out", units=list(range(0, h.d_model, 2)), scale=4.0, positions="generated"),
+            Patch(site="blocks.0.resid_post", value=_vec(h, 3), positions={"last": 2}),
+            AddVector(site="blocks.0.resid_mid", vector=_vec(h, 7), positions="prompt"),
+            ConditionalAdd(site="blocks.0.resid_post", vector=_vec(h, 6), probe_weight=w, threshold=thr),
+            ParamEdit(param="model.layers.0.self_attn.o_proj.weight", op="scale", value=3.0)]
+
+
+def _weights(h) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in h.model.state_dict().items()}
+
+
+def _same_bits(h, before: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(before[k], v) for k, v in h.model.state_dict().items())
 
 
 def _check(h, ivs, calls) -> None:
     enc = h.encode(PROMPTS)
     assert (enc["attention_mask"] == 0).any()
-    before = len(calls)
-    remote = engine_for(h).generate_remote(enc, ivs, remote="local", max_new_tokens=N)
-    assert len(calls) == before + 1, "nnsight's local simulation backend did not run"
-    local = sl.generate(h, PROMPTS, interventions=ivs, max_new_tokens=N, stop_at_eos=False).sequences
+    before, n_calls = _weights(h), len(calls)
+    out = engine_for(h).run_remote(enc, ivs, remote="local", max_new_tokens=N, output_logits=True)
+    assert len(calls) == n_calls + 1, "nnsight's local simulation backend did not run"
+    assert _same_bits(h, before), "the remote run left a weight changed"
+    local = sl.generate(h, PROMPTS, interventions=ivs, max_new_tokens=N, stop_at_eos=False, output_scores=True)
     plain = sl.generate(h, PROMPTS, max_new_tokens=N, stop_at_eos=False).sequences
-    assert torch.equal(remote, local)
-    assert not torch.equal(local, plain), "the intervention changes nothing: the check would be vacuous"
+    assert torch.equal(out.sequences, local.sequences)
+    assert len(out.logits) == N
+    assert all(torch.equal(a.float(), b) for a, b in zip(out.logits, local.scores, strict=True))
+    assert not torch.equal(local.sequences, plain), "the intervention changes nothing: the check would be vacuous"
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_activation_types_dense(stories, backend_calls, case):
-    _check(stories, CASES[case](stories), backend_calls)
+@pytest.fixture(scope="module")
+def dense_cases(stories):
+    return _dense_cases(stories)
 
 
-@pytest.mark.parametrize("case", list(MOE_CASES))
-def test_moe_types(tiny, backend_calls, case):
-    _check(tiny("deepseek_v3"), MOE_CASES[case](tiny("deepseek_v3")), backend_calls)
+@pytest.fixture(scope="module")
+def moe(tiny):
+    return tiny("deepseek_v3")
+
+
+@pytest.fixture(scope="module")
+def moe_cases(moe):
+    return _moe_cases(moe)
+
+
+DENSE = ["add_vector", "project_out_mid", "scale_units_generated", "patch_last", "patch_rows", "conditional_row",
+         "conditional_from_step_mid", "param_edit_scale_mask", "param_edit_noise_then_add", "param_edit_zero_set",
+         "region_edit_noise", "region_edit_scale"]
+MOE = ["expert_mask_off", "expert_mask_on_scale", "expert_mask_positions", "expert_weights", "all_together"]
+
+
+@pytest.mark.parametrize("case", DENSE)
+def test_every_type_on_a_dense_model(stories, dense_cases, backend_calls, case):
+    _check(stories, dense_cases[case], backend_calls)
+
+
+@pytest.mark.parametrize("case", MOE)
+def test_every_type_on_an_moe_model(moe, moe_cases, backend_calls, case):
+    _check(moe, moe_cases[case], backend_calls)
 
 
 def test_all_together_on_a_softmax_router(tiny, backend_calls):
     h = tiny("mixtral")
-    _check(h, MOE_CASES["all_together"](h), backend_calls)
+    _check(h, _moe_cases(h)["all_together"], backend_calls)
 
 
-def test_parameter_edits_are_refused_remotely(stories):
-    enc = stories.encode(PROMPTS)
-    before = {k: v.clone() for k, v in stories.model.state_dict().items()}
-    with pytest.raises(SpecError, match=r"intervention 0 \(param_edit\): parameter edits cannot run remotely"):
-        edit = ParamEdit(param="model.layers.0.self_attn.o_proj.weight", op="zero")
-        engine_for(stories).generate_remote(enc, [edit], remote="local")
-    with pytest.raises(SpecError, match="remote expert masks act at all positions"):
-        from steerlab.models.tiny import tiny_model
+def test_the_cases_cover_the_registry(dense_cases, moe_cases):
+    """Every type registered in steerlab has a remote case above (a new type without one fails here);
+    a type registered elsewhere is refused remotely with a one-line SpecError naming it."""
+    covered = {iv.type for ivs in (*dense_cases.values(), *moe_cases.values()) for iv in ivs}
+    assert set(dense_cases) == set(DENSE) and set(moe_cases) == set(MOE)
+    ours = {name for name, cls in intervention_types().items() if cls.__module__.startswith("steerlab.")}
+    assert ours - covered == set(), f"registered types without a remote test case: {sorted(ours - covered)}"
 
-        moe = tiny_model("deepseek_v3")
-        engine_for(moe).generate_remote(moe.encode(PROMPTS), [ExpertMask(layer=1, off=[0], positions="prompt")])
-    assert all(torch.equal(before[k], v) for k, v in stories.model.state_dict().items())
+
+def test_a_type_without_a_remote_form_is_refused(stories):
+    from steerlab.interventions.base import ActOp, SiteIntervention
+
+    class Negate(SiteIntervention):  # deliberately not registered: the registry stays as it is
+        type: str = "negate_unregistered"
+
+        def compile_op(self, h, ref, width):
+            return ActOp(lambda x, m, s: -x, self.positions)
+
+    before = _weights(stories)
+    edit = ParamEdit(param="model.layers.0.self_attn.o_proj.weight", op="zero")
+    with pytest.raises(SpecError, match=r"intervention 1: type 'negate_unregistered' has no remote form"):
+        engine_for(stories).generate_remote(stories.encode(PROMPTS), [edit, Negate(site="blocks.0.resid_post")])
+    assert _same_bits(stories, before)
+
+
+def test_weights_come_back_when_the_run_raises(stories, backend_calls):
+    """A forward that fails mid-generation (a hook on the traced model raising at the third forward): the
+    traced ``finally`` restores every edited entry, and the error reaches the caller."""
+    ivs = _dense_cases(stories)
+    edits = [*ivs["param_edit_noise_then_add"], *ivs["region_edit_scale"]]
+    before = _weights(stories)
+    engine = engine_for(stories)
+    seen = []
+
+    def fail(module, args, out):
+        seen.append(1)
+        if len(seen) == 3:
+            raise RuntimeError("planted failure at the third forward")
+
+    hook = engine.lm.get("model.layers.4")._module.register_forward_hook(fail)
+    try:
+        with pytest.raises(Exception, match="planted failure"):
+            engine.run_remote(stories.encode(PROMPTS), edits, remote="local", max_new_tokens=N)
+    finally:
+        hook.remove()
+    assert len(seen) == 3 and backend_calls
+    assert _same_bits(stories, before)
 
 
 def test_the_server_over_the_remote_path(stories, backend_calls):
     """``ServerConfig(remote="local")``: the same HTTP answers as the local server, through nnsight's
-    simulation backend; what cannot run remotely is a 422 before queueing."""
+    simulation backend, parameter edits included; what cannot run remotely is a 422 before queueing."""
     from fastapi.testclient import TestClient
 
     from steerlab.server import ServerConfig, create_app
 
     steer = {"interventions": [{"type": "add_vector", "site": "blocks.1.resid_post",
-                                "vector": _vec(stories, 1).tolist()}]}
+                                "vector": _vec(stories, 1).tolist()},
+                               {"type": "param_edit", "param": "model.layers.3.self_attn.o_proj.weight",
+                                "op": "zero"}]}
     bodies = [{"model": "s", "prompt": p, "max_tokens": 8, "temperature": 0, "steerlab": steer} for p in PROMPTS]
     answers = {}
+    before = _weights(stories)
     for remote in (False, "local"):
         with TestClient(create_app(stories, ServerConfig(model_name="s", remote=remote))) as c:
             answers[remote] = [c.post("/v1/completions", json=b).json()["choices"][0] for b in bodies]
             if remote:
                 streamed = c.post("/v1/completions", json={**bodies[0], "stream": True}).text
-                edit = {"interventions": [{"type": "param_edit", "param": "model.layers.0.self_attn.o_proj.weight",
-                                           "op": "zero"}]}
-                r = c.post("/v1/completions", json={**bodies[0], "steerlab": edit})
-                assert r.status_code == 422 and "parameter edits cannot run remotely" in r.json()["error"]["message"]
                 r = c.post("/v1/completions", json={**bodies[0], "temperature": 1.0})
                 assert r.status_code == 422 and r.json()["error"]["param"] == "temperature"
+    assert _same_bits(stories, before)
     assert len(backend_calls) >= len(PROMPTS)
     assert answers["local"] == answers[False]
     want = sl.generate(stories, PROMPTS[:1], interventions=steer["interventions"], max_new_tokens=8).texts[0]
