@@ -103,6 +103,7 @@ def generate(
     record: list[str] | None = None,
     plan: Plan | None = None,
     streamer: Any = None,
+    remote: bool | str = False,
 ) -> GenerationResult:
     """Generate a completion for each prompt, batched, with interventions active at every step.
 
@@ -114,12 +115,26 @@ def generate(
     ``record``: sites whose activations are kept per step in ``result.records``. ``streamer``: a
     transformers streamer (``put``/``end``, e.g. ``TextIteratorStreamer``) that receives the prompt and
     then each new token as it is chosen, steered or not.
+
+    ``remote``: run through nnsight's remote path (:meth:`~steerlab.engines.nnsight_engine.NNsightEngine.run_remote`;
+    ``docs/scale.md``): ``True`` on NDIF (a model it hosts; the key from ``NDIF_API_KEY`` or nnsight's
+    config), ``"local"`` nnsight's in-process simulation of it (serialize -> deserialize -> execute). Greedy
+    only, with the KV cache, no ``record`` or ``streamer``; the result equals the local run's (texts, token
+    ids, sequences; ``scores`` too, up to each row's EOS, past which the local run feeds padding).
+
+    Example:
+        >>> import steerlab as sl
+        >>> h = sl.load("shared:stories260K")
+        >>> sl.generate(h, ["Once upon a time"], max_new_tokens=8, remote="local").texts[0]
+        ', there was a little girl'
     """
     prompts = check_prompts(prompts)
     if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
         raise SpecError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
     smp = coerce_sampler(sampler)
     compiled = _plan(h, interventions, record, plan)
+    if remote is not False:
+        _check_remote(remote, smp, compiled, streamer, use_cache)
     from transformers import GenerationConfig, LogitsProcessorList
 
     enc = h.encode(prompts, chat=chat, system=system)
@@ -142,11 +157,15 @@ def generate(
         return_dict_in_generate=True,
     )
     processors = LogitsProcessorList([] if smp.greedy else [smp.as_logits_processor()])
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        out, records = engine_for(h).generate(
-            enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
-        )
+    if remote is not False:
+        out = _generate_remote(h, enc, compiled, remote, int(max_new_tokens), eos, output_scores)
+        records: dict[str, list[Tensor]] = {}
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out, records = engine_for(h).generate(
+                enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
+            )
     seqs = out.sequences
     token_ids: list[list[int]] = []
     for row in seqs[:, prompt_len:].tolist():
@@ -163,6 +182,7 @@ def generate(
         "system": system,
         "use_cache": use_cache,
         "interventions": describe_interventions(interventions),
+        **({"remote": remote} if remote is not False else {}),
     }
     scores = [s.float() for s in out.logits] if output_scores else None
     return GenerationResult(
@@ -175,6 +195,40 @@ def generate(
         scores=scores,
         records=dict(records),
     )
+
+
+def _check_remote(remote: Any, smp: Sampler, plan: Plan, streamer: Any, use_cache: bool) -> None:
+    """What the remote path cannot do is a one-line :class:`SpecError` before anything runs."""
+    if remote is not True and remote != "local":
+        raise SpecError(f"remote must be False, True (NDIF) or 'local' (nnsight's simulation), got {remote!r}")
+    what = ("a sampled generation" if not smp.greedy else "record=" if plan.records else "a streamer"
+            if streamer is not None else "use_cache=False" if not use_cache else None)
+    if what is not None:
+        raise SpecError(f"remote={remote!r} generates greedily with the KV cache, without records or a streamer; "
+                        f"got {what}")
+
+
+def _generate_remote(
+    h: ModelHandle, enc: dict[str, Tensor], plan: Plan, remote: bool | str, n: int, eos: int | None, scores: bool
+) -> Any:
+    """``generate``'s output through the remote path, cut as the local run cuts it: the remote run makes
+    ``n`` tokens per row; a row's tokens after its EOS become padding, and the run ends at the step where
+    the last row reached EOS."""
+    out = engine_for(h).run_remote(enc, plan, remote=remote, max_new_tokens=n, output_logits=scores)
+    seqs, logits = out.sequences, out.logits if scores else None
+    if eos is None:
+        return out
+    prompt_len = enc["input_ids"].shape[1]
+    new = seqs[:, prompt_len:].clone()
+    is_eos = new == eos
+    done_after = is_eos.int().cumsum(1) - is_eos.int() > 0  # strictly after the row's first EOS
+    new[done_after] = h.tokenizer.pad_token_id
+    ends = [row.index(True) + 1 if True in row else n for row in is_eos.tolist()]
+    length = max(ends)
+    out.sequences = torch.cat([seqs[:, :prompt_len], new[:, :length]], dim=1)
+    if logits is not None:
+        out.logits = tuple(logits[:length])
+    return out
 
 
 def describe_interventions(interventions: Any) -> list[dict[str, Any]]:

@@ -80,6 +80,8 @@ def generate_cmd(
         None, "--out", help="Write a generation_compare artifact (the Generate page reopens it) to this folder."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    remote: str = typer.Option(None, "--remote", help="Run on NDIF ('ndif', key in NDIF_API_KEY) or nnsight's local "
+                               "simulation of it ('local'); greedy only (docs/scale.md)."),
 ) -> None:
     """Generate completions, optionally with interventions and a sampler; --compare --out saves the runs."""
     import steerlab as sl
@@ -88,6 +90,14 @@ def generate_cmd(
 
     if compare and intervention is None:
         raise SpecError("--compare needs --intervention SPEC: it compares generations without and with it")
+    if remote not in (None, "ndif", "local"):
+        raise SpecError(f"--remote must be 'ndif' or 'local', got {remote!r}")
+    if remote and (compare or out is not None):
+        raise SpecError("--remote runs one plain generation; drop --compare/--out")
+    if remote == "ndif":
+        from steerlab.engines.nnsight_engine import check_ndif_key
+
+        check_ndif_key()
     smp = sl.make_sampler(sampler, **parse_params(param))  # the sampler and the spec file before the model
     ivs: Any = InterventionSet.load(intervention) if intervention else None
     h = sl.load(model)
@@ -95,7 +105,8 @@ def generate_cmd(
         _compare(h, prompt, ivs, compare or ivs is None, out, as_json,
                  sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
         return
-    out = sl.generate(h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat)
+    out = sl.generate(h, prompt, interventions=ivs, sampler=smp, max_new_tokens=max_new_tokens, seed=seed, chat=chat,
+                      remote={"ndif": True, "local": "local"}.get(remote or "", False))
     if as_json:
         emit(out.to_json())
         return

@@ -41,6 +41,10 @@ def serve(
     """Serve MODEL over an OpenAI-compatible API (/v1/completions, /v1/chat/completions, /v1/models)."""
     if remote not in (None, "ndif", "local"):
         raise SteerlabError(f"--remote must be 'ndif' or 'local', got {remote!r}")
+    if remote == "ndif":
+        from steerlab.engines.nnsight_engine import check_ndif_key
+
+        check_ndif_key()
     key = None
     if api_key_env:
         key = os.environ.get(api_key_env)

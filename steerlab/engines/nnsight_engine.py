@@ -173,6 +173,8 @@ class NNsightEngine:
         from steerlab.interventions import ops
         from steerlab.models.adapters import routing
 
+        if remote is True:
+            check_ndif_key()
         if isinstance(interventions, Plan):
             interventions = interventions.interventions
         program = remote_program(self.handle, interventions, enc, max_new_tokens)
@@ -217,6 +219,17 @@ class NNsightEngine:
 REMOTE_TYPES = ("add_vector", "project_out", "scale_units", "patch", "conditional_add", "expert_mask",
                 "param_edit", "region_edit")  # every type remote_program compiles (tests enumerate the registry)
 _MAX_MASK_GROUPS = 6  # expert masks of one layer with this many distinct position selectors at most
+
+
+def check_ndif_key() -> None:
+    """Raise a one-line :class:`~steerlab.errors.SteerlabError` when nnsight's config has no NDIF API key."""
+    import nnsight
+
+    from steerlab.errors import SteerlabError
+
+    if not nnsight.CONFIG.API.APIKEY:
+        raise SteerlabError("remote=True runs on NDIF and needs an API key, and nnsight's config has none: set "
+                            "NDIF_API_KEY or call nnsight.CONFIG.set_default_api_key(KEY) (remote='local' needs none)")
 
 
 def _remote_masks(positions: Any, attention_mask: Tensor, prompt_len: int, n_steps: int) -> list[Any]:

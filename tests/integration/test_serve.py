@@ -344,7 +344,11 @@ def test_serve_command_dry_run(tmp_path, monkeypatch):
     r = runner.invoke(app, ["serve", "shared:stories260K", "--host", "0.0.0.0", "--api-key-env", "STEERLAB_TEST_KEY",
                             "--dry-run"])
     assert r.exit_code == 0 and "warning" not in r.stderr and "key required" in r.stderr
+    import nnsight
+
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
     for argv, msg in [
+        (["--remote", "ndif"], "remote=True runs on NDIF and needs an API key, and nnsight's config has none"),
         (["--api-key-env", "STEERLAB_NO_SUCH_VAR"], "--api-key-env STEERLAB_NO_SUCH_VAR: the environment variable is"),
         (["--remote", "cloud"], "--remote must be 'ndif' or 'local', got 'cloud'"),
         (["--presets", str(tmp_path / "nope")], "presets folder"),

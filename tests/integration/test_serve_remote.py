@@ -230,6 +230,102 @@ def test_weights_come_back_when_the_run_raises(stories, backend_calls):
     assert _same_bits(stories, before)
 
 
+def test_the_public_api_takes_remote(stories, moe, dense_cases, moe_cases, backend_calls):
+    """``sl.generate(..., remote="local")`` equals ``sl.generate`` with the local engine: texts, token ids,
+    sequences and scores, from an intervention list or a compiled plan, dense and MoE."""
+    from steerlab.interventions.compile import compile_plan
+
+    for h, ivs in ((stories, [*dense_cases["conditional_row"], *dense_cases["param_edit_noise_then_add"],
+                              *dense_cases["patch_rows"]]),
+                   (moe, moe_cases["all_together"])):
+        before, n_calls = _weights(h), len(backend_calls)
+        kw = {"max_new_tokens": N, "stop_at_eos": False, "output_scores": True}
+        local = sl.generate(h, PROMPTS, ivs, **kw)
+        for spec in (ivs, None):
+            remote = sl.generate(h, PROMPTS, ivs if spec else None, plan=None if spec else compile_plan(h, ivs),
+                                 remote="local", **kw)
+            assert remote.texts == local.texts and remote.token_ids == local.token_ids
+            assert torch.equal(remote.sequences, local.sequences)
+            assert all(torch.equal(a, b) for a, b in zip(remote.scores, local.scores, strict=True))
+            assert remote.settings["remote"] == "local" and "remote" not in local.settings
+        assert len(backend_calls) == n_calls + 2 and _same_bits(h, before)
+        assert local.texts != sl.generate(h, PROMPTS, max_new_tokens=N, stop_at_eos=False).texts
+
+
+def test_the_public_api_cuts_at_eos_as_the_local_run_does(stories, backend_calls):
+    """With ``stop_at_eos`` the local run ends at the step where the last row reached EOS; the remote run
+    makes all ``max_new_tokens`` and is cut the same way. Here a logit boost at generated positions sends
+    every row to EOS at its second token."""
+    eos = stories.tokenizer.eos_token_id
+    boost = torch.zeros(stories.vocab_size)
+    boost[eos] = 1e3
+    ivs = [AddVector(site="logits", vector=boost, positions="generated"), *_dense_cases(stories)["patch_rows"]]
+    local = sl.generate(stories, PROMPTS, ivs, max_new_tokens=8, output_scores=True)
+    n_calls = len(backend_calls)
+    remote = sl.generate(stories, PROMPTS, ivs, max_new_tokens=8, output_scores=True, remote="local")
+    assert len(backend_calls) == n_calls + 1
+    assert local.sequences.shape[1] == local.prompt_ids.shape[1] + 2, "not cut at EOS: the check would be vacuous"
+    assert torch.equal(remote.sequences, local.sequences) and remote.token_ids == local.token_ids
+    assert remote.texts == local.texts and len(remote.scores) == 2
+    assert all(torch.equal(a, b) for a, b in zip(remote.scores, local.scores, strict=True))
+
+
+def test_remote_errors_are_one_line(stories, monkeypatch):
+    """No NDIF key, an unknown ``remote``, and what the remote path does not do: one line each, before
+    anything runs (weights untouched)."""
+    import nnsight
+
+    from steerlab.errors import SteerlabError
+
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    edit = [ParamEdit(param="model.layers.0.self_attn.o_proj.weight", op="zero")]
+    before = _weights(stories)
+    cases = [({"remote": True}, SteerlabError, "remote=True runs on NDIF and needs an API key, and nnsight's "
+              "config has none: set NDIF_API_KEY or call nnsight.CONFIG.set_default_api_key(KEY)"),
+             ({"remote": "ndif"}, SpecError, "remote must be False, True (NDIF) or 'local'"),
+             ({"remote": "local", "sampler": "top_p"}, SpecError, "got a sampled generation"),
+             ({"remote": "local", "record": ["blocks.0.resid_post"]}, SpecError, "got record="),
+             ({"remote": "local", "use_cache": False}, SpecError, "got use_cache=False")]
+    for kw, err, msg in cases:
+        with pytest.raises(err) as e:
+            sl.generate(stories, PROMPTS, edit, max_new_tokens=2, **kw)
+        assert msg in str(e.value) and "\n" not in str(e.value)
+    assert _same_bits(stories, before)
+
+
+def test_the_generate_command_takes_remote(stories, tmp_path, monkeypatch):
+    """``steerlab generate --remote local`` prints what the local run prints; ``--remote ndif`` without a key,
+    or with ``--compare``, is one line and exit status 2."""
+    import nnsight
+    from typer.testing import CliRunner
+
+    from steerlab.cli.main import app
+    from steerlab.interventions import InterventionSet
+
+    spec = tmp_path / "steer.json"
+    InterventionSet(_dense_cases(stories)["param_edit_zero_set"]).save(spec)
+    argv = ["generate", "shared:stories260K", "-p", PROMPTS[0], "-p", PROMPTS[2], "-i", str(spec), "-n", "6", "--json"]
+    runner = CliRunner()
+    local = runner.invoke(app, argv)
+    remote = runner.invoke(app, [*argv, "--remote", "local"])
+    assert local.exit_code == 0 and remote.exit_code == 0, remote.output
+    import json
+
+    got, want = json.loads(remote.stdout), json.loads(local.stdout)
+    assert got["completions"] == want["completions"] and got["settings"]["remote"] == "local"
+    plain = [a for a in argv if a not in ("-i", str(spec))]
+    assert want["completions"] != json.loads(runner.invoke(app, plain).stdout)["completions"]
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None)
+    for extra, msg in [(["--remote", "ndif"], "remote=True runs on NDIF and needs an API key"),
+                       (["--remote", "local", "--compare"], "--remote runs one plain generation"),
+                       (["--remote", "vllm"], "--remote must be 'ndif' or 'local', got 'vllm'")]:
+        r = runner.invoke(app, [*argv, *extra])
+        assert r.exit_code == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_the_server_over_the_remote_path(stories, backend_calls):
     """``ServerConfig(remote="local")``: the same HTTP answers as the local server, through nnsight's
     simulation backend, parameter edits included; what cannot run remotely is a 422 before queueing."""
