@@ -27,12 +27,9 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -41,7 +38,7 @@ import torch
 
 import steerlab as sl
 from steerlab.atomic import atomic_write_text
-from steerlab.server import ServerConfig, create_app
+from steerlab.server import ServerConfig, create_app, serve_in_thread
 
 CLIENTS = (1, 8, 32)
 FLOOR_RATIO = 2.0
@@ -73,25 +70,6 @@ def percentile(xs: list[float], q: float) -> float:
     """
     s = sorted(xs)
     return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
-
-
-@contextmanager
-def running_server(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    while not server.started:
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(30)
 
 
 def body(spec: str, prompt: str, max_tokens: int, chat: bool, extra: dict | None = None) -> tuple[str, dict]:
@@ -155,7 +133,7 @@ def bench_model(spec: str, args: argparse.Namespace, deadline: float) -> dict:
     batch_sizes: dict[str, list[int]] = {s: [] for s in sides[1:]}
     ref_texts, ref_tokens, _, _ = sequential()  # warm-up, and the reference answers
     total = sum(ref_tokens)
-    with running_server(create_app(h, cfg)) as url:
+    with serve_in_thread(create_app(h, cfg)) as url:
         asyncio.run(clients(url, reqs[:2], 2))  # warm-up of the server path
         for r in range(args.rounds):
             order = sides if r % 2 == 0 else sides[::-1]
@@ -251,7 +229,7 @@ def soak(spec: str, seconds: float, max_tokens: int) -> dict:
             await asyncio.gather(sampler(), *(worker(w) for w in range(8)))
 
     before = {k: v.detach().clone() for k, v in h.model.state_dict().items()}
-    with running_server(create_app(h, cfg)) as url:
+    with serve_in_thread(create_app(h, cfg)) as url:
         t0 = time.perf_counter()
         asyncio.run(run(url))
         wall = time.perf_counter() - t0

@@ -12,7 +12,6 @@ import json
 import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -23,7 +22,7 @@ import steerlab as sl
 from steerlab.engines import engine_for
 from steerlab.errors import SteerlabError
 from steerlab.interventions import AddVector, InterventionSet
-from steerlab.server import ServerConfig, create_app, exposure_warning, is_loopback, load_presets
+from steerlab.server import ServerConfig, create_app, exposure_warning, is_loopback, load_presets, serve_in_thread
 
 MODEL = "stories"
 
@@ -265,29 +264,32 @@ def test_exposure_warning():
 # ---------------------------------------------------------------------------------------------
 # a real server on a loopback port: the openai client, a client that goes away mid-stream
 # ---------------------------------------------------------------------------------------------
-@contextmanager
-def running_server(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    _until(lambda: server.started, 30)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(30)
+def test_serve_in_thread_starts_answers_and_stops(stories):
+    """``serve_in_thread``: the URL it yields answers on the port the server bound; on exit the port is
+    closed; a port already taken is one line (``SteerlabError``), not a hang or a traceback from a thread."""
+    app = create_app(stories, ServerConfig(model_name=MODEL))
+    with serve_in_thread(app) as url:
+        port = int(url.rsplit(":", 1)[1])
+        assert port > 0 and httpx.get(url + "/health").status_code == 200
+        with socket.socket() as s:  # the port is really taken while it runs
+            with pytest.raises(OSError):
+                s.bind(("127.0.0.1", port))
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/health")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with pytest.raises(SteerlabError, match=rf"the server did not start on 127.0.0.1:{busy} \(port taken"):
+            with serve_in_thread(create_app(stories, ServerConfig(model_name=MODEL)), port=busy):
+                pass
 
 
 def test_openai_client_unchanged(stories):
     import openai
 
     app = create_app(stories, ServerConfig(model_name=MODEL, api_key="k"))
-    with running_server(app) as url:
+    with serve_in_thread(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         assert [m.id for m in client.models.list()] == [MODEL]
         c = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0)
@@ -317,7 +319,7 @@ def test_client_gone_mid_stream(stories):
     app = create_app(stories, ServerConfig(model_name=MODEL, max_new_tokens=200))
     svc = app.state.service
     body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 200, "temperature": 0, "stream": True}
-    with running_server(app) as url:
+    with serve_in_thread(app) as url:
         with httpx.Client(base_url=url, timeout=30) as c:
             with c.stream("POST", "/v1/completions", json=body) as r:
                 assert r.status_code == 200

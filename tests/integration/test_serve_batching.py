@@ -10,10 +10,6 @@ draws from its own generator). A batch whose clients all went away stops early.
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -22,7 +18,7 @@ import torch
 import steerlab as sl
 from steerlab.errors import SteerlabError
 from steerlab.interventions import InterventionSet
-from steerlab.server import Job, Scheduler, ServerConfig, create_app
+from steerlab.server import Job, Scheduler, ServerConfig, create_app, serve_in_thread
 from steerlab.server.scheduler import Cancelled
 
 MODEL = "organism:moe"
@@ -52,27 +48,6 @@ def _sets(h) -> dict[str, list[dict]]:
     }
 
 
-@contextmanager
-def running_server(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    t0 = time.monotonic()
-    while not server.started:
-        assert time.monotonic() - t0 < 30
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(30)
-
-
 async def _send_all(url: str, bodies: list[dict], concurrent: bool) -> list[dict]:
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
         async def one(b: dict) -> dict:
@@ -95,7 +70,7 @@ def test_64_concurrent_requests_over_4_intervention_sets_equal_one_at_a_time(moe
                        "max_tokens": 4 + i % 3, "temperature": 0, "steerlab": {"interventions": sets[name]}})
     app = create_app(moe, ServerConfig(model_name=MODEL, max_concurrent=8, queue_length=64))
     before = {k: v.clone() for k, v in moe.model.state_dict().items()}
-    with running_server(app) as url:
+    with serve_in_thread(app) as url:
         sched = app.state.service.scheduler
         together = asyncio.run(_send_all(url, bodies, concurrent=True))
         batches_together = _drain(sched.batches)
