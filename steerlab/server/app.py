@@ -50,7 +50,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sse_starlette.sse import EventSourceResponse
 
-from steerlab.engines.nnsight_engine import REMOTE_TYPES
+from steerlab.engines.nnsight_engine import REMOTE_TYPES, check_ndif_key
 from steerlab.errors import SpecError, SteerlabError, UnknownSiteError
 from steerlab.interventions import InterventionSet
 from steerlab.interventions.compile import compile_plan
@@ -340,7 +340,10 @@ def create_app(
     h: ModelHandle, config: ServerConfig, presets: dict[str, InterventionSet] | None = None
 ) -> FastAPI:
     """The FastAPI app serving ``h`` (see the module docstring). The scheduler's worker thread starts
-    with the app's lifespan (``TestClient`` as a context manager, uvicorn) and stops with it."""
+    with the app's lifespan (``TestClient`` as a context manager, uvicorn) and stops with it. ``remote=True``
+    without an NDIF key is a one-line :class:`SteerlabError` here, before anything is served."""
+    if config.remote is True:
+        check_ndif_key()
     svc = Service(h, config, dict(presets or {}))
 
     @asynccontextmanager

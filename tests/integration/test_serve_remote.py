@@ -291,6 +291,10 @@ def test_remote_errors_are_one_line(stories, monkeypatch):
         with pytest.raises(err) as e:
             sl.generate(stories, PROMPTS, edit, max_new_tokens=2, **kw)
         assert msg in str(e.value) and "\n" not in str(e.value)
+    from steerlab.server import ServerConfig, create_app
+
+    with pytest.raises(SteerlabError, match="remote=True runs on NDIF and needs an API key"):
+        create_app(stories, ServerConfig(model_name="s", remote=True))
     assert _same_bits(stories, before)
 
 
