@@ -17,11 +17,14 @@ Three documented rule variants (``variant=``):
     more likely than any kept one raises the entropy: ``h(w) >= w log(k+1) > w H(q_k)``), so the greedy
     prefix is exactly ``{k : H(q_k) <= alpha H(p)}``; with ``alpha = 1`` every token with ``p > 0`` is
     kept (up to float32 rounding at the far tail). Vectorized as: one fused softmax over the vocabulary
-    for ``log Z`` and ``H(p)`` (renormalized by its float32 sum), an exact sorted prefix of 128 tokens
-    (two-stage top-k through the maxima of 32-token blocks, ranked on the raw logits) scanned with
-    cumulative sums, and a wider prefix only for the rows whose bound is not reached inside it (x4 per
-    round, up to the whole vocabulary). The kept count depends only on the sorted values, not on the
-    prefix width, and equals a float64 evaluation of the rule except where the statistic lies within
+    for ``log Z`` and ``H(p)`` (renormalized by its float32 sum; run over cache-sized chunks of rows), then
+    an exact sorted prefix (two-stage top-k through the maxima of 32-token blocks, ranked on the raw
+    logits) scanned with cumulative sums. The prefix width comes from the budgets: the kept count is at
+    least ``floor(exp(alpha H(p)))`` (as ``H(q_k) <= log k``) and usually below twice that, so the first
+    prefix is 1.5x ``exp(budget)`` of the 75th-percentile row (at least 16 tokens), and only rows whose
+    bound is not reached inside it are scanned wider (x4 or more per round, one row at a time when few,
+    up to the whole vocabulary). The kept count depends only on the sorted values, not on the prefix
+    width, and equals a float64 evaluation of the rule except where the statistic lies within
     3e-5 (relative) of the bound (tested on peaked, tied, ``-inf``, flat and Zipf rows).
 ``hf``
     Identical to ``transformers.TopHLogitsWarper``: the top 100 tokens are renormalized among
@@ -62,6 +65,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -75,10 +79,14 @@ from steerlab.sampling.base import Sampler, SamplerLogitsProcessor, register_sam
 Variant = Literal["paper", "hf", "reference"]
 VARIANTS: tuple[str, ...] = ("paper", "hf", "reference")
 CAPPED_TOP_N = 100  # the candidate cap of transformers' TopHLogitsWarper and of the authors' code
-PAPER_HEAD = 128  # first prefix width scanned by the exact ``paper`` rule; widened per row when needed
+_MIN_HEAD = 16  # narrowest sorted prefix scanned by the exact ``paper`` rule
+_HEAD_FACTOR = 1.5  # first prefix: 1.5 x exp(budget) of the 75th-percentile row
+_FEW_ROWS = 8  # widen with a plain topk when at most 1/8 of the rows need it
 _WIDEN = 4
 _BLOCK = 32  # tokens per block of the exact two-stage top-k used on large batches x vocabularies
 _BLOCK_MIN_NUMEL = 1 << 15
+_BLOCK_MIN_VOCAB = 1 << 14  # smaller vocabularies go straight to torch.topk
+_STATS_CHUNK = 1 << 18  # elements per row chunk of the full-vocabulary pass (about 1 MiB of float32)
 _NEG_INF = float("-inf")
 
 
@@ -133,7 +141,7 @@ def _block_maxima(x: Float[Tensor, "batch vocab"]) -> Tensor | None:
     """Maxima of the contiguous 32-token blocks of each row (the tail past the last block excluded), or
     None when the input is too small for the two-stage top-k to pay off."""
     b, v = x.shape
-    if x.numel() < _BLOCK_MIN_NUMEL or v < 4 * _BLOCK * PAPER_HEAD:
+    if x.numel() < _BLOCK_MIN_NUMEL or v < _BLOCK_MIN_VOCAB:
         return None
     n_blocks = v // _BLOCK
     return x[:, : n_blocks * _BLOCK].reshape(b, n_blocks, _BLOCK).amax(-1)
@@ -161,6 +169,111 @@ def _topk_rows(x: Tensor, k: int, block_max: Tensor | None, rows: Tensor | None 
     return vals, cand.gather(1, j)
 
 
+def _row_max(x: Float[Tensor, "batch vocab"], block_max: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Row maxima of ``x`` and a position of each (``[batch, 1]``), through the block maxima when given
+    (the best block, then the best of its 32 tokens, then the tail past the last block). NaN propagates
+    (it counts as the maximum), so the caller's validation sees it."""
+    if block_max is None:
+        m, idx = x.max(-1, keepdim=True)
+        return m, idx
+    v = x.shape[1]
+    cols = block_max.argmax(-1, keepdim=True) * _BLOCK + torch.arange(_BLOCK, device=x.device)
+    inner = x.gather(1, cols)
+    j = inner.argmax(-1, keepdim=True)
+    m, idx = inner.gather(1, j), cols.gather(1, j)
+    main = block_max.shape[1] * _BLOCK
+    if main < v:
+        t_max, t_idx = x[:, main:].max(-1, keepdim=True)
+        tail = (t_max > m) | t_max.isnan()
+        m, idx = torch.where(tail, t_max, m), torch.where(tail, t_idx + main, idx)
+    return m, idx
+
+
+def _prefix_width(budget: Tensor, at_least: int, v: int, factor: float) -> int:
+    """Sorted-prefix width to scan: ``factor * exp(budget)`` rounded up to a power of two (the kept count is
+    at least ``floor(exp(budget))`` or all tokens with ``p > 0``, as ``H(q_k) <= log k``, usually below twice
+    that), at least ``at_least`` and ``_MIN_HEAD``; the whole vocabulary once that would cover half of it."""
+    want = max(at_least, _MIN_HEAD, 1 << max(0, math.ceil(math.log2(factor * math.exp(float(budget))))))
+    return v if 2 * want > v else want
+
+
+def _topk_few_rows(x: Tensor, k: int, block_max: Tensor | None, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted top-``k`` (values, ids) of a few ``rows`` of ``x``.
+
+    The ``k``-th largest block maximum ``tau`` of a row is at most its ``k``-th largest value (``k`` blocks
+    each hold a value ``>= tau``), so every top-``k`` token is among the tokens ``>= tau`` (tail included):
+    only those are packed and ranked, typically a small multiple of ``k`` instead of the whole vocabulary.
+    """
+    xr = x[rows]
+    if block_max is None or 2 * k > block_max.shape[1]:
+        return torch.topk(xr, k, dim=-1)
+    n, v = xr.shape
+    tau = torch.topk(block_max[rows], k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
+    keep = xr >= tau
+    count = keep.sum(-1)
+    width = int(count.max())
+    if 2 * width > v:
+        return torch.topk(xr, k, dim=-1)
+    r, c = keep.nonzero(as_tuple=True)  # row-major: each row's tokens >= tau, in vocabulary order
+    slot = torch.arange(r.numel(), device=x.device) - (count.cumsum(0) - count)[r]
+    vals = xr.new_full((n, width), _NEG_INF)
+    vals[r, slot] = xr[r, c]
+    cols = torch.zeros((n, width), dtype=torch.long, device=x.device)
+    cols[r, slot] = c
+    top, j = torch.topk(vals, k, dim=-1)
+    return top, cols.gather(1, j)
+
+
+def _row_max(x: Float[Tensor, "batch vocab"], block_max: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Row maxima of ``x`` and a position of each (``[batch, 1]``), through the block maxima when given
+    (the best block, then the best of its 32 tokens, then the tail past the last block). NaN propagates
+    (it counts as the maximum), so the caller's validation sees it."""
+    if block_max is None:
+        m, idx = x.max(-1, keepdim=True)
+        return m, idx
+    v = x.shape[1]
+    cols = block_max.argmax(-1, keepdim=True) * _BLOCK + torch.arange(_BLOCK, device=x.device)
+    inner = x.gather(1, cols)
+    j = inner.argmax(-1, keepdim=True)
+    m, idx = inner.gather(1, j), cols.gather(1, j)
+    main = block_max.shape[1] * _BLOCK
+    if main < v:
+        t_max, t_idx = x[:, main:].max(-1, keepdim=True)
+        tail = (t_max > m) | t_max.isnan()
+        m, idx = torch.where(tail, t_max, m), torch.where(tail, t_idx + main, idx)
+    return m, idx
+
+
+def _prefix_width(budget: Tensor, at_least: int, v: int, factor: float) -> int:
+    """Sorted-prefix width to scan: ``factor * exp(budget)`` rounded up to a power of two (the kept count is
+    at least ``floor(exp(budget))`` or all tokens with ``p > 0``, as ``H(q_k) <= log k``, usually below twice
+    that), at least ``at_least`` and ``_MIN_HEAD``; the whole vocabulary once that would cover half of it."""
+    want = max(at_least, _MIN_HEAD, 1 << max(0, math.ceil(math.log2(factor * math.exp(float(budget))))))
+    return v if 2 * want > v else want
+
+
+def _topk_few_rows(x: Tensor, k: int, block_max: Tensor | None, rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted top-``k`` (values, ids) of the few ``rows`` of ``x``, one row at a time.
+
+    The ``k``-th largest block maximum ``tau`` is at most the row's ``k``-th largest value (``k`` blocks each
+    hold a value ``>= tau``), so every top-``k`` token is among the tokens ``>= tau`` (tail included): only
+    those are ranked, typically a small multiple of ``k`` instead of the whole vocabulary.
+    """
+    vals, ids = [], []
+    for r in rows.tolist():
+        row = x[r]
+        if block_max is None or 2 * k > block_max.shape[1]:
+            v, i = torch.topk(row, k)
+        else:
+            tau = torch.topk(block_max[r], k, sorted=False).values.min()
+            cand = (row >= tau).nonzero().squeeze(1)
+            v, j = torch.topk(row[cand], k)
+            i = cand[j]
+        vals.append(v)
+        ids.append(i)
+    return torch.stack(vals), torch.stack(ids)
+
+
 def _validate_rows(head_max: Tensor) -> None:
     """Raise on rows whose largest logit is NaN (topk puts NaN first), +inf or -inf (no finite logit)."""
     bad = ~torch.isfinite(head_max)
@@ -181,29 +294,38 @@ def _validate_rows(head_max: Tensor) -> None:
 
 def _full_stats(
     x: Float[Tensor, "batch vocab"], x_max: Tensor, x_argmax: Tensor, temperature: float, entropy: bool
-) -> tuple[Tensor, Tensor | None, Tensor]:
+) -> tuple[Tensor, Tensor | None]:
     """``log Z`` and (optionally) ``H(p)`` of ``p = softmax(x / T)`` from *raw* logits ``x``, their row
-    maxima ``x_max`` and its positions ``x_argmax`` (``[batch, 1]``), plus a scratch buffer shaped like
-    ``x`` (contents undefined).
+    maxima ``x_max`` and its positions ``x_argmax`` (``[batch, 1]``).
 
     One fused softmax ``w`` of ``x / T``; its float32 sum ``s`` is not exactly 1, so both statistics are
     renormalized by it: ``log Z = max / T - log(w_max / s)`` and ``H(p) = log Z - (w . x / T) / s``
-    (without ``s`` the error reached 3e-4 nats relative on peaked rows). Rows with ``-inf`` logits (where
-    ``0 * -inf`` is NaN) are recomputed safely.
+    (without ``s`` the error reached 3e-4 nats relative on peaked rows). The pass runs over chunks of
+    rows of about ``_STATS_CHUNK`` elements, so that ``x / T``, ``w`` and their products stay in cache
+    instead of making four round trips through memory with full-size temporaries. Rows with ``-inf``
+    logits (where ``0 * -inf`` is NaN) are recomputed safely.
     """
-    xt = x if temperature == 1.0 else x / temperature
-    work = torch.softmax(xt, dim=-1)
-    s = work.sum(-1)
-    log_z = x_max.squeeze(1) / temperature - (work.gather(1, x_argmax).squeeze(1) / s).log()
-    if not entropy:
-        return log_z, None, work
-    h = log_z - work.mul_(xt).sum(-1) / s
-    bad = ~torch.isfinite(h)
-    if bad.any():
-        xb = xt[bad]
-        pb = torch.softmax(xb, dim=-1)
-        h[bad] = log_z[bad] - torch.where(pb > 0, pb * xb, 0.0).sum(-1) / s[bad]
-    return log_z, h.clamp_(min=0.0), work
+    b, v = x.shape
+    step = max(1, _STATS_CHUNK // v)
+    log_z = x.new_empty(b)
+    h = x.new_empty(b) if entropy else None
+    for i in range(0, b, step):
+        rows = slice(i, i + step)
+        xt = x[rows] if temperature == 1.0 else x[rows] / temperature
+        w = torch.softmax(xt, dim=-1)
+        s = w.sum(-1)
+        lz = x_max[rows, 0] / temperature - (w.gather(1, x_argmax[rows]).squeeze(1) / s).log()
+        log_z[rows] = lz
+        if h is None:
+            continue
+        hc = lz - w.mul_(xt).sum(-1) / s
+        bad = ~torch.isfinite(hc)
+        if bad.any():
+            xb = xt[bad]
+            pb = torch.softmax(xb, dim=-1)
+            hc[bad] = lz[bad] - torch.where(pb > 0, pb * xb, 0.0).sum(-1) / s[bad]
+        h[rows] = hc
+    return log_z, (h.clamp_(min=0.0) if h is not None else None)
 
 
 def _first_violation(viol: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,11 +375,10 @@ def _pad_prefix(ids: Tensor, vals: Tensor, n_keep: Tensor, width: int) -> tuple[
 # -- the rule --------------------------------------------------------------------------------------
 def _select(
     x: Float[Tensor, "batch vocab"], alpha: float, variant: str, temperature: float = 1.0
-) -> tuple[TopHSelection, Tensor | None]:
-    """Selection on ``softmax(x / temperature)`` of float logits ``x``, plus a scratch buffer shaped like
-    ``x`` (or None). ``paper``/``reference`` never materialize ``x / T``: the candidates are ranked on
-    ``x`` (division by ``T > 0`` keeps the order) and only the selected values are divided, so the kept
-    values are bit-identical to ``(x / T)[kept]``."""
+) -> TopHSelection:
+    """Selection on ``softmax(x / temperature)`` of float logits ``x``. ``paper``/``reference`` rank the
+    candidates on ``x`` (division by ``T > 0`` keeps the order) and divide only the selected values, so
+    the kept values are bit-identical to ``(x / T)[kept]``."""
     b, v = x.shape
     if variant == "hf":
         xt = x if temperature == 1.0 else x / temperature
@@ -265,29 +386,37 @@ def _select(
         _validate_rows(top_vals[:, 0])
         n_keep, budget = _hf_rule(top_vals, alpha)
         ids, vals = _pad_prefix(top_ids, top_vals, n_keep, int(n_keep.max()))
-        return TopHSelection(ids, vals, n_keep, budget), None
+        return TopHSelection(ids, vals, n_keep, budget)
 
     def tempered(raw: Tensor) -> Tensor:
         return raw if temperature == 1.0 else raw / temperature
 
-    width = min(CAPPED_TOP_N if variant == "reference" else PAPER_HEAD, v)
     block_max = _block_maxima(x)
-    head_raw, head_ids = _topk_rows(x, width, block_max)
-    head_vals = tempered(head_raw)
-    _validate_rows(head_vals[:, 0])
-    log_z, h_p, work = _full_stats(x, head_raw[:, :1], head_ids[:, :1], temperature, variant == "paper")
     if variant == "reference":
+        head_raw, head_ids = _topk_rows(x, min(CAPPED_TOP_N, v), block_max)
+        head_vals = tempered(head_raw)
+        _validate_rows(head_vals[:, 0])
+        log_z, _ = _full_stats(x, head_raw[:, :1], head_ids[:, :1], temperature, False)
         n_keep, budget = _scan_reference(head_vals, log_z, alpha)
         ids, vals = _pad_prefix(head_ids, head_vals, n_keep, int(n_keep.max()))
-        return TopHSelection(ids, vals, n_keep, budget), work
+        return TopHSelection(ids, vals, n_keep, budget)
+    x_max, x_argmax = _row_max(x, block_max)
+    _validate_rows(tempered(x_max[:, 0]))
+    log_z, h_p = _full_stats(x, x_max, x_argmax, temperature, True)
     assert h_p is not None
     budget = alpha * h_p
+    width = _prefix_width(budget.quantile(0.75), 0, v, _HEAD_FACTOR)
+    head_raw, head_ids = _topk_rows(x, width, block_max)
+    head_vals = tempered(head_raw)
     n_keep, found = _scan_paper(head_vals, log_z, budget)
     pending = (~found & (n_keep < v)).nonzero().flatten()
     wide: list[tuple[Tensor, Tensor, Tensor]] = []  # (rows, ids, vals) of rows scanned wider
     while pending.numel():
-        width = v if width * _WIDEN * 2 > v else width * _WIDEN
-        sub_raw, sub_ids = _topk_rows(x, width, block_max, pending)
+        width = _prefix_width(budget[pending].max(), width * _WIDEN, v, 2.0)
+        if _FEW_ROWS * pending.numel() <= b:  # a few rows: only their tokens above a threshold
+            sub_raw, sub_ids = _topk_few_rows(x, width, block_max, pending)
+        else:
+            sub_raw, sub_ids = _topk_rows(x, width, block_max, pending)
         sub_vals = tempered(sub_raw)
         sub_n, sub_found = _scan_paper(sub_vals, log_z[pending], budget[pending])
         n_keep[pending] = sub_n
@@ -302,7 +431,7 @@ def _select(
             w = min(m, sub_ids.shape[1])
             ids[rows, :w], vals[rows, :w] = sub_ids[:, :w], sub_vals[:, :w]
     ids, vals = _pad_prefix(ids, vals, n_keep, m)
-    return TopHSelection(ids, vals, n_keep, budget), work
+    return TopHSelection(ids, vals, n_keep, budget)
 
 
 def top_h_select(logits: Float[Tensor, "batch vocab"], alpha: float = 0.4, variant: Variant = "paper") -> TopHSelection:
@@ -313,7 +442,7 @@ def top_h_select(logits: Float[Tensor, "batch vocab"], alpha: float = 0.4, varia
     ([2], [0, 1])
     """
     x = _as_float_2d(logits)
-    return _select(x, check_alpha(alpha), check_variant(variant))[0]
+    return _select(x, check_alpha(alpha), check_variant(variant))
 
 
 def top_h_filter(
@@ -333,8 +462,8 @@ def _as_float_2d(logits: Tensor) -> Tensor:
 def _apply(x: Tensor, alpha: float, variant: str, owned: bool, temperature: float = 1.0) -> Tensor:
     """Selection on ``x / temperature`` + output. ``owned``: ``x`` is a temporary of ours and may be
     overwritten."""
-    sel, work = _select(x, alpha, variant, temperature)
-    out = work if work is not None else (x if owned else torch.empty_like(x))
+    sel = _select(x, alpha, variant, temperature)
+    out = x if owned else torch.empty_like(x)
     return out.fill_(_NEG_INF).scatter_(1, sel.ids, sel.values)
 
 
@@ -374,7 +503,7 @@ class TopH(Sampler):
 
     def select(self, logits: Float[Tensor, "batch vocab"]) -> TopHSelection:
         """The kept set of each row of *raw* logits (temperature applied here)."""
-        return _select(_as_float_2d(logits), self.alpha, self.variant, self.temperature)[0]
+        return _select(_as_float_2d(logits), self.alpha, self.variant, self.temperature)
 
     def params(self) -> dict[str, Any]:
         return {"alpha": self.alpha, "variant": self.variant, "temperature": self.temperature}

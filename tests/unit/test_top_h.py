@@ -13,7 +13,17 @@ from transformers import LogitsProcessor, TopHLogitsWarper
 
 from steerlab.errors import SpecError
 from steerlab.sampling import available_samplers, make_sampler
-from steerlab.sampling.top_h import CAPPED_TOP_N, VARIANTS, TopH, TopHLogitsProcessor, top_h_filter, topk_desc
+from steerlab.sampling.top_h import (
+    CAPPED_TOP_N,
+    VARIANTS,
+    TopH,
+    TopHLogitsProcessor,
+    _block_maxima,
+    _row_max,
+    _topk_few_rows,
+    top_h_filter,
+    topk_desc,
+)
 
 NEG = float("-inf")
 TOL = 1e-4
@@ -382,6 +392,52 @@ def test_topk_desc_matches_torch_topk_values():
         assert torch.equal(ours, torch.topk(x, 100).values)
         assert torch.equal(x.gather(1, idx), ours)
         assert all(len(set(r)) == 100 for r in idx.tolist())
+
+
+def test_few_row_topk_and_row_max_match_torch():
+    """The one-row-at-a-time top-k of the widening rounds (thresholded on the k-th block maximum) and the row
+    maxima read through the blocks give ``torch``'s values, including ties, ``-inf`` runs and the tail past
+    the last 32-token block (vocab 50,257 = 1,570 blocks + 17)."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(8, 50257, generator=g)
+    x[1, :40000] = NEG
+    x[2] = torch.round(x[2])  # many ties
+    x[3, 50250] = 9.0  # the maximum in the tail
+    x[4, 17] = 9.0
+    bm = _block_maxima(x)
+    assert bm is not None
+    rows = torch.tensor([1, 2, 3, 6])
+    for k in (16, 200, 700):
+        vals, ids = _topk_few_rows(x, k, bm, rows)
+        assert torch.equal(vals, torch.topk(x[rows], k).values), k
+        assert torch.equal(x[rows].gather(1, ids), vals)
+        assert all(len(set(r)) == k for r in ids.tolist())
+    m, idx = _row_max(x, bm)
+    assert torch.equal(m.squeeze(1), x.max(-1).values)
+    assert torch.equal(x.gather(1, idx), m)
+    assert idx[3].item() == 50250 and idx[4].item() == 17
+
+
+@pytest.mark.parametrize("where", [5, 50256])  # inside a block, in the tail past the last block
+def test_nan_anywhere_in_a_large_vocabulary_is_named(where):
+    x = torch.randn(3, 50257)
+    x[2, where] = float("nan")
+    with pytest.raises(SpecError, match=r"NaN in logits at batch rows \[2\]"):
+        TopH().filter_logits(x)
+
+
+@pytest.mark.parametrize("family", ["zipf", "neg_inf", "flat"])
+def test_kept_set_is_the_top_prefix(family):
+    """The kept logits of each row are exactly its ``n_keep`` largest tempered logits (first prefix sized
+    from the budget, widening one row at a time or through the blocks)."""
+    logits = _frozen_families()[family]
+    for t in (0.7, 2.0, 3.0):
+        for alpha in (0.4, 0.9):
+            out = TopH(alpha=alpha, temperature=t).filter_logits(logits)
+            tempered = logits / t
+            for r in range(logits.shape[0]):
+                kept = out[r][torch.isfinite(out[r])].sort(descending=True).values
+                assert torch.equal(kept, torch.topk(tempered[r], kept.numel()).values), (family, t, alpha, r)
 
 
 # -- the sampler interface -------------------------------------------------------------------------
