@@ -38,6 +38,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -180,14 +181,51 @@ def run(alpha: float = 0.4, rounds: int = 15, model: bool = True) -> dict:
     }
 
 
+def markdown(res: dict) -> str:
+    """The docs table of a record (``--markdown RECORD``): every number read from the record."""
+    lines = [
+        "| logits | T | batch | HF top-p | HF top-H | ours `paper` | ours `hf` | ours `reference` | `paper` / top-p "
+        "| `paper` / HF top-H | `paper` kept (mean / max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in res["cells"]:
+        ms, r = c["ms"], c["paper_vs_hf_top_h"]
+
+        def span(k: str, ms: dict = ms) -> str:
+            return f"{ms[k]['median']:.2f} ({ms[k]['min']:.2f}-{ms[k]['max']:.2f})"
+
+        ratio = f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})"
+        if c["batch"] == 64 and r["median"] > res["floors"]["vs_hf_top_h_at_batch_64_max"]:
+            ratio = f"**{ratio}**"
+        kept = c["kept_paper"]
+        lines.append(
+            f"| {c['source']} | {c['temperature']:g} | {c['batch']} | {ms['hf_top_p']['median']:.1f} "
+            f"| {span('hf_top_h')} | {span('top_h_paper')} | {ms['top_h_hf']['median']:.2f} "
+            f"| {ms['top_h_reference']['median']:.2f} | {c['paper_vs_hf_top_p']['median']:.3f} | {ratio} "
+            f"| {kept['mean']} / {kept['max']} |"
+        )
+    broken, floors = "; ".join(res["failures"]) or "none", res["floors"]
+    lines += [
+        "",
+        f"Worst cells: `paper` / top-p {res['max_paper_vs_hf_top_p_ratio']:.3f} (floor {floors['vs_top_p_max']}); "
+        f"`paper` / transformers top-H at batch 64 {res['max_b64_paper_vs_hf_top_h_ratio']:.3f} "
+        f"(floor {floors['vs_hf_top_h_at_batch_64_max']}); floors broken: {broken}.",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the JSON record to stdout")
+    ap.add_argument("--markdown", metavar="RECORD", help="print the docs table of a saved record and exit")
     ap.add_argument("--rounds", type=int, default=15, help="rounds at batch 64 (4x at batch 8)")
     ap.add_argument("--no-model", action="store_true", help="synthetic logits only (no SmolLM2 load)")
     ap.add_argument("--no-check", action="store_true", help="exit 0 even if a floor is broken")
     ap.add_argument("--alpha", type=float, default=0.4)
     args = ap.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
     torch.set_num_threads(1)
     res = run(alpha=args.alpha, rounds=args.rounds, model=not args.no_model)
     if args.json:
