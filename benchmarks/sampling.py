@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -168,6 +169,7 @@ def run(alpha: float = 0.4, rounds: int = 15, model: bool = True) -> dict:
             "rounds_batch_8": 4 * rounds,
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            "load_average_1m_at_end": round(os.getloadavg()[0], 2),
             "synthetic": f"lm_like, vocab {SYNTHETIC_VOCAB} (Zipf s~U(1.1,2.0) + N(0,1), permuted)",
             "smollm2": f"{MODEL} next-token logits on WikiText-2 test" if model else None,
             "ratio": "median over rounds of ours/theirs timed in the same round",
