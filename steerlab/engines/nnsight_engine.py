@@ -93,12 +93,14 @@ class NNsightEngine:
         for v, env in zip(plan.visits, envoys, strict=True):
             value = env.input if v.kind == "input" else env.output
             t = value if v.is_router else _element(value, v.element)
+            n = _seq_len(v, t, state.batch)
             if first:
-                state.at_step(step, _seq_len(v, t, state.batch))
+                state.at_step(step, n)
                 first = False
+            st = state.window(n)  # the logits during generation: the forward's last position(s) only
             if v.scale != 1.0:
                 t = t * v.scale
-            new = v.apply(t, state)
+            new = v.apply(t, st)
             if new is not None:
                 raw = new / v.scale if v.scale != 1.0 else new
                 if v.kind == "input":
@@ -107,7 +109,7 @@ class NNsightEngine:
                     env.output = raw if v.is_router else _replace(value, v.element, raw)
                 t = new
             if v.records:
-                record_value(v, t, state, sink)
+                record_value(v, t, st, sink)
 
     def _envoys(self, plan: Plan) -> list[Any]:
         lm = self.lm
@@ -131,12 +133,18 @@ class NNsightEngine:
             return box["out"], sink
 
     def generate(self, enc: dict[str, Tensor], plan: Plan, **generate_kwargs: Any) -> tuple[Any, Records]:
-        """Hugging Face ``generate`` (KV cache, left padding, stopping) with the plan at every step."""
+        """Hugging Face ``generate`` (KV cache, left padding, stopping) with the plan at every step.
+
+        Generation computes the logits of each forward's last position only, unless an op at the
+        logits site reads earlier positions (``plan.full_logits``): then every position's are kept.
+        """
         model = self.handle.model
         sink: Records = defaultdict(list)
         with self.lock, param_edits(plan.editors), torch.no_grad():
             if not plan.visits:
                 return model.generate(**enc, **generate_kwargs), sink
+            if plan.full_logits:
+                generate_kwargs = {**keep_all_logits(model), **generate_kwargs}
             state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])
             lm = self.lm
             envoys = self._envoys(plan)
@@ -182,8 +190,9 @@ class NNsightEngine:
             nnsight.register(module)
         route = routing.route
         lm = self.lm
+        keep = keep_all_logits(self.handle.model) if program["full_logits"] else {}
         kw = {"do_sample": False, "eos_token_id": [], "pad_token_id": self.handle.tokenizer.pad_token_id,
-              "return_dict_in_generate": True, **generate_kwargs}
+              "return_dict_in_generate": True, **keep, **generate_kwargs}
         visits, edits = program["visits"], program["edits"]
         with self.lock, torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -230,6 +239,14 @@ def check_ndif_key() -> None:
     if not nnsight.CONFIG.API.APIKEY:
         raise SteerlabError("remote=True runs on NDIF and needs an API key, and nnsight's config has none: set "
                             "NDIF_API_KEY or call nnsight.CONFIG.set_default_api_key(KEY) (remote='local' needs none)")
+
+
+def keep_all_logits(model: torch.nn.Module) -> dict[str, int]:
+    """``generate``'s keyword that keeps the logits of every position (``logits_to_keep=0``), where the
+    model takes it (a model that does not computes them all anyway)."""
+    import inspect
+
+    return {"logits_to_keep": 0} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def _remote_masks(positions: Any, attention_mask: Tensor, prompt_len: int, n_steps: int) -> list[Any]:
@@ -308,7 +325,7 @@ def _router_args(h: ModelHandle, layer: int, masks: list[Any]) -> tuple:
     return (parts.rule, off, on, None if bias is None else bias.detach().clone(), scale, merged.renormalize, only_off)
 
 
-def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n_steps: int) -> dict[str, list]:
+def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n_steps: int) -> dict[str, Any]:
     """Compile ``interventions`` for ``enc`` into plain data for :func:`_remote_step` (``"visits"``, in
     forward order) and :func:`_remote_edit` (``"edits"``, weight edits). Every type of
     :data:`REMOTE_TYPES` compiles; any other raises :class:`SpecError` naming it."""
@@ -398,7 +415,7 @@ def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n
 
     editors = [ed for ed in plan.editors if isinstance(ed, (ParamEditor, RegionEditor))]
     return {"visits": sorted(visits.values(), key=lambda v: order[(v["path"], v["kind"])]),
-            "edits": _remote_weight_edits(h, editors)}
+            "edits": _remote_weight_edits(h, editors), "full_logits": plan.full_logits}
 
 
 def _remote_edit(lm: Any, edits: list[tuple], saved: list) -> None:
@@ -497,6 +514,9 @@ def _remote_step(lm: Any, program: list[dict], step: int, route: Any, memo: dict
                 x = run(sub, x)
             return x
         m = sel[step] if step < len(sel) else sel[-1]
+        if m is not None and m is not False and m.shape[1] != x.shape[1]:
+            m = m[:, m.shape[1] - x.shape[1]:]  # a site holding the forward's last positions only (the logits)
+            m = None if bool(m.all()) else False if not bool(m.any()) else m
         if name == "cond":
             return conditional(args, x, m)
         if m is False:

@@ -62,11 +62,14 @@ ActFn = Callable[[Tensor, Any, Any], Tensor]  # (activation [b, t, d], position 
 @dataclass
 class ActOp:
     """One compiled activation edit: ``fn`` applied at the positions selected by ``positions``.
-    ``additive`` ops (``x + f(positions)``) may be applied to a summand of a site instead of the sum."""
+    ``additive`` ops (``x + f(positions)``) may be applied to a summand of a site instead of the sum.
+    ``reads_prefix`` ops read the site at earlier positions too (a verdict carried forward), so at the
+    logits site generation computes the logits of every prompt position, not only the last."""
 
     fn: ActFn
     positions: Any
     additive: bool = False
+    reads_prefix: bool = False
 
 
 def to_tensor(value: Any, field_name: str) -> torch.Tensor:

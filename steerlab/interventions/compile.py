@@ -72,6 +72,7 @@ class Plan:
     n_interventions: int
     selectors: list[Any] = field(default_factory=list)  # every position selector, checked per batch
     interventions: Any = None  # the validated InterventionSet it was compiled from (the remote path recompiles it)
+    full_logits: bool = False  # an op at the logits site reads earlier positions: generate keeps every position's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,8 +208,10 @@ def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | 
             v.apply = _chain(tensor_fns[k])
     ordered = sorted(visits.values(), key=lambda v: (v.key, v.kind != "input"))
     selectors = [iv.positions for iv in ivs if getattr(iv, "positions", "all") != "all"]
+    full_logits = any(op.reads_prefix for ref, ops_list in act_ops.values() if ref.component == "logits"
+                      for op in ops_list)
     return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs), selectors=selectors,
-                interventions=ivs)
+                interventions=ivs, full_logits=full_logits)
 
 
 def _identity(value: Any, state: StepState) -> None:

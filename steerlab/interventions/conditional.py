@@ -35,8 +35,6 @@ from steerlab.interventions.positions import StepState
 from steerlab.models.handle import ModelHandle
 from steerlab.models.sites import SiteRef
 
-_STATE_ATTR = "conditional_verdicts"  # per-run verdicts, kept on the run's StepState
-
 
 def _vec(v: Any, field_name: str) -> Tensor:
     t = to_tensor(v, field_name)
@@ -78,7 +76,7 @@ class ConditionalAdd(SiteIntervention):
         key = object()  # this compiled op's slot in the run's verdicts
 
         def fn(x: Tensor, _m: Any, state: StepState) -> Tensor:
-            verdicts: dict[Any, Tensor] = state.__dict__.setdefault(_STATE_ATTR, {})
+            verdicts: dict[Any, Tensor] = state.memo  # per-run verdicts, under this op's key
             fires = (x.float() @ w + bias) > thr  # [batch, seq]
             if mode == "row":
                 col = state.prompt_len - 1 - state.offset  # the last prompt token (left padding: same column)
@@ -101,7 +99,7 @@ class ConditionalAdd(SiteIntervention):
                 active = active & sel
             return x + active.unsqueeze(-1).to(x.dtype) * vec
 
-        return ActOp(fn, "all")
+        return ActOp(fn, "all", reads_prefix=mode == "from_step")
 
     def describe(self) -> str:
         return f"scale {self.scale:g} where probe > {self.threshold:g} ({self.mode})"

@@ -6,11 +6,17 @@ excluded). A forward covers ``seq`` tokens starting ``offset`` tokens into the p
 length, a forward at generation step ``s`` has ``offset = prompt_len + s - seq``, so selectors mean
 the same thing with and without the KV cache.
 
+A site may hold fewer positions than its forward: during generation the logits are computed for the
+last position only (``logits_to_keep``). :meth:`StepState.window` is the forward seen from such a site
+(its columns are the forward's last ones), so a selector there acts on exactly the positions it names.
+
 Example:
     >>> import torch
     >>> st = StepState.start(torch.tensor([[0, 1, 1], [1, 1, 1]]), prompt_len=3)
     >>> st.at_step(0, seq=3).mask({"last": 1}, torch.device("cpu")).tolist()
     [[False, False, True], [False, False, True]]
+    >>> st.window(1).offset, st.window(1).mask("prompt", torch.device("cpu"))  # the logits of position 2
+    (2, None)
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ class StepState:
     step: int = 0
     seq: int = 0
     offset: int = 0
+    memo: dict[Any, Any] = field(default_factory=dict)  # what lasts across the run's forwards (shared by windows)
     _cache: dict[str, MaskOrAll] = field(default_factory=dict)
+    _windows: dict[int, StepState] = field(default_factory=dict)
 
     @classmethod
     def start(cls, attention_mask: Tensor | None, prompt_len: int, batch: int | None = None) -> StepState:
@@ -55,8 +63,20 @@ class StepState:
         if step != self.step or seq != self.seq or not self._cache:
             self.step, self.seq = step, seq
             self.offset = max(self.prompt_len + step - seq, 0)
-            self._cache = {}
+            self._cache, self._windows = {}, {}
         return self
+
+    def window(self, seq: int) -> StepState:
+        """This forward seen from a site holding only its last ``seq`` positions (the logits during
+        generation): same step and run memo, the offset moved so that each column keeps its position."""
+        if seq == self.seq:
+            return self
+        if seq > self.seq:
+            raise ValueError(f"a site of {seq} positions in a forward of {self.seq}")
+        if seq not in self._windows:
+            self._windows[seq] = StepState(self.pad_lens, self.prompt_len, self.batch, self.step, seq,
+                                           self.offset + self.seq - seq, self.memo)
+        return self._windows[seq]
 
     def mask(self, positions: Any, device: torch.device) -> MaskOrAll:
         """``None`` (every position), ``False`` (none in this forward) or a ``[batch, seq]`` mask."""
