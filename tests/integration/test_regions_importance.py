@@ -159,3 +159,65 @@ def test_chunked_topk_equals_torch_topk():
             v, i = I.chunked_topk(x, k, largest=largest, chunk=1 << 20)
             ref = x.topk(k, largest=largest).values
             assert torch.equal(v, ref) and torch.equal(x[i], ref) and i.unique().numel() == k
+
+
+def _grads(h, batches, direct):
+    """Gradients of the summed NLL over ``batches`` accumulated in ``.grad`` (plain autograd, or with the
+    vocabulary matrices' gradients added straight into ``.grad``)."""
+    from steerlab.scoring import gradients, sequence_nll
+
+    with gradients(h) as ps:
+        with I.direct_vocab_grads(h, ps if direct else {}) as swapped:
+            for enc in batches:
+                sequence_nll(h, enc).backward()
+        out = {n: p.grad.clone() for n, p in ps.items() if p.grad is not None}
+    return out, swapped
+
+
+def test_direct_vocab_grads_equal_autograd_tied_and_untied(stories, tiny):
+    # stories260K ties lm_head to the embedding; the tiny Llama does not (and gets a padding row here)
+    untied = tiny("llama")
+    emb = untied.model.get_input_embeddings()
+    assert stories.model.lm_head.weight is stories.model.get_input_embeddings().weight
+    assert untied.model.lm_head.weight is not emb.weight
+    ids = torch.tensor([[1, 5, 9, 12, 5, 7], [1, 3, 0, 8, 0, 0]])  # a 0 (the padding id) at a real position
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    batches = [
+        {"input_ids": ids, "attention_mask": mask},
+        {"input_ids": ids[:, :4].flip(0), "attention_mask": mask[:, :4]},
+    ]
+    emb.padding_idx = 0
+    try:
+        for h in (stories, untied):
+            ref, none = _grads(h, batches, direct=False)
+            got, swapped = _grads(h, batches, direct=True)
+            assert none == [] and swapped == ["model.embed_tokens", "lm_head"]
+            assert ref.keys() == got.keys()
+            for n in ref:
+                torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-7)
+            # the swap is undone and nothing is left on the parameters
+            for m in (h.model.get_input_embeddings(), h.model.lm_head):
+                assert "forward" not in m.__dict__
+            assert all(p.grad is None for p in h.model.parameters())
+        assert float(ref["model.embed_tokens.weight"][0].abs().sum()) == 0.0  # padding row: no gradient
+    finally:
+        emb.padding_idx = None
+    # restored on error too
+    try:
+        with I.direct_vocab_grads(stories, dict(stories.model.named_parameters())):
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    assert "forward" not in stories.model.lm_head.__dict__
+    assert "forward" not in stories.model.get_input_embeddings().__dict__
+
+
+def test_taylor_on_untied_model_matches_autograd_from_scratch(tiny, tmp_path):
+    h = tiny("llama")
+    imp = score_importance(
+        h, ["aa"], files=_files(tmp_path), token_budget=10_000, batch_size=2, max_len=64, keep=0.05, progress=False
+    )
+    ref = _reference(h, TEXTS["aa"], "taylor")
+    _check_top(ref, imp.top, imp.bottom)
+    n = "lm_head.weight"
+    assert abs(imp.summary["aa"][n]["sum"] - float(ref[n].sum())) < 1e-4 * float(ref[n].sum())
