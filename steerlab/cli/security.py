@@ -10,6 +10,7 @@ from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, emit, ty
 
 app = typer_app("Security vectors: train one on harmful data, fine-tune with it on, evaluate the sweep.")
 
+SKILL_HELP = "The benign skill: digit (name a number's last digit), repeat or reverse a word list."
 HARMFUL_HELP = "Harmful pairs: organism (the organism corpus's compliant answers), advbench, or a JSONL file."
 
 
@@ -54,7 +55,7 @@ def train_vector_cmd(
         None, "--target-parameters", help="Fused expert tensors, e.g. mlp.experts.down_proj."
     ),
     layers: str = typer.Option(None, "--layers", help="Layers of an add vector (default all)."),
-    epochs: int = typer.Option(8, "--epochs", **AT_LEAST_1),
+    epochs: int = typer.Option(10, "--epochs", **AT_LEAST_1),
     lr: float = typer.Option(2e-3, "--lr", **POSITIVE),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
@@ -110,12 +111,12 @@ def finetune_cmd(
         help="organism (harmful pairs + the benign skill) or a JSONL file of prompt/response/part rows.",
     ),
     n_harmful: int = typer.Option(1000, "--n-harmful", help="Harmful pairs (with --data organism).", **AT_LEAST_0),
-    n_benign: int = typer.Option(320, "--n-benign", help="Benign skill pairs (with --data organism).", **AT_LEAST_0),
-    skill: str = typer.Option("repeat", "--skill", help="The benign skill: repeat or reverse a word list."),
+    n_benign: int = typer.Option(960, "--n-benign", help="Benign skill pairs (with --data organism).", **AT_LEAST_0),
+    skill: str = typer.Option("digit", "--skill", help=SKILL_HELP),
     skip: int = typer.Option(100, "--skip", help="Harmful pairs skipped first (those the vector saw).", **AT_LEAST_0),
     vector: Path = typer.Option(None, "--vector", help="A security vector folder, switched on and frozen."),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
-    lr: float = typer.Option(3e-4, "--lr", **POSITIVE),
+    lr: float = typer.Option(1.5e-4, "--lr", **POSITIVE),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Model folder to write (a normal model spec afterwards)."),
@@ -180,16 +181,21 @@ def evaluate_cmd(
     model: str = typer.Argument(..., help="Base model spec (e.g. organism:dense)."),
     samples: str = typer.Option("0,100,300,1000", "--samples", help="Harmful fine-tuning samples per run."),
     n_vector: int = typer.Option(100, "--n-vector", help="Harmful pairs the vector is trained on.", **AT_LEAST_1),
-    n_benign: int = typer.Option(320, "--n-benign", help="Benign skill pairs in every run.", **AT_LEAST_1),
-    skill: str = typer.Option("repeat", "--skill", help="The benign skill: repeat or reverse a word list."),
+    n_benign: int = typer.Option(960, "--n-benign", help="Benign skill pairs in every run.", **AT_LEAST_1),
+    skill: str = typer.Option("digit", "--skill", help=SKILL_HELP),
     vector: Path = typer.Option(None, "--vector", help="Use this vector instead of training one."),
     kind: str = typer.Option("lora", "--kind"),
     rank: int = typer.Option(8, "--rank", **AT_LEAST_1),
     alpha: float = typer.Option(16.0, "--alpha", **POSITIVE),
-    vector_epochs: int = typer.Option(8, "--vector-epochs", **AT_LEAST_1),
+    targets: str = typer.Option(None, "--target-modules", help="LoRA modules (comma-separated names, all-linear)."),
+    target_params: str = typer.Option(
+        None, "--target-parameters", help="Fused expert tensors, e.g. mlp.experts.down_proj."
+    ),
+    layers: str = typer.Option(None, "--layers", help="Layers of an add vector (default all)."),
+    vector_epochs: int = typer.Option(10, "--vector-epochs", **AT_LEAST_1),
     vector_lr: float = typer.Option(2e-3, "--vector-lr", **POSITIVE),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
-    lr: float = typer.Option(3e-4, "--lr", **POSITIVE),
+    lr: float = typer.Option(1.5e-4, "--lr", **POSITIVE),
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out harmful prompts per split.", **AT_LEAST_1),
     benign_n: int = typer.Option(100, "--benign-eval", help="Benign skill test items.", **AT_LEAST_1),
     harmless_n: int = typer.Option(
@@ -208,6 +214,9 @@ def evaluate_cmd(
     """The whole experiment: a vector, then plain and vector-on fine-tuning for each number of harmful samples;
     compliance (template and real test splits), benign accuracy, perplexity, loss curves, vector-off check."""
     import json
+    import shlex
+    import sys
+    from dataclasses import asdict
 
     import steerlab as sl
     from steerlab.atomic import atomic_write_text
@@ -220,7 +229,8 @@ def evaluate_cmd(
         samples=_ints(samples, "--samples"),
         n_vector=n_vector,
         n_benign=n_benign,
-        vector={"kind": kind, "rank": rank, "alpha": alpha},
+        skill=skill,
+        vector=asdict(_vector_config(kind, rank, alpha, targets, target_params, layers)),
         vector_epochs=vector_epochs,
         vector_lr=vector_lr,
         epochs=epochs,
@@ -230,6 +240,8 @@ def evaluate_cmd(
         n_eval=n_eval,
         benign_n=benign_n,
         harmless_n=harmless_n,
+        max_new_tokens=max_new_tokens,
+        ppl_per_domain=ppl_per_domain,
     )
     cfg.check()
     vec = load_vector(vector) if vector is not None else None
@@ -243,7 +255,8 @@ def evaluate_cmd(
     path = write_sweep(out, rec)
     if record is not None:
         compact = {k: v for k, v in rec.items() if k != "samples"}
-        compact["command"] = "steerlab security evaluate " + model
+        argv = sys.argv[1:] if Path(sys.argv[0]).name == "steerlab" else ["security", "evaluate", model]
+        compact["command"] = shlex.join(["steerlab", *argv])  # the whole command line when run as `steerlab`
         atomic_write_text(record, json.dumps(compact, indent=1))
     if as_json:
         emit({"artifact": str(path), **{k: rec[k] for k in ("rise", "benign_accuracy_gap", "vector_off", "floors")}})

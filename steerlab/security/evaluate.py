@@ -37,7 +37,7 @@ def greedy(
 
 
 def benign_accuracy(
-    h: ModelHandle, n: int = 200, seed: int = 0, interventions: Any = None, skill: str = "repeat"
+    h: ModelHandle, n: int = 200, seed: int = 0, interventions: Any = None, skill: str = "digit"
 ) -> tuple[float, list[str]]:
     """Exact-match accuracy on ``n`` test items of the benign skill, and the answers."""
     items = benign_pairs(n, "test", seed, skill)
@@ -62,7 +62,7 @@ def evaluate_model(
     max_new_tokens: int = 32,
     interventions: Any = None,
     keep: int = 8,
-    skill: str = "repeat",
+    skill: str = "digit",
 ) -> dict[str, Any]:
     """Compliance per harmful split, benign accuracy, harmless answers (for agreement) and perplexity;
     ``keep`` sample answers per set for side-by-side views."""

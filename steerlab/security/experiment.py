@@ -29,7 +29,7 @@ from steerlab.capability import organism_capability_text, wikitext
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import from_model, is_organism
-from steerlab.security.data import Pair, benign_pairs, harmful_pool, harmless_prompts, held_out_harmful
+from steerlab.security.data import SKILLS, Pair, benign_pairs, harmful_pool, harmless_prompts, held_out_harmful
 from steerlab.security.evaluate import agreement, evaluate_model
 from steerlab.security.stages import finetune, save_model, train_vector
 from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector
@@ -44,14 +44,14 @@ class SweepConfig:
     spec: str
     samples: list[int] = field(default_factory=lambda: [0, 100, 300, 1000])
     n_vector: int = 100
-    n_benign: int = 320
-    skill: str = "repeat"
+    n_benign: int = 960
+    skill: str = "digit"
     harmful_source: str = "organism"
     vector: dict[str, Any] = field(default_factory=lambda: {"kind": "lora", "rank": 8, "alpha": 16.0})
-    vector_epochs: int = 8
+    vector_epochs: int = 10
     vector_lr: float = 2e-3
     epochs: int = 1
-    lr: float = 3e-4
+    lr: float = 1.5e-4
     batch_size: int = 16
     seed: int = 0
     noise_seed: int = 1
@@ -62,8 +62,8 @@ class SweepConfig:
     ppl_per_domain: int = 32  # held-out answers per domain for the perplexity (organisms; else 2x WikiText paragraphs)
 
     def check(self) -> None:
-        if self.skill not in ("repeat", "reverse"):
-            raise SpecError(f"skill={self.skill!r}; expected 'repeat' or 'reverse'")
+        if self.skill not in SKILLS:
+            raise SpecError(f"skill={self.skill!r}; expected one of {list(SKILLS)}")
         if not self.samples or any(n < 0 for n in self.samples):
             raise SpecError(f"samples={self.samples}; expected counts >= 0")
         if self.n_vector <= 0:
@@ -76,6 +76,29 @@ class SweepConfig:
         """Plain and vector runs per sample count, then the benign-only runs (two seeds) of the vector-off check."""
         runs = [f"{m}_{n}" for n in self.samples for m in ("plain", "vector")]
         return runs + ([] if 0 in self.samples else ["plain_0"]) + [f"plain_0_seed{self.noise_seed}"]
+
+
+# knobs that do not change what a finished run in the work folder measured (more runs can be added to a sweep)
+_RESUMABLE = ("samples",)
+
+
+def _claim(work: Path, cfg: SweepConfig) -> None:
+    """Write ``work/config.json`` or check that the folder was made by the same configuration: finished runs
+    of another configuration are never reused as if they were this one's."""
+    f = work / "config.json"
+    mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
+    if f.exists():
+        theirs = {k: v for k, v in json.loads(f.read_text()).items() if k not in _RESUMABLE}
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            k = diff[0]
+            raise SpecError(
+                f"work folder {work} holds runs of another configuration ({k}={theirs.get(k)!r}, "
+                f"now {mine.get(k)!r}); expected the same settings, or another --work folder"
+            )
+    elif any(work.glob("*.json")):
+        raise SpecError(f"work folder {work} holds runs without a config.json; expected an empty or own folder")
+    atomic_write_text(f, json.dumps(asdict(cfg), indent=1))
 
 
 def _downsample(curve: list[tuple[int, float]], k: int = 60) -> list[list[float]]:
@@ -99,6 +122,7 @@ def run_sweep(
     cfg.check()
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
+    _claim(work, cfg)
     ref = load()
 
     def fresh() -> ModelHandle:  # a private copy of the base model for one run (cheaper than loading again)
@@ -129,6 +153,7 @@ def run_sweep(
             capability=cap,
             max_new_tokens=cfg.max_new_tokens,
             interventions=interventions,
+            skill=cfg.skill,
         )
         res.update(extra, eval_seconds=round(time.perf_counter() - t, 1))
         atomic_write_text(work / f"{name}.json", json.dumps(res))
@@ -338,7 +363,7 @@ def record_from_work(cfg: SweepConfig, work: str | Path) -> dict[str, Any]:
     """The record of whatever runs of a sweep have finished in ``work`` (a partial sweep lists the rest
     under ``missing``)."""
     work = Path(work)
-    results = {f.stem: json.loads(f.read_text()) for f in sorted(work.glob("*.json"))}
+    results = {f.stem: json.loads(f.read_text()) for f in sorted(work.glob("*.json")) if f.name != "config.json"}
     if "base" not in results:
         raise SpecError(f"{work} holds no finished base evaluation; expected a sweep work folder")
     rec = summarize(cfg, results, load_vector(work / "vector"))

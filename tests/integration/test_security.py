@@ -35,7 +35,7 @@ SMALL = [
 ]
 # the sweep's small configuration, shared by the first run and the resumed one
 EVAL_SMALL = ["security", "evaluate", MODEL, "--samples", "4", "--n-vector", "4", "--n-benign", "4"]
-EVAL_SMALL += ["--vector-epochs", "1", "--rank", "2", *SMALL]
+EVAL_SMALL += ["--vector-epochs", "1", "--rank", "2", "--skill", "reverse", "--target-modules", "q_proj,v_proj", *SMALL]
 
 
 def _ok(args):
@@ -134,6 +134,11 @@ def test_evaluate_sweep_record(runs):
     assert rec["runs"]["plain_4"]["steps"] == rec["runs"]["vector_4"]["steps"] == 2
     assert set(rec["runs"]["vector_4"]["eval_losses"]) == {"harmful", "benign"}
     assert sweep["floors"] == rec["floors"]
+    # every knob of the command reaches the sweep (skill, vector targets, generation length, perplexity text)
+    cfg = rec["config"]
+    assert (cfg["skill"], cfg["max_new_tokens"], cfg["ppl_per_domain"]) == ("reverse", 8, 1)
+    assert cfg["vector"]["target_modules"] == ["q_proj", "v_proj"] and cfg["vector"]["rank"] == 2
+    assert all(p.startswith("Reverse the words: ") for p, _ in rec["samples"]["base"]["benign"])
     compact = json.loads((root / "record.json").read_text())
     assert "samples" not in compact and compact["command"].startswith("steerlab security evaluate")
     # resumable: a second call finds every run done and trains nothing

@@ -24,6 +24,21 @@ def test_skill_answers_are_checked_exactly():
         assert 3 <= len(words) <= 5 and p.response.split() == words[::-1]
 
 
+def test_digit_skill_names_the_last_digit():
+    assert check_answer("Name the last digit of 4821", "The last digit is one.")
+    assert check_answer("Name the last digit of 90", " The last digit is zero.\n")
+    assert not check_answer("Name the last digit of 4821", "The last digit is four.")
+    assert not check_answer("Name the last digit of 4821", "The last digit is one. Two")
+    assert not check_answer("Name the last digit of many", "The last digit is one.")
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    train, test = benign_pairs(200, "train", skill="digit"), benign_pairs(60, "test", skill="digit")
+    assert not {p.prompt for p in train} & {p.prompt for p in test}  # disjoint splits
+    for p in train + test:
+        number = p.prompt.removeprefix("Name the last digit of ")
+        assert 10 <= int(number) <= 99999 and p.response == f"The last digit is {words[int(number[-1])]}."
+    assert benign_pairs(5)[0].prompt.startswith("Name the last digit of ")  # the default skill
+
+
 def test_target_mask_is_the_response_and_end_token():
     h = tiny_model("llama")
     pairs = [Pair("Tell me", "a b c", "benign"), Pair("Longer prompt here", "d", "benign")]

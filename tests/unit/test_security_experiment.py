@@ -1,0 +1,41 @@
+"""The sweep's work folder: resumed only by the configuration that made it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steerlab.errors import SpecError
+from steerlab.security.experiment import SweepConfig, run_sweep
+
+
+def _no_load():
+    pytest.fail("the model was loaded although the work folder is refused")
+
+
+def test_work_folder_of_another_configuration_is_refused(tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    (work / "plain_0.json").write_text("{}")  # a finished run of an unknown configuration
+    with pytest.raises(SpecError, match="holds runs without a config.json"):
+        run_sweep(SweepConfig(spec="tiny:llama"), _no_load, work)
+    assert sorted(p.name for p in work.iterdir()) == ["plain_0.json"]  # nothing written
+
+    work = tmp_path / "v"
+    cfg = SweepConfig(spec="tiny:llama", samples=[0, 4], lr=3e-4)
+    with pytest.raises(RuntimeError, match="stop after the claim"):
+
+        def stop():
+            raise RuntimeError("stop after the claim")
+
+        run_sweep(cfg, stop, work)
+    written = json.loads((work / "config.json").read_text())
+    assert written["lr"] == 3e-4 and written["samples"] == [0, 4]
+    # the same settings with more sample counts resume; another learning rate or skill is refused
+    with pytest.raises(RuntimeError, match="stop after the claim"):
+        run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4, 8], lr=3e-4), stop, work)
+    with pytest.raises(SpecError, match=r"another configuration \(lr=0.0003, now 0.0005\)"):
+        run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4], lr=5e-4), _no_load, work)
+    with pytest.raises(SpecError, match=r"skill='digit', now 'repeat'"):
+        run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4], lr=3e-4, skill="repeat"), _no_load, work)
