@@ -10,7 +10,7 @@ resumes from its training checkpoint.
 Example:
     >>> cfg = SweepConfig(spec="tiny:llama", samples=[0, 4], n_vector=4, n_benign=4, n_eval=2, benign_n=2, harmless_n=2)
     >>> cfg.runs()
-    ['plain_0', 'vector_0', 'plain_4', 'vector_4', 'plain_0_seed1']
+    ['plain_4', 'vector_4', 'plain_0', 'plain_0_seed1', 'vector_0']
 """
 
 from __future__ import annotations
@@ -73,9 +73,14 @@ class SweepConfig:
         VectorConfig(**self.vector).check()
 
     def runs(self) -> list[str]:
-        """Plain and vector runs per sample count, then the benign-only runs (two seeds) of the vector-off check."""
-        runs = [f"{m}_{n}" for n in self.samples for m in ("plain", "vector")]
-        return runs + ([] if 0 in self.samples else ["plain_0"]) + [f"plain_0_seed{self.noise_seed}"]
+        """The runs in the order they are made, the headline first (a sweep cut short still has it): plain and
+        vector runs at the largest sample count, the benign-only runs (two seeds: the vector-off check), then
+        the other sample counts in increasing order."""
+        top = max(self.samples)
+        runs = [f"plain_{top}", f"vector_{top}", "plain_0", f"plain_0_seed{self.noise_seed}"]
+        runs += ["vector_0"] if 0 in self.samples else []
+        runs += [f"{m}_{n}" for n in sorted(set(self.samples) - {0, top}) for m in ("plain", "vector")]
+        return list(dict.fromkeys(runs))
 
 
 # knobs that do not change what a finished run in the work folder measured (more runs can be added to a sweep)

@@ -39,3 +39,20 @@ def test_work_folder_of_another_configuration_is_refused(tmp_path):
         run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4], lr=5e-4), _no_load, work)
     with pytest.raises(SpecError, match=r"skill='digit', now 'repeat'"):
         run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4], lr=3e-4, skill="repeat"), _no_load, work)
+
+
+def test_runs_start_with_the_headline_so_a_cut_sweep_has_it():
+    cfg = SweepConfig(spec="tiny:llama", samples=[0, 100, 300, 1000])
+    assert cfg.runs() == [
+        "plain_1000",
+        "vector_1000",
+        "plain_0",
+        "plain_0_seed1",
+        "vector_0",
+        "plain_100",
+        "vector_100",
+        "plain_300",
+        "vector_300",
+    ]
+    assert SweepConfig(spec="tiny:llama", samples=[0]).runs() == ["plain_0", "vector_0", "plain_0_seed1"]
+    assert SweepConfig(spec="tiny:llama", samples=[50]).runs() == ["plain_50", "vector_50", "plain_0", "plain_0_seed1"]
