@@ -291,7 +291,7 @@ def sentiment_cmd(
     from steerlab.atomic import atomic_write_text
     from steerlab.capability import wikitext
     from steerlab.steering.extract import extract_directions
-    from steerlab.steering.sentiment import is_monotone, property_sweep
+    from steerlab.steering.sentiment import is_monotone, monotone_run, property_sweep
     from steerlab.suites import load_suite
 
     values = _floats(scales, "--scales")
@@ -303,7 +303,9 @@ def sentiment_cmd(
     rows = property_sweep(h, d[site], site, values, prompts, max_new_tokens=max_new_tokens,
                           capability=wikitext(16), progress=True, **s.chat_kwargs())
     scores = [r["score"] for r in rows]
+    run = monotone_run(scores)
     metrics = {"scores": scores, "monotone_increasing": is_monotone(scores), "n_scales": len(values),
+               "monotone_run_scales": [values[run[0]], values[run[1]]], "monotone_run_length": run[1] - run[0] + 1,
                "response_ppl": [r["response_ppl"] for r in rows], "capability_ppl": [r["capability_ppl"] for r in rows],
                "direction_norm": round(float(d[site].norm()), 4)}
     config = {"model": h.spec, "suite": s.name, "site": site, "position": pos, "scales": values,
@@ -318,7 +320,8 @@ def sentiment_cmd(
     if as_json:
         emit({"artifact": str(path), "metrics": metrics, "rows": rows})
         return
-    typer.echo(f"wrote {path}: monotone {metrics['monotone_increasing']}")
+    typer.echo(f"wrote {path}: monotone {metrics['monotone_increasing']}; strictly increasing over "
+               f"{metrics['monotone_run_length']} consecutive scales {metrics['monotone_run_scales']}")
     for r in rows:
         typer.echo(f"  scale {r['scale']:>6g}  sentiment {r['score']:+.3f}  response ppl {r['response_ppl']}  "
                    f"capability ppl {r['capability_ppl']}")

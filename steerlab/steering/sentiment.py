@@ -5,7 +5,8 @@
 activations), ``(positive - negative) / (positive + negative + 1)`` word counts per text, in (-1, 1).
 :func:`property_sweep` adds a direction at each scale, generates greedily for neutral prompts, and reports the
 mean score, the perplexity of the generated responses under the *unmodified* model (fluency) and the
-capability perplexity of held-out text with the direction added; :func:`is_monotone` checks the trend.
+capability perplexity of held-out text with the direction added; :func:`is_monotone` checks the trend over
+every scale, :func:`monotone_run` finds its longest strictly monotone stretch of consecutive scales.
 
 Example:
     >>> round(lexicon_sentiment("What a wonderful, happy day"), 3)
@@ -63,6 +64,25 @@ def is_monotone(values: list[float], increasing: bool = True) -> bool:
     """Strictly increasing (or decreasing) from each value to the next."""
     pairs = list(zip(values, values[1:], strict=False))
     return all((b > a) if increasing else (b < a) for a, b in pairs)
+
+
+def monotone_run(values: list[float], increasing: bool = True) -> tuple[int, int]:
+    """``(start, end)``, inclusive indices of the longest stretch of consecutive values that is strictly
+    increasing (or decreasing); the first such stretch on a tie, ``(0, 0)`` for a single value.
+
+    Example:
+        >>> monotone_run([-0.04, -0.05, 0.06, 0.3, 0.38, 0.5, 0.6])
+        (1, 6)
+    """
+    if not values:
+        raise ValueError("monotone_run needs at least one value")
+    best, start = (0, 0), 0
+    for i in range(1, len(values)):
+        if not ((values[i] > values[i - 1]) if increasing else (values[i] < values[i - 1])):
+            start = i
+        if i - start > best[1] - best[0]:
+            best = (start, i)
+    return best
 
 
 def property_sweep(
