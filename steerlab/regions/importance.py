@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from steerlab.engines import position_ids
 from steerlab.errors import SpecError
 from steerlab.interventions.regions import model_signature
 from steerlab.models.handle import ModelHandle
@@ -248,6 +249,66 @@ def direct_vocab_grads(h: ModelHandle, params: Mapping[str, Tensor]) -> Iterator
             m.__dict__.pop("forward", None)
 
 
+HEAD_CHUNK_ELEMENTS = 1 << 22  # logits per chunk of the fused head (16 MB in float32)
+_LOGIT_CHANGERS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_logits_scale")
+
+
+def plain_head(h: ModelHandle, params: Mapping[str, Tensor]) -> tuple[nn.Module, nn.Linear] | None:
+    """``(base model, LM head)`` when the logits are exactly ``head(base(...).last_hidden_state)`` with a
+    bias-free ``nn.Linear`` head whose weight is in ``params`` (no soft-capping or logit scaling in the
+    config); else None."""
+    model = h.model
+    get_out = getattr(model, "get_output_embeddings", None)
+    head = get_out() if callable(get_out) else None
+    base = getattr(model, "base_model", None)
+    if type(head) is not nn.Linear or head.bias is not None or not isinstance(base, nn.Module) or base is model:
+        return None
+    if id(head.weight) not in {id(p) for p in params.values()}:
+        return None
+    cfg = getattr(model, "config", None)
+    if any(getattr(cfg, a, None) not in (None, 1, 1.0) for a in _LOGIT_CHANGERS):
+        return None
+    return base, head
+
+
+def nll_backward(h: ModelHandle, enc: dict[str, Tensor], head: tuple[nn.Module, nn.Linear] | None = None) -> float:
+    """``sequence_nll(h, enc).backward()``; returns the summed NLL. With ``head`` (:func:`plain_head`) the LM
+    head is fused and chunked: the base model gives the hidden states, and per chunk of predicted positions
+    (~16 MB of logits) the logits, their log-sum-exp and ``softmax - onehot`` are formed without autograd, the
+    head's weight gradient is added straight into ``.grad`` (``addmm_``) and the hidden states' gradient
+    collected, which then flows back through the base model. Same loss and gradients, but no batch x positions
+    x vocabulary logits, log-probabilities and their gradients (four such tensors with plain autograd)."""
+    if head is None:
+        loss = sequence_nll(h, enc)
+        loss.backward()
+        return float(loss.detach())
+    base, lm = head
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    hid = base(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).last_hidden_state
+    sel = mask[:, 1:].bool() & mask[:, :-1].bool()
+    w = lm.weight
+    total = 0.0
+    with torch.no_grad():
+        x, tgt = hid.detach()[:, :-1][sel], ids[:, 1:][sel]
+        gx = torch.empty_like(x)
+        step = max(1, HEAD_CHUNK_ELEMENTS // w.shape[0])
+        for s in range(0, x.shape[0], step):
+            xc, tc = x[s : s + step], tgt[s : s + step]
+            logits = F.linear(xc, w).float()
+            lse = torch.logsumexp(logits, -1)
+            total += float((lse - logits.gather(1, tc[:, None])[:, 0]).sum())
+            prob = logits.sub_(lse[:, None]).exp_()
+            prob[torch.arange(tc.numel()), tc] -= 1.0
+            g = prob.to(w.dtype)
+            gx[s : s + step] = g @ w
+            _grad_of(w).addmm_(g.t(), xc)
+            del logits, prob, g
+        grad_h = torch.zeros_like(hid)
+        grad_h[:, :-1][sel] = gx
+    hid.backward(grad_h)
+    return total
+
+
 def _fold_stats(imp: Tensor, k: int) -> tuple[Tensor, dict[str, float]]:
     vals, idx = chunked_topk(imp, k)
     total = float(imp.sum())
@@ -307,11 +368,13 @@ def score_importance(
                     h, texts[lang], token_budget=token_budget, batch_size=batch_size, max_len=max_len
                 )
                 bar = tqdm(batches, desc=f"importance {lang}", unit="batch", disable=not progress, leave=False)
-                with direct_vocab_grads(h, ps if method == "taylor" else {}):
+                direct = ps if method == "taylor" else {}
+                head = plain_head(h, direct)
+                with direct_vocab_grads(h, direct):
                     for enc in bar:
                         m = enc["attention_mask"]
                         n_tok += int((m[:, 1:].bool() & m[:, :-1].bool()).sum())
-                        sequence_nll(h, enc).backward()
+                        nll_backward(h, enc, head)
                         release_free_memory()
             finally:
                 for hk in hooks:
@@ -331,6 +394,7 @@ def score_importance(
                     lang_top[lang][n], summary[lang][n] = _fold_stats(flat, keep_count(flat.numel(), keep))
                     flat.numpy().tofile(f)
                     del imp, flat
+            release_free_memory()  # the freed gradients
         top, bottom, summary["all"] = {}, {}, {}
         offset = 0
         for n, p in tqdm(ps.items(), desc="summing languages", unit="matrix", disable=not progress, leave=False):

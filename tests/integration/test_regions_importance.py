@@ -65,6 +65,7 @@ def _check_top(ref, top, bottom=None):
 
 def test_taylor_and_fisher_match_autograd_from_scratch(stories, tmp_path):
     h = stories
+    assert I.plain_head(h, dict(h.model.named_parameters())) is not None  # taylor: the fused, chunked head
     files = _files(tmp_path)
     before = {n: p.detach().clone() for n, p in h.model.named_parameters()}
     imp = score_importance(
@@ -133,15 +134,15 @@ def test_bad_input_is_one_line_and_leaves_nothing(stories, tmp_path, monkeypatch
             raise AssertionError(f"{kw} was accepted")
 
     calls = {"n": 0}
-    real = I.sequence_nll
+    real = I.nll_backward
 
-    def dying(h, enc):
+    def dying(h, enc, head=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt
-        return real(h, enc)
+        return real(h, enc, head)
 
-    monkeypatch.setattr(I, "sequence_nll", dying)
+    monkeypatch.setattr(I, "nll_backward", dying)
     out = tmp_path / "imp"
     try:
         write_importance(out, score_importance(stories, ["eng"], token_budget=512, progress=False, scratch=tmp_path))
@@ -149,6 +150,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(stories, tmp_path, monkeypatch
         pass
     assert not out.exists() and list(tmp_path.glob("steerlab-regions-*")) == []
     assert all(p.grad is None and not p.requires_grad for p in stories.model.parameters())
+    assert "forward" not in stories.model.get_input_embeddings().__dict__
 
 
 def test_chunked_topk_equals_torch_topk():
@@ -214,6 +216,8 @@ def test_direct_vocab_grads_equal_autograd_tied_and_untied(stories, tiny):
 
 def test_taylor_on_untied_model_matches_autograd_from_scratch(tiny, tmp_path):
     h = tiny("llama")
+    params = dict(h.model.named_parameters())
+    assert I.plain_head(h, params) == (h.model.model, h.model.lm_head)  # the fused, chunked head is what runs
     imp = score_importance(
         h, ["aa"], files=_files(tmp_path), token_budget=10_000, batch_size=2, max_len=64, keep=0.05, progress=False
     )
@@ -221,3 +225,26 @@ def test_taylor_on_untied_model_matches_autograd_from_scratch(tiny, tmp_path):
     _check_top(ref, imp.top, imp.bottom)
     n = "lm_head.weight"
     assert abs(imp.summary["aa"][n]["sum"] - float(ref[n].sum())) < 1e-4 * float(ref[n].sum())
+
+
+def test_fused_head_nll_and_grads_equal_autograd_over_chunks(stories, monkeypatch):
+    # several chunks (by default all 10 positions would be one), tied weight, padding, a pad id at a real position
+    from steerlab.scoring import gradients, sequence_nll
+
+    h = stories
+    enc = {"input_ids": torch.tensor([[1, 5, 9, 12, 5, 7, 3], [1, 3, 40, 8, 2, 0, 0]]),
+           "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0]])}  # fmt: skip
+    with gradients(h) as ps:
+        ref_loss = sequence_nll(h, enc)
+        ref_loss.backward()
+        ref = {n: p.grad.clone() for n, p in ps.items()}
+        for p in ps.values():
+            p.grad = None
+        monkeypatch.setattr(I, "HEAD_CHUNK_ELEMENTS", 512 * 3)  # 10 predicted positions: chunks 3, 3, 3, 1
+        head = I.plain_head(h, ps)
+        with I.direct_vocab_grads(h, ps):
+            loss = I.nll_backward(h, enc, head)
+        got = {n: p.grad.clone() for n, p in ps.items()}
+    assert abs(loss - float(ref_loss.detach())) < 1e-4 * float(ref_loss.detach())
+    for n in ref:  # float32 summation order differs: entries within 1e-5 of the matrix's largest gradient
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-5 * float(ref[n].abs().max()))
