@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -132,6 +133,20 @@ class Worker:
         self.proc.terminate()
 
 
+def hf_folder(h: Any, spec: str) -> str:
+    """A plain HF folder (float32 safetensors + tokenizer) of a loaded model spec, for the other virtualenv:
+    written once under /tmp (a GGUF spec is dequantized on load; both sides then run the same weights)."""
+    import re
+
+    out = Path("/tmp") / ("steerlab-bench-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec))
+    if not (out / "config.json").exists():
+        tmp = out.with_name(out.name + ".part")
+        h.model.save_pretrained(tmp)
+        h.tokenizer.save_pretrained(tmp)
+        tmp.rename(out)
+    return str(out)
+
+
 def _spread(xs: list[float]) -> dict[str, float]:
     return {"min": round(min(xs), 4), "median": round(statistics.median(xs), 4), "max": round(max(xs), 4)}
 
@@ -139,7 +154,9 @@ def _spread(xs: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--venv", default="/tmp/sv")
-    ap.add_argument("--model", default=None, help="HF model folder (default: the shared stories260K)")
+    ap.add_argument("--model", default=None, help="HF model folder or any steerlab model spec, e.g. "
+                    "shared:SmolLM2-135M-Instruct-Q4_1-gguf (saved once as an HF folder under /tmp for the other "
+                    "side; default: the shared stories260K)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--extract", type=int, default=1000, help="prompts for the extraction timing (0: skip)")
@@ -154,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
 
     model = args.model or str(shared_dir() / "models" / "stories260K")
     py = ensure_venv(Path(args.venv))
-    w = Worker(py, model)
     h = sl.load(model)
-    report: dict[str, Any] = {"model": model, "layer": LAYER, "multiplier": MULTIPLIER, "tokens": args.tokens,
-                              "rounds": args.rounds, "packages": SV_PACKAGES, "failures": []}
+    folder = model if Path(model).is_dir() else hf_folder(h, model)
+    w = Worker(py, folder)
+    report: dict[str, Any] = {"model": model, "hf_folder": folder, "layer": LAYER, "multiplier": MULTIPLIER,
+                              "tokens": args.tokens, "rounds": args.rounds, "packages": SV_PACKAGES, "failures": []}
     try:
         # 1. interchange: their vector, their logits, reproduced here
         trained = w.ask(op="train", pairs=PAIRS, layers=[LAYER])
@@ -236,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "sites": "every resid_post / every decoder layer"}
     finally:
         w.close()
+    report["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
     if args.json == "-":
         print(json.dumps(report, indent=2))
     else:
