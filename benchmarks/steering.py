@@ -140,8 +140,17 @@ def hf_folder(h: Any, spec: str) -> str:
 
     out = Path("/tmp") / ("steerlab-bench-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", spec))
     if not (out / "config.json").exists():
+        import copy
+
+        from transformers import AutoModelForCausalLM
+
         tmp = out.with_name(out.name + ".part")
-        h.model.save_pretrained(tmp)
+        cfg = copy.deepcopy(h.model.config)
+        if hasattr(cfg, "quantization_config"):  # a dequantized GGUF: plain float32 weights from here on
+            del cfg.quantization_config
+        plain = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        plain.load_state_dict(h.model.state_dict())
+        plain.save_pretrained(tmp)
         h.tokenizer.save_pretrained(tmp)
         tmp.rename(out)
     return str(out)
