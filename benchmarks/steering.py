@@ -148,7 +148,7 @@ def hf_folder(h: Any, spec: str) -> str:
         cfg = copy.deepcopy(h.model.config)
         if hasattr(cfg, "quantization_config"):  # a dequantized GGUF: plain float32 weights from here on
             del cfg.quantization_config
-        plain = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
         plain.load_state_dict(h.model.state_dict())
         plain.save_pretrained(tmp)
         h.tokenizer.save_pretrained(tmp)
