@@ -152,6 +152,11 @@ def hf_folder(h: Any, spec: str) -> str:
         plain.load_state_dict(h.model.state_dict())
         plain.save_pretrained(tmp)
         h.tokenizer.save_pretrained(tmp)
+        conf = json.loads((tmp / "config.json").read_text())
+        rope = conf.get("rope_parameters") or {}
+        if "rope_theta" in rope:  # transformers 4.x (the other side) reads the top-level key, else uses 10,000
+            conf["rope_theta"] = rope["rope_theta"]
+            (tmp / "config.json").write_text(json.dumps(conf, indent=2))
         tmp.rename(out)
     return str(out)
 
