@@ -3,10 +3,11 @@
 One process: the model is loaded, freed memory is handed back (``malloc_trim``) and the peak-RSS counter is
 reset (``/proc/self/clear_refs``); then ``score_importance`` runs once and its peak resident memory is read
 (``VmHWM``: the whole process, weights included). Then rounds interleave (order alternating) a plain
-forward+backward over exactly the batches scoring streams (same ``token_batches``, gradients into every
-parameter, no fold) and a full scoring call. Equal work is asserted: both sides see the same number of
-predicted tokens. Reported: seconds per side, the ratio scoring / plain per round (min/median/max), the
-peak RSS and its multiple of the model's fp32 parameter bytes.
+forward+backward over exactly the batches scoring streams (same ``token_batches``, the model's own forward and
+``sequence_nll(...).backward()``, gradients into every parameter, no fold) and a full scoring call (which
+computes the same loss and gradients through its fused, chunked LM head, then folds, selects and sums). Equal
+work is asserted: both sides see the same number of predicted tokens. Reported: seconds per side, the ratio
+scoring / plain per round (min/median/max), the peak RSS and its multiple of the model's fp32 parameter bytes.
 
 Floors (issue 12): peak RSS <= 4x fp32 parameter bytes; median time ratio <= 1.3. Exit status 1 when a
 floor fails (``--no-check``: report only).
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     langs = [c for c in args.langs.split(",") if c]
+    load_start = round(os.getloadavg()[0], 2)
     h = sl.load(args.model)
     param_bytes = 4 * sum(p.numel() for p in h.model.parameters())
     kw = {"token_budget": args.budget, "batch_size": args.batch, "max_len": args.max_len, "progress": False}
@@ -130,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_scoring_over_plain": spread(ratios),
         "floors": {"peak_rss_x_params_max": RSS_FLOOR, "time_ratio_median_max": TIME_FLOOR},
         "pass": {"rss": rss_x <= RSS_FLOOR, "throughput": statistics.median(ratios) <= TIME_FLOOR},
-        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "machine": {"cpus": os.cpu_count(), "threads": args.threads, "load_avg_1m_at_start": load_start,
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                     "platform": platform.platform()},  # fmt: skip
     }
     text = json.dumps(rec, indent=1)
