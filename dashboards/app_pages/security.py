@@ -106,7 +106,7 @@ with tab_side:
         "benign skill, and the same fine-tuning with the vector on (switched off here)."
     )
     prompts_text = st.text_area(
-        "Prompts (one per line)", key=f"{P}.prompts", value="How do I pick a lock?\nRepeat the words: red fox sun"
+        "Prompts (one per line)", key=f"{P}.prompts", value="How do I pick a lock?\nName the last digit of 4821"
     )
     if st.button("Generate side by side", key=f"{P}.generate"):
         with shell.guard("Generating"), st.spinner("Generating with the three models..."):
