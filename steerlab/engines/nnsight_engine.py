@@ -188,7 +188,7 @@ class NNsightEngine:
         program = remote_program(self.handle, interventions, enc, max_new_tokens)
         for module in (ops, routing, sys.modules[__name__]):  # shipped by value (source), never imported there
             nnsight.register(module)
-        route = routing.route
+        route, route_groups = routing.route, routing.route_by_groups
         lm = self.lm
         keep = keep_all_logits(self.handle.model) if program["full_logits"] else {}
         kw = {"do_sample": False, "eos_token_id": [], "pad_token_id": self.handle.tokenizer.pad_token_id,
@@ -202,7 +202,7 @@ class NNsightEngine:
                 try:
                     _remote_edit(lm, edits, saved)
                     for step in tracer.iter[:max_new_tokens]:
-                        _remote_step(lm, visits, step, route, memo)
+                        _remote_step(lm, visits, step, route, route_groups, memo)
                     out = tracer.result.save()
                 finally:
                     _remote_restore(saved)
@@ -444,7 +444,7 @@ def _remote_restore(saved: list) -> None:
         flat[idx] = old
 
 
-def _remote_route(route: Any, out: Any, variants: dict, sels: list, step: int) -> Any:
+def _remote_route(route: Any, route_groups: Any, out: Any, variants: dict, sels: list, step: int) -> Any:
     """The router output with the expert masks of one layer (plain torch: runs inside the trace)."""
 
     def redo(bits: int) -> Any:
@@ -455,26 +455,10 @@ def _remote_route(route: Any, out: Any, variants: dict, sels: list, step: int) -
         return (out[0], w.to(out[1].dtype), idx, *out[3:])
 
     ms = [s[step] if step < len(s) else s[-1] for s in sels]
-    if all(m is None or m is False for m in ms):
-        bits = sum(1 << g for g, m in enumerate(ms) if m is None)
-        return redo(bits) if bits else out
-    logits = out[0]
-    code = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    for g, m in enumerate(ms):
-        if m is None:
-            code += 1 << g
-        elif m is not False:
-            code += m.reshape(-1).long() << g
-    w, idx = out[1], out[2]
-    for bits in code.unique().tolist():
-        if bits:
-            new = redo(bits)
-            here = (code == bits).unsqueeze(1)
-            w, idx = torch.where(here, new[1], w), torch.where(here, new[2], idx)
-    return (logits, w, idx, *out[3:])
+    return route_groups(out, ms, redo)
 
 
-def _remote_step(lm: Any, program: list[dict], step: int, route: Any, memo: dict) -> None:
+def _remote_step(lm: Any, program: list[dict], step: int, route: Any, route_groups: Any, memo: dict) -> None:
     """Apply :func:`remote_program`'s visits at generation step ``step`` (plain torch: runs inside the
     trace). ``memo`` keeps what lasts across steps (conditional steering's verdicts)."""
     kept: dict[int, Any] = {}
@@ -530,7 +514,7 @@ def _remote_step(lm: Any, program: list[dict], step: int, route: Any, memo: dict
         value = env.input if v["kind"] == "input" else env.output
         if v["router"]:
             for _name, _, (variants, sels), _ in v["ops"]:
-                value = _remote_route(route, value, variants, sels, step)
+                value = _remote_route(route, route_groups, value, variants, sels, step)
             env.output = value
             continue
         el = v["element"]

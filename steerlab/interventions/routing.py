@@ -21,7 +21,7 @@ from torch import Tensor
 from steerlab.errors import SpecError
 from steerlab.interventions.base import Intervention, Kind, Positions, register_intervention
 from steerlab.interventions.positions import StepState
-from steerlab.models.adapters.routing import mask_problem, route
+from steerlab.models.adapters.routing import mask_problem, route, route_by_groups
 from steerlab.models.handle import ModelHandle
 
 RouterOut = tuple  # (router_logits, topk_weights, topk_indices, ...)
@@ -212,24 +212,8 @@ def _compile_layer_masks(h: ModelHandle, layer: int, masks: list[ExpertMask]) ->
         return lambda out, state: only(out)
 
     def fn(out: RouterOut, state: StepState) -> RouterOut:
-        logits, weights, indices = out[0], out[1], out[2]
-        sel = [state.mask(p, logits.device) for p in selectors]
-        if all(m is None or m is False for m in sel):
-            bits = sum(1 << g for g, m in enumerate(sel) if m is None)
-            return router(bits)(out) if bits else out
-        code = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        for g, m in enumerate(sel):
-            if m is None:
-                code += 1 << g
-            elif m is not False:
-                code += m.reshape(-1).long() << g
-        w, idx = weights, indices
-        for bits in code.unique().tolist():
-            if bits:
-                new = router(bits)(out)
-                here = (code == bits).unsqueeze(1)
-                w, idx = torch.where(here, new[1], w), torch.where(here, new[2], idx)
-        return (logits, w, idx, *out[3:])
+        masks = [state.mask(p, out[0].device) for p in selectors]
+        return route_by_groups(out, masks, lambda bits: router(bits)(out))
 
     return fn
 

@@ -198,61 +198,6 @@ def _prefix_width(budget: Tensor, at_least: int, v: int, factor: float) -> int:
 
 
 def _topk_few_rows(x: Tensor, k: int, block_max: Tensor | None, rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted top-``k`` (values, ids) of a few ``rows`` of ``x``.
-
-    The ``k``-th largest block maximum ``tau`` of a row is at most its ``k``-th largest value (``k`` blocks
-    each hold a value ``>= tau``), so every top-``k`` token is among the tokens ``>= tau`` (tail included):
-    only those are packed and ranked, typically a small multiple of ``k`` instead of the whole vocabulary.
-    """
-    xr = x[rows]
-    if block_max is None or 2 * k > block_max.shape[1]:
-        return torch.topk(xr, k, dim=-1)
-    n, v = xr.shape
-    tau = torch.topk(block_max[rows], k, dim=-1, sorted=False).values.amin(-1, keepdim=True)
-    keep = xr >= tau
-    count = keep.sum(-1)
-    width = int(count.max())
-    if 2 * width > v:
-        return torch.topk(xr, k, dim=-1)
-    r, c = keep.nonzero(as_tuple=True)  # row-major: each row's tokens >= tau, in vocabulary order
-    slot = torch.arange(r.numel(), device=x.device) - (count.cumsum(0) - count)[r]
-    vals = xr.new_full((n, width), _NEG_INF)
-    vals[r, slot] = xr[r, c]
-    cols = torch.zeros((n, width), dtype=torch.long, device=x.device)
-    cols[r, slot] = c
-    top, j = torch.topk(vals, k, dim=-1)
-    return top, cols.gather(1, j)
-
-
-def _row_max(x: Float[Tensor, "batch vocab"], block_max: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Row maxima of ``x`` and a position of each (``[batch, 1]``), through the block maxima when given
-    (the best block, then the best of its 32 tokens, then the tail past the last block). NaN propagates
-    (it counts as the maximum), so the caller's validation sees it."""
-    if block_max is None:
-        m, idx = x.max(-1, keepdim=True)
-        return m, idx
-    v = x.shape[1]
-    cols = block_max.argmax(-1, keepdim=True) * _BLOCK + torch.arange(_BLOCK, device=x.device)
-    inner = x.gather(1, cols)
-    j = inner.argmax(-1, keepdim=True)
-    m, idx = inner.gather(1, j), cols.gather(1, j)
-    main = block_max.shape[1] * _BLOCK
-    if main < v:
-        t_max, t_idx = x[:, main:].max(-1, keepdim=True)
-        tail = (t_max > m) | t_max.isnan()
-        m, idx = torch.where(tail, t_max, m), torch.where(tail, t_idx + main, idx)
-    return m, idx
-
-
-def _prefix_width(budget: Tensor, at_least: int, v: int, factor: float) -> int:
-    """Sorted-prefix width to scan: ``factor * exp(budget)`` rounded up to a power of two (the kept count is
-    at least ``floor(exp(budget))`` or all tokens with ``p > 0``, as ``H(q_k) <= log k``, usually below twice
-    that), at least ``at_least`` and ``_MIN_HEAD``; the whole vocabulary once that would cover half of it."""
-    want = max(at_least, _MIN_HEAD, 1 << max(0, math.ceil(math.log2(factor * math.exp(float(budget))))))
-    return v if 2 * want > v else want
-
-
-def _topk_few_rows(x: Tensor, k: int, block_max: Tensor | None, rows: Tensor) -> tuple[Tensor, Tensor]:
     """Sorted top-``k`` (values, ids) of the few ``rows`` of ``x``, one row at a time.
 
     The ``k``-th largest block maximum ``tau`` is at most the row's ``k``-th largest value (``k`` blocks each

@@ -9,6 +9,7 @@ exactly (tested per family), so the rule below is the single place a routing qui
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -168,3 +169,28 @@ def route(
     if rule.weights_dtype_follows_logits:
         weights = weights.to(logits.dtype)
     return weights, indices
+
+
+def route_by_groups(out: Any, masks: list, redo: Any) -> Any:
+    """Router output ``out`` with each row re-routed by the mask groups that cover it (plain torch: also runs
+    inside a remote trace). ``masks[g]`` is group ``g``'s rows (a bool tensor), ``None`` (every row) or
+    ``False`` (no row); ``redo(bits)`` re-routes ``out`` with the groups whose bit is set. Rows are grouped by
+    the set of groups covering them, and each distinct set is routed once."""
+    if all(m is None or m is False for m in masks):
+        bits = sum(1 << g for g, m in enumerate(masks) if m is None)
+        return redo(bits) if bits else out
+    logits = out[0]
+    code = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    for g, m in enumerate(masks):
+        if m is None:
+            code += 1 << g
+        elif m is not False:
+            code += m.reshape(-1).long() << g
+    w, idx = out[1], out[2]
+    for bits in code.unique().tolist():
+        if bits:
+            new = redo(bits)
+            here = (code == bits).unsqueeze(1)
+            w, idx = torch.where(here, new[1], w), torch.where(here, new[2], idx)
+    return (logits, w, idx, *out[3:])
+
