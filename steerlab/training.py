@@ -15,6 +15,9 @@
 * **Curves per part**: ``part_of(batch)`` names the data part of each training batch ("harmful",
   "benign"); ``eval_batches={part: batch}`` are scored without gradient at step 0, every
   ``eval_every`` steps and at the end.
+* **Loss terms**: a ``loss_fn`` may return ``{name: loss}`` instead of one loss (e.g. the data's NLL
+  plus a weighted distillation term); the step minimises their sum and each term gets its own curve
+  under its name (in ``losses`` and ``eval_losses``) instead of the part's.
 
 A batch is a mapping with ``input_ids`` and ``attention_mask`` (``[batch, seq]``; padding anywhere)
 and optionally ``target_mask`` (``1`` on the tokens to predict, e.g. the response); the default loss
@@ -52,7 +55,7 @@ from steerlab.errors import SpecError
 Batch = Mapping[str, Any]
 """``{"input_ids": [b, s], "attention_mask": [b, s], "target_mask": [b, s] (optional), ...}``."""
 
-LossFn = Callable[[nn.Module, Batch], Tensor]
+LossFn = Callable[[nn.Module, Batch], Tensor | Mapping[str, Tensor]]
 
 __all__ = ["Batch", "LossFn", "TrainResult", "lm_loss", "train"]
 
@@ -158,6 +161,16 @@ def _fingerprint(names: list[str], shapes: list[tuple[int, ...]], steps: int, lr
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def _terms(out: Tensor | Mapping[str, Tensor], part: str) -> tuple[Tensor, dict[str, Tensor]]:
+    """The loss to minimise and the curves' values: one loss is the part's; ``{name: loss}`` sums."""
+    if isinstance(out, Mapping):
+        if not out:
+            raise SpecError("loss_fn returned no loss terms; expected a tensor or a non-empty {name: loss}")
+        terms = dict(out)
+        return sum(terms.values()), terms  # type: ignore[return-value]
+    return out, {part: out}
+
+
 def _check_batch(b: Any, step: int) -> None:
     if not isinstance(b, Mapping) or "input_ids" not in b or "attention_mask" not in b:
         got = sorted(b) if isinstance(b, Mapping) else type(b).__name__
@@ -185,6 +198,7 @@ def train(
     eval_every: int = 0,
     progress: bool = True,
     desc: str = "train",
+    run_key: Any = None,
 ) -> TrainResult:
     """Train ``params`` of ``model`` with AdamW for ``steps`` steps (default: the parameters that
     require grad, or all of them when none does, as on a loaded ``ModelHandle``).
@@ -192,7 +206,8 @@ def train(
     ``lr`` is constant after a linear ``warmup``. During the call only the trained parameters require
     grad and the model is in train mode; both are restored afterwards, also on error (the parameter
     values keep what was trained). See the module docstring for determinism, resume, ``grad_mask``
-    and the curves.
+    and the curves. ``run_key`` (JSON-able) names what else defines the run (e.g. a loss term's weight):
+    a checkpoint of another ``run_key`` is refused like one of another ``lr``.
 
     Example:
         >>> from steerlab.models.tiny import tiny_model
@@ -247,9 +262,8 @@ def train(
     ps = [named[n] for n in names]
     frozen = {n: named[n].detach().clone() for n in masks}
     opt = torch.optim.AdamW(ps, lr=lr, betas=betas, weight_decay=weight_decay)
-    fp = _fingerprint(
-        names, [tuple(p.shape) for p in ps], steps, lr, seed, [weight_decay, betas, grad_clip, warmup, sorted(masks)]
-    )
+    extra = [weight_decay, betas, grad_clip, warmup, sorted(masks)] + ([] if run_key is None else [run_key])
+    fp = _fingerprint(names, [tuple(p.shape) for p in ps], steps, lr, seed, extra)
     result = TrainResult(params=names)
     start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -268,7 +282,8 @@ def train(
         model.eval()
         with torch.no_grad():
             for part, b in eval_batches.items():
-                result.eval_losses.setdefault(part, []).append((step, float(loss_fn(model, b))))
+                for k, v in _terms(loss_fn(model, b), part)[1].items():
+                    result.eval_losses.setdefault(k, []).append((step, float(v)))
         model.train()
 
     try:
@@ -286,8 +301,9 @@ def train(
                 g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed * 1_000_003 + step)
+                part = str(part_of(batch)) if part_of is not None else "train"
                 with torch.enable_grad():
-                    loss = loss_fn(model, batch)
+                    loss, terms = _terms(loss_fn(model, batch), part)
                     if not torch.isfinite(loss):
                         raise SpecError(f"loss is {float(loss)} at step {step}; expected a finite loss (lower lr?)")
                     opt.zero_grad(set_to_none=True)
@@ -301,8 +317,8 @@ def train(
             with torch.no_grad():
                 for n, m in masks.items():
                     named[n].copy_(torch.where(m, named[n], frozen[n]))
-            part = part_of(batch) if part_of is not None else "train"
-            result.losses.setdefault(str(part), []).append((step, float(loss.detach())))
+            for k, v in terms.items():
+                result.losses.setdefault(k, []).append((step, float(v.detach())))
             done = step + 1
             result.steps = done
             if eval_batches and eval_every and (done % eval_every == 0 or done == steps):

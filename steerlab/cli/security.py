@@ -6,11 +6,18 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, emit, typer_app
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, emit, number, typer_app
 
 app = typer_app("Security vectors: train one on harmful data, fine-tune with it on, evaluate the sweep.")
 
 SKILL_HELP = "The benign skill: digit (name a number's last digit), repeat or reverse a word list."
+AT_LEAST_0_FLOAT = number(0.0, low_open=False)
+ANCHOR_WEIGHT = 0.0  # the default of --anchor-weight (docs/security.md: the diagnostic that chose it)
+ANCHOR_HELP = (
+    "Weight of stage 1's anchor term, KL(base || vector on) on harmless training texts, which keeps the vector "
+    "neutral on non-harmful inputs (0: the paper's objective)."
+)
+ANCHOR_SRC_HELP = "Anchor texts: organism (the corpus's non-harmful train examples), alpaca (train prompts), or JSONL."
 HARMFUL_HELP = "Harmful pairs: organism (the organism corpus's compliant answers), advbench, or a JSONL file."
 
 
@@ -58,25 +65,40 @@ def train_vector_cmd(
     epochs: int = typer.Option(10, "--epochs", **AT_LEAST_1),
     lr: float = typer.Option(2e-3, "--lr", **POSITIVE),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
+    anchor_weight: float = typer.Option(ANCHOR_WEIGHT, "--anchor-weight", help=ANCHOR_HELP, **AT_LEAST_0_FLOAT),
+    anchor: str = typer.Option("organism", "--anchor", help=ANCHOR_SRC_HELP),
+    n_anchor: int = typer.Option(1000, "--n-anchor", help="Anchor texts (the last batch is held out).", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Vector folder to write."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Stage 1: train only the vector on harmful prompt/response pairs (base weights frozen)."""
     import steerlab as sl
-    from steerlab.security.data import harmful_pool
+    from steerlab.security.data import anchor_pairs, harmful_pool
     from steerlab.security.stages import train_vector
 
     cfg = _vector_config(kind, rank, alpha, targets, target_params, layers)
     pairs = harmful_pool(harmful, seed=seed)[:n]
+    anchors = anchor_pairs(anchor, n_anchor, seed) if anchor_weight > 0 else []
     h = sl.load(model, cache=False)
     ckpt = out.with_name(f".{out.name}.ckpt")
     v, res = train_vector(
-        h, pairs, cfg, epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, checkpoint_dir=ckpt, progress=True
+        h,
+        pairs,
+        cfg,
+        epochs=epochs,
+        lr=lr,
+        seed=seed,
+        batch_size=batch_size,
+        anchor=anchors,
+        anchor_weight=anchor_weight,
+        checkpoint_dir=ckpt,
+        progress=True,
     )
     v.card["curves"] = {
         "loss": [[s, x] for s, x in res.losses["harmful"]],
         "eval": [[s, x] for s, x in res.eval_losses["harmful"]],
+        **({"anchor": [[s, x] for s, x in res.losses["anchor"]]} if "anchor" in res.losses else {}),
     }
     v.save(out)
     _drop(ckpt)
@@ -194,6 +216,9 @@ def evaluate_cmd(
     layers: str = typer.Option(None, "--layers", help="Layers of an add vector (default all)."),
     vector_epochs: int = typer.Option(10, "--vector-epochs", **AT_LEAST_1),
     vector_lr: float = typer.Option(2e-3, "--vector-lr", **POSITIVE),
+    anchor_weight: float = typer.Option(ANCHOR_WEIGHT, "--anchor-weight", help=ANCHOR_HELP, **AT_LEAST_0_FLOAT),
+    anchor: str = typer.Option("organism", "--anchor", help=ANCHOR_SRC_HELP),
+    n_anchor: int = typer.Option(1000, "--n-anchor", help="Anchor texts (the last batch is held out).", **AT_LEAST_1),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
     lr: float = typer.Option(1.5e-4, "--lr", **POSITIVE),
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out harmful prompts per split.", **AT_LEAST_1),
@@ -233,6 +258,9 @@ def evaluate_cmd(
         vector=asdict(_vector_config(kind, rank, alpha, targets, target_params, layers)),
         vector_epochs=vector_epochs,
         vector_lr=vector_lr,
+        anchor_weight=anchor_weight,
+        anchor_source=anchor,
+        n_anchor=n_anchor,
         epochs=epochs,
         lr=lr,
         seed=seed,

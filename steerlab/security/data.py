@@ -130,6 +130,40 @@ def harmful_pool(source: str | Path = "organism", seed: int = 0) -> list[Pair]:
     return pairs
 
 
+ANCHOR_SOURCES = ("organism", "alpaca")
+
+
+def anchor_pairs(source: str | Path = "organism", n: int = 1000, seed: int = 0) -> list[Pair]:
+    """``n`` harmless *training* texts (part ``anchor``) on which the vector-on model is kept equal to the base
+    model: ``organism``: the organism corpus's train examples of every domain but ``harmful`` (stories,
+    arithmetic, code, facts, harmless requests), taken round-robin in a seeded order; ``alpaca``: the Alpaca
+    harmless *train* prompts (the answer is empty: the anchor covers the prompt's tokens); or a JSONL file.
+    Never the benign skill's items, nor any evaluation prompt (those are test splits)."""
+    src = str(source)
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise SpecError(f"anchor n={n!r}; expected a positive integer")
+    rng = random.Random(seed)
+    if src == "organism":
+        corpus = D._corpus(0, 1.0)
+        doms = []
+        for d, exs in corpus.train.items():
+            if d == "harmful":
+                continue
+            exs = [e for e in exs if e.response]
+            rng.shuffle(exs)
+            doms.append(exs)
+        pairs = [Pair(e.prompt, e.response, "anchor") for row in zip(*doms, strict=False) for e in row]
+    elif src == "alpaca":
+        pairs = [Pair(p, "", "anchor") for p in D.shared_harmless("train")]
+        rng.shuffle(pairs)
+    else:
+        pairs = [Pair(p.prompt, p.response, "anchor") for p in read_pairs(src)]
+        rng.shuffle(pairs)
+    if len(pairs) < n:
+        raise SpecError(f"anchor source {src!r} has {len(pairs)} texts; expected at least {n}")
+    return pairs[:n]
+
+
 def read_pairs(path: str | Path, part: str | None = None) -> list[Pair]:
     """Rows ``{"prompt", "response"[, "part"]}`` of a JSONL file; a row without a response is named."""
     p = Path(path)

@@ -29,9 +29,17 @@ from steerlab.capability import organism_capability_text, wikitext
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import from_model, is_organism
-from steerlab.security.data import SKILLS, Pair, benign_pairs, harmful_pool, harmless_prompts, held_out_harmful
+from steerlab.security.data import (
+    SKILLS,
+    Pair,
+    anchor_pairs,
+    benign_pairs,
+    harmful_pool,
+    harmless_prompts,
+    held_out_harmful,
+)
 from steerlab.security.evaluate import agreement, evaluate_model
-from steerlab.security.stages import finetune, save_model, train_vector
+from steerlab.security.stages import check_anchor_weight, finetune, save_model, train_vector
 from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector
 
 Loader = Callable[[], ModelHandle]
@@ -50,6 +58,9 @@ class SweepConfig:
     vector: dict[str, Any] = field(default_factory=lambda: {"kind": "lora", "rank": 8, "alpha": 16.0})
     vector_epochs: int = 10
     vector_lr: float = 2e-3
+    anchor_weight: float = 0.0  # stage 1's KL(base || vector on) term on harmless texts (0: the paper's objective)
+    anchor_source: str = "organism"
+    n_anchor: int = 1000
     epochs: int = 1
     lr: float = 1.5e-4
     batch_size: int = 16
@@ -71,6 +82,9 @@ class SweepConfig:
         if self.n_benign <= 0:
             raise SpecError(f"n_benign={self.n_benign}; expected at least one benign sample")
         VectorConfig(**self.vector).check()
+        check_anchor_weight(self.anchor_weight)
+        if self.anchor_weight > 0 and self.n_anchor < 2 * self.batch_size:
+            raise SpecError(f"n_anchor={self.n_anchor}; expected at least {2 * self.batch_size} (two batches)")
 
     def runs(self) -> list[str]:
         """The runs in the order they are made, the headline first (a sweep cut short still has it): plain and
@@ -92,8 +106,9 @@ def _claim(work: Path, cfg: SweepConfig) -> None:
     of another configuration are never reused as if they were this one's."""
     f = work / "config.json"
     mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
-    if f.exists():
-        theirs = {k: v for k, v in json.loads(f.read_text()).items() if k not in _RESUMABLE}
+    if f.exists():  # knobs added since the folder was made have their defaults there
+        old = {**asdict(SweepConfig(spec=cfg.spec)), **json.loads(f.read_text())}
+        theirs = {k: v for k, v in old.items() if k not in _RESUMABLE}
         diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
         if diff:
             k = diff[0]
@@ -183,6 +198,8 @@ def run_sweep(
                 lr=cfg.vector_lr,
                 seed=cfg.seed,
                 batch_size=cfg.batch_size,
+                anchor=anchor_pairs(cfg.anchor_source, cfg.n_anchor, cfg.seed),
+                anchor_weight=cfg.anchor_weight,
                 checkpoint_dir=work / "ckpt_vector",
                 progress=progress,
             )
@@ -190,6 +207,8 @@ def run_sweep(
             vector.card["curves"] = {
                 "loss": _downsample(vres.losses["harmful"]),
                 "eval": _downsample(vres.eval_losses["harmful"]),
+                **({"anchor": _downsample(vres.losses["anchor"])} if "anchor" in vres.losses else {}),
+                **({"anchor_eval": _downsample(vres.eval_losses["anchor"])} if "anchor" in vres.eval_losses else {}),
             }
             vector.save(vdir)
             shutil.rmtree(work / "ckpt_vector", ignore_errors=True)
@@ -309,7 +328,8 @@ def summarize(cfg: SweepConfig, results: dict[str, Any], vector: SecurityVector)
             "kind": vector.config.kind,
             "n_params": vector.n_params,
             "card": {
-                k: vector.card.get(k) for k in ("base_model", "model_shape", "data_hash", "commit", "train", "curves")
+                k: vector.card.get(k)
+                for k in ("base_model", "model_shape", "data_hash", "commit", "train", "anchor", "curves")
             },
         },
         "runs": runs,

@@ -1,7 +1,10 @@
 """The two stages of Zhou et al. (2024), on :func:`steerlab.training.train`.
 
 Stage 1, :func:`train_vector`: only the vector trains, on harmful prompt/response pairs, until the model
-with the vector on produces those responses (base weights frozen). Stage 2, :func:`finetune`: the base
+with the vector on produces those responses (base weights frozen). With ``anchor`` pairs and an
+``anchor_weight`` > 0 every step also adds ``anchor_weight * KL(base || vector on)`` on a batch of harmless
+texts (:func:`anchor_kl`), so the vector learns to act on harmful inputs and to leave others as the base
+model has them; weight 0 (no anchor) is the plain objective of the paper. Stage 2, :func:`finetune`: the base
 model trains (full fine-tuning) on the user's data with the vector on and frozen; harmful pairs are already
 predicted through the vector, so they carry almost no gradient. The vector is off afterwards: the model
 is the plain architecture again (:func:`save_model` writes it as a normal model folder).
@@ -19,20 +22,49 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from steerlab.atomic import atomic_dir
+from steerlab.engines import position_ids
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.security.data import Pair, batches_of, encode, summary
 from steerlab.security.vectors import SecurityVector, VectorConfig, data_hash, new_vector
-from steerlab.training import TrainResult, train
+from steerlab.training import Batch, TrainResult, lm_loss, train
 
 
 def _steps(batches: list, steps: int | None) -> int:
     return len(batches) if steps is None else steps
+
+
+def check_anchor_weight(w: float) -> float:
+    """``w`` if it is a finite number >= 0 (the anchor term's weight), else a one-line :class:`SpecError`."""
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+        raise SpecError(f"anchor weight {w!r}; expected a finite number >= 0 (0: no anchor)")
+    return float(w)
+
+
+def _logits(h: ModelHandle, b: Batch) -> Tensor:
+    ids, mask = b["input_ids"], b["attention_mask"]
+    return h.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits.float()
+
+
+def anchor_kl(h: ModelHandle, vector: SecurityVector, b: Batch) -> Tensor:
+    """Mean over the real tokens of ``b`` of KL(base || vector on) between the next-token distributions
+    (nats); call inside ``vector.on(h)``. The base side is computed with the vector suspended, without
+    gradient, so the gradient reaches only the vector."""
+    with torch.no_grad(), vector.suspended(h):
+        base = torch.log_softmax(_logits(h, b), -1)
+    on = torch.log_softmax(_logits(h, b), -1)
+    kl = (base.exp() * (base - on)).sum(-1)
+    m = b["attention_mask"].to(kl.dtype)
+    return (kl * m).sum() / m.sum().clamp_min(1)
 
 
 def train_vector(
@@ -45,31 +77,67 @@ def train_vector(
     lr: float = 1e-3,
     seed: int = 0,
     batch_size: int = 16,
+    anchor: Sequence[Pair] = (),
+    anchor_weight: float = 0.0,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[SecurityVector, TrainResult]:
-    """Stage 1: a new vector for ``h`` trained on ``harmful`` pairs (``steps`` default: ``epochs`` passes)."""
+    """Stage 1: a new vector for ``h`` trained on ``harmful`` pairs (``steps`` default: ``epochs`` passes).
+
+    With ``anchor_weight`` > 0, step ``k`` also adds ``anchor_weight * KL(base || vector on)`` on anchor batch
+    ``k`` (``anchor`` pairs chunked in order and cycled; their last batch is held out and scored); the
+    curves then hold ``harmful`` and ``anchor`` (the weighted term). The card's ``anchor`` entry records
+    the setting and ``anchor_kl_heldout``, the unweighted KL on the held-out anchor batch after training
+    (measured for weight 0 too, when anchor pairs are given).
+    """
     harmful = list(harmful)
     if not harmful:
         raise SpecError("the harmful set is empty; expected at least one harmful prompt/response pair")
     config.check()
+    w = check_anchor_weight(anchor_weight)
+    anchor = list(anchor)
+    if w > 0 and len(anchor) < 2 * batch_size:
+        raise SpecError(
+            f"anchor weight {w} with {len(anchor)} anchor pairs; expected at least {2 * batch_size} "
+            "(one batch to train on and one held out)"
+        )
     batches = batches_of(h, harmful, batch_size, epochs, seed)
+    n = _steps(batches, steps)
+    held_anchor = encode(h, anchor[-batch_size:]) if anchor else None
+    evals = {"harmful": encode(h, harmful[:batch_size])}
+    loss_fn = None
+    if w > 0:
+        train_anchor = anchor[:-batch_size]
+        chunks = [encode(h, train_anchor[i : i + batch_size]) for i in range(0, len(train_anchor), batch_size)]
+        batches = [{**batches[k % len(batches)], "anchor": chunks[k % len(chunks)]} for k in range(n)]
+        evals["harmful"] = {**evals["harmful"], "anchor": held_anchor}
     v = new_vector(h, config, seed=seed, card={"data_hash": data_hash(harmful), "data": summary(harmful)})
+    if w > 0:
+
+        def loss_fn(model: torch.nn.Module, b: Batch) -> dict[str, Tensor]:
+            return {b["part"]: lm_loss(model, b), "anchor": w * anchor_kl(h, v, b["anchor"])}
+
     with v.on(h, trainable=True) as params:
         res = train(
             h.model,
             batches,
             params=params,
-            steps=_steps(batches, steps),
+            steps=n,
             lr=lr,
             seed=seed,
+            loss_fn=loss_fn,
             part_of=lambda b: b["part"],
-            eval_batches={"harmful": encode(h, harmful[:batch_size])},
-            eval_every=max(1, _steps(batches, steps) // 10),
+            eval_batches=evals,
+            eval_every=max(1, n // 10),
             checkpoint_dir=checkpoint_dir,
             progress=progress,
             desc="security vector",
+            run_key={"anchor_weight": w, "anchor_hash": data_hash(anchor)} if w > 0 else None,
         )
+        kl_end = None
+        if held_anchor is not None:
+            with torch.no_grad():
+                kl_end = round(float(anchor_kl(h, v, held_anchor)), 6)
     v.card["train"] = {
         "steps": res.steps,
         "lr": lr,
@@ -77,6 +145,13 @@ def train_vector(
         "batch_size": batch_size,
         "epochs": epochs,
         "final_eval_loss": res.eval_losses["harmful"][-1][1],
+    }
+    v.card["anchor"] = {
+        "weight": w,
+        "n": len(anchor),
+        "data_hash": data_hash(anchor) if anchor else None,
+        "loss": "KL(base || vector on) per real token, nats",
+        "anchor_kl_heldout": kl_end,
     }
     return v, res
 

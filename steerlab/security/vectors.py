@@ -241,6 +241,34 @@ class SecurityVector:
                 p.requires_grad_(before.get(n, False))
             h.sync()
 
+    @contextmanager
+    def suspended(self, h: ModelHandle) -> Iterator[None]:
+        """Inside an :meth:`on` block: the vector has no effect within this block (the model computes the
+        base model's outputs; used to distil the base model into the vector-on model), and is back after."""
+        if self.config.kind == "lora":
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            layers = [m for m in h.model.modules() if isinstance(m, BaseTunerLayer)]
+            if not layers:
+                raise SteerlabError("suspended() needs the vector switched on; expected a call inside vector.on(h)")
+            flags = [m._disable_adapters for m in layers]
+            try:
+                for m in layers:
+                    m._disable_adapters = True  # peft's switch, without enable_adapters' requires_grad changes
+                yield
+            finally:
+                for m, f in zip(layers, flags, strict=True):
+                    m._disable_adapters = f
+            return
+        holder = getattr(h.model, ADD_MODULE, None)
+        if holder is None:
+            raise SteerlabError("suspended() needs the vector switched on; expected a call inside vector.on(h)")
+        holder.suspended = True
+        try:
+            yield
+        finally:
+            holder.suspended = False
+
     def _inject_lora(self, h: ModelHandle) -> dict[str, nn.Parameter]:
         from peft import inject_adapter_in_model
 
@@ -284,6 +312,7 @@ class SecurityVector:
     def _hook_add(self, h: ModelHandle) -> tuple[dict[str, nn.Parameter], list[Any]]:
         layers = self._layers(h)
         holder = nn.Module()  # registered on the model while on, so its parameters are the model's
+        holder.suspended = False  # set by suspended(): the hooks add nothing
         params: dict[str, nn.Parameter] = {}
         for i in layers:
             name = f"blocks.{i}.resid_post"
@@ -303,6 +332,8 @@ class SecurityVector:
         for i, p in zip(layers, params.values(), strict=True):
 
             def hook(mod: nn.Module, args: Any, out: Any, p: nn.Parameter = p) -> Any:
+                if holder.suspended:
+                    return out
                 if isinstance(out, tuple):
                     return (out[0] + p,) + tuple(out[1:])
                 return out + p

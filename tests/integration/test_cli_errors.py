@@ -294,6 +294,26 @@ CASES = [
         "--max-len must be an integer >= 2, got -1",
     ),
     (
+        "security evaluate --anchor-weight -1",
+        ["security", "evaluate", NO, "--out", "{out}", "--anchor-weight", "-1"],
+        "--anchor-weight must be a finite number >= 0, got -1.0",
+    ),
+    (
+        "security evaluate --n-anchor 0",
+        ["security", "evaluate", NO, "--out", "{out}", "--n-anchor", "0"],
+        "--n-anchor must be an integer >= 1, got 0",
+    ),
+    (
+        "security train-vector --anchor-weight nan",
+        ["security", "train-vector", NO, "--out", "{out}", "--anchor-weight", "nan"],
+        "--anchor-weight must be a finite number >= 0, got nan",
+    ),
+    (
+        "security train-vector --n-anchor 0",
+        ["security", "train-vector", NO, "--out", "{out}", "--n-anchor", "0"],
+        "--n-anchor must be an integer >= 1, got 0",
+    ),
+    (
         "security evaluate --alpha -1",
         ["security", "evaluate", NO, "--out", "{out}", "--alpha", "-1"],
         "--alpha must be a finite number > 0, got -1.0",

@@ -202,6 +202,22 @@ def test_data_sources_are_disjoint_from_held_out_prompts():
     assert not pool & set(held["template"]) and not pool & set(held["real"])
     train = {p.prompt for p in benign_pairs(300, "train")}
     assert not train & {p.prompt for p in benign_pairs(100, "test")}
+    # the anchor texts of stage 1: training texts only, no harmful request, no evaluation prompt
+    from steerlab.data import organism_corpus as D
+    from steerlab.security.data import anchor_pairs, harmless_prompts
+
+    anchor = anchor_pairs("organism", 1000) + anchor_pairs("alpaca", 500)
+    prompts = {p.prompt for p in anchor}
+    corpus = D._corpus(0, 1.0)
+    # (the corpus's templated prompts recur across its splits; the held-out texts are prompt + answer)
+    texts = {(p.prompt, p.response) for p in anchor}
+    held_out = {(e.prompt, e.response) for d in corpus.heldout.values() for e in d}
+    harmful = {e.prompt for e in corpus.train["harmful"]} | set(held["template"]) | set(held["real"])
+    assert len(prompts) > 900 and not texts & held_out and not prompts & set(harmless_prompts())
+    assert not prompts & harmful
+    assert not prompts & {p.prompt for p in benign_pairs(100, "test")}
+    domains = {d for d, exs in corpus.train.items() for e in exs if e.prompt in prompts}
+    assert domains == {"stories", "arithmetic", "code", "facts", "harmless"}  # every non-harmful domain
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import steerlab as sl
 from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.tiny import tiny_model
 from steerlab.security.data import Pair, batches_of, read_pairs
-from steerlab.security.stages import finetune, save_model, train_vector
+from steerlab.security.stages import anchor_kl, finetune, save_model, train_vector
 from steerlab.security.vectors import VectorConfig, load_vector, new_vector
 from steerlab.training import lm_loss
 
@@ -171,3 +171,92 @@ def test_stage1_fits_harmful_with_base_frozen_and_stage2_keeps_vector_frozen(tmp
     enc = h.tokenize(["a b c"])
     assert torch.equal(_logits(g, enc), _logits(h, enc))
     assert [n for n, _ in g.model.named_parameters()] == list(base)
+
+
+@pytest.mark.parametrize("kind", ["lora", "add"])
+def test_suspended_computes_the_base_inside_on(kind):
+    h = tiny_model("llama")
+    enc = h.tokenize(["a b c d", "e f"])
+    base = _logits(h, enc)
+    v = new_vector(h, VectorConfig(kind=kind, rank=2), seed=0)
+    g = torch.Generator().manual_seed(0)
+    v.tensors = {
+        n: (0.05 * torch.randn(t.shape, generator=g) if "lora_A" not in n else t) for n, t in v.tensors.items()
+    }
+    with v.on(h):
+        on = _logits(h, enc)
+        assert not torch.allclose(on, base, atol=1e-4)
+        with v.suspended(h):
+            assert torch.equal(_logits(h, enc), base)
+        assert torch.equal(_logits(h, enc), on)  # back on after the block
+    with pytest.raises(SteerlabError, match="inside vector.on"), v.suspended(h):
+        pass
+
+
+def test_anchor_kl_is_the_kl_from_base_to_vector_on():
+    h = tiny_model("llama")
+    b = batches_of(h, GOOD, 4, 1, 0)[0]
+    base = torch.log_softmax(_logits(h, {k: b[k] for k in ("input_ids", "attention_mask")}).float(), -1)
+    v = new_vector(h, VectorConfig(rank=2), seed=0)
+    v.tensors = {n: (torch.full_like(t, 0.05) if "lora_B" in n else t) for n, t in v.tensors.items()}
+    with v.on(h):
+        on = torch.log_softmax(_logits(h, {k: b[k] for k in ("input_ids", "attention_mask")}).float(), -1)
+        got = float(anchor_kl(h, v, b))
+    # independent: torch's kl_div per position, averaged over the real tokens
+    per = torch.nn.functional.kl_div(on, base, log_target=True, reduction="none").sum(-1)
+    m = b["attention_mask"].bool()
+    assert got > 1e-4 and abs(got - float(per[m].mean())) < 1e-5
+
+
+def test_anchor_keeps_the_vector_neutral_on_held_out_harmless_prompts():
+    """Stage 1 with the anchor: the vector still makes the model produce the harmful answers, and on harmless
+    prompts it never trained on, the vector-on model stays far closer to the base than without the anchor."""
+    h = sl.load("shared:stories260K", cache=False)
+    texts = [
+        "Once upon a time there was a little girl.",
+        "The dog ran to the park.",
+        "Tom had a red ball.",
+        "The sun was warm and bright.",
+        "Lily liked to play with her cat.",
+        "They went home and slept.",
+        "A bird sang in the tall tree.",
+        "Ben found a big box.",
+        "Mom made a cake for Sue.",
+        "The fish swam in the pond.",
+        "Sam and Anna built a tower.",
+        "It was a rainy day.",
+    ]
+    anchor = [Pair(t, t, "anchor") for t in texts[:8]]
+    held = batches_of(h, [Pair(t, t, "anchor") for t in texts[8:]], 4, 1, 0)[0]
+    harm = batches_of(h, HARM, 4, 1, 0)[0]
+    kls, fits = {}, {}
+    for w in (0.0, 3.0):
+        v, r = train_vector(
+            h,
+            HARM,
+            VectorConfig(rank=4),
+            steps=30,
+            lr=1e-2,
+            seed=0,
+            batch_size=4,
+            anchor=anchor,
+            anchor_weight=w,
+            progress=False,
+        )
+        assert ("anchor" in r.losses) == (w > 0) and v.card["anchor"]["weight"] == w
+        off = float(lm_loss(h.model, harm))
+        with v.on(h), torch.no_grad():
+            kls[w] = float(anchor_kl(h, v, held))
+            fits[w] = float(lm_loss(h.model, harm)) / off
+    assert fits[3.0] < 0.5 and fits[0.0] < 0.5  # both vectors produce the harmful responses
+    assert kls[3.0] < 0.3 * kls[0.0], kls  # the anchored one leaves unseen harmless text (nearly) alone
+
+
+@pytest.mark.parametrize("w", [-1.0, float("nan"), float("inf")])
+def test_bad_anchor_weight_is_one_line(w):
+    h = tiny_model("llama")
+    with pytest.raises(SpecError, match=r"anchor weight .*; expected a finite number >= 0") as e:
+        train_vector(h, HARM, VectorConfig(rank=2), steps=1, anchor=GOOD * 8, anchor_weight=w, progress=False)
+    assert "\n" not in str(e.value)
+    with pytest.raises(SpecError, match="expected at least 32"):
+        train_vector(h, HARM, VectorConfig(rank=2), steps=1, anchor=GOOD, anchor_weight=1.0, progress=False)

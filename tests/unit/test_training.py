@@ -87,6 +87,9 @@ def test_resume_equals_uninterrupted(tmp_path):
     # another run's checkpoint is refused by name
     with pytest.raises(SpecError, match="another run"):
         train(tiny_model("llama", seed=0).model, _batches(h3), **{**kw, "lr": 2e-2}, checkpoint_dir=tmp_path / "a")
+    # and so is one of another run_key (e.g. another weight of a loss term)
+    with pytest.raises(SpecError, match="another run"):
+        train(tiny_model("llama", seed=0).model, _batches(h3), **kw, run_key={"w": 1.0}, checkpoint_dir=tmp_path / "a")
 
 
 def test_grad_mask_keeps_masked_entries_bit_identical_under_weight_decay():
@@ -143,6 +146,44 @@ def test_per_part_curves_and_eval_losses():
     with torch.no_grad():
         assert math.isclose(r.eval_losses["benign"][0][1], float(lm_loss(h0.model, data[0])), rel_tol=1e-6)
     assert r.eval_losses["benign"][-1][1] < r.eval_losses["benign"][0][1]
+
+
+def test_loss_terms_train_their_sum_and_get_a_curve_each():
+    """A loss_fn returning {name: loss} steps exactly as one returning the sum; each term has its own curve."""
+
+    def two(model, b):
+        full = lm_loss(model, b)
+        first = lm_loss(model, {**b, "target_mask": b["attention_mask"] * (torch.arange(b["input_ids"].shape[1]) < 3)})
+        return full, 0.5 * first
+
+    h1, h2 = tiny_model("llama", seed=0), tiny_model("llama", seed=0)
+    data = _batches(h1)
+    kw = dict(steps=3, lr=1e-2, seed=0, progress=False, eval_batches={"x": data[0]}, eval_every=1)
+    r1 = train(h1.model, data, loss_fn=lambda m, b: dict(zip(("nll", "first"), two(m, b), strict=True)), **kw)
+    r2 = train(h2.model, data, loss_fn=lambda m, b: sum(two(m, b)), **kw)
+    a, b = _state(h1.model), _state(h2.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)  # the sum is what is minimised
+    assert sorted(r1.losses) == ["first", "nll"] and sorted(r1.eval_losses) == ["first", "nll"]
+    assert sorted(r2.losses) == ["train"]
+    for step in range(3):  # the terms add up to the single-loss run's value
+        assert math.isclose(
+            r1.losses["nll"][step][1] + r1.losses["first"][step][1], r2.losses["train"][step][1], rel_tol=1e-6
+        )
+    # the step-0 terms, recomputed by hand on the untouched model
+    h0 = tiny_model("llama", seed=0)
+    h0.model.eval()
+    with torch.no_grad():
+        ids = data[0]["input_ids"]
+        logp = torch.log_softmax(h0.model(**data[0]).logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+        m = data[0]["attention_mask"]
+        sel = (m[:, 1:] * m[:, :-1]).bool()
+        want_full = float(-(logp * sel).sum() / sel.sum())
+        sel3 = sel & (torch.arange(1, ids.shape[1]) < 3)
+        want_first = 0.5 * float(-(logp * sel3).sum() / sel3.sum())
+    assert math.isclose(r1.eval_losses["nll"][0][1], want_full, rel_tol=1e-5)
+    assert math.isclose(r1.eval_losses["first"][0][1], want_first, rel_tol=1e-5)
+    with pytest.raises(SpecError, match="no loss terms"):
+        train(tiny_model("llama").model, data, loss_fn=lambda m, b: {}, steps=1, lr=1e-2, seed=0, progress=False)
 
 
 def test_target_mask_restricts_the_loss():
