@@ -161,11 +161,15 @@ def generate(
         out = _generate_remote(h, enc, compiled, remote, int(max_new_tokens), eos, output_scores)
         records: dict[str, list[Tensor]] = {}
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            out, records = engine_for(h).generate(
-                enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
-            )
+        run = lambda: engine_for(h).generate(  # noqa: E731
+            enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
+        )
+        if smp.greedy:  # draws nothing: no generator to seed (seeding costs more than a small step)
+            out, records = run()
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                out, records = run()
     seqs = out.sequences
     token_ids: list[list[int]] = []
     for row in seqs[:, prompt_len:].tolist():

@@ -23,6 +23,8 @@ from __future__ import annotations
 import threading
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -47,6 +49,36 @@ def _replace(value: Any, element: int | None, new: Tensor) -> Any:
     if isinstance(value, tuple):
         return (new, *value[1:])
     return new
+
+
+@contextmanager
+def _handoffs_only_at(root: torch.nn.Module, keep: set[int]) -> Iterator[int]:
+    """Run with nnsight's handoff only on the modules in ``keep`` (ids); yields how many were bypassed.
+
+    nnsight installs its controller as the ``forward`` of every module it wraps: inside a trace each
+    call then passes the input, a skip gate and the output through the interleaver (three handoffs),
+    whether anything waits there or not. A plan reads and writes a handful of modules; for the run,
+    every other module whose controller would run the class's own ``forward`` gets that ``forward``
+    back (the controller is taken out of the instance ``__dict__``), so it computes exactly what the
+    controller would, without the handoffs. Everything is put back on exit, also when the run raises.
+    A module whose body is anything else (an accelerate or tensor-parallel wrapper, a forward set on
+    the instance, a sourced forward) keeps its controller.
+    """
+    bypassed: list[tuple[torch.nn.Module, Any]] = []
+    try:
+        for m in root.modules():
+            fwd = m.__dict__.get("forward")
+            state = getattr(fwd, "state", None)
+            if id(m) in keep or type(fwd).__name__ != "Controller" or state is None:
+                continue
+            if state.body is not type(m).forward or getattr(state, "sourced", None):
+                continue
+            del m.__dict__["forward"]
+            bypassed.append((m, fwd))
+        yield len(bypassed)
+    finally:
+        for m, fwd in bypassed:
+            m.__dict__["forward"] = fwd
 
 
 def _seq_len(v: Visit, t: Any, batch: int) -> int:
@@ -111,9 +143,13 @@ class NNsightEngine:
             if v.records:
                 record_value(v, t, st, sink)
 
-    def _envoys(self, plan: Plan) -> list[Any]:
-        lm = self.lm
+    def _envoys(self, plan: Plan, lm: Any) -> list[Any]:
         return [lm.get(v.path) for v in plan.visits]
+
+    def _handoffs(self, envoys: list[Any], lm: Any) -> Any:
+        """:func:`_handoffs_only_at` the plan's modules (and nnsight's own root and generator)."""
+        keep = {id(e._module) for e in envoys} | {id(lm._module), id(lm.generator._module)}
+        return _handoffs_only_at(lm._module, keep)
 
     # -- public runs ---------------------------------------------------------------------------
     def forward(self, enc: dict[str, Tensor], plan: Plan, **kwargs: Any) -> tuple[Any, Records]:
@@ -125,9 +161,9 @@ class NNsightEngine:
                 return model(**enc, **kwargs), sink
             state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])
             lm = self.lm
-            envoys = self._envoys(plan)
+            envoys = self._envoys(plan, lm)
             box: dict[str, Any] = {}
-            with lm.trace(dict(enc), **kwargs):
+            with self._handoffs(envoys, lm), lm.trace(dict(enc), **kwargs):
                 self._visit(envoys, plan, state, 0, sink)
                 box["out"] = lm.output.save()
             return box["out"], sink
@@ -147,13 +183,13 @@ class NNsightEngine:
                 generate_kwargs = {**keep_all_logits(model), **generate_kwargs}
             state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])
             lm = self.lm
-            envoys = self._envoys(plan)
+            envoys = self._envoys(plan, lm)
             self._gen_out.clear()
             with warnings.catch_warnings():
                 # an open `tracer.all()` loop ends at the last step the run makes; nnsight warns about
                 # the step it never reached, which is expected here
                 warnings.filterwarnings("ignore", message=".*was never reached.*")
-                with lm.generate(dict(enc), **generate_kwargs) as tracer:
+                with self._handoffs(envoys, lm), lm.generate(dict(enc), **generate_kwargs) as tracer:
                     for step in tracer.all():
                         self._visit(envoys, plan, state, step, sink)
             out = self._gen_out.pop("out")

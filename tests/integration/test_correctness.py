@@ -128,3 +128,65 @@ def test_param_edits_still_reach_the_twin_after_a_replacement():
     edit = ParamEdit(param="lm_head.weight", op="zero")
     logits = sl.forward(h, ["a b"], interventions=[*ident, edit])
     assert torch.count_nonzero(logits) == 0  # the edit lands on the weight the twin now uses
+
+
+# -- the nnsight engine hands off only where the plan reads or writes ---------------------------------
+def _controlled(root: nn.Module) -> set[str]:
+    return {n for n, m in root.named_modules() if type(m.__dict__.get("forward")).__name__ == "Controller"}
+
+
+def test_only_the_plan_modules_hand_off_during_a_run_and_all_come_back():
+    """During a steered generation the modules the plan does not visit run their plain forward (nnsight's
+    per-module handoff is off there); the visited module keeps it; afterwards every module has it back.
+    The steered ids equal a plain PyTorch forward hook doing the same addition (an independent path)."""
+    from steerlab.engines import engine_for
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model("llama")
+    vec = torch.randn(h.d_model, generator=torch.Generator().manual_seed(0))
+    iv = [AddVector(site="blocks.1.resid_post", vector=vec, scale=3.0)]
+    sl.generate(h, ["a b c"], interventions=iv, max_new_tokens=2)  # builds the twin
+    twin = engine_for(h).lm._module
+    before = _controlled(twin)
+    assert len(before) > 10
+    seen: dict[str, bool] = {}
+    blocks = dict(twin.named_modules())
+
+    def spy(name):
+        return lambda m, a, o: seen.__setitem__(name, type(m.__dict__.get("forward")).__name__ == "Controller")
+
+    hooks = [blocks[n].register_forward_hook(spy(n)) for n in ("model.layers.1", "model.layers.0", "lm_head")]
+    try:
+        got = sl.generate(h, ["a b c", "d"], interventions=iv, max_new_tokens=5, stop_at_eos=False)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    assert seen == {"model.layers.1": True, "model.layers.0": False, "lm_head": False}
+    assert _controlled(twin) == before
+    layer = h.model.model.layers[1]
+    hk = layer.register_forward_hook(
+        lambda m, a, o: (o[0] + 3.0 * vec, *o[1:]) if isinstance(o, tuple) else o + 3.0 * vec
+    )
+    try:
+        enc = h.encode(["a b c", "d"])
+        ref = h.model.generate(**enc, max_new_tokens=5, do_sample=False, eos_token_id=[],
+                               pad_token_id=h.tokenizer.pad_token_id)
+    finally:
+        hk.remove()
+    assert torch.equal(got.sequences, ref)
+    assert not torch.equal(got.sequences, sl.generate(h, ["a b c", "d"], max_new_tokens=5, stop_at_eos=False).sequences)
+
+
+def test_handoffs_come_back_when_the_run_raises():
+    from steerlab.engines import engine_for
+    from steerlab.engines.nnsight_engine import _handoffs_only_at
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model("llama")
+    sl.forward(h, ["a b"], interventions=[AddVector(site="blocks.0.resid_post", vector=torch.ones(h.d_model))])
+    twin = engine_for(h).lm._module
+    before = _controlled(twin)
+    with pytest.raises(RuntimeError, match="boom"), _handoffs_only_at(twin, {id(twin)}) as n:
+        assert n == len(before) - 1 and _controlled(twin) == {""}
+        raise RuntimeError("boom")
+    assert _controlled(twin) == before
