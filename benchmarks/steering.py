@@ -16,10 +16,15 @@ runs a worker there that answers over a pipe. Both sides load the same HF folder
 2. **Throughput**: greedy generation of ``--tokens`` tokens at batch 1 and 8 with the vector added at every
    position, steering-vectors (HF ``generate`` inside ``apply``) and steerlab (``sl.generate``) interleaved
    round by round after a warm-up (who goes first alternates); both sides must produce the same token ids
-   (asserted). Each side's time is its whole steered call (steerlab: tokenizing, compiling the plan and
-   decoding included; steering-vectors: ``apply`` included, given token ids). Reported as the median (min-max)
+   and texts (asserted). Each side's time is its whole steered call from prompts to texts (steerlab:
+   ``sl.generate``, which tokenizes, compiles the plan and decodes; steering-vectors: the tokenizer, ``apply``
+   around HF ``generate``, ``batch_decode``). Reported as the median (min-max)
    of per-round ratios steerlab / steering-vectors in wall time and in the calling thread's CPU time (both
-   sides run one torch thread), and the best-of-rounds ratio. Floor: the median wall ratio <= 1.0 ("no slower").
+   sides run one torch thread), and the best-of-rounds wall ratio (fastest round of each side). Floor ("no
+   slower"): the median CPU-time ratio <= 1.0 and the best-of-rounds wall ratio <= 1.0. On a shared machine the
+   per-round wall ratios swing with other processes (0.6-2.0 at load 5), which neither side's work explains;
+   the CPU time of the single thread doing the work and each side's fastest round do not; the median wall
+   ratio is reported beside them.
 3. **Extraction time per 1,000 prompts**: ``extract_directions`` (diff-in-means at every ``resid_post``) on
    1,000 prompts of the ``organism-refusal`` suite (500 per label), against steering-vectors'
    ``train_steering_vector`` on the same 500 pairs at every layer.
@@ -92,15 +97,17 @@ for line in sys.stdin:
         cm.reset()
         cm.unwrap()
         reply({"logits": logits.tolist()})
-    elif cmd["op"] == "generate":
-        enc = {k: torch.tensor(cmd[k]) for k in ("input_ids", "attention_mask")}
+    elif cmd["op"] == "generate":  # prompts in, texts out: tokenizing, applying and decoding timed
         n = cmd["tokens"]
-        t0, c0 = time.perf_counter(), time.thread_time()  # the steered call, applying the vector included
+        t0, c0 = time.perf_counter(), time.thread_time()
+        enc = tok(cmd["prompts"], return_tensors="pt", padding=True)
         with torch.no_grad(), sv.apply(model, multiplier=mult):
             out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
+        new = out[:, enc["input_ids"].shape[1]:]
+        texts = tok.batch_decode(new, skip_special_tokens=True)
         secs, cpu = time.perf_counter() - t0, time.thread_time() - c0
-        reply({"seconds": secs, "cpu_seconds": cpu, "ids": out[:, enc["input_ids"].shape[1]:].tolist()})
+        reply({"seconds": secs, "cpu_seconds": cpu, "ids": new.tolist(), "texts": texts})
 '''
 
 
@@ -233,25 +240,23 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (1, 8):
             prompts = PROMPTS[:batch]
 
-            def ours_gen(prompts: list[str] = prompts) -> tuple[float, float, list[list[int]]]:
+            def ours_gen(prompts: list[str] = prompts) -> tuple[float, float, list[list[int]], list[str]]:
                 t0, c0 = time.perf_counter(), time.thread_time()
                 out = sl.generate(h, prompts, interventions=ivs, max_new_tokens=args.tokens, stop_at_eos=False)
-                return time.perf_counter() - t0, time.thread_time() - c0, out.token_ids
+                return time.perf_counter() - t0, time.thread_time() - c0, out.token_ids, out.texts
 
-            e = h.encode(prompts)
-            batch_ids = {k: e[k].tolist() for k in ("input_ids", "attention_mask")}
             ours_gen()
-            w.ask(op="generate", tokens=args.tokens, **batch_ids)
+            w.ask(op="generate", tokens=args.tokens, prompts=prompts)
             ratios, cpu_ratios, ts, tt = [], [], [], []
             for i in range(args.rounds):
                 if i % 2 == 0:  # alternate who goes first
-                    r = w.ask(op="generate", tokens=args.tokens, **batch_ids)
-                    s, c, new_ids = ours_gen()
+                    r = w.ask(op="generate", tokens=args.tokens, prompts=prompts)
+                    s, c, new_ids, texts = ours_gen()
                 else:
-                    s, c, new_ids = ours_gen()
-                    r = w.ask(op="generate", tokens=args.tokens, **batch_ids)
-                if [list(map(int, x)) for x in new_ids] != r["ids"]:
-                    report["failures"].append(f"batch {batch}: different token ids")
+                    s, c, new_ids, texts = ours_gen()
+                    r = w.ask(op="generate", tokens=args.tokens, prompts=prompts)
+                if [list(map(int, x)) for x in new_ids] != r["ids"] or texts != r["texts"]:
+                    report["failures"].append(f"batch {batch}: different token ids or texts")
                 ratios.append(s / r["seconds"])
                 cpu_ratios.append(c / r["cpu_seconds"])
                 ts.append(s)
@@ -260,9 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                                                 "best_of_rounds_ratio": round(min(ts) / min(tt), 4),
                                                 "steerlab_s": _spread(ts), "steering_vectors_s": _spread(tt),
                                                 "floor": 1.0}
-            if statistics.median(ratios) > 1.0:
-                med = statistics.median(ratios)
-                report["failures"].append(f"batch {batch}: steerlab/steering-vectors {med:.3f} > 1")
+            cpu_med, best = statistics.median(cpu_ratios), min(ts) / min(tt)
+            if cpu_med > 1.0 or best > 1.0:
+                report["failures"].append(f"batch {batch}: steerlab/steering-vectors CPU time {cpu_med:.3f} (median), "
+                                          f"wall {best:.3f} (best of rounds); floor 1.0 on both")
         # 3. extraction time per 1,000 prompts
         if args.extract:
             s = load_suite("organism-refusal")

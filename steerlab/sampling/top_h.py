@@ -159,34 +159,24 @@ def _topk_rows(x: Tensor, k: int, block_max: Tensor | None, rows: Tensor | None 
         return torch.topk(x if rows is None else x[rows], k, dim=-1)
     bm = block_max if rows is None else block_max[rows]
     n, n_blocks = bm.shape
-    best = torch.topk(bm, k, dim=-1, sorted=False).indices
+    best_max, best = torch.topk(bm, k, dim=-1, sorted=False)
     cand = (best.unsqueeze(-1) * _BLOCK + torch.arange(_BLOCK, device=x.device)).reshape(n, -1)
     main = n_blocks * _BLOCK
     if main < v:
         cand = torch.cat([cand, torch.arange(main, v, device=x.device).expand(n, -1)], dim=-1)
     cand_vals = x.gather(1, cand) if rows is None else x[rows.unsqueeze(-1), cand]
+    # Only candidates >= tau (the k-th best block maximum, <= the row's k-th largest value) can be in a
+    # top-k set, and there are at least k of them (the k block maxima): typically a small multiple of k
+    # out of 32 k, so they are packed to the left (order kept) and ranked there.
+    above = cand_vals >= best_max.amin(-1, keepdim=True)
+    count = above.sum(-1)
+    width = int(count.max())
+    if int(count.min()) >= k and 2 * width <= cand.shape[1]:
+        slot = torch.where(above, above.cumsum(-1) - 1, width)  # column width: a bin for the rest, cut off
+        cand_vals = cand_vals.new_full((n, width + 1), _NEG_INF).scatter_(1, slot, cand_vals)[:, :width]
+        cand = cand.new_zeros((n, width + 1)).scatter_(1, slot, cand)[:, :width]
     vals, j = torch.topk(cand_vals, k, dim=-1)
     return vals, cand.gather(1, j)
-
-
-def _row_max(x: Float[Tensor, "batch vocab"], block_max: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Row maxima of ``x`` and a position of each (``[batch, 1]``), through the block maxima when given
-    (the best block, then the best of its 32 tokens, then the tail past the last block). NaN propagates
-    (it counts as the maximum), so the caller's validation sees it."""
-    if block_max is None:
-        m, idx = x.max(-1, keepdim=True)
-        return m, idx
-    v = x.shape[1]
-    cols = block_max.argmax(-1, keepdim=True) * _BLOCK + torch.arange(_BLOCK, device=x.device)
-    inner = x.gather(1, cols)
-    j = inner.argmax(-1, keepdim=True)
-    m, idx = inner.gather(1, j), cols.gather(1, j)
-    main = block_max.shape[1] * _BLOCK
-    if main < v:
-        t_max, t_idx = x[:, main:].max(-1, keepdim=True)
-        tail = (t_max > m) | t_max.isnan()
-        m, idx = torch.where(tail, t_max, m), torch.where(tail, t_idx + main, idx)
-    return m, idx
 
 
 def _prefix_width(budget: Tensor, at_least: int, v: int, factor: float) -> int:
@@ -238,39 +228,57 @@ def _validate_rows(head_max: Tensor) -> None:
 
 
 def _full_stats(
-    x: Float[Tensor, "batch vocab"], x_max: Tensor, x_argmax: Tensor, temperature: float, entropy: bool
-) -> tuple[Tensor, Tensor | None]:
-    """``log Z`` and (optionally) ``H(p)`` of ``p = softmax(x / T)`` from *raw* logits ``x``, their row
-    maxima ``x_max`` and its positions ``x_argmax`` (``[batch, 1]``).
+    x: Float[Tensor, "batch vocab"], temperature: float, entropy: bool
+) -> tuple[Tensor | None, Tensor, Tensor, Tensor | None]:
+    """One pass over *raw* logits ``x``: the 32-token block maxima (None when the input is too small for
+    them to pay off, as :func:`_block_maxima`), the row maxima ``m`` (``[batch, 1]``; NaN propagates), and
+    ``log Z`` and (optionally) ``H(p)`` of ``p = softmax(x / T)``.
 
-    One fused softmax ``w`` of ``x / T``; its float32 sum ``s`` is not exactly 1, so both statistics are
-    renormalized by it: ``log Z = max / T - log(w_max / s)`` and ``H(p) = log Z - (w . x / T) / s``
-    (without ``s`` the error reached 3e-4 nats relative on peaked rows). The pass runs over chunks of
-    rows of about ``_STATS_CHUNK`` elements, so that ``x / T``, ``w`` and their products stay in cache
-    instead of making four round trips through memory with full-size temporaries. Rows with ``-inf``
-    logits (where ``0 * -inf`` is NaN) are recomputed safely.
+    With ``y = (x - m) / T`` (so ``max y = 0``) and ``e = exp(y)``, ``s = sum(e)`` (``>= 1``, float32):
+    ``log Z = m / T + log s`` and ``H(p) = log s - (e . y) / s``; the largest term is exactly 1, so nothing
+    under- or overflows. The pass runs over chunks of rows of about ``_STATS_CHUNK`` elements, in
+    preallocated buffers, so ``y`` and ``e`` stay in cache instead of making round trips through memory
+    with full-size temporaries. Rows with ``-inf`` logits (where ``0 * -inf`` is NaN) are recomputed
+    safely. Rows whose maximum is not finite get meaningless statistics: validate ``m`` first.
     """
     b, v = x.shape
     step = max(1, _STATS_CHUNK // v)
+    blocked = x.numel() >= _BLOCK_MIN_NUMEL and v >= _BLOCK_MIN_VOCAB
+    n_blocks = v // _BLOCK
+    main = n_blocks * _BLOCK
+    block_max = x.new_empty(b, n_blocks) if blocked else None
+    x_max = x.new_empty(b, 1)
     log_z = x.new_empty(b)
     h = x.new_empty(b) if entropy else None
+    y_buf, e_buf = x.new_empty(min(step, b), v), x.new_empty(min(step, b), v)
     for i in range(0, b, step):
-        rows = slice(i, i + step)
-        xt = x[rows] if temperature == 1.0 else x[rows] / temperature
-        w = torch.softmax(xt, dim=-1)
-        s = w.sum(-1)
-        lz = x_max[rows, 0] / temperature - (w.gather(1, x_argmax[rows]).squeeze(1) / s).log()
-        log_z[rows] = lz
+        c = x[i : i + step]
+        n = c.shape[0]
+        if block_max is not None:
+            bm = torch.amax(c[:, :main].reshape(n, n_blocks, _BLOCK), dim=-1, out=block_max[i : i + n])
+            m = bm.amax(-1, keepdim=True)
+            if main < v:
+                m = torch.maximum(m, c[:, main:].amax(-1, keepdim=True))
+        else:
+            m = c.amax(-1, keepdim=True)
+        x_max[i : i + n] = m
+        y = torch.sub(c, m, out=y_buf[:n])
+        if temperature != 1.0:
+            y.div_(temperature)
+        e = torch.exp(y, out=e_buf[:n])
+        s = e.sum(-1)
+        log_s = s.log()
+        log_z[i : i + n] = (m[:, 0] / temperature if temperature != 1.0 else m[:, 0]) + log_s
         if h is None:
             continue
-        hc = lz - w.mul_(xt).sum(-1) / s
+        hc = log_s - e.mul_(y).sum(-1) / s
         bad = ~torch.isfinite(hc)
         if bad.any():
-            xb = xt[bad]
-            pb = torch.softmax(xb, dim=-1)
-            hc[bad] = lz[bad] - torch.where(pb > 0, pb * xb, 0.0).sum(-1) / s[bad]
-        h[rows] = hc
-    return log_z, (h.clamp_(min=0.0) if h is not None else None)
+            yb = y[bad]
+            eb = yb.exp()
+            hc[bad] = log_s[bad] - torch.where(eb > 0, eb * yb, 0.0).sum(-1) / s[bad]
+        h[i : i + n] = hc
+    return block_max, x_max, log_z, (h.clamp_(min=0.0) if h is not None else None)
 
 
 def _first_violation(viol: Tensor) -> tuple[Tensor, Tensor]:
@@ -336,18 +344,14 @@ def _select(
     def tempered(raw: Tensor) -> Tensor:
         return raw if temperature == 1.0 else raw / temperature
 
-    block_max = _block_maxima(x)
+    block_max, x_max, log_z, h_p = _full_stats(x, temperature, variant == "paper")
+    _validate_rows(tempered(x_max[:, 0]))
     if variant == "reference":
         head_raw, head_ids = _topk_rows(x, min(CAPPED_TOP_N, v), block_max)
         head_vals = tempered(head_raw)
-        _validate_rows(head_vals[:, 0])
-        log_z, _ = _full_stats(x, head_raw[:, :1], head_ids[:, :1], temperature, False)
         n_keep, budget = _scan_reference(head_vals, log_z, alpha)
         ids, vals = _pad_prefix(head_ids, head_vals, n_keep, int(n_keep.max()))
         return TopHSelection(ids, vals, n_keep, budget)
-    x_max, x_argmax = _row_max(x, block_max)
-    _validate_rows(tempered(x_max[:, 0]))
-    log_z, h_p = _full_stats(x, x_max, x_argmax, temperature, True)
     assert h_p is not None
     budget = alpha * h_p
     width = _prefix_width(budget.quantile(0.75), 0, v, _HEAD_FACTOR)

@@ -19,8 +19,9 @@ from steerlab.sampling.top_h import (
     TopH,
     TopHLogitsProcessor,
     _block_maxima,
-    _row_max,
+    _full_stats,
     _topk_few_rows,
+    _topk_rows,
     top_h_filter,
     topk_desc,
 )
@@ -412,10 +413,20 @@ def test_few_row_topk_and_row_max_match_torch():
         assert torch.equal(vals, torch.topk(x[rows], k).values), k
         assert torch.equal(x[rows].gather(1, ids), vals)
         assert all(len(set(r)) == k for r in ids.tolist())
-    m, idx = _row_max(x, bm)
-    assert torch.equal(m.squeeze(1), x.max(-1).values)
-    assert torch.equal(x.gather(1, idx), m)
-    assert idx[3].item() == 50250 and idx[4].item() == 17
+    for k in (16, 64, 128, 700):  # every row, the candidates above the k-th block maximum packed first
+        vals, ids = _topk_rows(x, k, bm)
+        assert torch.equal(vals, torch.topk(x, k).values), k
+        assert torch.equal(x.gather(1, ids), vals)
+        assert all(len(set(r)) == k for r in ids.tolist())
+    for t in (1.0, 2.0):  # the one pass: block maxima, row maxima (tail included), log Z and H(p) in float64
+        bm2, m, log_z, h = _full_stats(x, t, True)
+        assert torch.equal(bm2, bm) and torch.equal(m.squeeze(1), x.max(-1).values)
+        y = x.double() / t
+        lz64 = torch.logsumexp(y, -1)
+        p64 = torch.softmax(y, -1)
+        h64 = -(torch.where(p64 > 0, p64 * (y - lz64[:, None]), 0.0)).sum(-1)
+        assert torch.allclose(log_z.double(), lz64, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(h.double(), h64, rtol=2e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("where", [5, 50256])  # inside a block, in the tail past the last block
