@@ -51,8 +51,25 @@ def _replace(value: Any, element: int | None, new: Tensor) -> Any:
     return new
 
 
+def _plain_forward_controllers(root: torch.nn.Module) -> list[tuple[torch.nn.Module, Any]]:
+    """``(module, controller)`` for every module under ``root`` whose nnsight controller would run the
+    class's own ``forward`` (not an accelerate or tensor-parallel wrapper, a forward set on the instance,
+    or a sourced forward): the modules :func:`_handoffs_only_at` may hand back their plain forward."""
+    out = []
+    for m in root.modules():
+        fwd = m.__dict__.get("forward")
+        state = getattr(fwd, "state", None)
+        if type(fwd).__name__ != "Controller" or state is None:
+            continue
+        if state.body is type(m).forward and not getattr(state, "sourced", None):
+            out.append((m, fwd))
+    return out
+
+
 @contextmanager
-def _handoffs_only_at(root: torch.nn.Module, keep: set[int]) -> Iterator[int]:
+def _handoffs_only_at(
+    root: torch.nn.Module, keep: set[int], candidates: list[tuple[torch.nn.Module, Any]] | None = None
+) -> Iterator[int]:
     """Run with nnsight's handoff only on the modules in ``keep`` (ids); yields how many were bypassed.
 
     nnsight installs its controller as the ``forward`` of every module it wraps: inside a trace each
@@ -61,20 +78,15 @@ def _handoffs_only_at(root: torch.nn.Module, keep: set[int]) -> Iterator[int]:
     every other module whose controller would run the class's own ``forward`` gets that ``forward``
     back (the controller is taken out of the instance ``__dict__``), so it computes exactly what the
     controller would, without the handoffs. Everything is put back on exit, also when the run raises.
-    A module whose body is anything else (an accelerate or tensor-parallel wrapper, a forward set on
-    the instance, a sourced forward) keeps its controller.
+    ``candidates``: :func:`_plain_forward_controllers` of ``root``, computed once (a module whose
+    ``forward`` is no longer that controller is left alone).
     """
     bypassed: list[tuple[torch.nn.Module, Any]] = []
     try:
-        for m in root.modules():
-            fwd = m.__dict__.get("forward")
-            state = getattr(fwd, "state", None)
-            if id(m) in keep or type(fwd).__name__ != "Controller" or state is None:
-                continue
-            if state.body is not type(m).forward or getattr(state, "sourced", None):
-                continue
-            del m.__dict__["forward"]
-            bypassed.append((m, fwd))
+        for m, fwd in candidates if candidates is not None else _plain_forward_controllers(root):
+            if id(m) not in keep and m.__dict__.get("forward") is fwd:
+                del m.__dict__["forward"]
+                bypassed.append((m, fwd))
         yield len(bypassed)
     finally:
         for m, fwd in bypassed:
@@ -98,6 +110,7 @@ class NNsightEngine:
         self._lm: Any = None
         self._key: tuple = ()
         self._gen_out: dict[str, Any] = {}
+        self._candidates: list[tuple[torch.nn.Module, Any]] = []
 
     @property
     def lm(self) -> Any:
@@ -117,6 +130,7 @@ class NNsightEngine:
             # so it is available even when generation stops early (all rows at EOS)
             lm.generator._module.register_forward_hook(lambda m, a, out: self._gen_out.__setitem__("out", out))
             self._lm, self._key = lm, key
+            self._candidates = _plain_forward_controllers(lm._module)
         return self._lm
 
     # -- the per-forward body --------------------------------------------------------------------
@@ -149,7 +163,7 @@ class NNsightEngine:
     def _handoffs(self, envoys: list[Any], lm: Any) -> Any:
         """:func:`_handoffs_only_at` the plan's modules (and nnsight's own root and generator)."""
         keep = {id(e._module) for e in envoys} | {id(lm._module), id(lm.generator._module)}
-        return _handoffs_only_at(lm._module, keep)
+        return _handoffs_only_at(lm._module, keep, self._candidates)
 
     # -- public runs ---------------------------------------------------------------------------
     def forward(self, enc: dict[str, Tensor], plan: Plan, **kwargs: Any) -> tuple[Any, Records]:

@@ -88,6 +88,7 @@ _BLOCK_MIN_NUMEL = 1 << 15
 _BLOCK_MIN_VOCAB = 1 << 14  # smaller vocabularies go straight to torch.topk
 _STATS_CHUNK = 1 << 18  # elements per row chunk of the full-vocabulary pass (about 1 MiB of float32)
 _NEG_INF = float("-inf")
+_LN2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -234,12 +235,13 @@ def _full_stats(
     them to pay off, as :func:`_block_maxima`), the row maxima ``m`` (``[batch, 1]``; NaN propagates), and
     ``log Z`` and (optionally) ``H(p)`` of ``p = softmax(x / T)``.
 
-    With ``y = (x - m) / T`` (so ``max y = 0``) and ``e = exp(y)``, ``s = sum(e)`` (``>= 1``, float32):
-    ``log Z = m / T + log s`` and ``H(p) = log s - (e . y) / s``; the largest term is exactly 1, so nothing
-    under- or overflows. The pass runs over chunks of rows of about ``_STATS_CHUNK`` elements, in
-    preallocated buffers, so ``y`` and ``e`` stay in cache instead of making round trips through memory
-    with full-size temporaries. Rows with ``-inf`` logits (where ``0 * -inf`` is NaN) are recomputed
-    safely. Rows whose maximum is not finite get meaningless statistics: validate ``m`` first.
+    With ``z = (x - m) / (T ln 2)`` (so ``max z = 0``), ``e = 2 ** z`` (``exp2``: about twice as fast as
+    ``exp`` on CPU) and ``s = sum(e)`` (``>= 1``, float32): ``log Z = m / T + log s`` and
+    ``H(p) = log s - ln 2 (e . z) / s``; the largest term is exactly 1, so nothing under- or overflows.
+    The pass runs over chunks of rows of about ``_STATS_CHUNK`` elements, in preallocated buffers, so ``z``
+    and ``e`` stay in cache instead of making round trips through memory with full-size temporaries.
+    Rows with ``-inf`` logits (where ``0 * -inf`` is NaN) are recomputed safely. Rows whose maximum is not
+    finite get meaningless statistics: validate ``m`` first.
     """
     b, v = x.shape
     step = max(1, _STATS_CHUNK // v)
@@ -251,6 +253,7 @@ def _full_stats(
     log_z = x.new_empty(b)
     h = x.new_empty(b) if entropy else None
     y_buf, e_buf = x.new_empty(min(step, b), v), x.new_empty(min(step, b), v)
+    to_base2 = 1.0 / (_LN2 * temperature)  # exp(y) = 2 ** (y / ln 2): exp2 is about twice as fast as exp
     for i in range(0, b, step):
         c = x[i : i + step]
         n = c.shape[0]
@@ -262,21 +265,19 @@ def _full_stats(
         else:
             m = c.amax(-1, keepdim=True)
         x_max[i : i + n] = m
-        y = torch.sub(c, m, out=y_buf[:n])
-        if temperature != 1.0:
-            y.div_(temperature)
-        e = torch.exp(y, out=e_buf[:n])
+        z = torch.sub(c, m, out=y_buf[:n]).mul_(to_base2)
+        e = torch.exp2(z, out=e_buf[:n])
         s = e.sum(-1)
         log_s = s.log()
         log_z[i : i + n] = (m[:, 0] / temperature if temperature != 1.0 else m[:, 0]) + log_s
         if h is None:
             continue
-        hc = log_s - e.mul_(y).sum(-1) / s
+        hc = log_s - e.mul_(z).sum(-1) * (_LN2 / s)
         bad = ~torch.isfinite(hc)
         if bad.any():
-            yb = y[bad]
-            eb = yb.exp()
-            hc[bad] = log_s[bad] - torch.where(eb > 0, eb * yb, 0.0).sum(-1) / s[bad]
+            zb = z[bad]
+            eb = zb.exp2()
+            hc[bad] = log_s[bad] - torch.where(eb > 0, eb * zb, 0.0).sum(-1) * (_LN2 / s[bad])
         h[i : i + n] = hc
     return block_max, x_max, log_z, (h.clamp_(min=0.0) if h is not None else None)
 
