@@ -250,36 +250,37 @@ def _full_stats(
     main = n_blocks * _BLOCK
     block_max = x.new_empty(b, n_blocks) if blocked else None
     x_max = x.new_empty(b, 1)
-    log_z = x.new_empty(b)
-    h = x.new_empty(b) if entropy else None
-    y_buf, e_buf = x.new_empty(min(step, b), v), x.new_empty(min(step, b), v)
+    sums = x.new_empty(2, b)  # per row: sum(e), e . z (written in place by the chunks: few ops per chunk)
+    z_buf, e_buf = x.new_empty(min(step, b), v), x.new_empty(min(step, b), v)
     to_base2 = 1.0 / (_LN2 * temperature)  # exp(y) = 2 ** (y / ln 2): exp2 is about twice as fast as exp
     for i in range(0, b, step):
         c = x[i : i + step]
         n = c.shape[0]
+        m = x_max[i : i + n]
         if block_max is not None:
             bm = torch.amax(c[:, :main].reshape(n, n_blocks, _BLOCK), dim=-1, out=block_max[i : i + n])
-            m = bm.amax(-1, keepdim=True)
+            torch.amax(bm, -1, keepdim=True, out=m)
             if main < v:
-                m = torch.maximum(m, c[:, main:].amax(-1, keepdim=True))
+                torch.maximum(m, c[:, main:].amax(-1, keepdim=True), out=m)
         else:
-            m = c.amax(-1, keepdim=True)
-        x_max[i : i + n] = m
-        z = torch.sub(c, m, out=y_buf[:n]).mul_(to_base2)
+            torch.amax(c, -1, keepdim=True, out=m)
+        z = torch.sub(c, m, out=z_buf[:n]).mul_(to_base2)
         e = torch.exp2(z, out=e_buf[:n])
-        s = e.sum(-1)
-        log_s = s.log()
-        log_z[i : i + n] = (m[:, 0] / temperature if temperature != 1.0 else m[:, 0]) + log_s
-        if h is None:
-            continue
-        hc = log_s - e.mul_(z).sum(-1) * (_LN2 / s)
-        bad = ~torch.isfinite(hc)
-        if bad.any():
-            zb = z[bad]
-            eb = zb.exp2()
-            hc[bad] = log_s[bad] - torch.where(eb > 0, eb * zb, 0.0).sum(-1) * (_LN2 / s[bad])
-        h[i : i + n] = hc
-    return block_max, x_max, log_z, (h.clamp_(min=0.0) if h is not None else None)
+        torch.sum(e, -1, out=sums[0, i : i + n])
+        if entropy:
+            torch.sum(e.mul_(z), -1, out=sums[1, i : i + n])
+    s, ez = sums
+    log_s = s.log()
+    log_z = (x_max[:, 0] / temperature if temperature != 1.0 else x_max[:, 0]) + log_s
+    if not entropy:
+        return block_max, x_max, log_z, None
+    h = log_s - ez * (_LN2 / s)
+    bad = (~torch.isfinite(h)).nonzero().flatten()
+    if bad.numel():  # -inf logits: 0 * -inf is NaN; these rows again, with 0 for e * z where e = 0
+        zb = (x[bad] - x_max[bad]) * to_base2
+        eb = zb.exp2()
+        h[bad] = log_s[bad] - torch.where(eb > 0, eb * zb, 0.0).sum(-1) * (_LN2 / s[bad])
+    return block_max, x_max, log_z, h.clamp_(min=0.0)
 
 
 def _first_violation(viol: Tensor) -> tuple[Tensor, Tensor]:
