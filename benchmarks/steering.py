@@ -27,7 +27,8 @@ runs a worker there that answers over a pipe. Both sides load the same HF folder
    ratio is reported beside them.
 3. **Extraction time per 1,000 prompts**: ``extract_directions`` (diff-in-means at every ``resid_post``) on
    1,000 prompts of the ``organism-refusal`` suite (500 per label), against steering-vectors'
-   ``train_steering_vector`` on the same 500 pairs at every layer.
+   ``train_steering_vector`` on the same 500 pairs at every layer, given the very texts steerlab's side runs
+   (the suite asks for the chat template, so on a model that has one both sides get the templated text).
 
 Exit status 1 when the logits differ by more than 1e-4, the ids differ, or the floor fails.
 
@@ -273,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.extract:
             s = load_suite("organism-refusal")
             pos, neg = s.contrast("train", args.extract // 2)
+            if s.chat:  # the texts steerlab's side runs (the model's chat template): both sides see the same tokens
+                pos = s.model_inputs(h, s.behavior, "train")[: len(pos)]
+                neg = s.model_inputs(h, s.control, "train")[: len(neg)]
             t0 = time.perf_counter()
             extract_directions(h, s, "resid_post", limit=args.extract // 2, batch_size=32)
             ours_s = time.perf_counter() - t0
@@ -281,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             n = len(pos) + len(neg)
             report["extraction"] = {"prompts": n, "steerlab_s_per_1000": round(ours_s * 1000 / n, 2),
                                     "steering_vectors_s_per_1000": round(theirs_s * 1000 / n, 2),
-                                    "sites": "every resid_post / every decoder layer"}
+                                    "sites": "every resid_post / every decoder layer",
+                                    "tokens_per_prompt_mean": round(statistics.mean(
+                                        len(h.tokenizer(t)["input_ids"]) for t in pos + neg), 1),
+                                    "chat_template": bool(s.chat)}
     finally:
         w.close()
     report["load_average_1m_at_end"] = round(os.getloadavg()[0], 2)
