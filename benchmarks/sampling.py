@@ -196,8 +196,8 @@ def markdown(res: dict) -> str:
     """The docs table of a record (``--markdown RECORD``): every number read from the record."""
     lines = [
         "| logits | T | batch | HF top-p | HF top-H | ours `paper` | ours `hf` | ours `reference` | `paper` / top-p "
-        "| `paper` / HF top-H | `paper` kept (mean / max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| `paper` / HF top-H | the same, wall time | `paper` kept (mean / max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in res["cells"]:
         ms, r = c["ms"], c["paper_vs_hf_top_h"]
@@ -209,11 +209,13 @@ def markdown(res: dict) -> str:
         if c["batch"] == 64 and r["median"] > res["floors"]["vs_hf_top_h_at_batch_64_max"]:
             ratio = f"**{ratio}**"
         kept = c["kept_paper"]
+        w = c.get("paper_vs_hf_top_h_wall")
+        wall = f"{w['median']:.3f} ({w['min']:.2f}-{w['max']:.2f})" if w else "-"
         lines.append(
             f"| {c['source']} | {c['temperature']:g} | {c['batch']} | {ms['hf_top_p']['median']:.1f} "
             f"| {span('hf_top_h')} | {span('top_h_paper')} | {ms['top_h_hf']['median']:.2f} "
             f"| {ms['top_h_reference']['median']:.2f} | {c['paper_vs_hf_top_p']['median']:.3f} | {ratio} "
-            f"| {kept['mean']} / {kept['max']} |"
+            f"| {wall} | {kept['mean']} / {kept['max']} |"
         )
     broken, floors = "; ".join(res["failures"]) or "none", res["floors"]
     lines += [

@@ -16,10 +16,10 @@ Three documented rule variants (``variant=``):
     needed (no cap). ``H(q_k)`` is non-decreasing in ``k`` along the descending order (adding a token no
     more likely than any kept one raises the entropy: ``h(w) >= w log(k+1) > w H(q_k)``), so the greedy
     prefix is exactly ``{k : H(q_k) <= alpha H(p)}``; with ``alpha = 1`` every token with ``p > 0`` is
-    kept (up to float32 rounding at the far tail). Vectorized as: one fused softmax over the vocabulary
-    for ``log Z`` and ``H(p)`` (renormalized by its float32 sum; run over cache-sized chunks of rows), then
-    an exact sorted prefix (two-stage top-k through the maxima of 32-token blocks, ranked on the raw
-    logits) scanned with cumulative sums. The prefix width comes from the budgets: the kept count is at
+    kept (up to float32 rounding at the far tail). Vectorized as: one pass over the vocabulary in
+    cache-sized chunks of rows for the 32-token block maxima, ``log Z`` and ``H(p)`` (``exp2`` of the
+    max-shifted logits), then an exact sorted prefix (two-stage top-k through the block maxima, ranked on
+    the raw logits) scanned with cumulative sums. The prefix width comes from the budgets: the kept count is at
     least ``floor(exp(alpha H(p)))`` (as ``H(q_k) <= log k``) and usually below twice that, so the first
     prefix is 1.5x ``exp(budget)`` of the 75th-percentile row (at least 16 tokens), and only rows whose
     bound is not reached inside it are scanned wider (x4 or more per round, one row at a time when few,
