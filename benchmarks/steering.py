@@ -28,7 +28,8 @@ runs a worker there that answers over a pipe. Both sides load the same HF folder
 3. **Extraction time per 1,000 prompts**: ``extract_directions`` (diff-in-means at every ``resid_post``) on
    1,000 prompts of the ``organism-refusal`` suite (500 per label), against steering-vectors'
    ``train_steering_vector`` on the same 500 pairs at every layer, given the very texts steerlab's side runs
-   (the suite asks for the chat template, so on a model that has one both sides get the templated text).
+   (the suite asks for the chat template, so on a model that has one both sides get the templated text; the
+   record's ``chat_template`` says the suite asked, ``tokens_per_prompt_mean`` what the texts came to).
 
 Exit status 1 when the logits differ by more than 1e-4, the ids differ, or the floor fails.
 
