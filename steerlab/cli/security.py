@@ -12,7 +12,7 @@ app = typer_app("Security vectors: train one on harmful data, fine-tune with it 
 
 SKILL_HELP = "The benign skill: digit (name a number's last digit), repeat or reverse a word list."
 AT_LEAST_0_FLOAT = number(0.0, low_open=False)
-ANCHOR_WEIGHT = 10.0  # the default of --anchor-weight, chosen by the diagnostic in docs/security.md
+ANCHOR_WEIGHT = 1.0  # the default of --anchor-weight, chosen by the diagnostics in docs/security.md
 ANCHOR_HELP = (
     "Weight of stage 1's anchor term, KL(base || vector on) on harmless training texts, which keeps the vector "
     "neutral on non-harmful inputs (0: the paper's objective)."
