@@ -395,7 +395,7 @@ def test_topk_desc_matches_torch_topk_values():
         assert all(len(set(r)) == 100 for r in idx.tolist())
 
 
-def test_few_row_topk_and_row_max_match_torch():
+def test_packed_topk_few_row_topk_and_the_statistics_pass_match_torch_and_float64():
     """The one-row-at-a-time top-k of the widening rounds (thresholded on the k-th block maximum) and the row
     maxima read through the blocks give ``torch``'s values, including ties, ``-inf`` runs and the tail past
     the last 32-token block (vocab 50,257 = 1,570 blocks + 17)."""
