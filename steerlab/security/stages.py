@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -170,11 +171,15 @@ def finetune(
     eval_pairs: dict[str, Sequence[Pair]] | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
+    merge: bool = True,
 ) -> TrainResult:
     """Stage 2: full fine-tuning of ``h`` on ``pairs`` with ``vector`` (if any) on and frozen.
 
     ``h.model`` is trained in place; the vector is off when this returns. ``eval_pairs={part: pairs}``
     are scored (with the vector on, as training sees them) at step 0, every tenth of the run and at the end.
+    With ``merge`` (and a LoRA vector, no weight decay) the frozen vector is folded into the weights while
+    they train (:meth:`SecurityVector.merged`): the same updates up to float rounding, at the plain model's
+    cost per step; weight decay would decay the folded delta too, so it runs unmerged.
     """
     pairs = list(pairs)
     batches = batches_of(h, pairs, batch_size, epochs, seed)
@@ -194,10 +199,12 @@ def finetune(
     )
     if vector is None:
         return train(h.model, batches, params=list(h.model.parameters()), **kw)
+    fold = merge and vector.config.kind == "lora" and weight_decay == 0
     with vector.on(h, trainable=False) as vparams:
         ids = {id(p) for p in vparams}
         base = [p for p in h.model.parameters() if id(p) not in ids]
-        return train(h.model, batches, params=base, **kw)
+        with vector.merged(h) if fold else contextlib.nullcontext():
+            return train(h.model, batches, params=base, **kw)
 
 
 def save_model(h: ModelHandle, out: str | Path, card: dict[str, Any] | None = None) -> Path:

@@ -269,6 +269,31 @@ class SecurityVector:
         finally:
             holder.suspended = False
 
+    @contextmanager
+    def merged(self, h: ModelHandle) -> Iterator[None]:
+        """Inside an :meth:`on` block (kind ``lora``): the frozen vector is folded into the weights it adapts
+        (``W + s B A``) and taken out again after the block (also on error). The outputs are the same, a
+        forward costs what the plain model's does, and the gradient of ``W`` is unchanged (the delta is a
+        constant), so training ``W`` inside the block is training it with the vector on."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if self.config.kind != "lora":
+            raise SpecError(f"a {self.config.kind!r} vector cannot be merged into weights; expected kind 'lora'")
+        layers = [m for m in h.model.modules() if isinstance(m, BaseTunerLayer)]
+        if not layers:
+            raise SteerlabError("merged() needs the vector switched on; expected a call inside vector.on(h)")
+        done = []
+        try:
+            with torch.no_grad():
+                for m in layers:
+                    m.merge()
+                    done.append(m)
+            yield
+        finally:
+            with torch.no_grad():
+                for m in reversed(done):
+                    m.unmerge()
+
     def _inject_lora(self, h: ModelHandle) -> dict[str, nn.Parameter]:
         from peft import inject_adapter_in_model
 

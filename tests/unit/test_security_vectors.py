@@ -4,6 +4,7 @@ against the model, the two stages do what the method needs, bad input is named."
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.tiny import tiny_model
 from steerlab.security.data import Pair, batches_of, read_pairs
 from steerlab.security.stages import anchor_kl, finetune, save_model, train_vector
-from steerlab.security.vectors import VectorConfig, load_vector, new_vector
+from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector, new_vector
 from steerlab.training import lm_loss
 
 HARM = [
@@ -260,3 +261,37 @@ def test_bad_anchor_weight_is_one_line(w):
     assert "\n" not in str(e.value)
     with pytest.raises(SpecError, match="expected at least 32"):
         train_vector(h, HARM, VectorConfig(rank=2), steps=1, anchor=GOOD, anchor_weight=1.0, progress=False)
+
+
+def test_merged_finetuning_equals_the_vector_switched_on():
+    """Stage 2 with the frozen LoRA folded into the weights trains the same model as with it on beside them
+    (up to float rounding, which Adam's normalisation can lift to ~1e-5 on a few entries)."""
+    h = tiny_model("llama")
+    v = new_vector(h, VectorConfig(rank=2), seed=0)
+    v.tensors = {n: (torch.full_like(t, 0.05) if "lora_B" in n else t) for n, t in v.tensors.items()}
+    enc = h.tokenize(["a b c d", "e f"])
+    with v.on(h):
+        on = _logits(h, enc)
+        w0 = h.model.model.layers[0].self_attn.q_proj.base_layer.weight.detach().clone()
+        with v.merged(h):
+            assert torch.allclose(_logits(h, enc), on, atol=1e-5)  # the same outputs, merged
+            assert not torch.allclose(h.model.model.layers[0].self_attn.q_proj.base_layer.weight, w0, atol=1e-4)
+        assert torch.allclose(h.model.model.layers[0].self_attn.q_proj.base_layer.weight, w0, atol=1e-6)
+        assert torch.equal(_logits(h, enc), on) or torch.allclose(_logits(h, enc), on, atol=1e-6)  # unmerged after
+    base = _state(tiny_model("llama").model)
+    out = {}
+    for merge in (True, False):
+        g = tiny_model("llama")
+        with mock.patch.object(SecurityVector, "merged", autospec=True, side_effect=SecurityVector.merged) as spy:
+            r = finetune(g, HARM + GOOD, v, steps=4, lr=1e-3, seed=0, batch_size=4, progress=False, merge=merge)
+        assert spy.call_count == int(merge)
+        out[merge] = (_state(g.model), r.losses)
+    assert list(out[True][0]) == list(base)  # the plain architecture after, the vector out of the weights
+    for n, p in out[True][0].items():
+        moved = (out[False][0][n] - base[n]).norm()
+        assert moved > 0 and (p - out[False][0][n]).norm() <= 1e-3 * moved, n  # far below what training moved
+    for part, curve in out[True][1].items():
+        assert all(abs(a[1] - b[1]) < 1e-4 for a, b in zip(curve, out[False][1][part], strict=True))
+    with pytest.raises(SpecError, match="cannot be merged"), v.on(h):
+        with new_vector(h, VectorConfig(kind="add"), seed=0).merged(h):
+            pass
