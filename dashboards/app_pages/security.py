@@ -11,7 +11,7 @@ import streamlit as st
 
 from dashboards.lib import runs, shell
 from steerlab.security.artifact import SWEEP_KIND, read_sweep
-from steerlab.security.figures import compliance_figure, loss_figure
+from steerlab.security.figures import compliance_figure, curves_figure, loss_figure
 from steerlab.viz.runs import run_label
 
 P = "security"
@@ -32,8 +32,8 @@ if opened is not None:
         st.subheader(f"`{opened.kind}`")
         st.json(opened.config, expanded=False)
         curves = opened.config.get("curves") or opened.data.get("train", {}).get("eval_losses", {})
-        if curves:
-            st.line_chart({k: [p[1] for p in v] for k, v in curves.items()})
+        if curves:  # curves of different lengths (e.g. harmful and anchor parts): each keeps its own steps
+            st.plotly_chart(curves_figure(curves), key=f"{P}.card_curves")
 
 arts = []
 with shell.guard("Listing security runs"):

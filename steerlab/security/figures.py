@@ -64,3 +64,18 @@ def loss_figure(record: dict[str, Any], n: int) -> go.Figure:
         height=420,
     )
     return fig
+
+
+def curves_figure(curves: dict[str, Any], title: str = "Held-out loss while training") -> go.Figure:
+    """One line per named curve of ``[step, value]`` points (a vector's or a fine-tuned model's card):
+    curves of different lengths and steps each keep their own x values.
+
+    >>> fig = curves_figure({"harmful": [[0, 2.0], [5, 1.0], [10, 0.5]], "anchor": [[0, 0.0], [10, 0.1]]})
+    >>> [len(t.x) for t in fig.data]
+    [3, 2]
+    """
+    fig = go.Figure()
+    for name, pts in curves.items():
+        fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=name))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="loss", height=380)
+    return fig

@@ -295,3 +295,13 @@ def test_merged_finetuning_equals_the_vector_switched_on():
     with pytest.raises(SpecError, match="cannot be merged"), v.on(h):
         with new_vector(h, VectorConfig(kind="add"), seed=0).merged(h):
             pass
+
+
+def test_card_curves_of_different_lengths_keep_their_own_steps():
+    """The Security page's card chart: a 3-point and a 2-point curve (a tabular line chart would refuse
+    unequal lengths) each keep their own steps and values."""
+    from steerlab.security.figures import curves_figure
+
+    fig = curves_figure({"harmful": [[0, 2.0], [5, 1.0], [10, 0.5]], "anchor": [[0, 0.0], [10, 0.25]]})
+    got = {t.name: (list(t.x), list(t.y)) for t in fig.data}
+    assert got == {"harmful": ([0, 5, 10], [2.0, 1.0, 0.5]), "anchor": ([0, 10], [0.0, 0.25])}
