@@ -251,3 +251,22 @@ def test_page_shows_the_records_curves_and_side_by_side(page, runs):
     h = sl.load(rec["models"]["vector"], cache=False)
     want_text = sl.generate(h, ["Repeat the words: red fox sun"], max_new_tokens=32, chat=True).texts[0]
     assert list(table.columns) == ["prompt", "base", "plain", "protected"] and table["protected"][0] == want_text
+
+
+def test_page_opens_a_vector_card_with_its_curves(runs, monkeypatch):
+    """Reopening the trained vector (``?run=vec``) shows its card and one line per curve of the card
+    (training loss, held-out loss, anchor term: different lengths), with the card's own steps and values."""
+    root = runs[0]
+    monkeypatch.setenv("STEERLAB_DASHBOARD_MODEL", MODEL)
+    monkeypatch.setenv("STEERLAB_RUNS", str(root))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params["run"] = "vec"
+    at.switch_page("app_pages/security.py").run()
+    assert not at.exception and not at.error, [e.value for e in [*at.exception, *at.error]]
+    art = read_artifact(root / "vec")
+    curves = art.config.get("curves") or art.data.get("train", {}).get("eval_losses", {})
+    assert len({len(v) for v in curves.values()}) > 1  # curves of different lengths (a table chart refused them)
+    figs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    card = next(f for f in figs if f["layout"]["title"]["text"].startswith("Held-out loss"))
+    got = {t["name"]: (t["x"], t["y"]) for t in card["data"]}
+    assert got == {k: ([p[0] for p in v], [p[1] for p in v]) for k, v in curves.items()}
