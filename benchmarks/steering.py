@@ -22,8 +22,8 @@ runs a worker there that answers over a pipe. Both sides load the same HF folder
    of per-round ratios steerlab / steering-vectors in wall time and in the calling thread's CPU time (both
    sides run one torch thread), and the best-of-rounds wall ratio (fastest round of each side). Floor ("no
    slower"): the median CPU-time ratio <= 1.0 and the best-of-rounds wall ratio <= 1.0. On a shared machine the
-   per-round wall ratios swing with other processes (0.6-2.0 at load 5), which neither side's work explains;
-   the CPU time of the single thread doing the work and each side's fastest round do not; the median wall
+   per-round wall ratios swing with other processes (0.38-1.26 in the SmolLM2 record), which neither side's work
+   explains; the CPU time of the single thread doing the work and each side's fastest round do not; the median wall
    ratio is reported beside them.
 3. **Extraction time per 1,000 prompts**: ``extract_directions`` (diff-in-means at every ``resid_post``) on
    1,000 prompts of the ``organism-refusal`` suite (500 per label), against steering-vectors'
@@ -263,21 +263,20 @@ def main(argv: list[str] | None = None) -> int:
                 cpu_ratios.append(c / r["cpu_seconds"])
                 ts.append(s)
                 tt.append(r["seconds"])
+            cpu_med, best = statistics.median(cpu_ratios), min(ts) / min(tt)
             report[f"generate_batch{batch}"] = {"ratio": _spread(ratios), "cpu_time_ratio": _spread(cpu_ratios),
-                                                "best_of_rounds_ratio": round(min(ts) / min(tt), 4),
+                                                "best_of_rounds_ratio": round(best, 4),
                                                 "steerlab_s": _spread(ts), "steering_vectors_s": _spread(tt),
                                                 "floor": 1.0}
-            cpu_med, best = statistics.median(cpu_ratios), min(ts) / min(tt)
             if cpu_med > 1.0 or best > 1.0:
                 report["failures"].append(f"batch {batch}: steerlab/steering-vectors CPU time {cpu_med:.3f} (median), "
                                           f"wall {best:.3f} (best of rounds); floor 1.0 on both")
         # 3. extraction time per 1,000 prompts
         if args.extract:
             s = load_suite("organism-refusal")
-            pos, neg = s.contrast("train", args.extract // 2)
-            if s.chat:  # the texts steerlab's side runs (the model's chat template): both sides see the same tokens
-                pos = s.model_inputs(h, s.behavior, "train")[: len(pos)]
-                neg = s.model_inputs(h, s.control, "train")[: len(neg)]
+            # the very texts steerlab's side runs (through the chat template when the suite asks and the model
+            # has one): both sides see the same tokens
+            pos, neg = (s.model_inputs(h, label, "train")[: args.extract // 2] for label in (s.behavior, s.control))
             t0 = time.perf_counter()
             extract_directions(h, s, "resid_post", limit=args.extract // 2, batch_size=32)
             ours_s = time.perf_counter() - t0

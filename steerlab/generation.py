@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,15 +162,13 @@ def generate(
         out = _generate_remote(h, enc, compiled, remote, int(max_new_tokens), eos, output_scores)
         records: dict[str, list[Tensor]] = {}
     else:
-        run = lambda: engine_for(h).generate(  # noqa: E731
-            enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
-        )
-        if smp.greedy:  # draws nothing: no generator to seed (seeding costs more than a small step)
-            out, records = run()
-        else:
-            with torch.random.fork_rng(devices=[]):
+        # greedy decoding draws nothing: only a sampler's run forks and seeds the global generator
+        with nullcontext() if smp.greedy else torch.random.fork_rng(devices=[]):
+            if not smp.greedy:
                 torch.manual_seed(seed)
-                out, records = run()
+            out, records = engine_for(h).generate(
+                enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
+            )
     seqs = out.sequences
     token_ids: list[list[int]] = []
     for row in seqs[:, prompt_len:].tolist():

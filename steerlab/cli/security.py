@@ -75,7 +75,7 @@ def train_vector_cmd(
     """Stage 1: train only the vector on harmful prompt/response pairs (base weights frozen)."""
     import steerlab as sl
     from steerlab.security.data import anchor_pairs, harmful_pool
-    from steerlab.security.stages import train_vector
+    from steerlab.security.stages import train_vector, vector_curves
 
     cfg = _vector_config(kind, rank, alpha, targets, target_params, layers)
     pairs = harmful_pool(harmful, seed=seed)[:n]
@@ -95,11 +95,7 @@ def train_vector_cmd(
         checkpoint_dir=ckpt,
         progress=True,
     )
-    v.card["curves"] = {
-        "loss": [[s, x] for s, x in res.losses["harmful"]],
-        "eval": [[s, x] for s, x in res.eval_losses["harmful"]],
-        **({"anchor": [[s, x] for s, x in res.losses["anchor"]]} if "anchor" in res.losses else {}),
-    }
+    v.card["curves"] = vector_curves(res)
     v.save(out)
     _drop(ckpt)
     info = {

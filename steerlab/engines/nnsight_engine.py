@@ -55,21 +55,18 @@ def _plain_forward_controllers(root: torch.nn.Module) -> list[tuple[torch.nn.Mod
     """``(module, controller)`` for every module under ``root`` whose nnsight controller would run the
     class's own ``forward`` (not an accelerate or tensor-parallel wrapper, a forward set on the instance,
     or a sourced forward): the modules :func:`_handoffs_only_at` may hand back their plain forward."""
+    from nnsight.intervention.source import Controller
+
     out = []
     for m in root.modules():
         fwd = m.__dict__.get("forward")
-        state = getattr(fwd, "state", None)
-        if type(fwd).__name__ != "Controller" or state is None:
-            continue
-        if state.body is type(m).forward and not getattr(state, "sourced", None):
+        if isinstance(fwd, Controller) and fwd.state.body is type(m).forward and not fwd.state.sourced:
             out.append((m, fwd))
     return out
 
 
 @contextmanager
-def _handoffs_only_at(
-    root: torch.nn.Module, keep: set[int], candidates: list[tuple[torch.nn.Module, Any]] | None = None
-) -> Iterator[int]:
+def _handoffs_only_at(keep: set[int], candidates: list[tuple[torch.nn.Module, Any]]) -> Iterator[int]:
     """Run with nnsight's handoff only on the modules in ``keep`` (ids); yields how many were bypassed.
 
     nnsight installs its controller as the ``forward`` of every module it wraps: inside a trace each
@@ -78,12 +75,12 @@ def _handoffs_only_at(
     every other module whose controller would run the class's own ``forward`` gets that ``forward``
     back (the controller is taken out of the instance ``__dict__``), so it computes exactly what the
     controller would, without the handoffs. Everything is put back on exit, also when the run raises.
-    ``candidates``: :func:`_plain_forward_controllers` of ``root``, computed once (a module whose
+    ``candidates``: :func:`_plain_forward_controllers` of the model, computed once per twin (a module whose
     ``forward`` is no longer that controller is left alone).
     """
     bypassed: list[tuple[torch.nn.Module, Any]] = []
     try:
-        for m, fwd in candidates if candidates is not None else _plain_forward_controllers(root):
+        for m, fwd in candidates:
             if id(m) not in keep and m.__dict__.get("forward") is fwd:
                 del m.__dict__["forward"]
                 bypassed.append((m, fwd))
@@ -163,7 +160,7 @@ class NNsightEngine:
     def _handoffs(self, envoys: list[Any], lm: Any) -> Any:
         """:func:`_handoffs_only_at` the plan's modules (and nnsight's own root and generator)."""
         keep = {id(e._module) for e in envoys} | {id(lm._module), id(lm.generator._module)}
-        return _handoffs_only_at(lm._module, keep, self._candidates)
+        return _handoffs_only_at(keep, self._candidates)
 
     # -- public runs ---------------------------------------------------------------------------
     def forward(self, enc: dict[str, Tensor], plan: Plan, **kwargs: Any) -> tuple[Any, Records]:

@@ -138,11 +138,16 @@ def topk_desc(x: Float[Tensor, "batch vocab"], k: int) -> tuple[Tensor, Tensor]:
     return _topk_rows(x, k, _block_maxima(x))
 
 
+def _blocks_pay_off(x: Tensor) -> bool:
+    """Whether the two-stage top-k through 32-token block maxima beats a plain ``torch.topk`` on ``x``."""
+    return x.numel() >= _BLOCK_MIN_NUMEL and x.shape[1] >= _BLOCK_MIN_VOCAB
+
+
 def _block_maxima(x: Float[Tensor, "batch vocab"]) -> Tensor | None:
     """Maxima of the contiguous 32-token blocks of each row (the tail past the last block excluded), or
     None when the input is too small for the two-stage top-k to pay off."""
     b, v = x.shape
-    if x.numel() < _BLOCK_MIN_NUMEL or v < _BLOCK_MIN_VOCAB:
+    if not _blocks_pay_off(x):
         return None
     n_blocks = v // _BLOCK
     return x[:, : n_blocks * _BLOCK].reshape(b, n_blocks, _BLOCK).amax(-1)
@@ -235,8 +240,8 @@ def _full_stats(
     them to pay off, as :func:`_block_maxima`), the row maxima ``m`` (``[batch, 1]``; NaN propagates), and
     ``log Z`` and (optionally) ``H(p)`` of ``p = softmax(x / T)``.
 
-    With ``z = (x - m) / (T ln 2)`` (so ``max z = 0``), ``e = 2 ** z`` (``exp2``: about twice as fast as
-    ``exp`` on CPU) and ``s = sum(e)`` (``>= 1``, float32): ``log Z = m / T + log s`` and
+    With ``z = (x - m) / (T ln 2)`` (so ``max z = 0``), ``e = 2 ** z`` (``exp2``: cheaper than ``exp``
+    on CPU) and ``s = sum(e)`` (``>= 1``, float32): ``log Z = m / T + log s`` and
     ``H(p) = log s - ln 2 (e . z) / s``; the largest term is exactly 1, so nothing under- or overflows.
     The pass runs over chunks of rows of about ``_STATS_CHUNK`` elements, in preallocated buffers, so ``z``
     and ``e`` stay in cache instead of making round trips through memory with full-size temporaries.
@@ -245,14 +250,13 @@ def _full_stats(
     """
     b, v = x.shape
     step = max(1, _STATS_CHUNK // v)
-    blocked = x.numel() >= _BLOCK_MIN_NUMEL and v >= _BLOCK_MIN_VOCAB
     n_blocks = v // _BLOCK
     main = n_blocks * _BLOCK
-    block_max = x.new_empty(b, n_blocks) if blocked else None
+    block_max = x.new_empty(b, n_blocks) if _blocks_pay_off(x) else None
     x_max = x.new_empty(b, 1)
     sums = x.new_empty(2, b)  # per row: sum(e), e . z (written in place by the chunks: few ops per chunk)
     z_buf, e_buf = x.new_empty(min(step, b), v), x.new_empty(min(step, b), v)
-    to_base2 = 1.0 / (_LN2 * temperature)  # exp(y) = 2 ** (y / ln 2): exp2 is about twice as fast as exp
+    to_base2 = 1.0 / (_LN2 * temperature)  # exp(y) = 2 ** (y / ln 2)
     for i in range(0, b, step):
         c = x[i : i + step]
         n = c.shape[0]
@@ -271,7 +275,7 @@ def _full_stats(
             torch.sum(e.mul_(z), -1, out=sums[1, i : i + n])
     s, ez = sums
     log_s = s.log()
-    log_z = (x_max[:, 0] / temperature if temperature != 1.0 else x_max[:, 0]) + log_s
+    log_z = x_max[:, 0] / temperature + log_s  # division by 1.0 is exact
     if not entropy:
         return block_max, x_max, log_z, None
     h = log_s - ez * (_LN2 / s)

@@ -39,7 +39,7 @@ from steerlab.security.data import (
     held_out_harmful,
 )
 from steerlab.security.evaluate import agreement, evaluate_model
-from steerlab.security.stages import check_anchor_weight, finetune, save_model, train_vector
+from steerlab.security.stages import check_anchor_weight, finetune, save_model, train_vector, vector_curves
 from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector
 
 Loader = Callable[[], ModelHandle]
@@ -204,12 +204,7 @@ def run_sweep(
                 progress=progress,
             )
             vector.card["train"]["seconds"] = round(time.perf_counter() - t, 1)
-            vector.card["curves"] = {
-                "loss": _downsample(vres.losses["harmful"]),
-                "eval": _downsample(vres.eval_losses["harmful"]),
-                **({"anchor": _downsample(vres.losses["anchor"])} if "anchor" in vres.losses else {}),
-                **({"anchor_eval": _downsample(vres.eval_losses["anchor"])} if "anchor" in vres.eval_losses else {}),
-            }
+            vector.card["curves"] = vector_curves(vres, _downsample)
             vector.save(vdir)
             shutil.rmtree(work / "ckpt_vector", ignore_errors=True)
     if done("vector_on") is None:

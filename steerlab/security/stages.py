@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,14 @@ from steerlab.training import Batch, TrainResult, lm_loss, train
 
 def _steps(batches: list, steps: int | None) -> int:
     return len(batches) if steps is None else steps
+
+
+def vector_curves(res: TrainResult, thin: Callable[[list], list] = lambda c: [list(p) for p in c]) -> dict[str, list]:
+    """A vector card's ``curves`` from stage 1's result: ``loss`` and ``eval`` (harmful part) and, with an
+    anchor term, ``anchor`` and ``anchor_eval``; each ``[[step, value], ...]`` through ``thin``."""
+    curves = {"loss": res.losses["harmful"], "eval": res.eval_losses["harmful"],
+              "anchor": res.losses.get("anchor"), "anchor_eval": res.eval_losses.get("anchor")}
+    return {k: thin(c) for k, c in curves.items() if c is not None}
 
 
 def check_anchor_weight(w: float) -> float:

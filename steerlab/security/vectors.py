@@ -181,6 +181,16 @@ def _unwrap(model: nn.Module) -> int:
         removed += 1
 
 
+
+def _lora_layers(h: ModelHandle, what: str) -> list[nn.Module]:
+    """The peft LoRA layers of ``h.model`` (a LoRA vector switched on), or a one-line error naming ``what``."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in h.model.modules() if isinstance(m, BaseTunerLayer)]
+    if not layers:
+        raise SteerlabError(f"{what}() needs the vector switched on; expected a call inside vector.on(h)")
+    return layers
+
 @dataclass
 class SecurityVector:
     """A security vector: its knobs, its tensors and its card (see the module docstring)."""
@@ -246,11 +256,7 @@ class SecurityVector:
         """Inside an :meth:`on` block: the vector has no effect within this block (the model computes the
         base model's outputs; used to distil the base model into the vector-on model), and is back after."""
         if self.config.kind == "lora":
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
-            layers = [m for m in h.model.modules() if isinstance(m, BaseTunerLayer)]
-            if not layers:
-                raise SteerlabError("suspended() needs the vector switched on; expected a call inside vector.on(h)")
+            layers = _lora_layers(h, "suspended")
             flags = [m._disable_adapters for m in layers]
             try:
                 for m in layers:
@@ -275,13 +281,9 @@ class SecurityVector:
         (``W + s B A``) and taken out again after the block (also on error). The outputs are the same, a
         forward costs what the plain model's does, and the gradient of ``W`` is unchanged (the delta is a
         constant), so training ``W`` inside the block is training it with the vector on."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
         if self.config.kind != "lora":
             raise SpecError(f"a {self.config.kind!r} vector cannot be merged into weights; expected kind 'lora'")
-        layers = [m for m in h.model.modules() if isinstance(m, BaseTunerLayer)]
-        if not layers:
-            raise SteerlabError("merged() needs the vector switched on; expected a call inside vector.on(h)")
+        layers = _lora_layers(h, "merged")
         done = []
         try:
             with torch.no_grad():

@@ -179,14 +179,15 @@ def test_only_the_plan_modules_hand_off_during_a_run_and_all_come_back():
 
 def test_handoffs_come_back_when_the_run_raises():
     from steerlab.engines import engine_for
-    from steerlab.engines.nnsight_engine import _handoffs_only_at
+    from steerlab.engines.nnsight_engine import _handoffs_only_at, _plain_forward_controllers
     from steerlab.models.tiny import tiny_model
 
     h = tiny_model("llama")
     sl.forward(h, ["a b"], interventions=[AddVector(site="blocks.0.resid_post", vector=torch.ones(h.d_model))])
     twin = engine_for(h).lm._module
     before = _controlled(twin)
-    with pytest.raises(RuntimeError, match="boom"), _handoffs_only_at(twin, {id(twin)}) as n:
+    candidates = _plain_forward_controllers(twin)
+    with pytest.raises(RuntimeError, match="boom"), _handoffs_only_at({id(twin)}, candidates) as n:
         assert n == len(before) - 1 and _controlled(twin) == {""}
         raise RuntimeError("boom")
     assert _controlled(twin) == before
