@@ -90,6 +90,20 @@ def _handoffs_only_at(keep: set[int], candidates: list[tuple[torch.nn.Module, An
             m.__dict__["forward"] = fwd
 
 
+def _normal(x: Any) -> Any:
+    """``x`` with every inference-mode tensor in it (also inside a ``ModelOutput``, tuple, list or dict)
+    replaced by a normal copy; other values as they are."""
+    if isinstance(x, Tensor):
+        return x.clone() if x.is_inference() else x
+    if isinstance(x, dict):  # ModelOutput is a dict: set its fields in place, keep its class
+        for k in list(x.keys()):
+            x[k] = _normal(x[k])
+        return x
+    if isinstance(x, tuple | list):
+        return type(x)(_normal(v) for v in x)
+    return x
+
+
 def _seq_len(v: Visit, t: Any, batch: int) -> int:
     x = t[0] if v.is_router else t
     return int(x.shape[1]) if x.ndim == 3 else int(x.shape[0]) // max(batch, 1)
@@ -187,24 +201,33 @@ class NNsightEngine:
         """
         model = self.handle.model
         sink: Records = defaultdict(list)
-        with self.lock, param_edits(plan.editors), torch.no_grad():
-            if not plan.visits:
-                return model.generate(**enc, **generate_kwargs), sink
-            if plan.full_logits:
-                generate_kwargs = {**keep_all_logits(model), **generate_kwargs}
-            state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])
-            lm = self.lm
-            envoys = self._envoys(plan, lm)
-            self._gen_out.clear()
-            with warnings.catch_warnings():
-                # an open `tracer.all()` loop ends at the last step the run makes; nnsight warns about
-                # the step it never reached, which is expected here
-                warnings.filterwarnings("ignore", message=".*was never reached.*")
-                with self._handoffs(envoys, lm), lm.generate(dict(enc), **generate_kwargs) as tracer:
-                    for step in tracer.all():
-                        self._visit(envoys, plan, state, step, sink)
-            out = self._gen_out.pop("out")
-            return out, sink
+        with self.lock, param_edits(plan.editors):
+            lm = self.lm if plan.visits else None  # built (once) outside inference mode: it outlives the run
+            with torch.inference_mode():
+                out = self._generate(model, lm, enc, plan, sink, generate_kwargs)
+        # inference mode skips autograd's bookkeeping on every op of every step; what leaves the run is
+        # copied into normal tensors, so callers may modify it in place or use it under autograd
+        return _normal(out), {k: [_normal(t) for t in v] for k, v in sink.items()}
+
+    def _generate(
+        self, model: torch.nn.Module, lm: Any, enc: dict[str, Tensor], plan: Plan, sink: Records,
+        generate_kwargs: dict[str, Any],
+    ) -> Any:
+        if not plan.visits:
+            return model.generate(**enc, **generate_kwargs)
+        if plan.full_logits:
+            generate_kwargs = {**keep_all_logits(model), **generate_kwargs}
+        state = StepState.start(enc.get("attention_mask"), enc["input_ids"].shape[1], enc["input_ids"].shape[0])
+        envoys = self._envoys(plan, lm)
+        self._gen_out.clear()
+        with warnings.catch_warnings():
+            # an open `tracer.all()` loop ends at the last step the run makes; nnsight warns about
+            # the step it never reached, which is expected here
+            warnings.filterwarnings("ignore", message=".*was never reached.*")
+            with self._handoffs(envoys, lm), lm.generate(dict(enc), **generate_kwargs) as tracer:
+                for step in tracer.all():
+                    self._visit(envoys, plan, state, step, sink)
+        return self._gen_out.pop("out")
 
 
     # -- the remote path (see remote_program below) ----------------------------------------------

@@ -305,3 +305,39 @@ def test_the_handle_model_stays_plain_hugging_face(tiny):
     # weights are shared: a parameter edit made through the handle shows in the engine's runs
     with sl.intervene(h, [ParamEdit(param="lm_head.weight", op="zero")]) as run:
         assert run.forward(PROMPTS).abs().max() == 0
+
+
+@pytest.mark.parametrize("arch", ["llama", MOE_ARCHITECTURES[0]])
+def test_generation_runs_in_inference_mode_but_hands_back_normal_tensors(arch):
+    """Steered generation runs under ``torch.inference_mode`` (cheaper per op than ``no_grad``); what it
+    returns is normal tensors (editable in place, usable under autograd) and the model still trains after."""
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model(arch)
+    site = "blocks.1.resid_post"
+    seen: list[bool] = []
+    real_generate = h.model.generate.__func__
+
+    def spy(model, *a, **kw):
+        seen.append(torch.is_inference_mode_enabled())
+        return real_generate(model, *a, **kw)
+
+    add = AddVector(site=site, vector=torch.randn(h.d_model), scale=2.0)
+    out = sl.generate(h, PROMPTS, interventions=[add], max_new_tokens=4, record=[site], output_scores=True)
+    plain = sl.generate(h, PROMPTS, max_new_tokens=4, output_scores=True)
+    tensors = [out.sequences, plain.sequences, *out.scores, *plain.scores, *out.records[site]]
+    assert tensors and not any(t.is_inference() for t in tensors)
+    out.sequences[0, 0] = 7  # in place: an inference tensor would refuse this outside inference mode
+    out.records[site][0].mul_(2)
+    import types
+
+    h.model.generate = types.MethodType(spy, h.model)
+    try:
+        sl.generate(h, PROMPTS, max_new_tokens=2)
+    finally:
+        del h.model.generate
+    assert seen == [True]
+    h.model.requires_grad_(True)  # autograd after steered runs: no inference tensor was left in the model
+    loss = h.model(**h.encode(PROMPTS)).logits.float().pow(2).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in h.model.parameters() if p.requires_grad)
