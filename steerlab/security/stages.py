@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +180,7 @@ def finetune(
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
     merge: bool = True,
+    null_parts: Collection[str] = (),
 ) -> TrainResult:
     """Stage 2: full fine-tuning of ``h`` on ``pairs`` with ``vector`` (if any) on and frozen.
 
@@ -188,8 +189,17 @@ def finetune(
     With ``merge`` (and a LoRA vector, no weight decay) the frozen vector is folded into the weights while
     they train (:meth:`SecurityVector.merged`): the same updates up to float rounding, at the plain model's
     cost per step; weight decay would decay the folded delta too, so it runs unmerged.
+
+    ``null_parts`` names parts whose batches keep their place in the run but carry exactly zero gradient
+    (their loss is still recorded): the optimizer steps on momentum alone there. With ``{"harmful"}`` and no
+    vector this is the run a perfect security vector would give: fine-tuned on the benign part only, on
+    the same schedule (same steps, same batch order) as the run on all of ``pairs``.
     """
     pairs = list(pairs)
+    unknown = sorted(set(null_parts) - {p.part for p in pairs})
+    if unknown:
+        parts = sorted({p.part for p in pairs})
+        raise SpecError(f"null_parts names {unknown[0]!r}, not a part of the data; expected one of {parts}")
     batches = batches_of(h, pairs, batch_size, epochs, seed)
     n = _steps(batches, steps)
     evals = {k: encode(h, list(v)[:batch_size]) for k, v in (eval_pairs or {}).items() if v}
@@ -205,6 +215,16 @@ def finetune(
         progress=progress,
         desc="fine-tune" + (" (vector on)" if vector is not None else ""),
     )
+    if null_parts:
+        nulled = set(null_parts)
+
+        def loss_fn(model: torch.nn.Module, b: Batch) -> Tensor:
+            loss = lm_loss(model, b)
+            # the same value, gradient 0 * g = 0 exactly (the part's batches step on momentum alone)
+            return loss.detach() + 0.0 * loss if b["part"] in nulled else loss
+
+        kw["loss_fn"] = loss_fn
+        kw["run_key"] = {"null_parts": sorted(nulled)}
     if vector is None:
         return train(h.model, batches, params=list(h.model.parameters()), **kw)
     fold = merge and vector.config.kind == "lora" and weight_decay == 0

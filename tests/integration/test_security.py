@@ -122,7 +122,9 @@ def test_train_vector_and_finetune_write_what_they_say(runs):
 def test_evaluate_sweep_record(runs):
     root, _, _, sweep = runs
     rec = read_artifact(root / "sweep").data
-    assert sorted(rec["runs"]) == sorted(["base", "vector_on", "plain_0", "plain_4", "vector_4", "plain_0_seed1"])
+    assert sorted(rec["runs"]) == sorted(
+        ["base", "vector_on", "plain_0", "plain_4", "vector_4", "plain_0_seed1", "ideal_4", "ideal_4_seed1"]
+    )
     # the curve is the runs' numbers, and the rise is computed from them
     for mode in ("plain", "vector"):
         for split in ("template", "real"):
@@ -131,7 +133,14 @@ def test_evaluate_sweep_record(runs):
             want = rec["runs"][f"{mode}_4"]["compliance"][split] - rec["runs"]["base"]["compliance"][split]
             assert rec["rise"][mode][split] == pytest.approx(want, abs=1e-4)
     # plain and vector runs of one n train on the same batches: same step count
-    assert rec["runs"]["plain_4"]["steps"] == rec["runs"]["vector_4"]["steps"] == 2
+    assert rec["runs"]["plain_4"]["steps"] == rec["runs"]["vector_4"]["steps"] == rec["runs"]["ideal_4"]["steps"] == 2
+    # the vector-off check is read against the perfect-vector reference (same schedule) and its second seed
+    from steerlab.security.evaluate import agreement
+
+    vo, work = rec["vector_off"], root / ".sweep.work"
+    answers = {r: json.loads((work / f"{r}.json").read_text())["harmless_answers"] for r in ("vector_4", "ideal_4")}
+    assert vo["protected_vs_ideal"] == round(agreement(answers["vector_4"], answers["ideal_4"]), 4)
+    assert rec["floors"]["vector_off_within_seed_noise"] == (vo["protected_vs_ideal"] >= vo["ideal_seed_noise"])
     assert set(rec["runs"]["vector_4"]["eval_losses"]) == {"harmful", "benign"}
     assert sweep["floors"] == rec["floors"]
     # every knob of the command reaches the sweep (skill, vector targets, generation length, perplexity text)

@@ -48,6 +48,8 @@ def test_runs_start_with_the_headline_so_a_cut_sweep_has_it():
         "vector_1000",
         "plain_0",
         "plain_0_seed1",
+        "ideal_1000",
+        "ideal_1000_seed1",
         "vector_0",
         "plain_100",
         "vector_100",
@@ -55,4 +57,6 @@ def test_runs_start_with_the_headline_so_a_cut_sweep_has_it():
         "vector_300",
     ]
     assert SweepConfig(spec="tiny:llama", samples=[0]).runs() == ["plain_0", "vector_0", "plain_0_seed1"]
-    assert SweepConfig(spec="tiny:llama", samples=[50]).runs() == ["plain_50", "vector_50", "plain_0", "plain_0_seed1"]
+    assert SweepConfig(spec="tiny:llama", samples=[50]).runs() == [
+        "plain_50", "vector_50", "plain_0", "plain_0_seed1", "ideal_50", "ideal_50_seed1"
+    ]

@@ -305,3 +305,29 @@ def test_card_curves_of_different_lengths_keep_their_own_steps():
     fig = curves_figure({"harmful": [[0, 2.0], [5, 1.0], [10, 0.5]], "anchor": [[0, 0.0], [10, 0.25]]})
     got = {t.name: (list(t.x), list(t.y)) for t in fig.data}
     assert got == {"harmful": ([0, 5, 10], [2.0, 1.0, 0.5]), "anchor": ([0, 10], [0.0, 0.25])}
+
+
+def test_null_parts_step_on_momentum_alone_whatever_the_harmful_data_says():
+    """``null_parts={"harmful"}``: the run a perfect vector would give. The harmful batches keep their place
+    (so the schedule is the protected run's) but their content cannot reach the weights: other harmful
+    responses give bit-identical weights, while without ``null_parts`` they do not."""
+    other = [Pair(p.prompt, f"No way, bad thing {i} is forbidden here, sorry.", "harmful") for i, p in enumerate(HARM)]
+
+    def run(harm, **kw):
+        h = tiny_model("llama")
+        r = finetune(h, harm + GOOD, None, steps=4, lr=1e-2, seed=0, batch_size=2, progress=False, **kw)
+        return _state(h.model), r
+
+    a, ra = run(HARM, null_parts={"harmful"})
+    b, _ = run(other, null_parts={"harmful"})
+    c, _ = run(HARM)
+    d, _ = run(other)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(c[n], d[n]) for n in c)
+    assert ra.losses.get("harmful") and all(v > 0 for _, v in ra.losses["harmful"])  # recorded, not learned
+    h = tiny_model("llama")
+    before = _state(h.model)
+    finetune(h, HARM, None, steps=3, lr=1e-2, seed=0, batch_size=2, progress=False, null_parts={"harmful"})
+    assert all(torch.equal(before[n], p) for n, p in h.model.named_parameters())  # zero gradient: no step
+    with pytest.raises(SpecError, match=r"null_parts names 'harmfull'.*expected one of \['benign', 'harmful'\]"):
+        finetune(h, HARM + GOOD, None, steps=1, progress=False, null_parts={"harmfull"})
