@@ -176,6 +176,7 @@ def finetune(
     seed: int = 0,
     batch_size: int = 16,
     weight_decay: float = 0.0,
+    grad_clip: float | None = 1.0,
     eval_pairs: dict[str, Sequence[Pair]] | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
@@ -189,6 +190,9 @@ def finetune(
     With ``merge`` (and a LoRA vector, no weight decay) the frozen vector is folded into the weights while
     they train (:meth:`SecurityVector.merged`): the same updates up to float rounding, at the plain model's
     cost per step; weight decay would decay the folded delta too, so it runs unmerged.
+
+    ``grad_clip``: the loop's clipping norm (``None``: no clipping). It matters for the method: clipped
+    benign gradients make the protected harmful part's small ones weigh more (``docs/security.md``).
 
     ``null_parts`` names parts whose batches keep their place in the run but carry exactly zero gradient
     (their loss is still recorded): the optimizer steps on momentum alone there. With ``{"harmful"}`` and no
@@ -208,6 +212,7 @@ def finetune(
         lr=lr,
         seed=seed,
         weight_decay=weight_decay,
+        grad_clip=grad_clip,
         part_of=lambda b: b["part"],
         eval_batches=evals,
         eval_every=max(1, n // 10),

@@ -331,3 +331,18 @@ def test_null_parts_step_on_momentum_alone_whatever_the_harmful_data_says():
     assert all(torch.equal(before[n], p) for n, p in h.model.named_parameters())  # zero gradient: no step
     with pytest.raises(SpecError, match=r"null_parts names 'harmfull'.*expected one of \['benign', 'harmful'\]"):
         finetune(h, HARM + GOOD, None, steps=1, progress=False, null_parts={"harmfull"})
+
+
+def test_finetune_grad_clip_reaches_the_loop():
+    """``grad_clip`` is the loop's clipping norm (default 1, the sweep's records). Adam is blind to a
+    gradient's scale until it falls below its eps (1e-8): clipped to norm 1e-12 the step all but vanishes,
+    unclipped it moves every weight by about lr."""
+
+    def moved(**kw):
+        h = tiny_model("llama")
+        before = _state(h.model)
+        finetune(h, HARM + GOOD, None, steps=2, lr=1e-3, seed=0, batch_size=4, progress=False, **kw)
+        return max(float((p - before[n]).abs().max()) for n, p in h.model.named_parameters())
+
+    free, clipped = moved(grad_clip=None), moved(grad_clip=1e-12)
+    assert free > 5e-4 and clipped < 1e-3 * free
