@@ -226,6 +226,11 @@ def train(
         raise SpecError(f"lr={lr!r}; expected a finite number > 0")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError(f"seed={seed!r}; expected an integer")
+    if grad_clip is not None and (
+        isinstance(grad_clip, bool) or not isinstance(grad_clip, int | float) or not math.isfinite(grad_clip)
+        or grad_clip <= 0
+    ):
+        raise SpecError(f"grad_clip={grad_clip!r}; expected a finite number > 0, or None (no clipping)")
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise SpecError(f"weight_decay={weight_decay!r}; expected a finite number >= 0")
     if warmup < 0 or checkpoint_every <= 0 or eval_every < 0:

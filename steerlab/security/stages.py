@@ -191,8 +191,8 @@ def finetune(
     they train (:meth:`SecurityVector.merged`): the same updates up to float rounding, at the plain model's
     cost per step; weight decay would decay the folded delta too, so it runs unmerged.
 
-    ``grad_clip``: the loop's clipping norm (``None``: no clipping). It matters for the method: clipped
-    benign gradients make the protected harmful part's small ones weigh more (``docs/security.md``).
+    ``grad_clip``: the loop's clipping norm (``None``: no clipping; the sweep's records clip at 1, and
+    ``docs/security.md`` has the vector-off check without clipping).
 
     ``null_parts`` names parts whose batches keep their place in the run but carry exactly zero gradient
     (their loss is still recorded): the optimizer steps on momentum alone there. With ``{"harmful"}`` and no

@@ -213,6 +213,9 @@ def test_target_mask_restricts_the_loss():
         ({"params": [nn.Parameter(torch.zeros(3))]}, "not in the model"),
         ({"params": []}, "params is empty"),
         ({"grad_mask": {"nope": torch.ones(1, dtype=torch.bool)}}, "'nope'"),
+        ({"grad_clip": 0.0}, r"grad_clip=0.0; expected a finite number > 0, or None"),
+        ({"grad_clip": float("nan")}, "grad_clip=nan"),
+        ({"grad_clip": -1}, "grad_clip=-1"),
     ],
 )
 def test_bad_inputs_are_named(kw, match):
