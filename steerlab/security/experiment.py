@@ -234,7 +234,7 @@ def run_sweep(
             h,
             pairs,
             vector if mode == "vector" else None,
-            null_parts={"harmful"} if mode == "ideal" and n > 0 else (),
+            null_parts={"harmful"} if mode == "ideal" else (),  # ideal runs exist only for n > 0
             epochs=cfg.epochs,
             lr=cfg.lr,
             seed=seed,
