@@ -18,6 +18,10 @@ ANCHOR_HELP = (
     "neutral on non-harmful inputs (0: the paper's objective)."
 )
 ANCHOR_SRC_HELP = "Anchor texts: organism (the corpus's non-harmful train examples), alpaca (train prompts), or JSONL."
+GRAD_PENALTY_HELP = (
+    "Weight mu of stage 1's gradient penalty, mu * ||d L_harmful / d base weights||^2, which teaches the vector "
+    "to leave the base little gradient on harmful pairs (second order, ~3x slower; 0: none)."
+)
 HARMFUL_HELP = "Harmful pairs: organism (the organism corpus's compliant answers), advbench, or a JSONL file."
 
 
@@ -68,6 +72,7 @@ def train_vector_cmd(
     anchor_weight: float = typer.Option(ANCHOR_WEIGHT, "--anchor-weight", help=ANCHOR_HELP, **AT_LEAST_0_FLOAT),
     anchor: str = typer.Option("organism", "--anchor", help=ANCHOR_SRC_HELP),
     n_anchor: int = typer.Option(1000, "--n-anchor", help="Anchor texts (the last batch is held out).", **AT_LEAST_1),
+    grad_penalty: float = typer.Option(0.0, "--grad-penalty", help=GRAD_PENALTY_HELP, **AT_LEAST_0_FLOAT),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Vector folder to write."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -92,6 +97,7 @@ def train_vector_cmd(
         batch_size=batch_size,
         anchor=anchors,
         anchor_weight=anchor_weight,
+        grad_penalty=grad_penalty,
         checkpoint_dir=ckpt,
         progress=True,
     )
@@ -215,6 +221,7 @@ def evaluate_cmd(
     anchor_weight: float = typer.Option(ANCHOR_WEIGHT, "--anchor-weight", help=ANCHOR_HELP, **AT_LEAST_0_FLOAT),
     anchor: str = typer.Option("organism", "--anchor", help=ANCHOR_SRC_HELP),
     n_anchor: int = typer.Option(1000, "--n-anchor", help="Anchor texts (the last batch is held out).", **AT_LEAST_1),
+    grad_penalty: float = typer.Option(0.0, "--grad-penalty", help=GRAD_PENALTY_HELP, **AT_LEAST_0_FLOAT),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
     lr: float = typer.Option(1.5e-4, "--lr", **POSITIVE),
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out harmful prompts per split.", **AT_LEAST_1),
@@ -257,6 +264,7 @@ def evaluate_cmd(
         anchor_weight=anchor_weight,
         anchor_source=anchor,
         n_anchor=n_anchor,
+        grad_penalty=grad_penalty,
         epochs=epochs,
         lr=lr,
         seed=seed,

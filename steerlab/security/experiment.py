@@ -42,7 +42,14 @@ from steerlab.security.data import (
     held_out_harmful,
 )
 from steerlab.security.evaluate import agreement, evaluate_model
-from steerlab.security.stages import check_anchor_weight, finetune, save_model, train_vector, vector_curves
+from steerlab.security.stages import (
+    check_anchor_weight,
+    check_grad_penalty,
+    finetune,
+    save_model,
+    train_vector,
+    vector_curves,
+)
 from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector
 
 Loader = Callable[[], ModelHandle]
@@ -64,6 +71,7 @@ class SweepConfig:
     anchor_weight: float = 0.0  # stage 1's KL(base || vector on) term on harmless texts (0: the paper's objective)
     anchor_source: str = "organism"
     n_anchor: int = 1000
+    grad_penalty: float = 0.0  # stage 1's mu * ||d L_harmful / d theta_base||^2 term (0: none)
     epochs: int = 1
     lr: float = 1.5e-4
     batch_size: int = 16
@@ -86,6 +94,7 @@ class SweepConfig:
             raise SpecError(f"n_benign={self.n_benign}; expected at least one benign sample")
         VectorConfig(**self.vector).check()
         check_anchor_weight(self.anchor_weight)
+        check_grad_penalty(self.grad_penalty)
         if self.anchor_weight > 0 and self.n_anchor < 2 * self.batch_size:
             raise SpecError(f"n_anchor={self.n_anchor}; expected at least {2 * self.batch_size} (two batches)")
 
@@ -204,6 +213,7 @@ def run_sweep(
                 batch_size=cfg.batch_size,
                 anchor=anchor_pairs(cfg.anchor_source, cfg.n_anchor, cfg.seed),
                 anchor_weight=cfg.anchor_weight,
+                grad_penalty=cfg.grad_penalty,
                 checkpoint_dir=work / "ckpt_vector",
                 progress=progress,
             )

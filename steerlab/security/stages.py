@@ -4,7 +4,9 @@ Stage 1, :func:`train_vector`: only the vector trains, on harmful prompt/respons
 with the vector on produces those responses (base weights frozen). With ``anchor`` pairs and an
 ``anchor_weight`` > 0 every step also adds ``anchor_weight * KL(base || vector on)`` on a batch of harmless
 texts (:func:`anchor_kl`), so the vector learns to act on harmful inputs and to leave others as the base
-model has them; weight 0 (no anchor) is the plain objective of the paper. Stage 2, :func:`finetune`: the base
+model has them; weight 0 (no anchor) is the plain objective of the paper. With ``grad_penalty`` mu > 0 every
+step also adds ``mu * ||d L_harmful / d theta_base||^2`` (:func:`base_grad_sq`), so the vector learns to leave
+the base weights little gradient on harmful pairs, which is what stage 2 relies on. Stage 2, :func:`finetune`: the base
 model trains (full fine-tuning) on the user's data with the vector on and frozen; harmful pairs are already
 predicted through the vector, so they carry almost no gradient. The vector is off afterwards: the model
 is the plain architecture again (:func:`save_model` writes it as a normal model folder).
@@ -24,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,16 @@ def _steps(batches: list, steps: int | None) -> int:
 
 
 def vector_curves(res: TrainResult, thin: Callable[[list], list] = lambda c: [list(p) for p in c]) -> dict[str, list]:
-    """A vector card's ``curves`` from stage 1's result: ``loss`` and ``eval`` (harmful part) and, with an
-    anchor term, ``anchor`` and ``anchor_eval``; each ``[[step, value], ...]`` through ``thin``."""
-    curves = {"loss": res.losses["harmful"], "eval": res.eval_losses["harmful"],
-              "anchor": res.losses.get("anchor"), "anchor_eval": res.eval_losses.get("anchor")}
+    """A vector card's ``curves`` from stage 1's result: ``loss`` and ``eval`` (harmful part), with an anchor
+    term ``anchor`` and ``anchor_eval``, with a gradient penalty ``grad_penalty``; each ``[[step, value], ...]``
+    through ``thin``."""
+    curves = {
+        "loss": res.losses["harmful"],
+        "eval": res.eval_losses["harmful"],
+        "anchor": res.losses.get("anchor"),
+        "anchor_eval": res.eval_losses.get("anchor"),
+        "grad_penalty": res.losses.get("grad_penalty"),
+    }
     return {k: thin(c) for k, c in curves.items() if c is not None}
 
 
@@ -76,6 +84,58 @@ def anchor_kl(h: ModelHandle, vector: SecurityVector, b: Batch) -> Tensor:
     return (kl * m).sum() / m.sum().clamp_min(1)
 
 
+def check_grad_penalty(mu: float) -> float:
+    """``mu`` if it is a finite number >= 0 (the gradient-penalty weight), else a one-line :class:`SpecError`."""
+    if isinstance(mu, bool) or not isinstance(mu, int | float) or not math.isfinite(mu) or mu < 0:
+        raise SpecError(f"gradient penalty {mu!r}; expected a finite number >= 0 (0: no penalty)")
+    return float(mu)
+
+
+@contextlib.contextmanager
+def requiring_grad(params: Sequence[torch.nn.Parameter]) -> Iterator[None]:
+    """``params`` with ``requires_grad`` on (their ``.grad`` untouched), as they were afterwards."""
+    was = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, r in zip(params, was, strict=True):
+            p.requires_grad_(r)
+
+
+def base_grad_sq(loss_of: Callable[[], Tensor], base: Sequence[torch.nn.Parameter]) -> tuple[Tensor, Tensor]:
+    """``(loss, ||d loss / d base||^2)`` for ``loss = loss_of()``, the squared norm summed over all ``base``
+    tensors and differentiable (second order), so its gradient reaches whatever else the loss depends on (the
+    vector). ``base`` may have ``requires_grad=False``: it is on for the call only, ``.grad`` untouched.
+
+    Example:
+        >>> w, v = torch.nn.Parameter(torch.tensor(3.0)), torch.nn.Parameter(torch.tensor(2.0))
+        >>> loss, g2 = base_grad_sq(lambda: w * v, [w])  # d(wv)/dw = v, so g2 = v^2
+        >>> float(g2.detach()), float(torch.autograd.grad(g2, v)[0])  # d(v^2)/dv = 2v
+        (4.0, 4.0)
+    """
+    with requiring_grad(base):
+        loss = loss_of()
+        grads = torch.autograd.grad(loss, list(base), create_graph=True, allow_unused=True)
+    sq = sum(((g.float() ** 2).sum() for g in grads if g is not None), torch.zeros((), device=loss.device))
+    return loss, sq
+
+
+@contextlib.contextmanager
+def _attention(h: ModelHandle, impl: str | None) -> Iterator[None]:
+    """``h.model`` with attention implementation ``impl`` (None: as it is), restored afterwards."""
+    old = getattr(h.model.config, "_attn_implementation", None)
+    if impl is None or impl == old:
+        yield
+        return
+    h.model.set_attn_implementation(impl)
+    try:
+        yield
+    finally:
+        h.model.set_attn_implementation(old)
+
+
 def train_vector(
     h: ModelHandle,
     harmful: Sequence[Pair],
@@ -88,6 +148,7 @@ def train_vector(
     batch_size: int = 16,
     anchor: Sequence[Pair] = (),
     anchor_weight: float = 0.0,
+    grad_penalty: float = 0.0,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[SecurityVector, TrainResult]:
@@ -98,12 +159,19 @@ def train_vector(
     curves then hold ``harmful`` and ``anchor`` (the weighted term). The card's ``anchor`` entry records
     the setting and ``anchor_kl_heldout``, the unweighted KL on the held-out anchor batch after training
     (measured for weight 0 too, when anchor pairs are given).
+
+    With ``grad_penalty`` mu > 0, step ``k`` also adds ``mu * ||d L_harmful / d theta_base||^2`` on its harmful
+    batch (curve ``grad_penalty``, the weighted term): a second-order term, about three times a step's cost, run
+    with eager attention (PyTorch's fused attention has no double backward on CPU; the model's setting is
+    restored afterwards). The card's ``grad_penalty`` entry records mu and the unweighted squared gradient
+    norm on the first harmful batch before and after training.
     """
     harmful = list(harmful)
     if not harmful:
         raise SpecError("the harmful set is empty; expected at least one harmful prompt/response pair")
     config.check()
     w = check_anchor_weight(anchor_weight)
+    mu = check_grad_penalty(grad_penalty)
     anchor = list(anchor)
     if w > 0 and len(anchor) < 2 * batch_size:
         raise SpecError(
@@ -121,12 +189,27 @@ def train_vector(
         batches = [{**batches[k % len(batches)], "anchor": chunks[k % len(chunks)]} for k in range(n)]
         evals["harmful"] = {**evals["harmful"], "anchor": held_anchor}
     v = new_vector(h, config, seed=seed, card={"data_hash": data_hash(harmful), "data": summary(harmful)})
-    if w > 0:
+    base: list[torch.nn.Parameter] = []
+    if w > 0 or mu > 0:
 
         def loss_fn(model: torch.nn.Module, b: Batch) -> dict[str, Tensor]:
-            return {b["part"]: lm_loss(model, b), "anchor": w * anchor_kl(h, v, b["anchor"])}
+            if mu > 0 and torch.is_grad_enabled():  # a training step (evaluation runs without gradient)
+                lh, sq = base_grad_sq(lambda: lm_loss(model, b), base)
+                out = {b["part"]: lh, "grad_penalty": mu * sq}
+            else:
+                out = {b["part"]: lm_loss(model, b)}
+            if w > 0:
+                out["anchor"] = w * anchor_kl(h, v, b["anchor"])
+            return out
 
-    with v.on(h, trainable=True) as params:
+    run_key: dict[str, Any] = {"anchor_weight": w, "anchor_hash": data_hash(anchor)} if w > 0 else {}
+    run_key.update({"grad_penalty": mu} if mu > 0 else {})
+    gsq: list[float] = []
+    with _attention(h, "eager" if mu > 0 else None), v.on(h, trainable=True) as params:
+        ids = {id(p) for p in params}
+        base[:] = [p for p in h.model.parameters() if id(p) not in ids]
+        if mu > 0:
+            gsq.append(_grad_sq_of(h, evals["harmful"], base))
         res = train(
             h.model,
             batches,
@@ -141,8 +224,10 @@ def train_vector(
             checkpoint_dir=checkpoint_dir,
             progress=progress,
             desc="security vector",
-            run_key={"anchor_weight": w, "anchor_hash": data_hash(anchor)} if w > 0 else None,
+            run_key=run_key or None,
         )
+        if mu > 0:
+            gsq.append(_grad_sq_of(h, evals["harmful"], base))
         kl_end = None
         if held_anchor is not None:
             with torch.no_grad():
@@ -162,7 +247,16 @@ def train_vector(
         "loss": "KL(base || vector on) per real token, nats",
         "anchor_kl_heldout": kl_end,
     }
+    first = {"start": gsq[0], "end": gsq[1]} if gsq else None
+    v.card["grad_penalty"] = {"weight": mu, "base_grad_sq_first_batch": first}
     return v, res
+
+
+def _grad_sq_of(h: ModelHandle, b: Batch, base: Sequence[torch.nn.Parameter]) -> float:
+    """The unweighted squared gradient norm of the base weights on batch ``b`` (no graph kept)."""
+    with requiring_grad(base):
+        grads = torch.autograd.grad(lm_loss(h.model, b), list(base), allow_unused=True)
+    return round(sum(float((g.float() ** 2).sum()) for g in grads if g is not None), 8)
 
 
 def finetune(

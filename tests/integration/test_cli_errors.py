@@ -309,6 +309,16 @@ CASES = [
         "--anchor-weight must be a finite number >= 0, got nan",
     ),
     (
+        "security evaluate --grad-penalty inf",
+        ["security", "evaluate", NO, "--out", "{out}", "--grad-penalty", "inf"],
+        "--grad-penalty must be a finite number >= 0, got inf",
+    ),
+    (
+        "security train-vector --grad-penalty -0.5",
+        ["security", "train-vector", NO, "--out", "{out}", "--grad-penalty", "-0.5"],
+        "--grad-penalty must be a finite number >= 0, got -0.5",
+    ),
+    (
         "security train-vector --n-anchor 0",
         ["security", "train-vector", NO, "--out", "{out}", "--n-anchor", "0"],
         "--n-anchor must be an integer >= 1, got 0",

@@ -13,7 +13,7 @@ import steerlab as sl
 from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.tiny import tiny_model
 from steerlab.security.data import Pair, batches_of, read_pairs
-from steerlab.security.stages import anchor_kl, finetune, save_model, train_vector
+from steerlab.security.stages import anchor_kl, base_grad_sq, finetune, save_model, train_vector
 from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector, new_vector
 from steerlab.training import lm_loss
 
@@ -346,3 +346,48 @@ def test_finetune_grad_clip_reaches_the_loop():
 
     free, clipped = moved(grad_clip=None), moved(grad_clip=1e-12)
     assert free > 5e-4 and clipped < 1e-3 * free
+
+
+def test_base_grad_sq_matches_a_hand_computed_second_order_gradient():
+    """loss = sum(w * x * v): d loss / d w = x * v, so ||.||^2 = v^2 * ||x||^2 and its v-gradient 2 v ||x||^2."""
+    x = torch.tensor([1.0, 2.0, 3.0])
+    w, v = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.tensor(0.5))
+    w.requires_grad_(False)
+    loss, sq = base_grad_sq(lambda: (w * x * v).sum(), [w])
+    assert float(loss.detach()) == pytest.approx(3.0) and float(sq.detach()) == pytest.approx(0.25 * 14)
+    assert float(torch.autograd.grad(sq, v)[0]) == pytest.approx(2 * 0.5 * 14)
+    assert not w.requires_grad and w.grad is None  # as it was
+
+
+def test_grad_penalty_is_the_squared_base_gradient_and_restores_the_model():
+    """Stage 1 with the penalty: its first recorded value is mu x the base weights' squared gradient norm on the
+    first harmful batch (computed here with plain first-order autograd), the card's start value is that norm
+    on the eval batch, it falls during training while the vector still produces the harmful answers; the
+    attention implementation, flags and base weights are as they were."""
+    h = sl.load("shared:stories260K", cache=False)
+    attn, before = h.model.config._attn_implementation, _state(h.model)
+    harm = batches_of(h, HARM, 4, 1, 0)[0]  # the loop's first batch (one epoch of 4 pairs, seed 0) and the eval one
+    for p in h.model.parameters():
+        p.requires_grad_(True)
+    sq0 = sum(float((g**2).sum()) for g in torch.autograd.grad(lm_loss(h.model, harm), list(h.model.parameters())))
+    for p in h.model.parameters():
+        p.requires_grad_(False)
+    off = float(lm_loss(h.model, harm))
+    v, r = train_vector(h, HARM, VectorConfig(rank=4), steps=30, lr=5e-3, seed=0, batch_size=4,
+                        grad_penalty=0.03, progress=False)
+    curve = [x for _, x in r.losses["grad_penalty"]]
+    assert curve[0] == pytest.approx(0.03 * sq0, rel=1e-4)  # a LoRA vector starts as the identity (B = 0)
+    assert v.card["grad_penalty"]["base_grad_sq_first_batch"]["start"] == pytest.approx(sq0, rel=1e-4)
+    assert max(curve[-5:]) < 0.01 * curve[0]
+    with v.on(h), torch.no_grad():
+        assert float(lm_loss(h.model, harm)) < 0.5 * off  # the vector still produces the harmful responses
+    assert h.model.config._attn_implementation == attn
+    assert all(not p.requires_grad and p.grad is None for p in h.model.parameters())
+    assert all(torch.equal(p, before[n]) for n, p in h.model.named_parameters())
+
+
+@pytest.mark.parametrize("mu", [-1.0, float("nan"), float("inf"), True])
+def test_bad_grad_penalty_is_one_line(mu):
+    with pytest.raises(SpecError, match=r"gradient penalty .*; expected a finite number >= 0") as e:
+        train_vector(tiny_model("llama"), HARM, VectorConfig(rank=2), steps=1, grad_penalty=mu, progress=False)
+    assert "\n" not in str(e.value)
