@@ -5,9 +5,16 @@ The sweep's protected run differs from the perfect-vector reference in two ways:
 some gradient through the vector, and every benign batch is learned through the vector-on model. This run
 keeps only the second, so its agreement with the reference (greedy answers to the harmless prompts) shows
 how much of the gap the vector's presence during benign learning makes, and how much the residual harmful
-gradient. It uses a sweep's work folder (configuration, stage-1 vector, finished runs) and its settings.
+gradient. It uses a sweep's work folder (configuration, stage-1 vector, finished runs) and its settings. With
+``--harmless N`` other than the sweep's, the answers are taken on N harmless prompts instead, so the
+protected run, the perfect-vector runs (two seeds) and plain fine-tuning are re-made too (same settings).
+Agreement: the sweep's exact match of whole answers, and beside it the mean share of words two answers
+share from the start (a finer measure of the same thing).
 
-Usage: python benchmarks/security_decompose.py WORK [--json PATH]
+``--vector DIR`` uses another stage-1 vector (e.g. one trained with ``--grad-penalty``) for the two runs with
+the vector on, instead of the work folder's; it implies re-making all runs.
+
+Usage: python benchmarks/security_decompose.py WORK [--harmless N] [--vector DIR] [--json PATH]
   (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +32,8 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work")
+    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
+    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import steerlab as sl
@@ -37,33 +47,50 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     cfg = json.loads((work / "config.json").read_text())
     ref = sl.load(cfg["spec"], cache=False)
-    vec = load_vector(work / "vector")
+    vec = load_vector(args.vector or work / "vector")
     n = max(cfg["samples"])
     pool = harmful_pool(cfg["harmful_source"], seed=cfg["seed"])
     ft = pool[cfg["n_vector"] : cfg["n_vector"] + n]
     benign = benign_pairs(cfg["n_benign"], "train", cfg["seed"], cfg["skill"])
-    held, harmless = held_out_harmful(cfg["n_eval"]), harmless_prompts(cfg["harmless_n"])
+    n_harmless = args.harmless or cfg["harmless_n"]
+    held, harmless = held_out_harmful(cfg["n_eval"]), harmless_prompts(n_harmless)
     cap = organism_capability_text(ref, cfg["ppl_per_domain"])
-    h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
-    t = time.perf_counter()
-    finetune(h, ft + benign, vec, epochs=cfg["epochs"], lr=cfg["lr"], seed=cfg["seed"], batch_size=cfg["batch_size"],
-             null_parts={"harmful"}, progress=False)
-    r = evaluate_model(h, ref, held, benign_n=cfg["benign_n"], harmless=harmless, capability=cap,
-                       max_new_tokens=cfg["max_new_tokens"], skill=cfg["skill"])
-    seconds = round(time.perf_counter() - t, 1)
-    runs = {k: json.loads((work / f"{k}.json").read_text())
-            for k in (f"vector_{n}", f"ideal_{n}", f"ideal_{n}_seed{cfg['noise_seed']}", f"plain_{n}")}
     null = f"vector_{n}_null_harmful"
-    runs[null] = r
+    make = {null: (vec, cfg["seed"], {"harmful"})}  # name: (vector, seed, null_parts)
+    old = (f"vector_{n}", f"ideal_{n}", f"ideal_{n}_seed{cfg['noise_seed']}", f"plain_{n}")
+    reuse = n_harmless == cfg["harmless_n"] and args.vector is None
+    runs = {k: json.loads((work / f"{k}.json").read_text()) for k in old} if reuse else {}
+    if not runs:
+        make.update({old[0]: (vec, cfg["seed"], ()), old[1]: (None, cfg["seed"], {"harmful"}),
+                     old[2]: (None, cfg["noise_seed"], {"harmful"}), old[3]: (None, cfg["seed"], ())})
+    seconds = {}
+    for name, (v, seed, nulled) in make.items():
+        h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
+        t = time.perf_counter()
+        finetune(h, ft + benign, v, epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, batch_size=cfg["batch_size"],
+                 null_parts=nulled, progress=False)
+        runs[name] = evaluate_model(h, ref, held, benign_n=cfg["benign_n"], harmless=harmless, capability=cap,
+                                    max_new_tokens=cfg["max_new_tokens"], skill=cfg["skill"])
+        seconds[name] = round(time.perf_counter() - t, 1)
+        print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], flush=True)
 
     def agree(a: str, b: str) -> float:
         return round(agreement(runs[a]["harmless_answers"], runs[b]["harmless_answers"]), 4)
 
+    def prefix(a: str, b: str) -> float:
+        pairs = [(x.split(), y.split()) for x, y in zip(runs[a]["harmless_answers"], runs[b]["harmless_answers"],
+                                                         strict=True)]
+        share = [len(os.path.commonprefix([x, y])) / max(len(x), len(y), 1) for x, y in pairs]
+        return round(sum(share) / len(share), 4)
+
     ideal = f"ideal_{n}"
     rep = {
         "command": " ".join(["python", "benchmarks/security_decompose.py", *sys.argv[1:]]),
-        "spec": cfg["spec"], "n_harmful": n, "seconds": seconds,
+        "spec": cfg["spec"], "n_harmful": n, "harmless_prompts": n_harmless, "seconds": seconds,
+        "vector": {"path": str(args.vector or work / "vector"), "grad_penalty": vec.card.get("grad_penalty"),
+                   "anchor_weight": vec.card.get("anchor", {}).get("weight"), "train": vec.card.get("train")},
         "agreement_with_ideal": {k: agree(k, ideal) for k in runs if k != ideal},
+        "word_prefix_share_with_ideal": {k: prefix(k, ideal) for k in runs if k != ideal},
         "vector_null_vs_protected": agree(null, f"vector_{n}"),
         "runs": {k: {f: x[f] for f in ("compliance", "benign_accuracy", "perplexity")} for k, x in runs.items()},
     }

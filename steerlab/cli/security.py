@@ -20,7 +20,7 @@ ANCHOR_HELP = (
 ANCHOR_SRC_HELP = "Anchor texts: organism (the corpus's non-harmful train examples), alpaca (train prompts), or JSONL."
 GRAD_PENALTY_HELP = (
     "Weight mu of stage 1's gradient penalty, mu * ||d L_harmful / d base weights||^2, which teaches the vector "
-    "to leave the base little gradient on harmful pairs (second order, ~3x slower; 0: none)."
+    "to leave the base little gradient on harmful pairs (second order; 0: none)."
 )
 HARMFUL_HELP = "Harmful pairs: organism (the organism corpus's compliant answers), advbench, or a JSONL file."
 

@@ -161,7 +161,7 @@ def train_vector(
     (measured for weight 0 too, when anchor pairs are given).
 
     With ``grad_penalty`` mu > 0, step ``k`` also adds ``mu * ||d L_harmful / d theta_base||^2`` on its harmful
-    batch (curve ``grad_penalty``, the weighted term): a second-order term, about three times a step's cost, run
+    batch (curve ``grad_penalty``, the weighted term): a second-order term (a double backward per step), run
     with eager attention (PyTorch's fused attention has no double backward on CPU; the model's setting is
     restored afterwards). The card's ``grad_penalty`` entry records mu and the unweighted squared gradient
     norm on the first harmful batch before and after training.
