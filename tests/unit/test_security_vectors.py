@@ -391,3 +391,16 @@ def test_bad_grad_penalty_is_one_line(mu):
     with pytest.raises(SpecError, match=r"gradient penalty .*; expected a finite number >= 0") as e:
         train_vector(tiny_model("llama"), HARM, VectorConfig(rank=2), steps=1, grad_penalty=mu, progress=False)
     assert "\n" not in str(e.value)
+
+
+def test_a_stage1_checkpoint_resumes_only_under_the_same_grad_penalty(tmp_path):
+    """The penalty weight is part of the run's identity: a finished checkpoint of mu = 0.1 is taken up again (the
+    same vector, nothing retrained) by mu = 0.1 and refused by mu = 0.2 and by no penalty."""
+    kw = dict(steps=2, lr=1e-2, seed=0, batch_size=4, checkpoint_dir=tmp_path / "ck", progress=False)
+    v1, r1 = train_vector(tiny_model("llama"), HARM, VectorConfig(rank=2), grad_penalty=0.1, **kw)
+    v2, r2 = train_vector(tiny_model("llama"), HARM, VectorConfig(rank=2), grad_penalty=0.1, **kw)
+    assert r2.resumed_from == 2 and r2.losses == r1.losses
+    assert v1.tensors.keys() == v2.tensors.keys() and all(torch.equal(v1.tensors[k], v2.tensors[k]) for k in v1.tensors)
+    for mu in (0.2, 0.0):
+        with pytest.raises(SpecError, match="another run"):
+            train_vector(tiny_model("llama"), HARM, VectorConfig(rank=2), grad_penalty=mu, **kw)
