@@ -5,8 +5,9 @@ For K batches with gradients g_1..g_K (all base parameters, flattened) it report
 mean ||g_b|| and the coherence ||mean g_b|| / mean ||g_b||: about 1 when every batch pushes the same way
 (something to learn), about 1/sqrt(K) for gradients that are pure noise around a zero mean.
 
-Usage: python benchmarks/security_gradients.py WORK [--batches K] [--json PATH]
-  (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work; its config and vector)
+Usage: python benchmarks/security_gradients.py WORK [--batches K] [--vector DIR] [--json PATH]
+  (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work; its config and, unless
+  --vector names another, its vector)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work")
     ap.add_argument("--batches", type=int, default=32)
+    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     cfg = json.loads((work / "config.json").read_text())
     h = sl.load(cfg["spec"], cache=False)
-    vector = load_vector(work / "vector")
+    vector = load_vector(args.vector or work / "vector")
     pool = harmful_pool(cfg["harmful_source"], seed=cfg["seed"])
     harm = pool[cfg["n_vector"] : cfg["n_vector"] + cfg["batch_size"] * args.batches]  # the fine-tuning pool's start
     benign = benign_pairs(cfg["batch_size"] * args.batches, "train", cfg["seed"], cfg["skill"])
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pure_noise_coherence": round(1 / math.sqrt(k), 4)}
 
     command = " ".join(["python", "benchmarks/security_gradients.py", *sys.argv[1:]])
-    rep = {"work": str(work), "spec": cfg["spec"], "command": command,
+    rep = {"work": str(work), "spec": cfg["spec"], "command": command, "vector": str(args.vector or work / "vector"),
            "harmful_vector_on": stats(harm, True), "harmful_plain": stats(harm, False),
            "benign_vector_on": stats(benign, True), "benign_plain": stats(benign, False)}
     for p in params:
