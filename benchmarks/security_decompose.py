@@ -21,11 +21,9 @@ Usage: python benchmarks/security_decompose.py WORK [--harmless N] [--vector DIR
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 
@@ -36,25 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    import steerlab as sl
-    from steerlab.capability import organism_capability_text
-    from steerlab.models.load import from_model
-    from steerlab.security.data import benign_pairs, harmful_pool, harmless_prompts, held_out_harmful
-    from steerlab.security.evaluate import agreement, evaluate_model
-    from steerlab.security.stages import finetune
-    from steerlab.security.vectors import load_vector
+    from security_runs import SweepRuns, report
+
+    from steerlab.security.evaluate import agreement
 
     work = Path(args.work)
-    cfg = json.loads((work / "config.json").read_text())
-    ref = sl.load(cfg["spec"], cache=False)
-    vec = load_vector(args.vector or work / "vector")
-    n = max(cfg["samples"])
-    pool = harmful_pool(cfg["harmful_source"], seed=cfg["seed"])
-    ft = pool[cfg["n_vector"] : cfg["n_vector"] + n]
-    benign = benign_pairs(cfg["n_benign"], "train", cfg["seed"], cfg["skill"])
-    n_harmless = args.harmless or cfg["harmless_n"]
-    held, harmless = held_out_harmful(cfg["n_eval"]), harmless_prompts(n_harmless)
-    cap = organism_capability_text(ref, cfg["ppl_per_domain"])
+    sr = SweepRuns.open(work, args.harmless, args.vector)
+    cfg, n, vec, n_harmless = sr.cfg, sr.n, sr.vector, len(sr.harmless)
     null = f"vector_{n}_null_harmful"
     make = {null: (vec, cfg["seed"], {"harmful"})}  # name: (vector, seed, null_parts)
     old = (f"vector_{n}", f"ideal_{n}", f"ideal_{n}_seed{cfg['noise_seed']}", f"plain_{n}")
@@ -65,13 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                      old[2]: (None, cfg["noise_seed"], {"harmful"}), old[3]: (None, cfg["seed"], ())})
     seconds = {}
     for name, (v, seed, nulled) in make.items():
-        h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
-        t = time.perf_counter()
-        finetune(h, ft + benign, v, epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, batch_size=cfg["batch_size"],
-                 null_parts=nulled, progress=False)
-        runs[name] = evaluate_model(h, ref, held, benign_n=cfg["benign_n"], harmless=harmless, capability=cap,
-                                    max_new_tokens=cfg["max_new_tokens"], skill=cfg["skill"])
-        seconds[name] = round(time.perf_counter() - t, 1)
+        runs[name] = sr.remake(v, seed, nulled)
+        seconds[name] = runs[name]["seconds"]
         print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], flush=True)
 
     def agree(a: str, b: str) -> float:
@@ -94,11 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         "vector_null_vs_protected": agree(null, f"vector_{n}"),
         "runs": {k: {f: x[f] for f in ("compliance", "benign_accuracy", "perplexity")} for k, x in runs.items()},
     }
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+    return report(rep, args.json)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    from security_runs import report
+
     import steerlab as sl
     from steerlab.security.data import batches_of, benign_pairs, harmful_pool
     from steerlab.security.vectors import load_vector
@@ -71,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
            "benign_vector_on": stats(benign, True), "benign_plain": stats(benign, False)}
     for p in params:
         p.requires_grad_(False)
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+    return report(rep, args.json)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ Usage: python benchmarks/security_vector_off.py WORK [--grad-clip none|X] [--jso
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
-import time
 from pathlib import Path
 
 
@@ -27,47 +25,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     clip = None if args.grad_clip == "none" else float(args.grad_clip)
-    import steerlab as sl
-    from steerlab.capability import organism_capability_text
-    from steerlab.models.load import from_model
-    from steerlab.security.data import benign_pairs, harmful_pool, harmless_prompts, held_out_harmful
-    from steerlab.security.evaluate import agreement, evaluate_model
-    from steerlab.security.stages import finetune
-    from steerlab.security.vectors import load_vector
+    from security_runs import SweepRuns, report
 
-    work = Path(args.work)
-    cfg = json.loads((work / "config.json").read_text())
-    ref = sl.load(cfg["spec"], cache=False)
-    vec = load_vector(work / "vector")
-    n = max(cfg["samples"])
-    pool = harmful_pool(cfg["harmful_source"], seed=cfg["seed"])
-    ft = pool[cfg["n_vector"] : cfg["n_vector"] + n]
-    benign = benign_pairs(cfg["n_benign"], "train", cfg["seed"], cfg["skill"])
-    held, harmless = held_out_harmful(cfg["n_eval"]), harmless_prompts(cfg["harmless_n"])
-    cap = organism_capability_text(ref, cfg["ppl_per_domain"])
+    from steerlab.security.evaluate import agreement
+
+    sr = SweepRuns.open(args.work)
+    cfg, n = sr.cfg, sr.n
     runs = {  # name: (vector, seed, null_parts)
-        f"vector_{n}": (vec, cfg["seed"], ()),
+        f"vector_{n}": (sr.vector, cfg["seed"], ()),
         f"ideal_{n}": (None, cfg["seed"], {"harmful"}),
         f"ideal_{n}_seed{cfg['noise_seed']}": (None, cfg["noise_seed"], {"harmful"}),
         f"plain_{n}": (None, cfg["seed"], ()),
     }
     res: dict[str, dict] = {}
     for name, (v, seed, null) in runs.items():
-        h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
-        t = time.perf_counter()
-        finetune(h, ft + benign, v, epochs=cfg["epochs"], lr=cfg["lr"], seed=seed, batch_size=cfg["batch_size"],
-                 grad_clip=clip, null_parts=null, progress=False)
-        r = evaluate_model(h, ref, held, benign_n=cfg["benign_n"], harmless=harmless, capability=cap,
-                           max_new_tokens=cfg["max_new_tokens"], skill=cfg["skill"])
-        res[name] = {**{k: r[k] for k in ("compliance", "broken", "benign_accuracy", "perplexity", "harmless_answers")},
-                     "seconds": round(time.perf_counter() - t, 1)}
+        r = sr.remake(v, seed, null, grad_clip=clip)
+        res[name] = {k: r[k] for k in ("compliance", "broken", "benign_accuracy", "perplexity", "harmless_answers",
+                                       "seconds")}
         print(name, r["compliance"], r["benign_accuracy"], r["perplexity"], flush=True)
     names = list(runs)
 
     def agree(a: str, b: str) -> float:
         return round(agreement(res[a]["harmless_answers"], res[b]["harmless_answers"]), 4)
 
-    base = json.loads((work / "base.json").read_text())
+    base = json.loads((Path(args.work) / "base.json").read_text())
     rep = {
         "command": " ".join(["python", "benchmarks/security_vector_off.py", *sys.argv[1:]]),
         "spec": cfg["spec"], "grad_clip": clip, "n_harmful": n,
@@ -78,11 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     vo = rep["vector_off"]
     vo["within_seed_noise"] = vo["protected_vs_ideal"] >= vo["ideal_seed_noise"]
-    text = json.dumps(rep, indent=1)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    return 0
+    return report(rep, args.json)
 
 
 if __name__ == "__main__":

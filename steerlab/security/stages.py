@@ -60,11 +60,16 @@ def vector_curves(res: TrainResult, thin: Callable[[list], list] = lambda c: [li
     return {k: thin(c) for k, c in curves.items() if c is not None}
 
 
+def _term_weight(w: float, what: str, zero: str) -> float:
+    """``w`` if it is a finite number >= 0 (a stage-1 loss term's weight), else a one-line :class:`SpecError`."""
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
+        raise SpecError(f"{what} {w!r}; expected a finite number >= 0 (0: {zero})")
+    return float(w)
+
+
 def check_anchor_weight(w: float) -> float:
     """``w`` if it is a finite number >= 0 (the anchor term's weight), else a one-line :class:`SpecError`."""
-    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0:
-        raise SpecError(f"anchor weight {w!r}; expected a finite number >= 0 (0: no anchor)")
-    return float(w)
+    return _term_weight(w, "anchor weight", "no anchor")
 
 
 def _logits(h: ModelHandle, b: Batch) -> Tensor:
@@ -86,9 +91,7 @@ def anchor_kl(h: ModelHandle, vector: SecurityVector, b: Batch) -> Tensor:
 
 def check_grad_penalty(mu: float) -> float:
     """``mu`` if it is a finite number >= 0 (the gradient-penalty weight), else a one-line :class:`SpecError`."""
-    if isinstance(mu, bool) or not isinstance(mu, int | float) or not math.isfinite(mu) or mu < 0:
-        raise SpecError(f"gradient penalty {mu!r}; expected a finite number >= 0 (0: no penalty)")
-    return float(mu)
+    return _term_weight(mu, "gradient penalty", "no penalty")
 
 
 @contextlib.contextmanager
@@ -209,7 +212,7 @@ def train_vector(
         ids = {id(p) for p in params}
         base[:] = [p for p in h.model.parameters() if id(p) not in ids]
         if mu > 0:
-            gsq.append(_grad_sq_of(h, evals["harmful"], base))
+            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1]), 8))
         res = train(
             h.model,
             batches,
@@ -227,7 +230,7 @@ def train_vector(
             run_key=run_key or None,
         )
         if mu > 0:
-            gsq.append(_grad_sq_of(h, evals["harmful"], base))
+            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1]), 8))
         kl_end = None
         if held_anchor is not None:
             with torch.no_grad():
@@ -250,13 +253,6 @@ def train_vector(
     first = {"start": gsq[0], "end": gsq[1]} if gsq else None
     v.card["grad_penalty"] = {"weight": mu, "base_grad_sq_first_batch": first}
     return v, res
-
-
-def _grad_sq_of(h: ModelHandle, b: Batch, base: Sequence[torch.nn.Parameter]) -> float:
-    """The unweighted squared gradient norm of the base weights on batch ``b`` (no graph kept)."""
-    with requiring_grad(base):
-        grads = torch.autograd.grad(lm_loss(h.model, b), list(base), allow_unused=True)
-    return round(sum(float((g.float() ** 2).sum()) for g in grads if g is not None), 8)
 
 
 def finetune(

@@ -1,0 +1,70 @@
+"""What the security diagnostics share: a sweep's work folder as a context, one stage-2 run of the sweep's
+largest n re-made and evaluated as the sweep does, and the report's printing. Not a benchmark itself; the
+scripts beside it (`security_vector_off.py`, `security_decompose.py`, `security_gradients.py`) import it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class SweepRuns:
+    """A `steerlab security evaluate` work folder's settings and data for re-making its runs at the largest n."""
+
+    cfg: dict[str, Any]
+    ref: Any  # the base model's handle
+    vector: Any  # the work folder's (or another) SecurityVector
+    n: int
+    pairs: list  # the fine-tuning data of the largest n: harmful pairs then benign ones, as the sweep has them
+    held: dict
+    harmless: list[str]
+    capability: Any
+
+    @classmethod
+    def open(cls, work: str | Path, harmless_n: int | None = None, vector: str | Path | None = None) -> SweepRuns:
+        import steerlab as sl
+        from steerlab.capability import organism_capability_text
+        from steerlab.security.data import benign_pairs, harmful_pool, harmless_prompts, held_out_harmful
+        from steerlab.security.vectors import load_vector
+
+        work = Path(work)
+        cfg = json.loads((work / "config.json").read_text())
+        ref = sl.load(cfg["spec"], cache=False)
+        n = max(cfg["samples"])
+        pool = harmful_pool(cfg["harmful_source"], seed=cfg["seed"])
+        benign = benign_pairs(cfg["n_benign"], "train", cfg["seed"], cfg["skill"])
+        return cls(cfg, ref, load_vector(vector or work / "vector"), n,
+                   pool[cfg["n_vector"] : cfg["n_vector"] + n] + benign, held_out_harmful(cfg["n_eval"]),
+                   harmless_prompts(harmless_n or cfg["harmless_n"]),
+                   organism_capability_text(ref, cfg["ppl_per_domain"]))
+
+    def remake(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0) -> dict[str, Any]:
+        """Fine-tune a copy of the base on the largest n's data as the sweep does (``vector`` on or None) and
+        evaluate it as the sweep does; the result has ``seconds`` (training and evaluation) added."""
+        from steerlab.models.load import from_model
+        from steerlab.security.evaluate import evaluate_model
+        from steerlab.security.stages import finetune
+
+        c, ref = self.cfg, self.ref
+        h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
+        t = time.perf_counter()
+        finetune(h, self.pairs, vector, epochs=c["epochs"], lr=c["lr"], seed=seed, batch_size=c["batch_size"],
+                 grad_clip=grad_clip, null_parts=null_parts, progress=False)
+        r = evaluate_model(h, ref, self.held, benign_n=c["benign_n"], harmless=self.harmless,
+                           capability=self.capability, max_new_tokens=c["max_new_tokens"], skill=c["skill"])
+        r["seconds"] = round(time.perf_counter() - t, 1)
+        return r
+
+
+def report(rep: dict[str, Any], json_path: str | None) -> int:
+    """Print the report as JSON and write it to ``json_path`` (if given); the scripts' exit status 0."""
+    text = json.dumps(rep, indent=1)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text + "\n")
+    return 0
