@@ -212,7 +212,7 @@ def train_vector(
         ids = {id(p) for p in params}
         base[:] = [p for p in h.model.parameters() if id(p) not in ids]
         if mu > 0:
-            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1]), 8))
+            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1].detach()), 8))
         res = train(
             h.model,
             batches,
@@ -230,7 +230,7 @@ def train_vector(
             run_key=run_key or None,
         )
         if mu > 0:
-            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1]), 8))
+            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1].detach()), 8))
         kl_end = None
         if held_anchor is not None:
             with torch.no_grad():
