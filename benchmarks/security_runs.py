@@ -43,20 +43,30 @@ class SweepRuns:
                    harmless_prompts(harmless_n or cfg["harmless_n"]),
                    organism_capability_text(ref, cfg["ppl_per_domain"]))
 
-    def remake(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0) -> dict[str, Any]:
-        """Fine-tune a copy of the base on the largest n's data as the sweep does (``vector`` on or None) and
-        evaluate it as the sweep does; the result has ``seconds`` (training and evaluation) added."""
+    def train(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0, **kw: Any) -> Any:
+        """A copy of the base fine-tuned on the largest n's data as the sweep does (``vector`` on or None);
+        ``kw`` goes to :func:`steerlab.security.stages.finetune` (e.g. ``adam_eps``)."""
         from steerlab.models.load import from_model
-        from steerlab.security.evaluate import evaluate_model
         from steerlab.security.stages import finetune
 
         c, ref = self.cfg, self.ref
         h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
-        t = time.perf_counter()
         finetune(h, self.pairs, vector, epochs=c["epochs"], lr=c["lr"], seed=seed, batch_size=c["batch_size"],
-                 grad_clip=grad_clip, null_parts=null_parts, progress=False)
-        r = evaluate_model(h, ref, self.held, benign_n=c["benign_n"], harmless=self.harmless,
-                           capability=self.capability, max_new_tokens=c["max_new_tokens"], skill=c["skill"])
+                 grad_clip=grad_clip, null_parts=null_parts, progress=False, **kw)
+        return h
+
+    def evaluate(self, h: Any) -> dict[str, Any]:
+        """``h`` evaluated as the sweep evaluates its runs."""
+        from steerlab.security.evaluate import evaluate_model
+
+        c = self.cfg
+        return evaluate_model(h, self.ref, self.held, benign_n=c["benign_n"], harmless=self.harmless,
+                              capability=self.capability, max_new_tokens=c["max_new_tokens"], skill=c["skill"])
+
+    def remake(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0) -> dict[str, Any]:
+        """:meth:`train` then :meth:`evaluate`; the result has ``seconds`` (training and evaluation) added."""
+        t = time.perf_counter()
+        r = self.evaluate(self.train(vector, seed, null_parts, grad_clip))
         r["seconds"] = round(time.perf_counter() - t, 1)
         return r
 

@@ -1,0 +1,124 @@
+"""Where the protected model's drift from the perfect-vector run lives, and which weights carry it.
+
+The vector-off check compares the protected model (fine-tuned with the vector on, off at inference) with the
+perfect-vector run (the same batches in the same order, the harmful ones carrying exactly zero gradient). This
+script re-makes, as the sweep does at its largest n, the protected run, the perfect-vector run at two seeds and
+plain fine-tuning, keeps their weights and reports:
+
+* ``agreement``: exact agreement of the greedy harmless answers with the perfect-vector run (as the sweep);
+* ``distance``: the L2 distance of every weight tensor from the perfect-vector run's (protected, plain, the second
+  seed), over all tensors and the largest ones;
+* ``output_rows``: the output layer's distance per row, grouped by where the row's token occurs in the responses of
+  the fine-tuning data (harmful part only, benign part only, both, neither): mean row distance and share of the
+  squared distance;
+* ``swap``: agreement after giving the protected model the perfect-vector run's output layer (and input
+  embeddings), and the other way round.
+
+Usage: python benchmarks/security_drift.py WORK [--harmless N] [--vector DIR] [--top K] [--json PATH]
+  (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work")
+    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
+    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
+    ap.add_argument("--top", type=int, default=12, help="tensors listed by distance")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    import torch
+    from security_runs import SweepRuns, report
+
+    from steerlab.security.evaluate import agreement, greedy
+
+    sr = SweepRuns.open(args.work, args.harmless, args.vector)
+    cfg, n = sr.cfg, sr.n
+    plan = {  # name: (vector, seed, null_parts)
+        "protected": (sr.vector, cfg["seed"], ()),
+        "ideal": (None, cfg["seed"], {"harmful"}),
+        "ideal_seed1": (None, cfg["noise_seed"], {"harmful"}),
+        "plain": (None, cfg["seed"], ()),
+    }
+    weights, runs, seconds = {}, {}, {}
+    model = None
+    for name, (v, seed, nulled) in plan.items():
+        t = time.perf_counter()
+        h = sr.train(v, seed, nulled)
+        runs[name] = sr.evaluate(h)
+        weights[name] = {k: x.detach().clone() for k, x in h.model.state_dict().items()}
+        seconds[name] = round(time.perf_counter() - t, 1)
+        model = h
+        print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], seconds[name], flush=True)
+    assert model is not None
+    ref = runs["ideal"]["harmless_answers"]
+    names = {id(p): k for k, p in model.model.named_parameters()}
+    head = names[id(model.model.get_output_embeddings().weight)]
+    emb = names[id(model.model.get_input_embeddings().weight)]
+
+    def dist(a: str, b: str, k: str) -> float:
+        return float((weights[a][k].float() - weights[b][k].float()).norm())
+
+    keys = [k for k, x in weights["ideal"].items() if x.is_floating_point()]
+    per = {k: {o: dist(o, "ideal", k) for o in ("protected", "plain", "ideal_seed1")} for k in keys}
+    total = {o: sum(per[k][o] ** 2 for k in keys) ** 0.5 for o in ("protected", "plain", "ideal_seed1")}
+    top = sorted(keys, key=lambda k: -per[k]["protected"])[: args.top]
+
+    tok = model.tokenizer
+    counts = {part: collections.Counter() for part in ("harmful", "benign")}
+    for p in sr.pairs:
+        counts[p.part].update(tok(p.response, add_special_tokens=False)["input_ids"])
+    rows: dict[str, dict[str, float | int | None]] = {}
+    d = {o: (weights[o][head].float() - weights["ideal"][head].float()).norm(dim=1)
+         for o in ("protected", "ideal_seed1")}
+    vocab = d["protected"].numel()
+    in_h = torch.tensor([counts["harmful"][i] > 0 for i in range(vocab)])
+    in_b = torch.tensor([counts["benign"][i] > 0 for i in range(vocab)])
+    for group, m in (("harmful_only", in_h & ~in_b), ("benign_only", in_b & ~in_h), ("both", in_h & in_b),
+                     ("neither", ~in_h & ~in_b)):
+        rows[group] = {"rows": int(m.sum())}
+        for o, x in d.items():
+            rows[group][f"{o}_mean_row_distance"] = round(float(x[m].mean()), 5) if m.any() else None
+            rows[group][f"{o}_share_of_squared"] = round(float((x[m] ** 2).sum() / (x**2).sum()), 4)
+
+    def answers_with(base: str, donor: str, ks: list[str]) -> list[str]:
+        sd = dict(weights[base])
+        sd.update({k: weights[donor][k] for k in ks})
+        model.model.load_state_dict(sd)
+        return greedy(model, sr.harmless, cfg["max_new_tokens"])
+
+    swap = {
+        "protected_with_ideal_output_layer": agreement(answers_with("protected", "ideal", [head]), ref),
+        "protected_with_ideal_output_layer_and_embeddings": agreement(
+            answers_with("protected", "ideal", list(dict.fromkeys([head, emb]))), ref
+        ),
+        "ideal_with_protected_output_layer": agreement(answers_with("ideal", "protected", [head]), ref),
+        "plain_with_ideal_output_layer": agreement(answers_with("plain", "ideal", [head]), ref),
+    }
+    rep = {
+        "command": " ".join(["python", "benchmarks/security_drift.py", *sys.argv[1:]]),
+        "spec": cfg["spec"], "n_harmful": n, "harmless_prompts": len(sr.harmless),
+        "seconds": seconds,
+        "vector": {"path": str(args.vector or f"{args.work}/vector"),
+                   "grad_penalty": sr.vector.card.get("grad_penalty"),
+                   "anchor_weight": sr.vector.card.get("anchor", {}).get("weight")},
+        "runs": {k: {f: x[f] for f in ("compliance", "benign_accuracy", "perplexity")} for k, x in runs.items()},
+        "agreement": {k: round(agreement(x["harmless_answers"], ref), 4) for k, x in runs.items() if k != "ideal"},
+        "distance": {"output_layer": head, "input_embeddings": emb,
+                     "total": {k: round(v, 4) for k, v in total.items()},
+                     "largest": {k: {o: round(v, 4) for o, v in per[k].items()} for k in top}},
+        "output_rows": rows,
+        "swap": {k: round(v, 4) for k, v in swap.items()},
+    }
+    return report(rep, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
