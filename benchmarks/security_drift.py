@@ -12,7 +12,10 @@ plain fine-tuning, keeps their weights and reports:
   the fine-tuning data (harmful part only, benign part only, both, neither): mean row distance and share of the
   squared distance;
 * ``swap``: agreement after giving the protected model the perfect-vector run's output layer (and input
-  embeddings), and the other way round.
+  embeddings), and the other way round;
+* ``experts`` (models with fused routed experts, ``...mlp.experts.*`` tensors with the expert first): the experts
+  the benign data never reached (bit-identical to the base in both perfect-vector runs), their share of the
+  squared distance, and agreement after resetting them in the protected and plain models.
 
 Usage: python benchmarks/security_drift.py WORK [--harmless N] [--vector DIR] [--top K] [--json PATH]
   (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from steerlab.security.evaluate import agreement, greedy
 
     sr = SweepRuns.open(args.work, args.harmless, args.vector)
+    base = {k: x.detach().clone() for k, x in sr.ref.model.state_dict().items()}
     cfg, n = sr.cfg, sr.n
     plan = {  # name: (vector, seed, null_parts)
         "protected": (sr.vector, cfg["seed"], ()),
@@ -102,6 +106,33 @@ def main(argv: list[str] | None = None) -> int:
         "ideal_with_protected_output_layer": agreement(answers_with("ideal", "protected", [head]), ref),
         "plain_with_ideal_output_layer": agreement(answers_with("plain", "ideal", [head]), ref),
     }
+    experts: dict[str, object] = {}
+    untouched = {
+        k: ((weights["ideal"][k] == base[k]) & (weights["ideal_seed1"][k] == base[k])).flatten(1).all(1)
+        for k in keys if ".mlp.experts." in k and weights["ideal"][k].dim() >= 3
+    }
+    if untouched:
+
+        def reset(a: str) -> list[str]:  # a's answers with the untouched experts as the base has them
+            sd = dict(weights[a])
+            for k, m in untouched.items():
+                sd[k] = torch.where(m.view(-1, *[1] * (base[k].dim() - 1)), base[k], weights[a][k])
+            model.model.load_state_dict(sd)
+            return greedy(model, sr.harmless, cfg["max_new_tokens"])
+
+        def share(a: str) -> float:
+            sq = sum(
+                float(((weights[a][k].float() - base[k].float()).flatten(1).norm(dim=1)[m] ** 2).sum())
+                for k, m in untouched.items()
+            )  # untouched experts: the perfect-vector run has the base's weights there
+            return round(sq / total[a] ** 2, 4)
+
+        experts = {
+            "untouched": {k: int(m.sum()) for k, m in untouched.items()},
+            "of": {k: int(m.numel()) for k, m in untouched.items()},
+            "share_of_squared_distance": {a: share(a) for a in ("protected", "plain")},
+            "agreement_after_reset": {a: round(agreement(reset(a), ref), 4) for a in ("protected", "plain")},
+        }
     rep = {
         "command": " ".join(["python", "benchmarks/security_drift.py", *sys.argv[1:]]),
         "spec": cfg["spec"], "n_harmful": n, "harmless_prompts": len(sr.harmless),
@@ -116,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                      "largest": {k: {o: round(v, 4) for o, v in per[k].items()} for k in top}},
         "output_rows": rows,
         "swap": {k: round(v, 4) for k, v in swap.items()},
+        "experts": experts,
     }
     return report(rep, args.json)
 
