@@ -82,6 +82,16 @@ def _settle(page) -> None:
     page.wait_for_selector('[data-testid="stApp"][data-test-script-state="notRunning"]', timeout=TIMEOUT_MS)
 
 
+def _plot_text(loc, *expected: str) -> str:
+    """The text of ``loc`` (a plot, or a panel holding one) once it shows every ``expected`` string: plotly draws
+    after Streamlit's run has ended, so a plot's text is waited for, not read at once."""
+    from playwright.sync_api import expect
+
+    for e in expected:
+        expect(loc).to_contain_text(e, use_inner_text=True, timeout=TIMEOUT_MS)
+    return loc.inner_text()
+
+
 def _assert_clean(page) -> None:
     assert page.locator('[data-testid="stException"]').count() == 0, page.locator(
         '[data-testid="stException"]').first.inner_text()
@@ -296,9 +306,8 @@ def test_sampling_page_per_step_diagnostics(dash):
     _settle(page)
     plots = page.locator(".js-plotly-plot")
     assert plots.count() >= 2  # per-step sizes/entropies and the cut-point bars
-    text = plots.first.inner_text()
-    assert "kept-set size" in text and "entropy (nats)" in text
-    assert "keeps" in plots.nth(1).inner_text()  # each rule's cut at the chosen step
+    _plot_text(plots.first, "kept-set size", "entropy (nats)")
+    _plot_text(plots.nth(1), "keeps")  # each rule's cut at the chosen step
     _assert_clean(page)
     page.get_by_text("Completion", exact=False).first.scroll_into_view_if_needed()
     page.mouse.wheel(0, 420)
@@ -402,15 +411,14 @@ def test_preferences_page_published_weights_two_judges_and_a_pair(dash):
     _settle(page)
     assert "human" in judges.inner_text() and "qwen-72b-chat" in judges.inner_text()
     plot = page.locator(".js-plotly-plot").first
-    plot.wait_for()
-    text = plot.inner_text()
-    assert "qwen-72b-chat" in text and "human" in text and "gpt-4-1106-preview" not in text
+    text = _plot_text(plot, "qwen-72b-chat", "human")
+    assert "gpt-4-1106-preview" not in text
     assert "contain rich info" in text and "Advice" in text
     _assert_clean(page)
     _screenshot(page, "preferences")
     page.get_by_role("tab", name="Judge similarity").click()
     _settle(page)
-    assert "Pearson r of property weights" in page.get_by_role("tabpanel", name="Judge similarity").inner_text()
+    _plot_text(page.get_by_role("tabpanel", name="Judge similarity"), "Pearson r of property weights")
     page.get_by_role("tab", name="Pairs").click()
     panel = page.get_by_role("tabpanel", name="Pairs")
     number = panel.get_by_role("spinbutton")
@@ -439,7 +447,7 @@ def test_steer_page_extracts_a_direction_and_profiles_probes(dash):
     page.get_by_text("Best site").wait_for()
     _settle(page)
     panel = page.get_by_role("tabpanel", name="Probes")
-    assert "held-out accuracy" in panel.locator(".js-plotly-plot").first.inner_text()
+    _plot_text(panel.locator(".js-plotly-plot").first, "held-out accuracy")
     _assert_clean(page)
     _screenshot(page, "steer")
 def test_security_page_curves_and_loss(dash):
@@ -448,14 +456,12 @@ def test_security_page_curves_and_loss(dash):
     _settle(page)
     assert page.locator("h1").first.inner_text() == "Security"
     plot = page.locator(".js-plotly-plot").first
-    plot.wait_for()
-    assert "harmful fine-tuning samples" in plot.inner_text() and "with security vector" in plot.inner_text()
+    _plot_text(plot, "harmful fine-tuning samples", "with security vector")
     _assert_clean(page)
     _screenshot(page, "security")
     page.get_by_role("tab", name="Loss curves").click()
     panel = page.get_by_role("tabpanel", name="Loss curves")
-    panel.locator(".js-plotly-plot").first.wait_for()
-    assert "Loss per data part" in panel.inner_text()
+    _plot_text(panel.locator(".js-plotly-plot").first, "Loss per data part")
     page.get_by_role("tab", name="Side by side").click()
     page.get_by_text("Recorded answers").wait_for()
     _assert_clean(page)
