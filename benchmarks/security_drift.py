@@ -15,7 +15,11 @@ plain fine-tuning, keeps their weights and reports:
   embeddings), and the other way round;
 * ``experts`` (models with fused routed experts, ``...mlp.experts.*`` tensors with the expert first): the experts
   the benign data never reached (bit-identical to the base in both perfect-vector runs), their share of the
-  squared distance, and agreement after resetting them in the protected and plain models.
+  squared distance, and agreement after resetting them in the protected and plain models; and per expert the share
+  of harmful tokens among the fine-tuning tokens routed to it (320 pairs of each part; with the vector on, as the
+  protected run routes them, and off, as the plain run does) against its distance from the perfect-vector run's
+  (gate and up and down tensors together): the correlation, and the mean distance in the third of the experts with
+  the lowest and with the highest harmful share.
 
 Usage: python benchmarks/security_drift.py WORK [--harmless N] [--vector DIR] [--top K] [--json PATH]
   (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
@@ -27,6 +31,60 @@ import argparse
 import collections
 import sys
 import time
+from typing import Any
+
+
+def routing(sr: Any, weights: dict[str, dict[str, Any]], keys: list[str], n: int = 320) -> dict[str, Any]:
+    """Per-expert harmful share of the routed fine-tuning tokens against the per-expert distance (see the top)."""
+    import contextlib
+
+    import torch
+
+    from steerlab.activations import capture
+
+    h = sr.ref
+    layers = list(h.adapter.moe_layers)
+    n_exp = h.adapter.layers[layers[0]].rule.n_experts
+    sites = [f"blocks.{i}.moe.topk_indices" for i in layers]
+
+    def counts(part: str, on: bool) -> Any:
+        texts = [h.format_chat(p.prompt) + p.response for p in sr.pairs if p.part == part][:n]
+        with sr.vector.on(h) if on else contextlib.nullcontext():
+            cap = capture(h, texts, sites, batch_size=16)
+        m = cap.attention_mask.bool()
+        return torch.stack([torch.bincount(cap[s][m].long().flatten(), minlength=n_exp).float() for s in sites])
+
+    def share(on: bool) -> Any:
+        harm = counts("harmful", on)
+        return harm / (harm + counts("benign", on)).clamp_min(1)
+
+    def drift(a: str) -> Any:  # [layers, experts]
+        rows = []
+        for i in layers:
+            ks = [k for k in keys if f"layers.{i}.mlp.experts." in k]
+            rows.append(sum((weights[a][k].float() - weights["ideal"][k].float()).flatten(1).norm(dim=1) ** 2
+                            for k in ks) ** 0.5)
+        return torch.stack(rows).flatten()
+
+    def corr(a: Any, b: Any) -> float:
+        a, b = a - a.mean(), b - b.mean()
+        return round(float((a * b).sum() / (a.norm() * b.norm())), 4)
+
+    on, off = share(True).flatten(), share(False).flatten()
+    d = {a: drift(a) for a in ("protected", "plain", "ideal_seed1")}
+    order = on.argsort()
+    third = len(order) // 3
+    groups = {"lowest_third": order[:third], "highest_third": order[-third:]}
+    return {
+        "pairs_per_part": n,
+        "correlation_share_vs_distance": {"protected (vector on)": corr(on, d["protected"]),
+                                          "plain (vector off)": corr(off, d["plain"])},
+        "by_harmful_share_with_vector_on": {
+            g: {"harmful_share": round(float(on[ix].mean()), 4),
+                **{a: round(float(x[ix].mean()), 4) for a, x in d.items()}}
+            for g, ix in groups.items()
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             return round(sq / total[a] ** 2, 4)
 
         experts = {
+            "routing": routing(sr, weights, [k for k in untouched]),
             "untouched": {k: int(m.sum()) for k, m in untouched.items()},
             "of": {k: int(m.numel()) for k, m in untouched.items()},
             "share_of_squared_distance": {a: share(a) for a in ("protected", "plain")},
