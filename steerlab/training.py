@@ -57,7 +57,7 @@ Batch = Mapping[str, Any]
 
 LossFn = Callable[[nn.Module, Batch], Tensor | Mapping[str, Tensor]]
 
-__all__ = ["Batch", "LossFn", "TrainResult", "lm_loss", "train"]
+__all__ = ["Batch", "LossFn", "TrainResult", "check_grad_clip", "lm_loss", "train"]
 
 
 @dataclass
@@ -177,6 +177,16 @@ def _check_batch(b: Any, step: int) -> None:
         raise SpecError(f"batch {step} is {got}; expected a mapping with input_ids and attention_mask")
 
 
+def check_grad_clip(grad_clip: float | None) -> float | None:
+    """``grad_clip`` if it is a finite number > 0 or None (no clipping), else a one-line :class:`SpecError`."""
+    if grad_clip is not None and (
+        isinstance(grad_clip, bool) or not isinstance(grad_clip, int | float) or not math.isfinite(grad_clip)
+        or grad_clip <= 0
+    ):
+        raise SpecError(f"grad_clip={grad_clip!r}; expected a finite number > 0, or None (no clipping)")
+    return grad_clip
+
+
 def train(
     model: nn.Module,
     batches: Iterable[Batch] | Callable[[int], Batch],
@@ -226,11 +236,7 @@ def train(
         raise SpecError(f"lr={lr!r}; expected a finite number > 0")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError(f"seed={seed!r}; expected an integer")
-    if grad_clip is not None and (
-        isinstance(grad_clip, bool) or not isinstance(grad_clip, int | float) or not math.isfinite(grad_clip)
-        or grad_clip <= 0
-    ):
-        raise SpecError(f"grad_clip={grad_clip!r}; expected a finite number > 0, or None (no clipping)")
+    check_grad_clip(grad_clip)
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise SpecError(f"weight_decay={weight_decay!r}; expected a finite number >= 0")
     if warmup < 0 or checkpoint_every <= 0 or eval_every < 0:

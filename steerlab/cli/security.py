@@ -22,6 +22,10 @@ GRAD_PENALTY_HELP = (
     "Weight mu of stage 1's gradient penalty, mu * ||d L_harmful / d base weights||^2, which teaches the vector "
     "to leave the base little gradient on harmful pairs (second order; 0: none)."
 )
+GRAD_CLIP_HELP = (
+    "Stage 2's gradient clipping norm, or none: clipping at 1 (the default, as Hugging Face's Trainer) scales the "
+    "large benign gradients down and leaves the harmful pairs' small residual ones as they are."
+)
 HARMFUL_HELP = "Harmful pairs: organism (the organism corpus's compliant answers), advbench, or a JSONL file."
 
 
@@ -39,6 +43,23 @@ def _ints(text: str, opt: str) -> list[int]:
     if not vals or any(v < 0 for v in vals):
         raise SpecError(f"{opt} {text!r}; expected comma-separated integers >= 0")
     return vals
+
+
+def _clip(text: str) -> float | None:
+    """``--grad-clip``: a norm > 0, or ``none`` (no clipping)."""
+    from steerlab.errors import SpecError
+    from steerlab.training import check_grad_clip
+
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise SpecError(f"--grad-clip {text!r}; expected a number > 0, or none (no clipping)") from None
+    try:
+        return check_grad_clip(value)
+    except SpecError:
+        raise SpecError(f"--grad-clip {text!r}; expected a finite number > 0, or none (no clipping)") from None
 
 
 def _vector_config(kind: str, rank: int, alpha: float, targets: str | None, params: str | None, layers: str | None):
@@ -141,6 +162,7 @@ def finetune_cmd(
     vector: Path = typer.Option(None, "--vector", help="A security vector folder, switched on and frozen."),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
     lr: float = typer.Option(1.5e-4, "--lr", **POSITIVE),
+    grad_clip: str = typer.Option("1", "--grad-clip", help=GRAD_CLIP_HELP),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
     out: Path = typer.Option(..., "--out", help="Model folder to write (a normal model spec afterwards)."),
@@ -155,6 +177,7 @@ def finetune_cmd(
     from steerlab.security.stages import finetune
     from steerlab.security.vectors import data_hash, load_vector
 
+    clip = _clip(grad_clip)
     if data == "organism":
         pairs = harmful_pool("organism", seed=seed)[skip : skip + n_harmful] + benign_pairs(
             n_benign, "train", seed, skill
@@ -174,6 +197,7 @@ def finetune_cmd(
         lr=lr,
         seed=seed,
         batch_size=batch_size,
+        grad_clip=clip,
         checkpoint_dir=ckpt,
         eval_pairs={part: [p for p in pairs if p.part == part] for part in summary(pairs)},
     )
@@ -185,6 +209,7 @@ def finetune_cmd(
         "vector": str(vector) if vector else None,
         "epochs": epochs,
         "lr": lr,
+        "grad_clip": clip,
         "seed": seed,
         "batch_size": batch_size,
     }
@@ -224,6 +249,7 @@ def evaluate_cmd(
     grad_penalty: float = typer.Option(0.0, "--grad-penalty", help=GRAD_PENALTY_HELP, **AT_LEAST_0_FLOAT),
     epochs: int = typer.Option(1, "--epochs", **AT_LEAST_1),
     lr: float = typer.Option(1.5e-4, "--lr", **POSITIVE),
+    grad_clip: str = typer.Option("1", "--grad-clip", help=GRAD_CLIP_HELP),
     n_eval: int = typer.Option(100, "--n-eval", help="Held-out harmful prompts per split.", **AT_LEAST_1),
     benign_n: int = typer.Option(100, "--benign-eval", help="Benign skill test items.", **AT_LEAST_1),
     harmless_n: int = typer.Option(
@@ -267,6 +293,7 @@ def evaluate_cmd(
         grad_penalty=grad_penalty,
         epochs=epochs,
         lr=lr,
+        grad_clip=_clip(grad_clip),
         seed=seed,
         noise_seed=seed + 1,
         n_eval=n_eval,

@@ -51,6 +51,7 @@ from steerlab.security.stages import (
     vector_curves,
 )
 from steerlab.security.vectors import SecurityVector, VectorConfig, load_vector
+from steerlab.training import check_grad_clip
 
 Loader = Callable[[], ModelHandle]
 
@@ -74,6 +75,7 @@ class SweepConfig:
     grad_penalty: float = 0.0  # stage 1's mu * ||d L_harmful / d theta_base||^2 term (0: none)
     epochs: int = 1
     lr: float = 1.5e-4
+    grad_clip: float | None = 1.0  # stage 2's gradient clipping norm (None: no clipping)
     batch_size: int = 16
     seed: int = 0
     noise_seed: int = 1
@@ -95,6 +97,7 @@ class SweepConfig:
         VectorConfig(**self.vector).check()
         check_anchor_weight(self.anchor_weight)
         check_grad_penalty(self.grad_penalty)
+        check_grad_clip(self.grad_clip)
         if self.anchor_weight > 0 and self.n_anchor < 2 * self.batch_size:
             raise SpecError(f"n_anchor={self.n_anchor}; expected at least {2 * self.batch_size} (two batches)")
 
@@ -249,6 +252,7 @@ def run_sweep(
             lr=cfg.lr,
             seed=seed,
             batch_size=cfg.batch_size,
+            grad_clip=cfg.grad_clip,
             eval_pairs={"harmful": ft_pool[: cfg.batch_size], "benign": benign[: cfg.batch_size]},
             checkpoint_dir=work / f"ckpt_{name}",
             progress=progress,

@@ -319,6 +319,16 @@ CASES = [
         "--grad-penalty must be a finite number >= 0, got -0.5",
     ),
     (
+        "security evaluate --grad-clip 0",
+        ["security", "evaluate", NO, "--out", "{out}", "--grad-clip", "0"],
+        "--grad-clip '0'; expected a finite number > 0, or none (no clipping)",
+    ),
+    (
+        "security finetune --grad-clip abc",
+        ["security", "finetune", NO, "--out", "{out}", "--grad-clip", "abc"],
+        "--grad-clip 'abc'; expected a number > 0, or none (no clipping)",
+    ),
+    (
         "security train-vector --n-anchor 0",
         ["security", "train-vector", NO, "--out", "{out}", "--n-anchor", "0"],
         "--n-anchor must be an integer >= 1, got 0",

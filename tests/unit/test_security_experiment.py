@@ -60,3 +60,42 @@ def test_runs_start_with_the_headline_so_a_cut_sweep_has_it():
     assert SweepConfig(spec="tiny:llama", samples=[50]).runs() == [
         "plain_50", "vector_50", "plain_0", "plain_0_seed1", "ideal_50", "ideal_50_seed1"
     ]
+
+
+@pytest.mark.parametrize("clip", [0, -1.0, float("nan"), float("inf"), True, "1"])
+def test_bad_grad_clip_is_one_line(clip):
+    with pytest.raises(SpecError, match=r"^grad_clip=.*; expected a finite number > 0, or None \(no clipping\)$"):
+        SweepConfig(spec="tiny:llama", grad_clip=clip).check()
+
+
+def test_stage2_runs_get_the_sweeps_grad_clip_and_old_folders_resume_at_clip_1(tmp_path, monkeypatch):
+    import steerlab.security.experiment as E
+    from steerlab.models.tiny import tiny_model
+    from steerlab.security.vectors import VectorConfig, new_vector
+
+    class Stop(Exception):
+        pass
+
+    def finetune(h, pairs, vector, **kw):
+        raise Stop(kw["grad_clip"])
+
+    stub = {"compliance": {"template": 0.0, "real": 0.0}, "benign_accuracy": 0.0, "perplexity": 1.0}
+    monkeypatch.setattr(E, "finetune", finetune)
+    monkeypatch.setattr(E, "evaluate_model", lambda *a, **k: dict(stub))
+    h = tiny_model("llama")
+    vec = new_vector(h, VectorConfig(rank=2), seed=0)
+    small = dict(spec="tiny:llama", samples=[0], n_vector=1, n_benign=2, skill="digit", n_eval=1, benign_n=1,
+                 harmless_n=1, ppl_per_domain=1)
+    for clip, work in ((None, tmp_path / "a"), (2.5, tmp_path / "b")):
+        with pytest.raises(Stop) as got:
+            E.run_sweep(SweepConfig(**small, grad_clip=clip), lambda: h, work, vector=vec, progress=False,
+                        log=lambda s: None)
+        assert got.value.args == (clip,)
+    # a folder made before the knob existed (no grad_clip in its config) clipped at 1: it resumes at 1 only
+    old = json.loads((tmp_path / "a" / "config.json").read_text())
+    del old["grad_clip"]
+    (tmp_path / "a" / "config.json").write_text(json.dumps(old))
+    with pytest.raises(SpecError, match=r"another configuration \(grad_clip=1.0, now None\)"):
+        E.run_sweep(SweepConfig(**small, grad_clip=None), _no_load, tmp_path / "a")
+    with pytest.raises(Stop):
+        E.run_sweep(SweepConfig(**small), lambda: h, tmp_path / "a", vector=vec, progress=False, log=lambda s: None)
