@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             return round(sq / total[a] ** 2, 4)
 
         experts = {
-            "routing": routing(sr, weights, [k for k in untouched]),
+            "routing": routing(sr, weights, list(untouched)),
             "untouched": {k: int(m.sum()) for k, m in untouched.items()},
             "of": {k: int(m.numel()) for k, m in untouched.items()},
             "share_of_squared_distance": {a: share(a) for a in ("protected", "plain")},

@@ -43,16 +43,15 @@ class SweepRuns:
                    harmless_prompts(harmless_n or cfg["harmless_n"]),
                    organism_capability_text(ref, cfg["ppl_per_domain"]))
 
-    def train(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0, **kw: Any) -> Any:
-        """A copy of the base fine-tuned on the largest n's data as the sweep does (``vector`` on or None);
-        ``kw`` goes to :func:`steerlab.security.stages.finetune` (e.g. ``adam_eps``)."""
+    def train(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0) -> Any:
+        """A copy of the base fine-tuned on the largest n's data as the sweep does (``vector`` on or None)."""
         from steerlab.models.load import from_model
         from steerlab.security.stages import finetune
 
         c, ref = self.cfg, self.ref
         h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
         finetune(h, self.pairs, vector, epochs=c["epochs"], lr=c["lr"], seed=seed, batch_size=c["batch_size"],
-                 grad_clip=grad_clip, null_parts=null_parts, progress=False, **kw)
+                 grad_clip=grad_clip, null_parts=null_parts, progress=False)
         return h
 
     def evaluate(self, h: Any) -> dict[str, Any]:

@@ -208,11 +208,15 @@ def train_vector(
     run_key: dict[str, Any] = {"anchor_weight": w, "anchor_hash": data_hash(anchor)} if w > 0 else {}
     run_key.update({"grad_penalty": mu} if mu > 0 else {})
     gsq: list[float] = []
+
+    def first_batch_sq() -> float:  # the card's before/after value: the base's squared gradient, first harmful batch
+        return round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1].detach()), 8)
+
     with _attention(h, "eager" if mu > 0 else None), v.on(h, trainable=True) as params:
         ids = {id(p) for p in params}
         base[:] = [p for p in h.model.parameters() if id(p) not in ids]
         if mu > 0:
-            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1].detach()), 8))
+            gsq.append(first_batch_sq())
         res = train(
             h.model,
             batches,
@@ -230,7 +234,7 @@ def train_vector(
             run_key=run_key or None,
         )
         if mu > 0:
-            gsq.append(round(float(base_grad_sq(lambda: lm_loss(h.model, evals["harmful"]), base)[1].detach()), 8))
+            gsq.append(first_batch_sq())
         kl_end = None
         if held_anchor is not None:
             with torch.no_grad():
