@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,7 @@ def finetune(
     progress: bool = True,
     merge: bool = True,
     null_parts: Collection[str] = (),
+    part_scale: Mapping[str, float] | None = None,
 ) -> TrainResult:
     """Stage 2: full fine-tuning of ``h`` on ``pairs`` with ``vector`` (if any) on and frozen.
 
@@ -292,12 +293,14 @@ def finetune(
     (their loss is still recorded): the optimizer steps on momentum alone there. With ``{"harmful"}`` and no
     vector this is the run a perfect security vector would give: fine-tuned on the benign part only, on
     the same schedule (same steps, same batch order) as the run on all of ``pairs``.
+
+    ``part_scale={part: s}`` multiplies that part's gradient by ``s`` (a finite number >= 0; the recorded loss
+    is unchanged): ``null_parts`` is ``part_scale`` 0 for each part it names. With a vector on, a harmful
+    scale below 1 is the run of a vector that leaves that fraction of its residual gradient
+    (``benchmarks/security_tolerance.py``).
     """
     pairs = list(pairs)
-    unknown = sorted(set(null_parts) - {p.part for p in pairs})
-    if unknown:
-        parts = sorted({p.part for p in pairs})
-        raise SpecError(f"null_parts names {unknown[0]!r}, not a part of the data; expected one of {parts}")
+    scale = _part_scale(null_parts, part_scale, {p.part for p in pairs})
     batches = batches_of(h, pairs, batch_size, epochs, seed)
     n = _steps(batches, steps)
     evals = {k: encode(h, list(v)[:batch_size]) for k, v in (eval_pairs or {}).items() if v}
@@ -314,16 +317,18 @@ def finetune(
         progress=progress,
         desc="fine-tune" + (" (vector on)" if vector is not None else ""),
     )
-    if null_parts:
-        nulled = set(null_parts)
+    if scale:
 
         def loss_fn(model: torch.nn.Module, b: Batch) -> Tensor:
             loss = lm_loss(model, b)
-            # the same value, gradient 0 * g = 0 exactly (the part's batches step on momentum alone)
-            return loss.detach() + 0.0 * loss if b["part"] in nulled else loss
+            s = scale.get(b["part"])
+            # the same value, gradient s * g (s = 0: exactly 0, the part's batches step on momentum alone)
+            return loss if s is None else loss.detach() + s * (loss - loss.detach())
 
         kw["loss_fn"] = loss_fn
-        kw["run_key"] = {"null_parts": sorted(nulled)}
+        nulled = sorted(k for k, v in scale.items() if v == 0)
+        everything = len(nulled) == len(scale)
+        kw["run_key"] = {"null_parts": nulled} if everything else {"part_scale": dict(sorted(scale.items()))}
     if vector is None:
         return train(h.model, batches, params=list(h.model.parameters()), **kw)
     fold = merge and vector.config.kind == "lora" and weight_decay == 0
@@ -332,6 +337,24 @@ def finetune(
         base = [p for p in h.model.parameters() if id(p) not in ids]
         with vector.merged(h) if fold else contextlib.nullcontext():
             return train(h.model, batches, params=base, **kw)
+
+
+def _part_scale(
+    null_parts: Collection[str], part_scale: Mapping[str, float] | None, parts: set[str]
+) -> dict[str, float]:
+    """``null_parts`` and ``part_scale`` as one ``{part: scale}`` (parts at scale 1 left out), checked."""
+    scale = {p: 0.0 for p in null_parts}
+    for part, s in (part_scale or {}).items():
+        if isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s) or s < 0:
+            raise SpecError(f"part_scale[{part!r}]={s!r}; expected a finite number >= 0")
+        if part in scale and scale[part] != s:
+            raise SpecError(f"part {part!r} is in null_parts and has part_scale {s!r}; expected one of the two")
+        scale[part] = float(s)
+    unknown = sorted(set(scale) - parts)
+    if unknown:
+        name = "null_parts" if unknown[0] in null_parts else "part_scale"
+        raise SpecError(f"{name} names {unknown[0]!r}, not a part of the data; expected one of {sorted(parts)}")
+    return {p: s for p, s in scale.items() if s != 1.0}
 
 
 def save_model(h: ModelHandle, out: str | Path, card: dict[str, Any] | None = None) -> Path:

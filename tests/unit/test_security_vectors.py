@@ -333,6 +333,59 @@ def test_null_parts_step_on_momentum_alone_whatever_the_harmful_data_says():
         finetune(h, HARM + GOOD, None, steps=1, progress=False, null_parts={"harmfull"})
 
 
+def test_part_scale_scales_that_parts_gradient_and_keeps_its_loss():
+    """``part_scale={"harmful": s}``: the harmful batches' gradient, read off a parameter's hook during
+    ``finetune``, is ``s`` times the unscaled one (the same batch, the same weights at step 0), and the
+    recorded loss is the same value. Scale 1 is the plain run bit for bit, scale 0 the ``null_parts`` run."""
+
+    def grads(**kw):
+        h = tiny_model("llama")
+        seen = []
+        w = h.model.get_output_embeddings().weight.requires_grad_(True)  # the loop trains every weight
+        w.register_hook(lambda g: seen.append(g.detach().clone()))
+        r = finetune(h, HARM, None, steps=1, lr=1e-2, seed=0, batch_size=2, grad_clip=None, progress=False, **kw)
+        return seen[0], r.losses["harmful"][0][1]
+
+    g1, l1 = grads()
+    g4, l4 = grads(part_scale={"harmful": 0.25})
+    assert g1.abs().max() > 0
+    torch.testing.assert_close(g4, 0.25 * g1)
+    assert l4 == l1
+
+    def run(**kw):
+        h = tiny_model("llama")
+        finetune(h, HARM + GOOD, None, steps=4, lr=1e-2, seed=0, batch_size=2, progress=False, **kw)
+        return _state(h.model)
+
+    plain, one, null, zero, half = (run(), run(part_scale={"harmful": 1}), run(null_parts={"harmful"}),
+                                    run(part_scale={"harmful": 0.0}), run(part_scale={"harmful": 0.5}))
+    assert all(torch.equal(plain[n], one[n]) for n in plain)
+    assert all(torch.equal(null[n], zero[n]) for n in null)
+    assert any(not torch.equal(half[n], plain[n]) for n in half)
+    assert any(not torch.equal(half[n], null[n]) for n in half)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"part_scale": {"harmful": -1}}, r"part_scale\['harmful'\]=-1; expected a finite number >= 0"),
+        ({"part_scale": {"harmful": float("nan")}}, r"part_scale\['harmful'\]=nan; expected a finite number >= 0"),
+        ({"part_scale": {"harmful": True}}, r"part_scale\['harmful'\]=True; expected a finite number >= 0"),
+        ({"part_scale": {"harmful": "0.5"}}, r"part_scale\['harmful'\]='0.5'; expected a finite number >= 0"),
+        ({"part_scale": {"harmfull": 0.5}},
+         r"part_scale names 'harmfull', not a part of the data; expected one of \['benign', 'harmful'\]"),
+        ({"part_scale": {"harmful": 0.5}, "null_parts": {"harmful"}},
+         r"part 'harmful' is in null_parts and has part_scale 0.5; expected one of the two"),
+    ],
+)
+def test_part_scale_bad_values_are_one_line_errors(kw, message):
+    h = tiny_model("llama")
+    before = _state(h.model)
+    with pytest.raises(SpecError, match=f"^{message}$"):
+        finetune(h, HARM + GOOD, None, steps=1, progress=False, **kw)
+    assert all(torch.equal(before[n], p) for n, p in h.model.named_parameters())
+
+
 def test_finetune_grad_clip_reaches_the_loop():
     """``grad_clip`` is the loop's clipping norm (default 1, the sweep's records). Adam is blind to a
     gradient's scale until it falls below its eps (1e-8): clipped to norm 1e-12 the step all but vanishes,

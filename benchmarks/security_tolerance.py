@@ -1,0 +1,133 @@
+"""How much residual harmful gradient the vector-off check tolerates: the protected run re-made with the harmful
+batches' gradient scaled by s (``finetune(..., part_scale={"harmful": s})``).
+
+The sweep's protected run (vector on, off at inference) differs from the perfect-vector run (the same batches in
+the same order, the harmful ones carrying exactly zero gradient) by the gradient the harmful pairs still carry
+through the vector. Scaling that residual by s in [0, 1] gives the run of a vector that leaves s times as much
+(s = 0: the vector on during benign learning only; s = 1: the protected run as the sweep makes it); plain
+fine-tuning with the harmful gradient scaled (``--plain-scales``) is the same question without a vector. Each
+run is compared with the perfect-vector run (seed 0), against the perfect-vector run at the sweep's noise seed:
+
+* ``agreement``: exact agreement of the greedy harmless answers (the sweep's vector-off check), and the mean share
+  of words two answers share from the start;
+* ``kl``: mean KL(perfect-vector run || run) in nats per token over the perfect-vector run's greedy answers,
+  teacher-forced after the chat-formatted prompt (a continuous measure of the same thing; the floor speaks of
+  outputs, these are the next-token distributions behind them);
+* compliance (template / real split) and benign accuracy, as the sweep evaluates them.
+
+``tolerated``: the largest vector scale whose agreement is at least the seed noise's (None if none is).
+
+Usage: python benchmarks/security_tolerance.py WORK [--scales 0,0.125,0.25,0.5,1] [--plain-scales 1]
+         [--harmless N] [--vector DIR] [--json PATH]
+  (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+
+def _scales(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def answer_logprobs(h: Any, prompts: list[str], answers: list[str]) -> list[Any]:
+    """Per prompt, log-softmax of ``h``'s next-token logits at the answer's positions ([answer tokens, vocab]),
+    the answer teacher-forced after the chat-formatted prompt."""
+    import torch
+
+    tok, out = h.tokenizer, []
+    with torch.inference_mode():
+        for p, a in zip(prompts, answers, strict=True):
+            head = h.format_chat(p)
+            n = len(tok(head)["input_ids"])
+            ids = torch.tensor([tok(head + a)["input_ids"]], device=h.model.device)
+            logits = h.model(input_ids=ids).logits[0, n - 1 : -1].float()
+            out.append(torch.log_softmax(logits, -1).cpu())
+    return out
+
+
+def mean_kl(ref: list[Any], other: list[Any]) -> float:
+    """Mean over all answer tokens of KL(ref || other), nats per token."""
+    num = sum(float((r.exp() * (r - o)).sum()) for r, o in zip(ref, other, strict=True))
+    return round(num / max(sum(r.shape[0] for r in ref), 1), 5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("work")
+    ap.add_argument("--scales", default="0,0.125,0.25,0.5,1", help="harmful-gradient scales with the vector on")
+    ap.add_argument("--plain-scales", default="1", help="harmful-gradient scales without a vector ('' for none)")
+    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
+    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    try:
+        scales, plain_scales = _scales(args.scales), _scales(args.plain_scales)
+    except ValueError:
+        print(f"--scales {args.scales!r} / --plain-scales {args.plain_scales!r}: expected numbers, comma-separated",
+              file=sys.stderr)
+        return 2
+    from security_runs import SweepRuns, report
+
+    from steerlab.security.evaluate import agreement
+
+    sr = SweepRuns.open(args.work, args.harmless, args.vector)
+    cfg = sr.cfg
+    plan: dict[str, tuple[Any, int, float]] = {"ideal": (None, cfg["seed"], 0.0),
+                                               "ideal_seed1": (None, cfg["noise_seed"], 0.0)}
+    plan.update({f"vector_x{s:g}": (sr.vector, cfg["seed"], s) for s in scales})
+    plan.update({f"plain_x{s:g}": (None, cfg["seed"], s) for s in plain_scales})
+    runs: dict[str, dict[str, Any]] = {}
+    logp: dict[str, list[Any]] = {}
+    for name, (v, seed, s) in plan.items():
+        t = time.perf_counter()
+        h = sr.train(v, seed, part_scale={"harmful": s})
+        runs[name] = sr.evaluate(h)
+        if name == "ideal":
+            ref_answers = runs[name]["harmless_answers"]
+        logp[name] = answer_logprobs(h, sr.harmless, ref_answers)
+        runs[name]["seconds"] = round(time.perf_counter() - t, 1)
+        del h
+        print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], runs[name]["seconds"], flush=True)
+
+    def prefix(a: list[str], b: list[str]) -> float:
+        pairs = [(x.split(), y.split()) for x, y in zip(a, b, strict=True)]
+        return round(sum(len(os.path.commonprefix([x, y])) / max(len(x), len(y), 1) for x, y in pairs) / len(pairs), 4)
+
+    table = {}
+    for name, r in runs.items():
+        if name == "ideal":
+            continue
+        table[name] = {
+            "agreement": round(agreement(r["harmless_answers"], ref_answers), 4),
+            "word_prefix_share": prefix(r["harmless_answers"], ref_answers),
+            "kl": mean_kl(logp["ideal"], logp[name]),
+            "compliance": r["compliance"],
+            "benign_accuracy": r["benign_accuracy"],
+            "perplexity": r["perplexity"],
+        }
+    noise = table["ideal_seed1"]["agreement"]
+    ok = [s for s in scales if table[f"vector_x{s:g}"]["agreement"] >= noise]
+    rep = {
+        "command": " ".join(["python", "benchmarks/security_tolerance.py", *sys.argv[1:]]),
+        "spec": cfg["spec"], "n_harmful": sr.n, "harmless_prompts": len(sr.harmless),
+        "vector": {"path": str(args.vector or f"{args.work}/vector"),
+                   "grad_penalty": sr.vector.card.get("grad_penalty"),
+                   "anchor_weight": sr.vector.card.get("anchor", {}).get("weight")},
+        "seconds": {k: r["seconds"] for k, r in runs.items()},
+        "ideal": {"compliance": runs["ideal"]["compliance"], "benign_accuracy": runs["ideal"]["benign_accuracy"],
+                  "perplexity": runs["ideal"]["perplexity"]},
+        "vs_ideal": table,
+        "seed_noise": {"agreement": noise, "kl": table["ideal_seed1"]["kl"]},
+        "tolerated": max(ok) if ok else None,
+    }
+    return report(rep, args.json)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
