@@ -17,6 +17,11 @@ run is compared with the perfect-vector run (seed 0), against the perfect-vector
 
 ``tolerated``: the largest vector scale whose agreement is at least the seed noise's (None if none is).
 
+``smallest_residual`` (with scale 0 and a positive one among ``--scales``): where the run at the smallest positive
+scale differs from the run at 0 (the L2 distance per tensor, the largest ones), the share of the input
+embeddings' squared distance in the rows of tokens that only the harmful part's chat-formatted texts contain,
+and its agreement with the perfect-vector run after restoring those rows, or the output layer, from the run at 0.
+
 Usage: python benchmarks/security_tolerance.py WORK [--scales 0,0.125,0.25,0.5,1] [--plain-scales 1]
          [--harmless N] [--vector DIR] [--json PATH]
   (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
@@ -57,6 +62,43 @@ def mean_kl(ref: list[Any], other: list[Any]) -> float:
     return round(num / max(sum(r.shape[0] for r in ref), 1), 5)
 
 
+def smallest_residual(sr: Any, model: Any, weights: dict[str, dict[str, Any]], run: str, ref: list[str]) -> dict:
+    """Where ``run`` (the smallest positive vector scale) differs from ``vector_x0`` (see the top)."""
+    import torch
+
+    from steerlab.security.evaluate import agreement, greedy
+
+    a, b = weights[run], weights["vector_x0"]
+    keys = [k for k, x in b.items() if x.is_floating_point()]
+    dist = {k: float((a[k].float() - b[k].float()).norm()) for k in keys}
+    names = {id(p): k for k, p in model.model.named_parameters()}
+    emb = names[id(model.model.get_input_embeddings().weight)]
+    head = names[id(model.model.get_output_embeddings().weight)]
+    tok = model.tokenizer
+    seen: dict[str, set[int]] = {"harmful": set(), "benign": set()}
+    for p in sr.pairs:
+        seen[p.part].update(tok(model.format_chat(p.prompt) + p.response)["input_ids"])
+    only = torch.zeros(b[emb].shape[0], dtype=torch.bool)
+    only[sorted(seen["harmful"] - seen["benign"])] = True
+    rows = (a[emb].float() - b[emb].float()).norm(dim=1)
+
+    def restored(k: str, mask: Any = None) -> float:
+        sd = dict(a)
+        sd[k] = b[k] if mask is None else torch.where(mask[:, None], b[k], a[k])
+        model.model.load_state_dict(sd)
+        return round(agreement(greedy(model, sr.harmless, sr.cfg["max_new_tokens"]), ref), 4)
+
+    return {
+        "run": run,
+        "distance_from_vector_x0": {"all": round(sum(x**2 for x in dist.values()) ** 0.5, 4),
+                                    **{k: round(dist[k], 4) for k in sorted(keys, key=lambda k: -dist[k])[:6]}},
+        "input_rows_harmful_only": {"rows": int(only.sum()), "of": int(only.numel()),
+                                    "share_of_squared": round(float((rows[only] ** 2).sum() / (rows**2).sum()), 5)},
+        "agreement_after_restoring_from_vector_x0": {"harmful_only_input_rows": restored(emb, only),
+                                                     "output_layer": restored(head)},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work")
@@ -82,8 +124,12 @@ def main(argv: list[str] | None = None) -> int:
                                                "ideal_seed1": (None, cfg["noise_seed"], 0.0)}
     plan.update({f"vector_x{s:g}": (sr.vector, cfg["seed"], s) for s in scales})
     plan.update({f"plain_x{s:g}": (None, cfg["seed"], s) for s in plain_scales})
+    small = min((s for s in scales if s > 0), default=None) if 0 in scales else None
+    keep = {"vector_x0", f"vector_x{small:g}"} if small is not None else set()
     runs: dict[str, dict[str, Any]] = {}
     logp: dict[str, list[Any]] = {}
+    weights: dict[str, dict[str, Any]] = {}
+    model = None
     for name, (v, seed, s) in plan.items():
         t = time.perf_counter()
         h = sr.train(v, seed, part_scale={"harmful": s})
@@ -92,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
             ref_answers = runs[name]["harmless_answers"]
         logp[name] = answer_logprobs(h, sr.harmless, ref_answers)
         runs[name]["seconds"] = round(time.perf_counter() - t, 1)
-        del h
+        if name in keep:
+            weights[name] = {k: x.detach().clone() for k, x in h.model.state_dict().items()}
+            model = h
         print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], runs[name]["seconds"], flush=True)
 
     def prefix(a: list[str], b: list[str]) -> float:
@@ -126,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "seed_noise": {"agreement": noise, "kl": table["ideal_seed1"]["kl"]},
         "tolerated": max(ok) if ok else None,
     }
+    if model is not None:
+        rep["smallest_residual"] = smallest_residual(sr, model, weights, f"vector_x{small:g}", ref_answers)
     return report(rep, args.json)
 
 
