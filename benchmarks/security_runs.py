@@ -44,7 +44,7 @@ class SweepRuns:
                    organism_capability_text(ref, cfg["ppl_per_domain"]))
 
     def train(self, vector: Any, seed: int, null_parts: Any = (), grad_clip: float | None = 1.0,
-              part_scale: dict[str, float] | None = None) -> Any:
+              part_scale: dict[str, float] | None = None, adam_eps: float = 1e-8) -> Any:
         """A copy of the base fine-tuned on the largest n's data as the sweep does (``vector`` on or None)."""
         from steerlab.models.load import from_model
         from steerlab.security.stages import finetune
@@ -52,7 +52,7 @@ class SweepRuns:
         c, ref = self.cfg, self.ref
         h = from_model(copy.deepcopy(ref.model), ref.tokenizer, spec=ref.spec, path=ref.path)
         finetune(h, self.pairs, vector, epochs=c["epochs"], lr=c["lr"], seed=seed, batch_size=c["batch_size"],
-                 grad_clip=grad_clip, null_parts=null_parts, part_scale=part_scale, progress=False)
+                 grad_clip=grad_clip, null_parts=null_parts, part_scale=part_scale, adam_eps=adam_eps, progress=False)
         return h
 
     def evaluate(self, h: Any) -> dict[str, Any]:

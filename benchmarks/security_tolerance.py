@@ -20,10 +20,15 @@ run is compared with the perfect-vector run (seed 0), against the perfect-vector
 ``smallest_residual`` (with scale 0 and a positive one among ``--scales``): where the run at the smallest positive
 scale differs from the run at 0 (the L2 distance per tensor, the largest ones), the share of the input
 embeddings' squared distance in the rows of tokens that only the harmful part's chat-formatted texts contain,
-and its agreement with the perfect-vector run after restoring those rows, or the output layer, from the run at 0.
+and its agreement with the perfect-vector run after restoring those rows, or the output layer, from the run at 0;
+with fused routed experts also the experts the benign data never reached (bit-identical to the base in the
+perfect-vector run): their share of the experts' squared distance (all of an expert's tensors), the experts'
+share of all of it, and the agreement after restoring them, or all routed experts.
+
+``--adam-eps`` sets stage 2's AdamW eps in every run (the sweep's: 1e-8).
 
 Usage: python benchmarks/security_tolerance.py WORK [--scales 0,0.125,0.25,0.5,1] [--plain-scales 1]
-         [--harmless N] [--vector DIR] [--json PATH]
+         [--harmless N] [--vector DIR] [--adam-eps E] [--json PATH]
   (WORK: a `steerlab security evaluate` work folder, e.g. runs/.security-dense.work)
 """
 
@@ -62,6 +67,10 @@ def mean_kl(ref: list[Any], other: list[Any]) -> float:
     return round(num / max(sum(r.shape[0] for r in ref), 1), 5)
 
 
+def share(part: float, whole: float) -> float | None:
+    return round(part / whole, 4) if whole > 0 else None
+
+
 def smallest_residual(sr: Any, model: Any, weights: dict[str, dict[str, Any]], run: str, ref: list[str]) -> dict:
     """Where ``run`` (the smallest positive vector scale) differs from ``vector_x0`` (see the top)."""
     import torch
@@ -82,20 +91,42 @@ def smallest_residual(sr: Any, model: Any, weights: dict[str, dict[str, Any]], r
     only[sorted(seen["harmful"] - seen["benign"])] = True
     rows = (a[emb].float() - b[emb].float()).norm(dim=1)
 
-    def restored(k: str, mask: Any = None) -> float:
+    def restored(masks: dict[str, Any]) -> float:  # ``run`` with the masked rows (None: all) taken from vector_x0
         sd = dict(a)
-        sd[k] = b[k] if mask is None else torch.where(mask[:, None], b[k], a[k])
+        for k, m in masks.items():
+            sd[k] = b[k] if m is None else torch.where(m.view(-1, *[1] * (b[k].dim() - 1)), b[k], a[k])
         model.model.load_state_dict(sd)
         return round(agreement(greedy(model, sr.harmless, sr.cfg["max_new_tokens"]), ref), 4)
 
+    experts = {}
+    base = sr.ref.model.state_dict()
+    fused = [k for k in keys if ".mlp.experts." in k and b[k].dim() >= 3]
+    if fused:  # routed experts the benign data never reached: bit-identical to the base in the perfect-vector run
+        ideal, layer = weights["ideal"], {k: k.split(".mlp.experts.")[0] for k in fused}
+        same: dict[str, Any] = {}  # per layer: the experts all of whose tensors are the base's
+        for k in fused:
+            m = (ideal[k] == base[k]).flatten(1).all(1)
+            same[layer[k]] = m if layer[k] not in same else same[layer[k]] & m
+        untouched = {k: same[layer[k]] for k in fused}
+        per = {k: (a[k].float() - b[k].float()).flatten(1).norm(dim=1) ** 2 for k in fused}
+        experts = {
+            "untouched_by_benign": sum(int(m.sum()) for m in same.values()),
+            "of": sum(int(m.numel()) for m in same.values()),
+            "share_of_experts_squared": share(sum(float(per[k][m].sum()) for k, m in untouched.items()),
+                                              sum(float(x.sum()) for x in per.values())),
+            "share_of_all_squared": share(sum(float(x.sum()) for x in per.values()), sum(x**2 for x in dist.values())),
+            "agreement_after_restoring_from_vector_x0": {"untouched_experts": restored(untouched),
+                                                         "all_routed_experts": restored(dict.fromkeys(fused))},
+        }
     return {
         "run": run,
         "distance_from_vector_x0": {"all": round(sum(x**2 for x in dist.values()) ** 0.5, 4),
                                     **{k: round(dist[k], 4) for k in sorted(keys, key=lambda k: -dist[k])[:6]}},
         "input_rows_harmful_only": {"rows": int(only.sum()), "of": int(only.numel()),
-                                    "share_of_squared": round(float((rows[only] ** 2).sum() / (rows**2).sum()), 5)},
-        "agreement_after_restoring_from_vector_x0": {"harmful_only_input_rows": restored(emb, only),
-                                                     "output_layer": restored(head)},
+                                    "share_of_squared": share(float((rows[only] ** 2).sum()), float((rows**2).sum()))},
+        "agreement_after_restoring_from_vector_x0": {"harmful_only_input_rows": restored({emb: only}),
+                                                     "output_layer": restored({head: None})},
+        **({"routed_experts": experts} if experts else {}),
     }
 
 
@@ -106,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-scales", default="1", help="harmful-gradient scales without a vector ('' for none)")
     ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
     ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
+    ap.add_argument("--adam-eps", type=float, default=1e-8, help="stage 2's AdamW eps, every run (default 1e-8)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -125,14 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     plan.update({f"vector_x{s:g}": (sr.vector, cfg["seed"], s) for s in scales})
     plan.update({f"plain_x{s:g}": (None, cfg["seed"], s) for s in plain_scales})
     small = min((s for s in scales if s > 0), default=None) if 0 in scales else None
-    keep = {"vector_x0", f"vector_x{small:g}"} if small is not None else set()
+    keep = {"ideal", "vector_x0", f"vector_x{small:g}"} if small is not None else set()
     runs: dict[str, dict[str, Any]] = {}
     logp: dict[str, list[Any]] = {}
     weights: dict[str, dict[str, Any]] = {}
     model = None
     for name, (v, seed, s) in plan.items():
         t = time.perf_counter()
-        h = sr.train(v, seed, part_scale={"harmful": s})
+        h = sr.train(v, seed, part_scale={"harmful": s}, adam_eps=args.adam_eps)
         runs[name] = sr.evaluate(h)
         if name == "ideal":
             ref_answers = runs[name]["harmless_answers"]
@@ -163,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = [s for s in scales if table[f"vector_x{s:g}"]["agreement"] >= noise]
     rep = {
         "command": " ".join(["python", "benchmarks/security_tolerance.py", *sys.argv[1:]]),
-        "spec": cfg["spec"], "n_harmful": sr.n, "harmless_prompts": len(sr.harmless),
+        "spec": cfg["spec"], "n_harmful": sr.n, "harmless_prompts": len(sr.harmless), "adam_eps": args.adam_eps,
         "vector": {"path": str(args.vector or f"{args.work}/vector"),
                    "grad_penalty": sr.vector.card.get("grad_penalty"),
                    "anchor_weight": sr.vector.card.get("anchor", {}).get("weight")},

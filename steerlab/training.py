@@ -199,6 +199,7 @@ def train(
     grad_mask: Mapping[str, Tensor] | None = None,
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
     grad_clip: float | None = 1.0,
     warmup: int = 0,
     checkpoint_dir: str | Path | None = None,
@@ -213,7 +214,9 @@ def train(
     """Train ``params`` of ``model`` with AdamW for ``steps`` steps (default: the parameters that
     require grad, or all of them when none does, as on a loaded ``ModelHandle``).
 
-    ``lr`` is constant after a linear ``warmup``. During the call only the trained parameters require
+    ``lr`` is constant after a linear ``warmup``; ``betas`` and ``eps`` are AdamW's (``eps`` is added to the
+    root of each weight's running mean squared gradient, so gradients well below it move that weight little).
+    During the call only the trained parameters require
     grad and the model is in train mode; both are restored afterwards, also on error (the parameter
     values keep what was trained). See the module docstring for determinism, resume, ``grad_mask``
     and the curves. ``run_key`` (JSON-able) names what else defines the run (e.g. a loss term's weight):
@@ -237,6 +240,8 @@ def train(
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError(f"seed={seed!r}; expected an integer")
     check_grad_clip(grad_clip)
+    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps <= 0:
+        raise SpecError(f"eps={eps!r}; expected a finite number > 0")
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise SpecError(f"weight_decay={weight_decay!r}; expected a finite number >= 0")
     if warmup < 0 or checkpoint_every <= 0 or eval_every < 0:
@@ -272,8 +277,9 @@ def train(
     eval_batches = dict(eval_batches or {})
     ps = [named[n] for n in names]
     frozen = {n: named[n].detach().clone() for n in masks}
-    opt = torch.optim.AdamW(ps, lr=lr, betas=betas, weight_decay=weight_decay)
-    extra = [weight_decay, betas, grad_clip, warmup, sorted(masks)] + ([] if run_key is None else [run_key])
+    opt = torch.optim.AdamW(ps, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    extra = [weight_decay, betas, grad_clip, warmup, sorted(masks)] + ([] if eps == 1e-8 else [{"eps": eps}])
+    extra += [] if run_key is None else [run_key]  # (a default eps leaves older checkpoints' fingerprints as they were)
     fp = _fingerprint(names, [tuple(p.shape) for p in ps], steps, lr, seed, extra)
     result = TrainResult(params=names)
     start = 0

@@ -271,6 +271,7 @@ def finetune(
     batch_size: int = 16,
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
+    adam_eps: float = 1e-8,
     eval_pairs: dict[str, Sequence[Pair]] | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
@@ -287,7 +288,7 @@ def finetune(
     cost per step; weight decay would decay the folded delta too, so it runs unmerged.
 
     ``grad_clip``: the loop's clipping norm (``None``: no clipping; the sweep's records clip at 1, and
-    ``docs/security.md`` has the vector-off check without clipping).
+    ``docs/security.md`` has the vector-off check without clipping). ``adam_eps``: AdamW's eps (the loop's).
 
     ``null_parts`` names parts whose batches keep their place in the run but carry exactly zero gradient
     (their loss is still recorded): the optimizer steps on momentum alone there. With ``{"harmful"}`` and no
@@ -310,6 +311,7 @@ def finetune(
         seed=seed,
         weight_decay=weight_decay,
         grad_clip=grad_clip,
+        eps=adam_eps,
         part_of=lambda b: b["part"],
         eval_batches=evals,
         eval_every=max(1, n // 10),

@@ -90,6 +90,22 @@ def test_resume_equals_uninterrupted(tmp_path):
     # and so is one of another run_key (e.g. another weight of a loss term)
     with pytest.raises(SpecError, match="another run"):
         train(tiny_model("llama", seed=0).model, _batches(h3), **kw, run_key={"w": 1.0}, checkpoint_dir=tmp_path / "a")
+    # and one of another AdamW eps
+    with pytest.raises(SpecError, match="another run"):
+        train(tiny_model("llama", seed=0).model, _batches(h3), **kw, eps=1e-6, checkpoint_dir=tmp_path / "a")
+
+
+def test_eps_is_adams_one_step_update():
+    """One step of the loop with ``eps`` moves a weight by AdamW's first update, computed here by hand from
+    the gradient: ``lr * g / (|g| + eps)`` (bias-corrected first step, no weight decay, no clipping)."""
+    for eps in (1e-8, 1e-3):
+        h = tiny_model("llama", seed=0)
+        b = _batches(h, 1)[0]
+        w = h.model.model.norm.weight.requires_grad_(True)
+        g = torch.autograd.grad(lm_loss(h.model, b), w)[0]
+        before = w.detach().clone()
+        train(h.model, [b], params=[w], steps=1, lr=1e-2, seed=0, eps=eps, grad_clip=None, progress=False)
+        torch.testing.assert_close(before - w.detach(), 1e-2 * g / (g.abs() + eps), rtol=1e-4, atol=1e-7)
 
 
 def test_grad_mask_keeps_masked_entries_bit_identical_under_weight_decay():
@@ -216,6 +232,9 @@ def test_target_mask_restricts_the_loss():
         ({"grad_clip": 0.0}, r"grad_clip=0.0; expected a finite number > 0, or None"),
         ({"grad_clip": float("nan")}, "grad_clip=nan"),
         ({"grad_clip": -1}, "grad_clip=-1"),
+        ({"eps": 0.0}, r"^eps=0.0; expected a finite number > 0$"),
+        ({"eps": float("nan")}, r"^eps=nan; expected a finite number > 0$"),
+        ({"eps": True}, r"^eps=True; expected a finite number > 0$"),
     ],
 )
 def test_bad_inputs_are_named(kw, match):
