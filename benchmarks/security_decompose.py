@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    from security_runs import SweepRuns, report
+    from security_runs import SweepRuns, report, word_prefix_share
 
     from steerlab.security.evaluate import agreement
 
@@ -59,10 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         return round(agreement(runs[a]["harmless_answers"], runs[b]["harmless_answers"]), 4)
 
     def prefix(a: str, b: str) -> float:
-        pairs = [(x.split(), y.split()) for x, y in zip(runs[a]["harmless_answers"], runs[b]["harmless_answers"],
-                                                         strict=True)]
-        share = [len(os.path.commonprefix([x, y])) / max(len(x), len(y), 1) for x, y in pairs]
-        return round(sum(share) / len(share), 4)
+        return word_prefix_share(runs[a]["harmless_answers"], runs[b]["harmless_answers"])
 
     ideal = f"ideal_{n}"
     rep = {

@@ -71,6 +71,14 @@ class SweepRuns:
         return r
 
 
+def word_prefix_share(a: list[str], b: list[str]) -> float:
+    """Mean over answer pairs of the share of words two answers have in common from the start."""
+    import os
+
+    pairs = [(x.split(), y.split()) for x, y in zip(a, b, strict=True)]
+    return round(sum(len(os.path.commonprefix([x, y])) / max(len(x), len(y), 1) for x, y in pairs) / len(pairs), 4)
+
+
 def report(rep: dict[str, Any], json_path: str | None) -> int:
     """Print the report as JSON and write it to ``json_path`` (if given); the scripts' exit status 0."""
     text = json.dumps(rep, indent=1)

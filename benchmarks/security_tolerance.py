@@ -35,7 +35,6 @@ Usage: python benchmarks/security_tolerance.py WORK [--scales 0,0.125,0.25,0.5,1
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -131,13 +130,15 @@ def smallest_residual(sr: Any, model: Any, weights: dict[str, dict[str, Any]], r
 
 
 def main(argv: list[str] | None = None) -> int:
+    from steerlab.training import ADAM_EPS
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("work")
     ap.add_argument("--scales", default="0,0.125,0.25,0.5,1", help="harmful-gradient scales with the vector on")
     ap.add_argument("--plain-scales", default="1", help="harmful-gradient scales without a vector ('' for none)")
     ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
     ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
-    ap.add_argument("--adam-eps", type=float, default=1e-8, help="stage 2's AdamW eps, every run (default 1e-8)")
+    ap.add_argument("--adam-eps", type=float, default=ADAM_EPS, help="stage 2's AdamW eps, every run (default 1e-8)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--scales {args.scales!r} / --plain-scales {args.plain_scales!r}: expected numbers, comma-separated",
               file=sys.stderr)
         return 2
-    from security_runs import SweepRuns, report
+    from security_runs import SweepRuns, report, word_prefix_share
 
     from steerlab.security.evaluate import agreement
 
@@ -175,17 +176,13 @@ def main(argv: list[str] | None = None) -> int:
             model = h
         print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], runs[name]["seconds"], flush=True)
 
-    def prefix(a: list[str], b: list[str]) -> float:
-        pairs = [(x.split(), y.split()) for x, y in zip(a, b, strict=True)]
-        return round(sum(len(os.path.commonprefix([x, y])) / max(len(x), len(y), 1) for x, y in pairs) / len(pairs), 4)
-
     table = {}
     for name, r in runs.items():
         if name == "ideal":
             continue
         table[name] = {
             "agreement": round(agreement(r["harmless_answers"], ref_answers), 4),
-            "word_prefix_share": prefix(r["harmless_answers"], ref_answers),
+            "word_prefix_share": word_prefix_share(r["harmless_answers"], ref_answers),
             "kl": mean_kl(logp["ideal"], logp[name]),
             "compliance": r["compliance"],
             "benign_accuracy": r["benign_accuracy"],

@@ -57,7 +57,9 @@ Batch = Mapping[str, Any]
 
 LossFn = Callable[[nn.Module, Batch], Tensor | Mapping[str, Tensor]]
 
-__all__ = ["Batch", "LossFn", "TrainResult", "check_grad_clip", "lm_loss", "train"]
+__all__ = ["ADAM_EPS", "Batch", "LossFn", "TrainResult", "check_grad_clip", "lm_loss", "train"]
+
+ADAM_EPS = 1e-8  # AdamW's (and torch's) default eps
 
 
 @dataclass
@@ -177,6 +179,11 @@ def _check_batch(b: Any, step: int) -> None:
         raise SpecError(f"batch {step} is {got}; expected a mapping with input_ids and attention_mask")
 
 
+def _check_positive(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise SpecError(f"{name}={value!r}; expected a finite number > 0")
+
+
 def check_grad_clip(grad_clip: float | None) -> float | None:
     """``grad_clip`` if it is a finite number > 0 or None (no clipping), else a one-line :class:`SpecError`."""
     if grad_clip is not None and (
@@ -199,7 +206,7 @@ def train(
     grad_mask: Mapping[str, Tensor] | None = None,
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.999),
-    eps: float = 1e-8,
+    eps: float = ADAM_EPS,
     grad_clip: float | None = 1.0,
     warmup: int = 0,
     checkpoint_dir: str | Path | None = None,
@@ -235,13 +242,11 @@ def train(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
         raise SpecError(f"steps={steps!r}; expected a positive integer")
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0:
-        raise SpecError(f"lr={lr!r}; expected a finite number > 0")
+    _check_positive("lr", lr)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise SpecError(f"seed={seed!r}; expected an integer")
     check_grad_clip(grad_clip)
-    if isinstance(eps, bool) or not isinstance(eps, int | float) or not math.isfinite(eps) or eps <= 0:
-        raise SpecError(f"eps={eps!r}; expected a finite number > 0")
+    _check_positive("eps", eps)
     if not math.isfinite(weight_decay) or weight_decay < 0:
         raise SpecError(f"weight_decay={weight_decay!r}; expected a finite number >= 0")
     if warmup < 0 or checkpoint_every <= 0 or eval_every < 0:
@@ -278,7 +283,7 @@ def train(
     ps = [named[n] for n in names]
     frozen = {n: named[n].detach().clone() for n in masks}
     opt = torch.optim.AdamW(ps, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    extra = [weight_decay, betas, grad_clip, warmup, sorted(masks)] + ([] if eps == 1e-8 else [{"eps": eps}])
+    extra = [weight_decay, betas, grad_clip, warmup, sorted(masks)] + ([] if eps == ADAM_EPS else [{"eps": eps}])
     extra += [] if run_key is None else [run_key]  # (a default eps leaves older checkpoints' fingerprints as they were)
     fp = _fingerprint(names, [tuple(p.shape) for p in ps], steps, lr, seed, extra)
     result = TrainResult(params=names)

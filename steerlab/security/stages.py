@@ -39,7 +39,7 @@ from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.security.data import Pair, batches_of, encode, summary
 from steerlab.security.vectors import SecurityVector, VectorConfig, data_hash, new_vector
-from steerlab.training import Batch, TrainResult, lm_loss, train
+from steerlab.training import ADAM_EPS, Batch, TrainResult, lm_loss, train
 
 
 def _steps(batches: list, steps: int | None) -> int:
@@ -271,7 +271,7 @@ def finetune(
     batch_size: int = 16,
     weight_decay: float = 0.0,
     grad_clip: float | None = 1.0,
-    adam_eps: float = 1e-8,
+    adam_eps: float = ADAM_EPS,
     eval_pairs: dict[str, Sequence[Pair]] | None = None,
     checkpoint_dir: str | Path | None = None,
     progress: bool = True,
