@@ -9,7 +9,18 @@ import torch
 
 import steerlab as sl
 from steerlab.errors import SpecError
-from steerlab.interventions import AddVector, ExpertMask, InterventionSet, ParamEdit, ProjectOut, RegionEdit
+from steerlab.interventions import (
+    AddVector,
+    ConditionalAdd,
+    ExpertMask,
+    InterventionSet,
+    ParamEdit,
+    Patch,
+    ProjectOut,
+    RegionEdit,
+    ScaleUnits,
+    intervention_types,
+)
 from steerlab.interventions.regions import model_signature
 from tests.integration.test_kv_equivalence import _assert_equivalent, _mid, _value_param, _vec
 
@@ -59,11 +70,29 @@ def test_serializes_with_int64_indices_and_refuses_other_models(stories, tiny, t
         InterventionSet([{"type": "region_edit", "params": [A], "counts": [2], "indices": [1]}])
 
 
+def _one_of_each(h, region: RegionEdit) -> dict[str, list]:
+    """One instance of every built-in intervention type, the region edit among them (MoE: an expert mask too)."""
+    name = _value_param(h)
+    numel = dict(h.model.named_parameters())[name].numel()
+    out: dict[str, list] = {
+        "add_vector": [AddVector(site="blocks.0.resid_post", vector=_vec(h, 9), positions={"last": 2})],
+        "param_edit": [ParamEdit(param=name, op="scale", value=2.0, indices=list(range(0, numel, 3)))],
+        "region_edit": [region],
+        "project_out": [ProjectOut(site=_mid(h, 1), direction=_vec(h, 10), positions="generated")],
+        "scale_units": [ScaleUnits(site="blocks.1.mlp_out", units=[1, 5, 9], scale=0.0)],
+        "patch": [Patch(site="blocks.2.resid_pre", value=_vec(h, 11), positions=[1])],
+        "conditional_add": [ConditionalAdd(site="blocks.1.resid_post", vector=_vec(h, 12), probe_weight=_vec(h, 13))],
+        "expert_mask": [ExpertMask(layer=h.adapter.moe_layers[0], off=[1, 4])] if h.adapter.moe_layers else [],
+    }
+    return out
+
+
 @pytest.mark.parametrize("arch", ["llama", "deepseek_v3", "mixtral"])
 @pytest.mark.parametrize("alone", [True, False])
 def test_composes_with_every_type_kv_on_and_off(tiny, arch, alone):
-    """Region edit alone, and with activation edits, a parameter edit of the same matrix and (MoE) an expert
-    mask: cached == recomputed, steered != plain, weights restored bit for bit (the harness asserts all three)."""
+    """Region edit alone, and with one instance of every other registered type (a parameter edit of the same
+    matrix among them; the expert mask on MoE only): cached == recomputed, steered != plain, weights restored
+    bit for bit (the harness asserts all three). A type registered later without a case here fails the test."""
     h = tiny(arch)
     name = _value_param(h)
     numel = dict(h.model.named_parameters())[name].numel()
@@ -74,12 +103,7 @@ def test_composes_with_every_type_kv_on_and_off(tiny, arch, alone):
     if alone:
         _assert_equivalent(h, [region])
         return
-    ivs = [
-        AddVector(site="blocks.0.resid_post", vector=_vec(h, 9), positions={"last": 2}),
-        ParamEdit(param=name, op="scale", value=2.0, indices=list(range(0, numel, 3))),
-        region,
-        ProjectOut(site=_mid(h, 1), direction=_vec(h, 10), positions="generated"),
-    ]
-    if h.adapter.moe_layers:
-        ivs.append(ExpertMask(layer=h.adapter.moe_layers[0], off=[1, 4]))
+    cases = _one_of_each(h, region)
+    assert set(cases) == set(intervention_types())
+    ivs = [iv for group in cases.values() for iv in group]
     _assert_equivalent(h, ivs)

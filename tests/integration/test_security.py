@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -150,17 +151,22 @@ def test_evaluate_sweep_record(runs):
     assert all(p.startswith("Reverse the words: ") for p, _ in rec["samples"]["base"]["benign"])
     compact = json.loads((root / "record.json").read_text())
     assert "samples" not in compact and compact["command"].startswith("steerlab security evaluate")
-    # resumable: a second call finds every run done and trains nothing
-    again = _ok(
-        [
-            *EVAL_SMALL,
-            "--out",
-            str(root / "sweep2"),
-            "--work",
-            str(root / ".sweep.work"),
-            "--json",
-        ]
-    )
+    # resumable: a second call finds every run done and trains or evaluates nothing (each would raise)
+    skip = {f: mock.DEFAULT for f in ("train_vector", "finetune", "evaluate_model")}
+    with mock.patch.multiple("steerlab.security.experiment", **skip) as fakes:
+        for f in fakes.values():
+            f.side_effect = AssertionError("a finished run was run again")
+        again = _ok(
+            [
+                *EVAL_SMALL,
+                "--out",
+                str(root / "sweep2"),
+                "--work",
+                str(root / ".sweep.work"),
+                "--json",
+            ]
+        )
+    assert not any(f.called for f in fakes.values())
     assert again["rise"] == sweep["rise"]
 
 

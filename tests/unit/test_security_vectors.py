@@ -333,6 +333,27 @@ def test_null_parts_step_on_momentum_alone_whatever_the_harmful_data_says():
         finetune(h, HARM + GOOD, None, steps=1, progress=False, null_parts={"harmfull"})
 
 
+@pytest.mark.parametrize("kind,merge", [("lora", True), ("lora", False), ("add", True)])
+def test_null_parts_with_a_vector_on_carry_exactly_zero_gradient(kind, merge):
+    """The same with a (non-zero) vector on and frozen, folded into the weights or not: the harmful batches'
+    content still cannot reach the weights (other harmful responses, bit-identical weights), and without
+    ``null_parts`` it does."""
+    other = [Pair(p.prompt, f"No way, bad thing {i} is forbidden here, sorry.", "harmful") for i, p in enumerate(HARM)]
+
+    def run(harm, **kw):
+        h = tiny_model("llama")
+        v = new_vector(h, VectorConfig(kind=kind, rank=2, layers=[0, 1] if kind == "add" else None), seed=0)
+        g = torch.Generator().manual_seed(1)
+        v.tensors = {n: torch.randn(t.shape, generator=g) * 0.05 for n, t in v.tensors.items()}
+        finetune(h, harm + GOOD, v, steps=4, lr=1e-2, seed=0, batch_size=2, progress=False, merge=merge, **kw)
+        return _state(h.model)
+
+    a, b = run(HARM, null_parts={"harmful"}), run(other, null_parts={"harmful"})
+    c, d = run(HARM), run(other)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    assert any(not torch.equal(c[n], d[n]) for n in c)
+
+
 def test_part_scale_scales_that_parts_gradient_and_keeps_its_loss():
     """``part_scale={"harmful": s}``: the harmful batches' gradient, read off a parameter's hook during
     ``finetune``, is ``s`` times the unscaled one (the same batch, the same weights at step 0), and the
