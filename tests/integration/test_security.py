@@ -285,3 +285,57 @@ def test_page_opens_a_vector_card_with_its_curves(runs, monkeypatch):
     card = next(f for f in figs if f["layout"]["title"]["text"].startswith("Held-out loss"))
     got = {t["name"]: (t["x"], t["y"]) for t in card["data"]}
     assert got == {k: ([p[0] for p in v], [p[1] for p in v]) for k, v in curves.items()}
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    out: dict[str, torch.Tensor] = {}
+    for f in sorted(folder.rglob("*.safetensors")):
+        out.update({f"{f.name}:{k}": v for k, v in load_file(f).items()})
+    assert out, f"no weights under {folder}"
+    return out
+
+
+@pytest.mark.parametrize("cmd", ["train-vector", "finetune"])
+def test_an_interrupted_command_resumes_bit_for_bit(runs, tmp_path, cmd):
+    """Killed after step 5 of 8 (a checkpoint every step), the command leaves its checkpoint and no output;
+    started again it trains steps 5-7 only and writes what an uninterrupted run writes, bit for bit."""
+    import steerlab.security.stages as stages
+
+    root = runs[0]
+    size = ["--batch-size", "2"]
+    argv = {
+        "train-vector": ["security", "train-vector", MODEL, "--n", "8", "--epochs", "2", "--rank", "2", *size],
+        "finetune": ["security", "finetune", MODEL, "--n-harmful", "8", "--n-benign", "8", "--vector",
+                     str(root / "vec"), *size],
+    }[cmd]
+    real_train, steps_run = stages.train, []
+
+    def train(model, batches, *, stop_at=None, **kw):
+        def source(step):
+            if step == stop_at:
+                raise KeyboardInterrupt
+            steps_run.append(step)
+            return batches[step % len(batches)]
+
+        return real_train(model, source, **{**kw, "checkpoint_every": 1})
+
+    def invoke(out, stop_at=None):
+        steps_run.clear()
+        with mock.patch.object(stages, "train", lambda m, b, **kw: train(m, b, stop_at=stop_at, **kw)):
+            try:
+                return runner.invoke(app, [*argv, "--out", str(out)])
+            except KeyboardInterrupt:
+                return None
+
+    full = tmp_path / "full"
+    assert invoke(full).exit_code == 0 and steps_run == list(range(8))
+    cut = tmp_path / "cut"
+    r = invoke(cut, stop_at=5)
+    assert r is None or r.exit_code != 0
+    assert not cut.exists() and (tmp_path / ".cut.ckpt").is_dir()  # a checkpoint, nothing half-written
+    assert invoke(cut).exit_code == 0 and steps_run == [5, 6, 7]  # resumed: steps 0-4 not run again
+    assert not (tmp_path / ".cut.ckpt").exists()
+    a, b = _weights(full), _weights(cut)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
