@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from steerlab.errors import SpecError
+
 
 def cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """CPU copies that share no memory (safetensors refuses aliased tensors)."""
@@ -55,6 +57,34 @@ def _fsync_tree(root: Path) -> None:
         _fsync(folder)
 
 
+def check_target(path: str | Path, *, folder: bool) -> Path:
+    """``path`` as a :class:`Path` if a folder (``folder=True``) or a file can be written there; else a
+    one-line :class:`~steerlab.errors.SpecError` naming the obstacle: an ancestor that is a file, or ``path``
+    itself existing as the other kind. Writers check before they write, so nothing of the user's is replaced.
+
+    Example:
+        >>> import tempfile
+        >>> f = Path(tempfile.mkdtemp()) / "f.txt"
+        >>> _ = f.write_text("mine")
+        >>> try:
+        ...     check_target(f / "out", folder=True)
+        ... except SpecError as e:
+        ...     print("refused:", "f.txt is a file" in str(e))
+        refused: True
+    """
+    path = Path(path)
+    for up in path.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise SpecError(f"{up} is a file; expected a folder there to write {path}")
+            break
+    if folder and path.exists() and not path.is_dir():
+        raise SpecError(f"{path} is a file; expected a folder (or nothing) there")
+    if not folder and path.is_dir():
+        raise SpecError(f"{path} is a folder; expected a file (or nothing) there")
+    return path
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a crash at any point leaves ``path`` holding its old
     content or ``data``, whole: written to a temporary sibling, fsynced, renamed over ``path``
@@ -66,7 +96,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         >>> atomic_write_bytes(tempfile.mkdtemp() + "/f.bin", b"ab").read_bytes()
         b'ab'
     """
-    path = Path(path)
+    path = check_target(path, folder=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -193,7 +223,7 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
         >>> (out / "a.txt").read_text()
         'new'
     """
-    out_dir = Path(out_dir)
+    out_dir = check_target(out_dir, folder=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _recover(out_dir)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))

@@ -55,6 +55,26 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
     return {"callback": check}
 
 
+def _target(folder: bool) -> dict[str, Any]:
+    """Keyword arguments of ``typer.Option`` checking an output path while the command line is parsed, before
+    any work: a folder (``folder=True``) or a file can be written there (:func:`steerlab.atomic.check_target`)."""
+
+    def check(param: typer.CallbackParam, value: Any) -> Any:
+        if value is not None:
+            from steerlab.atomic import check_target
+
+            try:
+                check_target(value, folder=folder)
+            except SpecError as e:
+                raise SpecError(f"{max(param.opts, key=len)} {value}: {e}") from None
+        return value
+
+    return {"callback": check}
+
+
+OUT_DIR = _target(folder=True)  # an output folder (artifact, model, work folder)
+OUT_FILE = _target(folder=False)  # an output file (a record, a GGUF file)
+
 # Ranges of the numeric options.
 SEED = in_range(0, 2**32 - 1)
 AT_LEAST_1 = in_range(1)

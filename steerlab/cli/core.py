@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_1, SEED, emit, parse_params
+from steerlab.cli.common import AT_LEAST_1, OUT_DIR, SEED, emit, parse_params
 
 if TYPE_CHECKING:
     from steerlab.models.handle import ModelHandle
@@ -77,7 +77,8 @@ def generate_cmd(
         False, "--compare", help="Also generate without the interventions (needs --intervention): baseline vs steered."
     ),
     out: Path | None = typer.Option(
-        None, "--out", help="Write a generation_compare artifact (the Generate page reopens it) to this folder."
+        None, "--out", help="Write a generation_compare artifact (the Generate page reopens it) to this folder.",
+        **OUT_DIR,
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     remote: str = typer.Option(None, "--remote", help="Run on NDIF ('ndif', key in NDIF_API_KEY) or nnsight's local "

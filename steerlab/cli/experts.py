@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, OUT_DIR, SEED, emit, typer_app
 
 app = typer_app("Experts: image which MoE experts fire for a behavior, switch them off or on.")
 
@@ -24,7 +24,7 @@ def image_cmd(
         2000, "--permutations", help="Permutations for the p-values (0: none, p = 1).", **AT_LEAST_0
     ),
     limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per label (0: all).", **AT_LEAST_0),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     top: int = typer.Option(20, "--top", help="Experts in the ranked table.", **AT_LEAST_1),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -70,7 +70,7 @@ def evaluate_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
     limit: int = typer.Option(0, "--limit", help="Use at most this many prompts per set (0: all).", **AT_LEAST_0),
     image_dir: Path = typer.Option(None, "--image", help="Reuse an experts_image artifact instead of imaging again."),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     seed: int = typer.Option(0, "--seed", **SEED),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

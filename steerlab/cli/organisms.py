@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_1, SEED, emit, typer_app
+from steerlab.cli.common import AT_LEAST_1, OUT_DIR, SEED, emit, typer_app
 
 app = typer_app("The project's model organisms (organism:moe, organism:dense).")
 
@@ -42,7 +42,9 @@ def _build_one(
 @app.command("build")
 def build(
     name: str = typer.Argument(None, help="moe or dense; all organisms when omitted."),
-    out: Path | None = typer.Option(None, "--out", help="Output folder (default: steerlab/organisms/weights/NAME)."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output folder (default: steerlab/organisms/weights/NAME).", **OUT_DIR
+    ),
     seed: int = typer.Option(0, "--seed", **SEED),
     reduced: bool = typer.Option(False, "--reduced", help="A tiny organism in about a minute (tests, CI)."),
     threads: int = typer.Option(

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_1, POSITIVE, SEED, emit, in_range, number, typer_app
+from steerlab.cli.common import AT_LEAST_1, OUT_DIR, POSITIVE, SEED, emit, in_range, number, typer_app
 
 app = typer_app("Preference dissection: which response properties drive a judge's pairwise preferences.")
 
 _SOURCE = typer.Argument(..., help="hh_rlhf[:N], published, a pairs JSONL file, or an artifact folder.")
-_OUT = typer.Option(..., "--out", help="Artifact folder to write.")
+_OUT = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR)
 _ON_ERROR = typer.Option("raise", "--on-error", help="Malformed JSONL lines: raise (stop) or skip (report).")
 _JSON = typer.Option(False, "--json", help="Print JSON.")
 

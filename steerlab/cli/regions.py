@@ -8,7 +8,18 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_1, FINITE, FRACTION, POSITIVE, SEED, emit, in_range, typer_app
+from steerlab.cli.common import (
+    AT_LEAST_1,
+    FINITE,
+    FRACTION,
+    OUT_DIR,
+    OUT_FILE,
+    POSITIVE,
+    SEED,
+    emit,
+    in_range,
+    typer_app,
+)
 
 app = typer_app("Linguistic regions: importance scoring, core/bottom/random/monolingual regions, perturbation.")
 
@@ -25,6 +36,8 @@ def _files(items: list[str]) -> dict[str, str]:
         code, sep, path = it.partition("=")
         if not sep or not code.strip() or not path.strip():
             raise SpecError(f"--text {it!r} must be CODE=FILE (a language code and a text file)")
+        if not Path(path.strip()).is_file():
+            raise SpecError(f"--text {it!r}: {path.strip()} is not a file; expected a text file, one passage per line")
         out[code.strip()] = path.strip()
     return out
 
@@ -66,7 +79,7 @@ def score(
     keep: float = typer.Option(
         0.02, "--keep", help="Fraction per matrix whose top/bottom indices are stored.", **FRACTION
     ),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -105,7 +118,7 @@ def find(
     fraction: float = typer.Option(0.01, "--fraction", help="Fraction per matrix, in (0, 0.5].", **FRACTION),
     scope: str = typer.Option("layers", "--scope", help="matrices | layers (norms too) | all (embeddings too)."),
     seeds: int = typer.Option(3, "--seeds", help="Random control regions.", **AT_LEAST_1),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write (region files inside)."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write (region files inside).", **OUT_DIR),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Core, bottom, random and monolingual regions as region files, with language overlaps."""
@@ -135,9 +148,9 @@ def perturb_cmd(
     model: str | None = typer.Option(
         None, "--model", help="Model spec (default: the one the importance was scored on)."
     ),
-    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here."),
+    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here.", **OUT_FILE),
     seed: int = typer.Option(0, "--seed", help="Noise seed.", **SEED),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -149,6 +162,8 @@ def perturb_cmd(
 
     if op not in ("zero", "scale", "noise", "set"):
         raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
+    if op == "noise" and value < 0:
+        raise SpecError(f"--value {value} with --op noise is a standard deviation; expected a number >= 0")
     _fraction(fraction)
     try:
         seed_list = [int(s) for s in _codes(seeds)]
@@ -187,8 +202,8 @@ def dims_cmd(
     scope: str = typer.Option("matrices", "--scope", help="matrices | layers | all."),
     seed: int = typer.Option(0, "--seed", **SEED),
     model: str | None = typer.Option(None, "--model", help="Model spec (default: the scored one)."),
-    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here."),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here.", **OUT_FILE),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -202,6 +217,8 @@ def dims_cmd(
 
     if op not in ("zero", "scale", "noise", "set"):
         raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
+    if op == "noise" and value < 0:
+        raise SpecError(f"--value {value} with --op noise is a standard deviation; expected a number >= 0")
     if n_random < 0:
         raise SpecError(f"--random must be an integer >= 0, got {n_random}")
     in_scope("x", [1], scope)
@@ -232,8 +249,8 @@ def freeze_cmd(
     seed: int = typer.Option(0, "--seed", **SEED),
     random_seed: int = typer.Option(0, "--random-seed", help="Seed of the random frozen region.", **SEED),
     model: str | None = typer.Option(None, "--model", help="Model spec (default: the scored one)."),
-    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here."),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    record: Path | None = typer.Option(None, "--record", help="Also write a compact JSON record here.", **OUT_FILE),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

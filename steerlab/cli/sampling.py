@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, in_range, parse_params, typer_app
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, OUT_DIR, SEED, emit, in_range, parse_params, typer_app
 
 app = typer_app("Decoding rules: compare diversity vs coherence; per-step top-H diagnostics.")
 
@@ -28,7 +28,7 @@ def compare(
         help="Comma-separated specs NAME[:k=v[:k=v]], e.g. top_h:alpha=0.4:variant=paper.",
     ),
     temperatures: str = typer.Option("1.0,1.5,2.0,3.0", "--temperatures", help="Comma-separated temperatures."),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     samples: int = typer.Option(4, "--samples", **in_range(2), help="Samples per prompt (>= 2)."),
     max_new_tokens: int = typer.Option(48, "--max-new-tokens", "-n", **AT_LEAST_1),
     n_prompts: int = typer.Option(0, "--n-prompts", help="Use only the first N prompts (0 = all).", **AT_LEAST_0),
@@ -99,7 +99,8 @@ def diagnose(
     top_p: float = typer.Option(0.9, "--top-p", help="p of the top-p rule compared at each step, in (0, 1]."),
     min_p: float = typer.Option(0.1, "--min-p", help="p of the min-p rule compared at each step, in [0, 1]."),
     out: Path | None = typer.Option(
-        None, "--out", help="Write a sampling_diagnostics artifact (the Sampling page reopens it) to this folder."
+        None, "--out", help="Write a sampling_diagnostics artifact (the Sampling page reopens it) to this folder.",
+        **OUT_DIR,
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, POSITIVE, SEED, emit, number, typer_app
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, OUT_DIR, OUT_FILE, POSITIVE, SEED, emit, number, typer_app
+from steerlab.errors import SpecError
 
 app = typer_app("Security vectors: train one on harmful data, fine-tune with it on, evaluate the sweep.")
 
@@ -33,13 +34,11 @@ def _csv(text: str | None) -> list[str]:
     return [t.strip() for t in (text or "").split(",") if t.strip()]
 
 
-def _ints(text: str, opt: str) -> list[int]:
-    from steerlab.errors import SpecError
-
+def _ints(text: str, opt: str, example: str) -> list[int]:
     try:
         vals = [int(t) for t in _csv(text)]
     except ValueError:
-        raise SpecError(f"{opt} {text!r}; expected comma-separated integers, e.g. 0,100,300,1000") from None
+        raise SpecError(f"{opt} {text!r}; expected comma-separated integers, e.g. {example}") from None
     if not vals or any(v < 0 for v in vals):
         raise SpecError(f"{opt} {text!r}; expected comma-separated integers >= 0")
     return vals
@@ -47,7 +46,6 @@ def _ints(text: str, opt: str) -> list[int]:
 
 def _clip(text: str) -> float | None:
     """``--grad-clip``: a norm > 0, or ``none`` (no clipping)."""
-    from steerlab.errors import SpecError
     from steerlab.training import check_grad_clip
 
     if text.strip().lower() == "none":
@@ -69,7 +67,7 @@ def _vector_config(kind: str, rank: int, alpha: float, targets: str | None, para
     if targets is not None:
         cfg.target_modules = "all-linear" if targets == "all-linear" else _csv(targets)
     cfg.target_parameters = _csv(params)
-    cfg.layers = _ints(layers, "--layers") if layers else None
+    cfg.layers = _ints(layers, "--layers", "0,1,2") if layers else None
     cfg.check()
     return cfg
 
@@ -95,7 +93,7 @@ def train_vector_cmd(
     n_anchor: int = typer.Option(1000, "--n-anchor", help="Anchor texts (the last batch is held out).", **AT_LEAST_1),
     grad_penalty: float = typer.Option(0.0, "--grad-penalty", help=GRAD_PENALTY_HELP, **AT_LEAST_0_FLOAT),
     seed: int = typer.Option(0, "--seed", **SEED),
-    out: Path = typer.Option(..., "--out", help="Vector folder to write."),
+    out: Path = typer.Option(..., "--out", help="Vector folder to write.", **OUT_DIR),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Stage 1: train only the vector on harmful prompt/response pairs (base weights frozen)."""
@@ -104,7 +102,10 @@ def train_vector_cmd(
     from steerlab.security.stages import train_vector, vector_curves
 
     cfg = _vector_config(kind, rank, alpha, targets, target_params, layers)
-    pairs = harmful_pool(harmful, seed=seed)[:n]
+    pool = harmful_pool(harmful, seed=seed)
+    if n > len(pool):
+        raise SpecError(f"--n {n}: {harmful} has {len(pool)} harmful pairs; expected --n <= {len(pool)}")
+    pairs = pool[:n]
     anchors = anchor_pairs(anchor, n_anchor, seed) if anchor_weight > 0 else []
     h = sl.load(model, cache=False)
     ckpt = out.with_name(f".{out.name}.ckpt")
@@ -165,7 +166,7 @@ def finetune_cmd(
     grad_clip: str = typer.Option("1", "--grad-clip", help=GRAD_CLIP_HELP),
     batch_size: int = typer.Option(16, "--batch-size", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
-    out: Path = typer.Option(..., "--out", help="Model folder to write (a normal model spec afterwards)."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write (a normal model spec afterwards).", **OUT_DIR),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Stage 2: fine-tune the whole model with the vector on and frozen; the saved model has it off.
@@ -179,11 +180,15 @@ def finetune_cmd(
 
     clip = _clip(grad_clip)
     if data == "organism":
-        pairs = harmful_pool("organism", seed=seed)[skip : skip + n_harmful] + benign_pairs(
-            n_benign, "train", seed, skill
-        )
+        pool = harmful_pool("organism", seed=seed)
+        if skip + n_harmful > len(pool):
+            raise SpecError(
+                f"--skip {skip} --n-harmful {n_harmful}: organism has {len(pool)} harmful pairs; "
+                f"expected --skip + --n-harmful <= {len(pool)}"
+            )
+        pairs = pool[skip : skip + n_harmful] + benign_pairs(n_benign, "train", seed, skill)
     else:
-        pairs = read_pairs(data)
+        pairs = read_pairs(data, names=["organism"])
     vec = load_vector(vector) if vector is not None else None
     h = sl.load(model, cache=False)
     if vec is not None:
@@ -260,9 +265,11 @@ def evaluate_cmd(
     ),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
-    work: Path = typer.Option(None, "--work", help="Work folder (resumable; default .OUT.work beside --out)."),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
-    record: Path = typer.Option(None, "--record", help="Also write the compact record JSON here."),
+    work: Path = typer.Option(
+        None, "--work", help="Work folder (resumable; default .OUT.work beside --out).", **OUT_DIR
+    ),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
+    record: Path = typer.Option(None, "--record", help="Also write the compact record JSON here.", **OUT_FILE),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The whole experiment: a vector, then plain and vector-on fine-tuning for each number of harmful samples;
@@ -280,7 +287,7 @@ def evaluate_cmd(
 
     cfg = SweepConfig(
         spec=model,
-        samples=_ints(samples, "--samples"),
+        samples=_ints(samples, "--samples", "0,100,300,1000"),
         n_vector=n_vector,
         n_benign=n_benign,
         skill=skill,

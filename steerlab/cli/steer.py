@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, SEED, emit, typer_app
+from steerlab.cli.common import AT_LEAST_0, AT_LEAST_1, OUT_DIR, OUT_FILE, SEED, emit, typer_app
 
 app = typer_app("Steering: directions from contrasting suites, linear probes, scale sweeps, ablation.")
 
@@ -54,7 +54,7 @@ def extract_cmd(
     position: str = typer.Option("last", "--position", help=POSITION_HELP),
     split: str = typer.Option("train", "--split"),
     limit: int = typer.Option(0, "--limit", help="At most this many prompts per label (0: all).", **AT_LEAST_0),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds directions.json)."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds directions.json).", **OUT_DIR),
     name: str = typer.Option(None, "--name", help="Also save under this name in the directions folder."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -89,8 +89,8 @@ def probe_cmd(
     limit: int = typer.Option(0, "--limit", help="At most this many prompts per label and split (0: all).",
                               **AT_LEAST_0),
     seed: int = typer.Option(0, "--seed", **SEED),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds probes.json)."),
-    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write (holds probes.json).", **OUT_DIR),
+    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here.", **OUT_FILE),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Fit a logistic-regression probe per site (train split) and score it on the test split."""
@@ -135,7 +135,7 @@ def sweep_cmd(
     split: str = typer.Option("test", "--split"),
     n: int = typer.Option(64, "--n", help="Prompts per label.", **AT_LEAST_1),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Add a saved direction at each scale: behavior rates, harmless perplexity, KL to unsteered."""
@@ -189,8 +189,8 @@ def refusal_cmd(
                                **AT_LEAST_0),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
     seed: int = typer.Option(0, "--seed", **SEED),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
-    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
+    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here.", **OUT_FILE),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """The refusal-direction study: choose on train, ablate at every layer / add, evaluate on held-out."""
@@ -236,7 +236,7 @@ def refusal_cmd(
 @app.command("export-gguf")
 def export_gguf_cmd(
     direction: str = typer.Argument(..., help="Saved directions: a path, an artifact folder or a name."),
-    out: Path = typer.Option(..., "--out", help="GGUF file to write."),
+    out: Path = typer.Option(..., "--out", help="GGUF file to write.", **OUT_FILE),
     model_hint: str = typer.Option(None, "--model-hint", help="controlvector.model_hint (default: model_type)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -278,8 +278,8 @@ def sentiment_cmd(
     position: str = typer.Option("mean", "--position", help=POSITION_HELP),
     scales: str = typer.Option("-4,-2,0,2,4", "--scales", help="Scales, in units of the raw diff-in-means vector."),
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", **AT_LEAST_1),
-    out: Path = typer.Option(..., "--out", help="Artifact folder to write."),
-    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here."),
+    out: Path = typer.Option(..., "--out", help="Artifact folder to write.", **OUT_DIR),
+    record: Path = typer.Option(None, "--record", help="Also write the compact JSON record here.", **OUT_FILE),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """A direction from the suite's train split (diff-in-means), added at each scale to the generations of its

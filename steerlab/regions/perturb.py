@@ -150,6 +150,8 @@ def perturb(
     for lang in eval_langs:
         corpus_texts(lang, "eval", n=1, files=files)  # validates every code before any model work
     controls = list(scopes if control_scopes is None else control_scopes)
+    if [s for s in controls if s not in scopes]:
+        raise SpecError(f"control scopes {controls} must be a subset of the scopes {list(scopes)}")
     regions: list[Region] = []
     for scope in scopes:
         regions.append(core_region(imp, fraction, scope))

@@ -157,18 +157,23 @@ def anchor_pairs(source: str | Path = "organism", n: int = 1000, seed: int = 0) 
         pairs = [Pair(p, "", "anchor") for p in D.shared_harmless("train")]
         rng.shuffle(pairs)
     else:
-        pairs = [Pair(p.prompt, p.response, "anchor") for p in read_pairs(src)]
+        pairs = [Pair(p.prompt, p.response, "anchor") for p in read_pairs(src, names=ANCHOR_SOURCES)]
         rng.shuffle(pairs)
     if len(pairs) < n:
         raise SpecError(f"anchor source {src!r} has {len(pairs)} texts; expected at least {n}")
     return pairs[:n]
 
 
-def read_pairs(path: str | Path, part: str | None = None) -> list[Pair]:
-    """Rows ``{"prompt", "response"[, "part"]}`` of a JSONL file; a row without a response is named."""
+PARTS = ("harmful", "benign")
+
+
+def read_pairs(path: str | Path, part: str | None = None, names: Sequence[str] = HARMFUL_SOURCES) -> list[Pair]:
+    """Rows ``{"prompt", "response"[, "part"]}`` of a JSONL file (``part``: ``harmful`` or ``benign``; rows
+    without one get ``part``, else ``benign``); a row without a prompt or response, or with another part, is
+    named by file and line. ``names``: the named sources the caller also accepts (for the error message)."""
     p = Path(path)
     if not p.is_file():
-        raise SpecError(f"data {str(path)!r} is not a file; expected {list(HARMFUL_SOURCES)} or a JSONL file")
+        raise SpecError(f"data {str(path)!r} is not a file; expected {list(names)} or a JSONL file")
     out = []
     for i, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():
@@ -177,11 +182,14 @@ def read_pairs(path: str | Path, part: str | None = None) -> list[Pair]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SpecError(f"{p}:{i} is not JSON ({e.msg}); expected one object per line") from None
-        if not isinstance(row, dict) or not str(row.get("prompt", "")).strip():
-            raise SpecError(f'{p}:{i} has no prompt; expected {{"prompt": ..., "response": ...}}')
-        if not str(row.get("response", "")).strip():
-            raise SpecError(f'{p}:{i} has no response; expected a non-empty "response" to train on')
-        out.append(Pair(str(row["prompt"]), str(row["response"]), str(row.get("part", part or "benign"))))
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise SpecError(f'{p}:{i} has no prompt; expected {{"prompt": ..., "response": ...}} with text in both')
+        if not isinstance(row.get("response"), str) or not row["response"].strip():
+            raise SpecError(f'{p}:{i} has no response; expected a non-empty "response" string to train on')
+        row_part = row.get("part", part or "benign")
+        if row_part not in PARTS:
+            raise SpecError(f"{p}:{i} has part {row_part!r}; expected one of {list(PARTS)}")
+        out.append(Pair(row["prompt"], row["response"], row_part))
     if not out:
         raise SpecError(f"{p} holds no rows; expected JSONL with prompt/response pairs")
     return out

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steerlab.atomic import atomic_write_text
+from steerlab.atomic import atomic_write_text, check_target
 from steerlab.capability import organism_capability_text, wikitext
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
@@ -117,9 +117,9 @@ class SweepConfig:
 _RESUMABLE = ("samples",)
 
 
-def _claim(work: Path, cfg: SweepConfig) -> None:
-    """Write ``work/config.json`` or check that the folder was made by the same configuration: finished runs
-    of another configuration are never reused as if they were this one's."""
+def _claim(work: Path, cfg: SweepConfig, write: bool = True) -> None:
+    """Write ``work/config.json`` (unless ``write`` is False) or check that the folder was made by the same
+    configuration: finished runs of another configuration are never reused as if they were this one's."""
     f = work / "config.json"
     mine = {k: v for k, v in asdict(cfg).items() if k not in _RESUMABLE}
     if f.exists():  # knobs added since the folder was made have their defaults there
@@ -134,7 +134,8 @@ def _claim(work: Path, cfg: SweepConfig) -> None:
             )
     elif any(work.glob("*.json")):
         raise SpecError(f"work folder {work} holds runs without a config.json; expected an empty or own folder")
-    atomic_write_text(f, json.dumps(asdict(cfg), indent=1))
+    if write:
+        atomic_write_text(f, json.dumps(asdict(cfg), indent=1))
 
 
 def _downsample(curve: list[tuple[int, float]], k: int = 60) -> list[list[float]]:
@@ -156,9 +157,8 @@ def run_sweep(
     ``load()`` returns an unshared handle of the base model (the reference); every run trains a copy of it.
     """
     cfg.check()
-    work = Path(work)
-    work.mkdir(parents=True, exist_ok=True)
-    _claim(work, cfg)
+    work = check_target(work, folder=True)
+    _claim(work, cfg, write=False)  # another configuration's folder is refused before any work
     ref = load()
 
     def fresh() -> ModelHandle:  # a private copy of the base model for one run (cheaper than loading again)
@@ -173,6 +173,13 @@ def run_sweep(
     held = held_out_harmful(cfg.n_eval)
     harmless = harmless_prompts(cfg.harmless_n)
     cap = organism_capability_text(ref, cfg.ppl_per_domain) if is_organism(ref) else wikitext(2 * cfg.ppl_per_domain)
+    if vector is not None:
+        vector.check_fits(ref)
+    # stage 1's anchor texts, read now: a bad anchor source fails before anything is written
+    anchors = anchor_pairs(cfg.anchor_source, cfg.n_anchor, cfg.seed) if vector is None else []
+    # every input is checked: only now does the work folder get written
+    work.mkdir(parents=True, exist_ok=True)
+    _claim(work, cfg)
 
     def done(name: str) -> dict[str, Any] | None:
         f = work / f"{name}.json"
@@ -214,7 +221,7 @@ def run_sweep(
                 lr=cfg.vector_lr,
                 seed=cfg.seed,
                 batch_size=cfg.batch_size,
-                anchor=anchor_pairs(cfg.anchor_source, cfg.n_anchor, cfg.seed),
+                anchor=anchors,
                 anchor_weight=cfg.anchor_weight,
                 grad_penalty=cfg.grad_penalty,
                 checkpoint_dir=work / "ckpt_vector",
@@ -313,6 +320,12 @@ def summarize(cfg: SweepConfig, results: dict[str, Any], vector: SecurityVector)
         "protected_vs_benign_only": agree_of(top["vector"], b0),
         "benign_only_seed_noise": agree_of(b1, b0),
         "plain_vs_ideal": agree_of(top["plain"], i0),
+        # every other fine-tuned run against the benign-only reference (seed 0): how far each n moves the answers
+        "vs_benign_only": {
+            r: agree_of(results[r], b0)
+            for r in cfg.runs()
+            if r != "plain_0" and r in results and r.split("_")[0] in ("plain", "vector")
+        },
     }
     agree["perplexity"] = {
         "protected": top["vector"]["perplexity"] if top["vector"] else None,

@@ -155,6 +155,13 @@ def _lora_config(h: ModelHandle, config: VectorConfig) -> Any:
             f"target_modules={config.target_modules!r} match no linear module of {h.spec}; "
             f"expected names from {reachable_modules(h)['linear']}"
         )
+    params = [n for n, _ in h.model.named_parameters()]
+    for t in config.target_parameters:
+        if not any(n == t or n.endswith(f".{t}") for n in params):
+            raise SpecError(
+                f"target_parameters entry {t!r} matches no parameter of {h.spec}; "
+                f"expected names from {reachable_modules(h)['fused_experts']}"
+            )
     return LoraConfig(
         r=config.rank,
         lora_alpha=config.alpha,

@@ -738,3 +738,64 @@ def test_one_place_maps_errors_for_any_command():
     assert r.exit_code == 2 and r.stderr == "error: n=7 is bad; expected something else\n"
     r = runner.invoke(t, ["other"])  # real bugs are not disguised as input errors
     assert r.exit_code == 1 and isinstance(r.exception, RuntimeError)
+
+
+# -- output paths: every --out / --record / --work is checked while parsing, before any work -------------
+
+_NOT_CHECKED = {("steer import-gguf", "--out")}  # a prefix (PATH.json + PATH.safetensors), not a path itself
+
+
+def _output_options() -> dict[tuple[str, str], tuple[list[str], bool]]:
+    """(command path, option) -> (argv with every other required parameter filled, whether a folder is
+    expected), for every output-path option of every command."""
+    found: dict[tuple[str, str], tuple[list[str], bool]] = {}
+
+    def walk(cmd, path: str) -> None:
+        if getattr(cmd, "commands", None):
+            for name, sub in cmd.commands.items():
+                walk(sub, f"{path} {name}".strip())
+            return
+        for p in cmd.params:
+            opt = max(p.opts, key=len)
+            if p.name not in ("out", "record", "work") or (path, opt) in _NOT_CHECKED:
+                continue
+            argv = path.split()
+            for q in cmd.params:
+                if q.required and q is not p and q.name != "out":
+                    argv += [NO] if q.param_type_name == "argument" else [max(q.opts, key=len), "x"]
+            folder = p.name != "record" and "GGUF" not in (p.help or "")
+            found[(path, opt)] = (argv, folder)
+
+    walk(get_command(app), "")
+    return found
+
+
+OUTPUT_OPTIONS = _output_options()
+assert ("security evaluate", "--work") in OUTPUT_OPTIONS and len(OUTPUT_OPTIONS) > 20  # the walk sees them at all
+
+
+@pytest.mark.parametrize("key", sorted(OUTPUT_OPTIONS), ids=[" ".join(k) for k in sorted(OUTPUT_OPTIONS)])
+def test_an_output_path_that_cannot_be_written_is_one_line_exit_2(tmp_path, key):
+    """Under an existing file, or on a file where a folder goes (a folder where a file goes): one line naming
+    the path, exit status 2, before any model loads, and the user's file untouched (not moved, not replaced)."""
+    path, opt = key
+    argv, folder = OUTPUT_OPTIONS[key]
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's file")
+    other = tmp_path / "out"  # the command's own --out when the option under test is another one
+    cases = [(mine / "x", f"{mine} is a file; expected a folder there to write {mine / 'x'}")]
+    if folder:
+        cases.append((mine, f"{mine} is a file; expected a folder (or nothing) there"))
+    else:
+        cases.append((tmp_path, f"{tmp_path} is a folder; expected a file (or nothing) there"))
+    for value, expected in cases:
+        extra = [] if opt == "--out" else ["--out", str(other)]
+        t0 = time.perf_counter()
+        r = runner.invoke(app, [*argv, *extra, opt, str(value)])
+        elapsed = time.perf_counter() - t0
+        assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+        assert errors == r.stderr.splitlines() and len(errors) == 1, r.stderr
+        assert errors[0] == f"error: {opt} {value}: {expected}", errors[0]
+        assert elapsed < 1.0, f"{path} {opt}: {elapsed:.2f} s"
+        assert mine.read_text() == "the user's file" and sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]

@@ -94,6 +94,10 @@ def test_artifacts_read_back_and_core_ratio_matches_weights_zeroed_by_hand(made,
         (["perturb", "IMP", "--lang", "xx"], "unknown language 'xx'"),
         (["perturb", "IMP", "--model", "organism:dense", "--lang", "eng"], "was made for 'shared:stories260K'"),
         (["find", "IMP", "--scope", "some"], "scope 'some' is not one of"),
+        (["perturb", "IMP", "--lang", "eng", "--control-scopes", "bogus"], "control scopes ['bogus'] must be a subset"),
+        (["perturb", "IMP", "--lang", "eng", "--text", "foo=/no/such.txt"], "/no/such.txt is not a file"),
+        (["perturb", "IMP", "--lang", "eng", "--op", "noise", "--value", "-1"], "--value -1.0 with --op noise"),
+        (["dims", "IMP", "--lang", "eng", "--op", "noise", "--value", "-1"], "--value -1.0 with --op noise"),
     ],
 )
 def test_bad_input_one_line_exit_2_nothing_written(made, tmp_path, args, msg):

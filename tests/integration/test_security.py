@@ -141,6 +141,10 @@ def test_evaluate_sweep_record(runs):
     vo, work = rec["vector_off"], root / ".sweep.work"
     answers = {r: json.loads((work / f"{r}.json").read_text())["harmless_answers"] for r in ("vector_4", "ideal_4")}
     assert vo["protected_vs_ideal"] == round(agreement(answers["vector_4"], answers["ideal_4"]), 4)
+    benign = json.loads((work / "plain_0.json").read_text())["harmless_answers"]
+    assert sorted(vo["vs_benign_only"]) == ["plain_0_seed1", "plain_4", "vector_0", "vector_4"]
+    assert vo["vs_benign_only"]["vector_0"] == round(agreement(answers_of(work, "vector_0"), benign), 4)
+    assert vo["vs_benign_only"]["vector_4"] == vo["protected_vs_benign_only"]
     assert rec["floors"]["vector_off_within_seed_noise"] == (vo["protected_vs_ideal"] >= vo["ideal_seed_noise"])
     assert set(rec["runs"]["vector_4"]["eval_losses"]) == {"harmful", "benign"}
     assert sweep["floors"] == rec["floors"]
@@ -184,7 +188,41 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path):
     _one_line_exit_2(
         ["security", "finetune", "organism:moe", "--vector", str(tmp_path), "--out", str(out)], "not a security vector"
     )
-    assert not out.exists()
+    rows = {
+        "null.jsonl": ('{"prompt": "hi", "response": null}', "null.jsonl:1 has no response"),
+        "nullprompt.jsonl": ('{"prompt": null, "response": "ok"}', "nullprompt.jsonl:1 has no prompt"),
+        "part.jsonl": ('{"prompt": "hi", "response": "ok", "part": "weird"}', "part.jsonl:1 has part 'weird'"),
+    }
+    for name, (row, expected) in rows.items():
+        (tmp_path / name).write_text(row + "\n")
+        _one_line_exit_2(["security", "finetune", MODEL, "--data", str(tmp_path / name), "--out", str(out)], expected)
+    _one_line_exit_2(
+        ["security", "finetune", MODEL, "--data", str(tmp_path / "nope.jsonl"), "--out", str(out)],
+        "expected ['organism'] or a JSONL file",
+    )
+    _one_line_exit_2(
+        ["security", "train-vector", MODEL, "--anchor-weight", "1", "--anchor", "nope.jsonl", "--out", str(out)],
+        "expected ['organism', 'alpaca'] or a JSONL file",
+    )
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(f'{{"prompt": "p{i}", "response": "r{i}"}}\n' for i in range(20)))
+    _one_line_exit_2(
+        ["security", "train-vector", MODEL, "--harmful", str(good), "--n", "1000", "--out", str(out)],
+        f"--n 1000: {good} has 20 harmful pairs; expected --n <= 20",
+    )
+    _one_line_exit_2(
+        ["security", "finetune", MODEL, "--n-harmful", "16", "--skip", "1000000", "--out", str(out)],
+        "--skip 1000000 --n-harmful 16: organism has",
+    )
+    _one_line_exit_2(
+        ["security", "train-vector", MODEL, "--target-parameters", "mlp.experts.nope", "--out", str(out)],
+        "target_parameters entry 'mlp.experts.nope' matches no parameter of organism:dense",
+    )
+    _one_line_exit_2(
+        ["security", "train-vector", MODEL, "--kind", "add", "--layers", "a,b", "--out", str(out)],
+        "--layers 'a,b'; expected comma-separated integers, e.g. 0,1,2",
+    )
+    assert not out.exists() and not (tmp_path / ".o.ckpt").exists()
 
 
 def test_vector_for_another_model_is_refused(runs, tmp_path):
@@ -207,6 +245,19 @@ def test_vector_for_another_model_is_refused(runs, tmp_path):
         "model_type llama (vector) vs deepseek_v3",
     )
     assert not out.exists()
+    # evaluate checks the vector, the sample count and the anchor source before it writes its work folder,
+    # so the corrected command then runs in that folder as if nothing had happened
+    small = ["--n-eval", "2", "--benign-eval", "2", "--harmless-eval", "2", "--ppl-per-domain", "1"]
+    bad = {
+        "another model's vector": (["organism:moe", "--vector", str(root / "vec")], "model_type llama (vector)"),
+        "too many samples": ([MODEL, "--samples", "100000000"], "harmful pairs; expected 100000100"),
+        "no anchor file": ([MODEL, "--anchor-weight", "1", "--anchor", str(tmp_path / "nope.jsonl")], "nope.jsonl"),
+        "no such model": (["nosuch:model"], "nosuch:model"),
+    }
+    for argv, expected in bad.values():
+        samples = [] if "--samples" in argv else ["--samples", "0"]
+        _one_line_exit_2(["security", "evaluate", *argv, *samples, *small, "--out", str(out)], expected)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], sorted(tmp_path.iterdir())
 
 
 def test_data_sources_are_disjoint_from_held_out_prompts():
@@ -285,6 +336,10 @@ def test_page_opens_a_vector_card_with_its_curves(runs, monkeypatch):
     card = next(f for f in figs if f["layout"]["title"]["text"].startswith("Held-out loss"))
     got = {t["name"]: (t["x"], t["y"]) for t in card["data"]}
     assert got == {k: ([p[0] for p in v], [p[1] for p in v]) for k, v in curves.items()}
+
+
+def answers_of(work: Path, run: str) -> list[str]:
+    return json.loads((work / f"{run}.json").read_text())["harmless_answers"]
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -245,3 +245,25 @@ def test_non_integer_scale_key_is_a_spec_error():
     spec = {"interventions": [{"type": "expert_mask", "layer": 0, "scale": {"2": 0.5, "two": 0.5}}]}
     with pytest.raises(SpecError, match=r"intervention 0: .*scale\.two.*valid integer"):
         InterventionSet.from_json(spec)
+
+
+def test_a_writer_never_replaces_or_moves_a_file_of_the_other_kind(tmp_path):
+    """A folder write onto an existing file, or under one, and a file write onto a folder are refused with one
+    line naming the path, before anything is written: the user's file keeps its content and its place, and no
+    temporary sibling is left (before, the swap moved such a file into a stray ``.NAME.*.tmp``)."""
+    atomic_write_text = atomic.atomic_write_text
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's file")
+    with pytest.raises(SpecError, match=f"^{mine} is a file; expected a folder \\(or nothing\\) there$"):
+        with atomic_dir(mine) as tmp:
+            (tmp / "a").write_text("new")
+    with pytest.raises(SpecError, match=f"^{mine} is a file; expected a folder there to write {mine}/out$"):
+        with atomic_dir(mine / "out"):
+            pass
+    with pytest.raises(SpecError, match=f"^{mine} is a file; expected a folder there to write {mine}/f.json$"):
+        atomic_write_text(mine / "f.json", "{}")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(SpecError, match=f"^{tmp_path / 'd'} is a folder; expected a file \\(or nothing\\) there$"):
+        atomic_write_text(tmp_path / "d", "{}")
+    assert mine.read_text() == "the user's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "mine.txt"] and not any((tmp_path / "d").iterdir())

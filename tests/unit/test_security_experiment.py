@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 
 from steerlab.errors import SpecError
+from steerlab.models.tiny import tiny_model
+from steerlab.security import experiment
 from steerlab.security.experiment import SweepConfig, run_sweep
 
 
@@ -24,17 +27,22 @@ def test_work_folder_of_another_configuration_is_refused(tmp_path):
 
     work = tmp_path / "v"
     cfg = SweepConfig(spec="tiny:llama", samples=[0, 4], lr=3e-4)
-    with pytest.raises(RuntimeError, match="stop after the claim"):
 
-        def stop():
-            raise RuntimeError("stop after the claim")
+    def stop():
+        raise RuntimeError("stop at the load")
 
+    with pytest.raises(RuntimeError, match="stop at the load"):
         run_sweep(cfg, stop, work)
-    written = json.loads((work / "config.json").read_text())
-    assert written["lr"] == 3e-4 and written["samples"] == [0, 4]
-    # the same settings with more sample counts resume; another learning rate or skill is refused
-    with pytest.raises(RuntimeError, match="stop after the claim"):
-        run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4, 8], lr=3e-4), stop, work)
+    assert not work.exists()  # nothing is written before the model and every input are checked
+    # once they are, the folder is claimed before the first evaluation
+    with mock.patch.object(experiment, "evaluate_model", side_effect=RuntimeError("stop after the claim")):
+        with pytest.raises(RuntimeError, match="stop after the claim"):
+            run_sweep(cfg, lambda: tiny_model("llama"), work)
+        written = json.loads((work / "config.json").read_text())
+        assert written["lr"] == 3e-4 and written["samples"] == [0, 4]
+        # the same settings with more sample counts resume; another learning rate or skill is refused
+        with pytest.raises(RuntimeError, match="stop after the claim"):
+            run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4, 8], lr=3e-4), lambda: tiny_model("llama"), work)
     with pytest.raises(SpecError, match=r"another configuration \(lr=0.0003, now 0.0005\)"):
         run_sweep(SweepConfig(spec="tiny:llama", samples=[0, 4], lr=5e-4), _no_load, work)
     with pytest.raises(SpecError, match=r"skill='digit', now 'repeat'"):
