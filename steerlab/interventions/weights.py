@@ -9,11 +9,12 @@ Example:
     >>> import torch, steerlab as sl
     >>> from steerlab.interventions import ParamEdit
     >>> h = sl.load("shared:stories260K")
-    >>> ed = ParamEditor(h, ParamEdit(param="lm_head.weight", op="zero"))
-    >>> before = h.model.lm_head.weight.clone()
-    >>> ed.apply(); bool(h.model.lm_head.weight.abs().sum() == 0)
+    >>> ed = ParamEditor(h, ParamEdit(param="model.norm.weight", op="zero"))
+    >>> w = h.model.model.norm.weight
+    >>> before = w.detach().clone()
+    >>> ed.apply(); bool(w.abs().sum() == 0)
     True
-    >>> ed.restore(); torch.equal(h.model.lm_head.weight, before)
+    >>> ed.restore(); torch.equal(w, before)
     True
 """
 

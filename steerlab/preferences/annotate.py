@@ -107,8 +107,8 @@ def words(text: str) -> list[str]:
 def length_rule(a_words: int, b_words: int) -> tuple[float, float]:
     """The paper's length comparison: ``(1, 0)`` when A is clearly longer, ``(0, 1)`` when B is, else ``(0, 0)``.
 
-    >>> length_rule(100, 69), length_rule(100, 75), length_rule(100, 80), length_rule(200, 159)
-    ((1.0, 0.0), (0.0, 0.0), (1.0, 0.0), (1.0, 0.0))
+    >>> length_rule(100, 69), length_rule(100, 85), length_rule(100, 80), length_rule(160, 200)
+    ((1.0, 0.0), (0.0, 0.0), (1.0, 0.0), (0.0, 1.0))
     """
     short, long_ = sorted((a_words, b_words))
     diff = long_ - short
