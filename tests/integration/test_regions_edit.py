@@ -104,6 +104,7 @@ def test_composes_with_every_type_kv_on_and_off(tiny, arch, alone):
         _assert_equivalent(h, [region])
         return
     cases = _one_of_each(h, region)
-    assert set(cases) == set(intervention_types())
+    built_in = {name for name, cls in intervention_types().items() if cls.__module__.startswith("steerlab.")}
+    assert set(cases) == built_in  # (other tests register types of their own in the same registry)
     ivs = [iv for group in cases.values() for iv in group]
     _assert_equivalent(h, ivs)

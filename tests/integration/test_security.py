@@ -142,8 +142,8 @@ def test_evaluate_sweep_record(runs):
     answers = {r: json.loads((work / f"{r}.json").read_text())["harmless_answers"] for r in ("vector_4", "ideal_4")}
     assert vo["protected_vs_ideal"] == round(agreement(answers["vector_4"], answers["ideal_4"]), 4)
     benign = json.loads((work / "plain_0.json").read_text())["harmless_answers"]
-    assert sorted(vo["vs_benign_only"]) == ["plain_0_seed1", "plain_4", "vector_0", "vector_4"]
-    assert vo["vs_benign_only"]["vector_0"] == round(agreement(answers_of(work, "vector_0"), benign), 4)
+    assert sorted(vo["vs_benign_only"]) == ["plain_0_seed1", "plain_4", "vector_4"]  # (no vector_0: n = 0 not asked)
+    assert vo["vs_benign_only"]["plain_4"] == round(agreement(answers_of(work, "plain_4"), benign), 4)
     assert vo["vs_benign_only"]["vector_4"] == vo["protected_vs_benign_only"]
     assert rec["floors"]["vector_off_within_seed_noise"] == (vo["protected_vs_ideal"] >= vo["ideal_seed_noise"])
     assert set(rec["runs"]["vector_4"]["eval_losses"]) == {"harmful", "benign"}
