@@ -20,18 +20,15 @@ Usage: python benchmarks/security_decompose.py WORK [--harmless N] [--vector DIR
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("work")
-    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
-    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
-    ap.add_argument("--json", default=None)
+    from security_runs import work_parser
+
+    ap = work_parser(__doc__)
     args = ap.parse_args(argv)
     from security_runs import SweepRuns, report, word_prefix_share
 

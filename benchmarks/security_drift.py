@@ -27,7 +27,6 @@ Usage: python benchmarks/security_drift.py WORK [--harmless N] [--vector DIR] [-
 
 from __future__ import annotations
 
-import argparse
 import collections
 import sys
 import time
@@ -88,12 +87,10 @@ def routing(sr: Any, weights: dict[str, dict[str, Any]], keys: list[str], n: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("work")
-    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
-    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
+    from security_runs import work_parser
+
+    ap = work_parser(__doc__)
     ap.add_argument("--top", type=int, default=12, help="tensors listed by distance")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     import torch
     from security_runs import SweepRuns, report

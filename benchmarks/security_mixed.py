@@ -22,7 +22,6 @@ Usage: python benchmarks/security_mixed.py WORK [--harmless N] [--vector DIR] [-
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import json
@@ -89,20 +88,17 @@ def run(sr: Any, vector: Any, seed: int, harmful_scale: float) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("work")
-    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
-    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
-    ap.add_argument("--json", default=None)
+    from security_runs import work_parser
+
+    ap = work_parser(__doc__)
     args = ap.parse_args(argv)
     base_file = Path(args.work) / "base.json"
     if not base_file.exists():
         print(f"{base_file}: not found; expected a sweep work folder with its base evaluation", file=sys.stderr)
         return 2
-    from security_runs import SweepRuns, report, word_prefix_share
-    from security_tolerance import answer_logprobs, mean_kl
+    from security_runs import SweepRuns, report
+    from security_tolerance import answer_logprobs, vs_ideal
 
-    from steerlab.security.evaluate import agreement
 
     sr = SweepRuns.open(args.work, args.harmless, args.vector)
     cfg = sr.cfg
@@ -127,15 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     rise = {m: {k: round(runs[m]["compliance"][k] - base["compliance"][k], 4) for k in splits}
             for m in ("plain", "vector")}
     gap = round(runs["vector"]["benign_accuracy"] - runs["plain"]["benign_accuracy"], 4)
-    table = {
-        name: {
-            "agreement": round(agreement(r["harmless_answers"], ref_answers), 4),
-            "word_prefix_share": word_prefix_share(r["harmless_answers"], ref_answers),
-            "kl": mean_kl(logp["ideal"], logp[name]),
-        }
-        for name, r in runs.items()
-        if name != "ideal"
-    }
+    table = vs_ideal(runs, logp)
     noise = table[noise_run]["agreement"]
     rep = {
         "command": " ".join(["python", "benchmarks/security_mixed.py", *sys.argv[1:]]),

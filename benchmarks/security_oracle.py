@@ -31,7 +31,6 @@ Usage: python benchmarks/security_oracle.py WORK [--oracle-epochs 3] [--harmless
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import sys
@@ -116,14 +115,12 @@ def residual(sr: Any, h: Any, vector: Any, n_batches: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("work")
+    from security_runs import work_parser
+
+    ap = work_parser(__doc__)
     ap.add_argument("--oracle-epochs", type=int, default=3, help="epochs of harmful-only fine-tuning for the oracle")
-    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
-    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--grad-batches", type=int, default=8, help="harmful batches for the residual reading")
     ap.add_argument("--noise-seeds", default="", help="more seeds of the perfect-vector run, for the noise's spread")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
         extra_seeds = [int(x) for x in args.noise_seeds.split(",") if x.strip()]
@@ -134,11 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--oracle-epochs {args.oracle_epochs} / --grad-batches {args.grad_batches}: expected positive "
               "integers", file=sys.stderr)
         return 2
-    from security_runs import SweepRuns, report, word_prefix_share
-    from security_tolerance import answer_logprobs, mean_kl
+    from security_runs import SweepRuns, report
+    from security_tolerance import answer_logprobs, vs_ideal
 
     from steerlab.models.load import from_model
-    from steerlab.security.evaluate import agreement
     from steerlab.security.stages import finetune
 
     sr = SweepRuns.open(args.work, args.harmless, args.vector)
@@ -186,18 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], runs[name]["seconds"], flush=True)
         del h
 
-    table = {
-        name: {
-            "agreement": round(agreement(r["harmless_answers"], ref_answers), 4),
-            "word_prefix_share": word_prefix_share(r["harmless_answers"], ref_answers),
-            "kl": mean_kl(logp["ideal"], logp[name]),
-            "compliance": r["compliance"],
-            "benign_accuracy": r["benign_accuracy"],
-            "perplexity": r["perplexity"],
-        }
-        for name, r in runs.items()
-        if name != "ideal"
-    }
+    table = vs_ideal(runs, logp, ("compliance", "benign_accuracy", "perplexity"))
     noise = table[noise_run]["agreement"]
     rep = {
         "command": " ".join(["python", "benchmarks/security_oracle.py", *sys.argv[1:]]),

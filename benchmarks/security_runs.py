@@ -4,6 +4,7 @@ scripts beside it (`security_vector_off.py`, `security_decompose.py`, `security_
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import time
@@ -69,6 +70,17 @@ class SweepRuns:
         r = self.evaluate(self.train(vector, seed, null_parts, grad_clip))
         r["seconds"] = round(time.perf_counter() - t, 1)
         return r
+
+
+def work_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The arguments every benchmark over a sweep's work folder takes: WORK, ``--harmless``, ``--vector``,
+    ``--json`` (a script adds its own before parsing)."""
+    ap = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    ap.add_argument("work")
+    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
+    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
+    ap.add_argument("--json", default=None)
+    return ap
 
 
 def word_prefix_share(a: list[str], b: list[str]) -> float:

@@ -34,7 +34,6 @@ Usage: python benchmarks/security_tolerance.py WORK [--scales 0,0.125,0.25,0.5,1
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any
@@ -64,6 +63,26 @@ def mean_kl(ref: list[Any], other: list[Any]) -> float:
     """Mean over all answer tokens of KL(ref || other), nats per token."""
     num = sum(float((r.exp() * (r - o)).sum()) for r, o in zip(ref, other, strict=True))
     return round(num / max(sum(r.shape[0] for r in ref), 1), 5)
+
+
+def vs_ideal(runs: dict[str, dict[str, Any]], logp: dict[str, list[Any]], fields: tuple[str, ...] = ()) -> dict:
+    """Every run but ``ideal`` against it: exact agreement and word-prefix share of the greedy harmless answers,
+    the teacher-forced KL (nats per token), and the run's own ``fields``."""
+    from security_runs import word_prefix_share
+
+    from steerlab.security.evaluate import agreement
+
+    ref = runs["ideal"]["harmless_answers"]
+    return {
+        name: {
+            "agreement": round(agreement(r["harmless_answers"], ref), 4),
+            "word_prefix_share": word_prefix_share(r["harmless_answers"], ref),
+            "kl": mean_kl(logp["ideal"], logp[name]),
+            **{f: r[f] for f in fields},
+        }
+        for name, r in runs.items()
+        if name != "ideal"
+    }
 
 
 def share(part: float, whole: float) -> float | None:
@@ -130,16 +149,14 @@ def smallest_residual(sr: Any, model: Any, weights: dict[str, dict[str, Any]], r
 
 
 def main(argv: list[str] | None = None) -> int:
+    from security_runs import work_parser
+
     from steerlab.training import ADAM_EPS
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("work")
+    ap = work_parser(__doc__)
     ap.add_argument("--scales", default="0,0.125,0.25,0.5,1", help="harmful-gradient scales with the vector on")
     ap.add_argument("--plain-scales", default="1", help="harmful-gradient scales without a vector ('' for none)")
-    ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
-    ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--adam-eps", type=float, default=ADAM_EPS, help="stage 2's AdamW eps, every run (default 1e-8)")
-    ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
         scales, plain_scales = _scales(args.scales), _scales(args.plain_scales)
@@ -147,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"--scales {args.scales!r} / --plain-scales {args.plain_scales!r}: expected numbers, comma-separated",
               file=sys.stderr)
         return 2
-    from security_runs import SweepRuns, report, word_prefix_share
+    from security_runs import SweepRuns, report
 
-    from steerlab.security.evaluate import agreement
 
     sr = SweepRuns.open(args.work, args.harmless, args.vector)
     cfg = sr.cfg
@@ -176,18 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             model = h
         print(name, runs[name]["compliance"], runs[name]["benign_accuracy"], runs[name]["seconds"], flush=True)
 
-    table = {}
-    for name, r in runs.items():
-        if name == "ideal":
-            continue
-        table[name] = {
-            "agreement": round(agreement(r["harmless_answers"], ref_answers), 4),
-            "word_prefix_share": word_prefix_share(r["harmless_answers"], ref_answers),
-            "kl": mean_kl(logp["ideal"], logp[name]),
-            "compliance": r["compliance"],
-            "benign_accuracy": r["benign_accuracy"],
-            "perplexity": r["perplexity"],
-        }
+    table = vs_ideal(runs, logp, ("compliance", "benign_accuracy", "perplexity"))
     noise = table["ideal_seed1"]["agreement"]
     ok = [s for s in scales if table[f"vector_x{s:g}"]["agreement"] >= noise]
     rep = {
