@@ -37,6 +37,23 @@ from steerlab.interventions.weights import param_edits
 from steerlab.models.handle import ModelHandle
 
 
+def _define_anyio_classes() -> None:
+    """Define anyio's lazily defined classes before nnsight is imported (every nnsight import in steerlab is
+    in this module, below). On import nnsight mounts ``.save`` onto every object, and anyio rejects any
+    subclass of its ``TypedAttributeSet`` with an unannotated public attribute; anyio 4 defines those
+    classes only when first used, so after the mount they fail ("Attribute 'save' is missing its type
+    annotation"). Seen as every streamed server answer failing once an activation intervention had run."""
+    try:
+        import anyio._backends._asyncio  # noqa: F401  (defines anyio.abc's SocketAttribute on the way)
+        import anyio.streams.file  # noqa: F401
+        import anyio.streams.tls  # noqa: F401
+    except ImportError:  # anyio is not a dependency of the library itself
+        pass
+
+
+_define_anyio_classes()
+
+
 def _element(value: Any, element: int | None) -> Any:
     if element is not None:
         return value[element]

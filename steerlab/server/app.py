@@ -47,8 +47,9 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from sse_starlette.sse import EventSourceResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steerlab.engines.nnsight_engine import REMOTE_TYPES, check_ndif_key
 from steerlab.errors import SpecError, SteerlabError, UnknownSiteError
@@ -161,18 +162,41 @@ class SteerlabOptions(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
+# OpenAI fields steerlab does not support: refused (422) when set to anything but "off", not ignored
+_REFUSED = {
+    "logprobs": "logprobs are not returned",
+    "top_logprobs": "logprobs are not returned",
+    "echo": "the prompt is not echoed",
+    "tools": "tool calls are not supported",
+    "tool_choice": "tool calls are not supported",
+    "functions": "function calls are not supported",
+    "response_format": "only plain text is generated",
+    "best_of": "n > 1 is not supported",
+}
+
+
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields steerlab ignores (user, ...)
+    # OpenAI clients send fields steerlab ignores (user, ...); numbers must be finite, and a string is not a number
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=100)
     top_p: float | None = Field(default=None, gt=0, le=1)
     min_p: float | None = Field(default=None, ge=0, le=1)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    stream: bool = False
-    n: int = Field(default=1, ge=1, le=1)
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
+    stream: StrictBool = False
+    n: StrictInt = Field(default=1, ge=1, le=1)
     stop: None = Field(default=None, description="stop sequences are not supported")
     steerlab: SteerlabOptions | None = None
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> _Common:
+        for name, why in _REFUSED.items():
+            v = (self.model_extra or {}).get(name)
+            off = v in (None, False, 0, [], {}) or (name == "response_format" and v == {"type": "text"})
+            if not off:
+                raise ApiError(422, f"{name}: {why} by this server (got {v!r})", name)
+        return self
 
 
 class CompletionRequest(_Common):
@@ -187,7 +211,30 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
+
+
+_TYPE_TAGS = ("str", "int", "float", "bool", "list", "dict", "none", "literal")
+
+
+def field_path(loc: tuple | list) -> str:
+    """A validation error's location as the request's field path: ``steerlab.interventions[0]``, not
+    ``body.steerlab.interventions.0.dict[str,any]`` (pydantic's union-member tags dropped).
+
+    >>> field_path(("body", "messages", 0, "content", "str"))
+    'messages[0].content'
+    """
+    out = ""
+    for x in loc:
+        if x == "body":
+            continue
+        if isinstance(x, int):
+            out += f"[{x}]"
+        elif str(x).split("[")[0].lower() in _TYPE_TAGS or "[" in str(x) or "function-" in str(x):
+            continue
+        else:
+            out += ("." if out else "") + str(x)
+    return out or "body"
 
 
 def _text(content: str | list[dict[str, Any]], param: str) -> str:
@@ -247,7 +294,7 @@ class Service:
             else:
                 try:
                     items.extend(InterventionSet([x]).items)
-                except SteerlabError as e:
+                except (SteerlabError, ValueError, TypeError, RuntimeError) as e:
                     raise ApiError(422, f"{param}: {e}", param) from None
                 params.append(param)
         ivs = InterventionSet(items)
@@ -255,12 +302,12 @@ class Service:
         if digest not in self.validated:
             try:
                 compile_plan(self.h, ivs)
-            except (SpecError, UnknownSiteError) as e:
+            except (SpecError, UnknownSiteError, ValueError, TypeError, RuntimeError) as e:
                 param = "steerlab.interventions"
                 for p, iv in zip(params, items, strict=True):  # the first one that fails alone is named
                     try:
                         compile_plan(self.h, [iv])
-                    except (SpecError, UnknownSiteError):
+                    except (SpecError, UnknownSiteError, ValueError, TypeError, RuntimeError):
                         param = p
                         break
                 raise ApiError(422, f"{param}: {e}", param) from None
@@ -294,7 +341,10 @@ class Service:
         """Prompt tokens exactly as generation encodes them (:meth:`ModelHandle.encode`, on the routes' copy)."""
         return int(self.routes_handle.encode([prompt], chat=chat, system=system)["attention_mask"].sum())
 
-    def job(self, req: _Common, prompt: str, chat: bool, system: str | None, max_tokens: int | None) -> Job:
+    def job(self, req: _Common, prompt: str, chat: bool, system: str | None, max_tokens: int | None,
+            prompt_param: str = "prompt", tokens_param: str = "max_tokens") -> Job:
+        """The request as a scheduler job; ``prompt_param`` / ``tokens_param``: the request's own names of the
+        text and of the token limit, which its errors name."""
         cfg = self.config
         if req.model != cfg.model_name:
             raise ApiError(404, f"model {req.model!r} is not served here; expected {cfg.model_name!r}", "model",
@@ -302,12 +352,20 @@ class Service:
         default = cfg.max_new_tokens if chat else min(16, cfg.max_new_tokens)  # OpenAI's defaults
         n_new = max_tokens if max_tokens is not None else default
         if n_new > cfg.max_new_tokens:
-            raise ApiError(413, f"max_tokens {n_new} is over this server's limit of {cfg.max_new_tokens} "
-                           "(--max-new-tokens)", "max_tokens", "request_too_large")
+            raise ApiError(413, f"{tokens_param} {n_new} is over this server's limit of {cfg.max_new_tokens} "
+                           "(--max-new-tokens)", tokens_param, "request_too_large")
+        for text, param in ((prompt, prompt_param), (system or "", "messages[0].content")):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ApiError(422, f"{param}: not valid Unicode text ({e.reason} at character {e.start})",
+                               param) from None
         n_prompt = self.count_tokens(prompt, chat, system)
+        if n_prompt == 0:
+            raise ApiError(422, f"{prompt_param}: the prompt is empty; expected at least one token", prompt_param)
         if n_prompt > cfg.max_prompt_tokens:
             raise ApiError(413, f"the prompt has {n_prompt} tokens, over this server's limit of "
-                           f"{cfg.max_prompt_tokens} (--max-prompt-tokens)", "prompt", "request_too_large")
+                           f"{cfg.max_prompt_tokens} (--max-prompt-tokens)", prompt_param, "request_too_large")
         ivs, digest = self.interventions(req.steerlab)
         smp, seed = self.sampler(req)
         if cfg.remote:
@@ -369,18 +427,36 @@ def create_app(
             msg = f"the request body is not valid JSON ({bad_json[0].get('ctx', {}).get('error', 'parse error')})"
             return ApiError(400, msg, None).response()
         e = errs[0]
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-        param = ".".join(loc) or "body"
+        param = field_path(e.get("loc", ()))
         got = e.get("input")
         shown = f" (got {got!r})" if not isinstance(got, (dict, list)) and len(repr(got)) < 80 else ""
         return ApiError(422, f"{param}: {e.get('msg')}{shown}", param).response()
 
-    def check_key(request: Request) -> None:
-        if not config.api_key:
-            return
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = {404: "not_found_error", 405: "invalid_request_error"}.get(exc.status_code, "invalid_request_error")
+        msg = f"{request.method} {request.url.path}: {exc.detail}"
+        return ApiError(exc.status_code, msg, None, kind).response()
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:  # a bug of ours: still OpenAI's shape
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}", None, "server_error").response()
+
+    def key_ok(request: Request) -> bool:
         auth = request.headers.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), config.api_key.encode()):
+        return hmac.compare_digest(token.encode(), (config.api_key or "").encode())
+
+    @app.middleware("http")
+    async def _key_first(request: Request, call_next: Any) -> Any:
+        """With a key, every ``/v1`` route checks it before anything of the request is read."""
+        if config.api_key and request.url.path.startswith("/v1") and not key_ok(request):
+            return ApiError(401, "missing or wrong API key; expected 'Authorization: Bearer KEY'", None,
+                            "authentication_error").response()
+        return await call_next(request)
+
+    def check_key(request: Request) -> None:  # (the middleware already did; kept for routes added later)
+        if config.api_key and not key_ok(request):
             raise ApiError(401, "missing or wrong API key; expected 'Authorization: Bearer KEY'", None,
                            "authentication_error")
 
@@ -426,9 +502,12 @@ def create_app(
             raise ApiError(422, "messages: expected an optional system message and one user message "
                            f"(multi-turn conversations are not supported), got roles {[m.role for m in req.messages]}",
                            "messages")
-        prompt = _text(msgs[0].content, f"messages[{len(req.messages) - 1}].content")
+        where = f"messages[{len(req.messages) - 1}].content"
+        prompt = _text(msgs[0].content, where)
+        limit = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        job = svc.job(req, prompt, chat=True, system=system, max_tokens=max_tokens)
+        job = svc.job(req, prompt, chat=True, system=system, max_tokens=max_tokens, prompt_param="messages",
+                      tokens_param=limit)
         return await _answer(svc, job, req, "chat")
 
     return app
@@ -530,7 +609,8 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
 def _result(job: Job) -> Any:
     try:
         return job.wait(0)
-    except SteerlabError as e:
-        raise ApiError(422, str(e), None) from None
+    except SteerlabError as e:  # the request's input, found while generating: its interventions when it has any
+        param = "steerlab.interventions" if len(job.interventions) else None
+        raise ApiError(422, f"{param}: {e}" if param else str(e), param) from None
     except Exception as e:  # noqa: BLE001 - a generation that failed is the server's fault
         raise ApiError(500, f"generation failed: {type(e).__name__}: {e}", None, "server_error") from None

@@ -273,6 +273,7 @@ class Scheduler:
         if self.remote:
             self._run_remote(jobs)
             return
+        streamer = _RowStreamer(jobs, eos)
         try:
             out = generate(
                 h,
@@ -282,11 +283,23 @@ class Scheduler:
                 max_new_tokens=max(j.max_new_tokens for j in jobs),
                 chat=first.chat,
                 system=first.system,
-                streamer=_RowStreamer(jobs, eos),
+                streamer=streamer,
             )
         except Cancelled:
             for j in jobs:
                 j._finish(error=Cancelled())
+            return
+        except SteerlabError:
+            if len(jobs) == 1 or any(streamer.n):
+                raise
+            # bad input of one row (e.g. a position past its own prompt) failed the batch before any token was
+            # handed out: each row runs alone, so only the row at fault gets the error
+            for j in jobs:
+                try:
+                    self._run([j])
+                except BaseException as e:  # noqa: BLE001 - that row's own error
+                    if not j.done:
+                        j._finish(error=e)
             return
         prompt_len = out.prompt_ids.shape[1]
         for i, j in enumerate(jobs):

@@ -176,6 +176,17 @@ BAD = [
     ("max_tokens over limit", {"max_tokens": 25}, 413, "max_tokens", "limit of 24"),
     ("prompt over limit", {"prompt": "Once upon a time " * 10}, 413, "prompt", "over this server's limit of 32"),
     ("unknown model", {"model": "gpt-4"}, 404, "model", "'gpt-4' is not served here"),
+    ("scale beyond float32", {"steerlab": {"interventions": [
+        {"type": "expert_mask", "layer": 0, "scale": {"5": 1e308}}]}}, 422, "steerlab.interventions[0]", "fit float32"),
+    ("not an intervention", {"steerlab": {"interventions": [5]}}, 422, "steerlab.interventions[0]", ""),
+    ("lone surrogate", {"prompt": "a\ud800b"}, 422, "prompt", "not valid Unicode text"),
+    ("logprobs", {"logprobs": 2}, 422, "logprobs", "logprobs are not returned"),
+    ("echo", {"echo": True}, 422, "echo", "not echoed"),
+    ("tools", {"tools": [{"type": "function"}]}, 422, "tools", "not supported"),
+    ("stream as a string", {"stream": "yes"}, 422, "stream", "valid boolean"),
+    ("max_tokens as a string", {"max_tokens": "4"}, 422, "max_tokens", "valid integer"),
+    ("max_tokens as a boolean", {"max_tokens": True}, 422, "max_tokens", "valid integer"),
+    ("temperature NaN", {"temperature": float("nan")}, 422, "temperature", "finite number"),
 ]
 
 
@@ -200,6 +211,16 @@ def test_malformed_json_and_chat_shapes(client):
     _err(_post(client, "/v1/chat/completions", messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
          422, "messages[0].content[0]", "text part")
     _err(_post(client, "/v1/chat/completions", messages=[]), 422, "messages", "at least 1")
+    # a chat request's errors name its own fields (it has no `prompt`)
+    chat = {"messages": [{"role": "user", "content": "Tell me a story"}]}
+    _err(_post(client, "/v1/chat/completions", **chat, max_completion_tokens=25), 413, "max_completion_tokens",
+         "max_completion_tokens 25 is over")
+    long = [{"role": "user", "content": "Once upon a time " * 10}]
+    _err(_post(client, "/v1/chat/completions", messages=long), 413, "messages", "over this server's limit")
+    _err(_post(client, "/v1/chat/completions", messages=[{"role": "user", "content": 7}]), 422, "messages[0].content")
+    # routes and methods that do not exist answer in OpenAI's shape too
+    _err(client.get("/v1/models/stories"), 404, None, "GET /v1/models/stories: Not Found")
+    _err(client.get("/v1/completions"), 405, None, "Method Not Allowed")
     parts = [{"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a story"}]}]
     assert _post(client, "/v1/chat/completions", messages=parts, max_tokens=3, temperature=0).status_code == 200
 
@@ -209,6 +230,9 @@ def test_bearer_key(stories):
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200  # health stays open
         _err(c.get("/v1/models"), 401, None, "API key")
+        # checked before the body is read: a malformed or invalid body without the key is still a 401
+        _err(c.post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}), 401)
+        _err(c.post("/v1/completions", json={"model": MODEL, "max_tokens": "x"}), 401)
         _err(_post(c, prompt="x", max_tokens=2), 401, None, "API key")
         bad = c.post("/v1/completions", json={"model": MODEL, "prompt": "x"}, headers={"Authorization": "Bearer no"})
         _err(bad, 401)
@@ -358,3 +382,57 @@ def test_serve_command_dry_run(tmp_path, monkeypatch):
         r = runner.invoke(app, ["serve", "shared:stories260K", *argv, "--dry-run"])
         assert r.exit_code == 2 and r.stderr.startswith("error: ") and msg in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
+
+
+STREAM_AFTER_STEERING = r"""
+import json, sys, httpx, steerlab as sl
+from steerlab.server import ServerConfig, create_app, serve_in_thread
+app = create_app(sl.load("shared:stories260K"), ServerConfig(model_name="stories"))
+body = {"model": "stories", "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+steer = {"interventions": [{"type": "add_vector", "site": "blocks.1.resid_post", "vector": [0.5] * 64}]}
+with serve_in_thread(app) as url:
+    first = httpx.post(url + "/v1/completions", json={**body, "steerlab": steer}, timeout=60)
+    streamed = httpx.post(url + "/v1/completions", json={**body, "stream": True}, timeout=60)
+    plain = httpx.post(url + "/v1/completions", json=body, timeout=60)
+print(json.dumps([first.status_code, streamed.status_code, streamed.text, plain.json()["choices"][0]["text"]]))
+"""
+
+
+def test_a_stream_after_a_steered_request_in_a_fresh_process():
+    """The first stream of a process that has already run an activation intervention (so nnsight is imported
+    and has mounted ``.save`` on every object) streams the plain text; run in a fresh interpreter, since in
+    this one anyio's classes were defined long ago. It failed with a plain-text 500 for every stream."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", STREAM_AFTER_STEERING], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    first, streamed, events, plain = json.loads(p.stdout.strip().splitlines()[-1])
+    assert (first, streamed) == (200, 200), events
+    chunks = [json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == plain == ", there was a"
+
+
+def test_an_empty_prompt_is_422_where_it_has_no_tokens():
+    """organism:dense's tokenizer adds no BOS: an empty completion prompt is zero tokens, a 422 naming
+    ``prompt`` (it was a 500 from a reshape; stories260K's BOS makes the same prompt one token, and valid)."""
+    h = sl.load("organism:dense")
+    with TestClient(create_app(h, ServerConfig(model_name="dense"))) as c:
+        _err(c.post("/v1/completions", json={"model": "dense", "prompt": "", "max_tokens": 2}), 422, "prompt",
+             "the prompt is empty")
+        ok = c.post("/v1/completions", json={"model": "dense", "prompt": "Hi", "max_tokens": 2, "temperature": 0})
+        assert ok.status_code == 200
+
+
+def test_a_bug_of_ours_is_a_json_500_and_the_server_keeps_serving(stories, monkeypatch):
+    from steerlab.server.app import Service
+
+    app = create_app(stories, ServerConfig(model_name=MODEL))
+    real = Service.count_tokens
+    monkeypatch.setattr(Service, "count_tokens", lambda self, *a: 1 / 0 if a[0] == "boom" else real(self, *a))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        err = _err(_post(c, prompt="boom", max_tokens=2), 500, None, "internal error: ZeroDivisionError")
+        assert err["type"] == "server_error"
+        assert _post(c, prompt="Once upon a time", max_tokens=4, temperature=0).json()["choices"][0]["text"] == (
+            ", there was a"
+        )

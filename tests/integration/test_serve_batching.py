@@ -10,6 +10,7 @@ draws from its own generator). A batch whose clients all went away stops early.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -166,3 +167,32 @@ def test_a_batch_whose_clients_all_left_stops_early(stories, steered):
         sched.close()
     with pytest.raises(SteerlabError, match="closed"):
         sched.submit(Job(prompt="x", interventions=InterventionSet()))
+
+
+def test_one_rows_bad_positions_fail_only_that_row(stories):
+    """A steering vector at position 6 fits the long prompts and not the 2-token one. Batched together, the
+    short row's error used to fail every row; now the batch runs each row alone when it fails before any token
+    is handed out: the long rows get exactly their one-at-a-time answer, the short one its own error."""
+    from steerlab.interventions import AddVector
+
+    ivs = InterventionSet([AddVector(site="blocks.1.resid_post", vector=torch.ones(64), positions=[6])])
+    prompts = ["Once upon a time there was a little girl", "Hi", "Tom went to the park and saw a big dog"]
+    sched = Scheduler(stories, max_batch=4, queue_length=8)
+    try:
+        with sl.engine_for(stories).lock:  # hold the worker back (busy with a first job) so the three wait together
+            first = sched.submit(Job(prompt=prompts[0], interventions=ivs, max_new_tokens=1))
+            deadline = time.monotonic() + 30
+            while sched.stats().get("running", 0) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            jobs = [sched.submit(Job(prompt=p, interventions=ivs, max_new_tokens=4)) for p in prompts]
+        first.wait(60)
+        with pytest.raises(SteerlabError, match="past the end of prompt row 0"):
+            jobs[1].wait(60)
+        for j, p in zip(jobs, prompts, strict=True):
+            if p != "Hi":
+                want = sl.generate(stories, [p], interventions=ivs, max_new_tokens=4).texts[0]
+                assert j.wait(60).text == want and j.wait(60).batch_size == 1
+        sizes = [n for n, _ in _drain(sched.batches)]
+        assert sizes == [1, 3, 1, 1, 1]  # the first job, the batch of three, then each of its rows alone
+    finally:
+        sched.close()
