@@ -38,16 +38,32 @@ from steerlab.models.handle import ModelHandle
 
 
 def _define_anyio_classes() -> None:
-    """Define anyio's lazily defined classes before nnsight is imported (every nnsight import in steerlab is
-    in this module, below). On import nnsight mounts ``.save`` onto every object, and anyio rejects any
-    subclass of its ``TypedAttributeSet`` with an unannotated public attribute; anyio 4 defines those
-    classes only when first used, so after the mount they fail ("Attribute 'save' is missing its type
-    annotation"). Seen as every streamed server answer failing once an activation intervention had run."""
-    try:
+    """Define anyio's lazily defined classes with no ``.save`` on every object. nnsight, when imported, mounts
+    ``.save`` onto every object, and anyio rejects any subclass of its ``TypedAttributeSet`` with an
+    unannotated public attribute; anyio 4 defines those classes only when first used, so after the mount they
+    fail ("Attribute 'save' is missing its type annotation"): every streamed server answer failed once an
+    activation intervention had run. Called before this module can import nnsight; if nnsight is already
+    imported, its mount is lifted for the moment these classes take to define. Never raises."""
+
+    def define() -> None:
         import anyio._backends._asyncio  # noqa: F401  (defines anyio.abc's SocketAttribute on the way)
         import anyio.streams.file  # noqa: F401
         import anyio.streams.tls  # noqa: F401
-    except ImportError:  # anyio is not a dependency of the library itself
+
+    try:
+        try:
+            define()
+            return
+        except TypeError:  # nnsight was imported first: lift its mount while anyio defines them
+            import nnsight
+            from nnsight._c import mount, unmount
+
+            unmount("save")
+            try:
+                define()
+            finally:
+                mount(nnsight.save, "save")
+    except Exception:  # noqa: BLE001 - anyio absent, or an nnsight without the mount: nothing to do
         pass
 
 

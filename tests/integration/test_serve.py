@@ -398,14 +398,17 @@ print(json.dumps([first.status_code, streamed.status_code, streamed.text, plain.
 """
 
 
-def test_a_stream_after_a_steered_request_in_a_fresh_process():
+@pytest.mark.parametrize("nnsight_first", [False, True])
+def test_a_stream_after_a_steered_request_in_a_fresh_process(nnsight_first):
     """The first stream of a process that has already run an activation intervention (so nnsight is imported
-    and has mounted ``.save`` on every object) streams the plain text; run in a fresh interpreter, since in
-    this one anyio's classes were defined long ago. It failed with a plain-text 500 for every stream."""
+    and has mounted ``.save`` on every object) streams the plain text, also when the user imported nnsight
+    before steerlab; run in a fresh interpreter, since in this one anyio's classes were defined long ago. It
+    failed with a plain-text 500 for every stream."""
     import subprocess
     import sys
 
-    p = subprocess.run([sys.executable, "-c", STREAM_AFTER_STEERING], capture_output=True, text=True, timeout=300)
+    code = ("import nnsight\n" if nnsight_first else "") + STREAM_AFTER_STEERING
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     first, streamed, events, plain = json.loads(p.stdout.strip().splitlines()[-1])
     assert (first, streamed) == (200, 200), events
