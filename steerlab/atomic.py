@@ -22,7 +22,7 @@ import functools
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,12 @@ def _fsync_tree(root: Path) -> None:
         _fsync(folder)
 
 
-def check_target(path: str | Path, *, folder: bool) -> Path:
+# The file that marks a folder as one of steerlab's writers' own (an artifact, a capture, a checkpoint, a
+# Hugging Face model folder, the suite): :func:`atomic_dir` replaces an existing folder only if it holds one.
+OWN_MARKERS = ("artifact.json", "capture.json", "state.json", "config.json", "suite.json")
+
+
+def check_target(path: str | Path, *, folder: bool, own: Sequence[str] | None = None) -> Path:
     """``path`` as a :class:`Path` if a folder (``folder=True``) or a file can be written there; else a
     one-line :class:`~steerlab.errors.SpecError` naming the obstacle: an ancestor that is a file, or ``path``
     itself existing as the other kind. Writers check before they write, so nothing of the user's is replaced.
@@ -73,6 +78,8 @@ def check_target(path: str | Path, *, folder: bool) -> Path:
         refused: True
     """
     path = Path(path)
+    if path.name in ("", ".", ".."):
+        raise SpecError(f"{str(path)!r} has no name of its own; expected a path such as runs/NAME")
     for up in path.parents:
         if up.exists():
             if not up.is_dir():
@@ -80,6 +87,12 @@ def check_target(path: str | Path, *, folder: bool) -> Path:
             break
     if folder and path.exists() and not path.is_dir():
         raise SpecError(f"{path} is a file; expected a folder (or nothing) there")
+    if folder and own is not None and path.is_dir() and any(path.iterdir()):
+        if not any((path / m).exists() for m in own):
+            raise SpecError(
+                f"{path} is a folder of other files (none of {list(own)}), which writing there would replace; "
+                "expected a new folder or one this command wrote"
+            )
     if not folder and path.is_dir():
         raise SpecError(f"{path} is a folder; expected a file (or nothing) there")
     return path
@@ -193,7 +206,7 @@ def _recover(out_dir: Path) -> None:
 
 
 @contextmanager
-def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
+def atomic_dir(out_dir: str | Path, own: Sequence[str] = OWN_MARKERS) -> Iterator[Path]:
     """Fill a fresh temporary sibling folder (yielded), then put it at ``out_dir`` in place of any
     old folder.
 
@@ -212,6 +225,10 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
       and the next ``atomic_dir`` on ``out_dir`` first moves it back. Other readers (a model loader,
       git) see no folder during that window.
 
+    Refused before anything is written (:func:`check_target`): ``out_dir`` under a file, a file itself, or an
+    existing folder of other files, i.e. one holding none of ``own`` (by default any steerlab writer's marker,
+    :data:`OWN_MARKERS`), so a mistyped ``--out .`` cannot replace a folder of the user's.
+
     Not guaranteed: two writers of one ``out_dir`` at once (one may fail); a crash may leave a hidden
     ``.NAME.*.tmp`` folder behind (never read; safe to delete).
 
@@ -223,9 +240,10 @@ def atomic_dir(out_dir: str | Path) -> Iterator[Path]:
         >>> (out / "a.txt").read_text()
         'new'
     """
-    out_dir = check_target(out_dir, folder=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
     _recover(out_dir)
+    check_target(out_dir, folder=True, own=own)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
     tmp.chmod(0o755)
     try:

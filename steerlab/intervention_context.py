@@ -27,9 +27,10 @@ from typing import Any
 
 from steerlab.activations import Capture, capture
 from steerlab.engines import engine_for
+from steerlab.errors import SteerlabError
 from steerlab.generation import GenerationResult, forward, generate
 from steerlab.interventions.compile import Plan, compile_plan
-from steerlab.interventions.spec import InterventionSet, ParamEdit, as_set
+from steerlab.interventions.spec import InterventionSet, as_set
 from steerlab.interventions.weights import param_edits
 from steerlab.models.handle import ModelHandle
 
@@ -41,10 +42,19 @@ class InterventionContext:
     handle: ModelHandle
     interventions: InterventionSet  # activation edits and expert masks (parameter edits are applied by the block)
     record: list[str]
+    closed: bool = False  # set when the ``with`` block ends: its weight edits are gone, so calls would lie
 
     def plan(self, record: list[str] | None = None) -> Plan:
         """The compiled plan for one call, recording ``record`` on top of the block's own sites."""
+        self._check_open()
         return compile_plan(self.handle, self.interventions, self.record + list(record or []))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SteerlabError(
+                "this intervene() block has ended and its weight edits are restored; expected calls inside the "
+                "`with` block (or pass interventions= to sl.forward / sl.generate / sl.capture)"
+            )
 
     def forward(self, inputs: Any, record: list[str] | None = None, **kwargs: Any) -> Any:
         """:func:`steerlab.forward` with these interventions."""
@@ -56,6 +66,7 @@ class InterventionContext:
 
     def capture(self, prompts: Any, sites: list[str], **kwargs: Any) -> Capture:
         """:func:`steerlab.capture` with these interventions."""
+        self._check_open()
         return capture(self.handle, prompts, sites, interventions=self.interventions, **kwargs)
 
 
@@ -70,7 +81,13 @@ def intervene(
     """
     ivs = as_set(interventions)
     plan = compile_plan(handle, ivs, record)  # validates everything before the model is touched
-    activation = InterventionSet([iv for iv in ivs if not isinstance(iv, ParamEdit)])
+    # every weight edit (ParamEdit, RegionEdit, any type of kind "weights") is applied once, by this block; the
+    # calls made through it re-apply only the rest (a weight edit re-applied per call would compose with itself)
+    activation = InterventionSet([iv for iv in ivs if iv.kind != "weights"])
     # the engine's lock is held for the whole block: another thread's run never sees the edited weights
-    with engine_for(handle).lock, param_edits(plan.editors):
-        yield InterventionContext(handle, activation, list(record or []))
+    ctx = InterventionContext(handle, activation, list(record or []))
+    try:
+        with engine_for(handle).lock, param_edits(plan.editors):
+            yield ctx
+    finally:
+        ctx.closed = True

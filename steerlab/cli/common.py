@@ -61,10 +61,10 @@ def _target(folder: bool) -> dict[str, Any]:
 
     def check(param: typer.CallbackParam, value: Any) -> Any:
         if value is not None:
-            from steerlab.atomic import check_target
+            from steerlab.atomic import OWN_MARKERS, check_target
 
             try:
-                check_target(value, folder=folder)
+                check_target(value, folder=folder, own=OWN_MARKERS if folder else None)
             except SpecError as e:
                 raise SpecError(f"{max(param.opts, key=len)} {value}: {e}") from None
         return value

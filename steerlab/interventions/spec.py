@@ -140,6 +140,11 @@ class InterventionSet:
         import re
 
         path = Path(path)
+        prev = None  # the side file the spec being replaced named (an older format's may be unhashed)
+        try:
+            prev = json.loads(path.read_text()).get("tensors_file") if path.is_file() else None
+        except (OSError, ValueError, AttributeError):
+            prev = None
         tensors = self.tensors()
         meta = self.to_json()
         keep = None
@@ -149,9 +154,11 @@ class InterventionSet:
             meta["tensors_file"] = keep
             atomic_write_bytes(path.with_name(keep), data)
         atomic_write_text(path, json.dumps(meta, indent=2))
-        stale = re.compile(rf"{re.escape(path.stem)}(\.[0-9a-f]{{16}})?\.safetensors")  # also the unhashed name
+        # only side files of this spec: hashed ones of its stem, and the one the replaced spec named; never
+        # another file (a model's NAME.safetensors beside a NAME.json spec stays)
+        stale = re.compile(rf"{re.escape(path.stem)}\.[0-9a-f]{{16}}\.safetensors")
         for f in path.parent.iterdir():
-            if f.name != keep and stale.fullmatch(f.name):
+            if f.name != keep and (stale.fullmatch(f.name) or (isinstance(prev, str) and f.name == prev)):
                 f.unlink(missing_ok=True)
         return path
 

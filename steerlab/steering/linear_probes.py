@@ -42,7 +42,7 @@ from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.handle import ModelHandle
 from steerlab.steering.extract import Position, check_position, collect, resolve_sites, suite_prompts
 from steerlab.steering.logistic import LinearProbe, auroc, fit_logistic
-from steerlab.steering.vectors import provenance
+from steerlab.steering.vectors import pair_stem, provenance, with_ext
 from steerlab.suites import ProbeSuite, load_suite
 
 FORMAT = "steerlab.linear_probes"
@@ -172,26 +172,23 @@ def probe_profile(
 def save_probes(profile: ProbeProfile, path: str | Path) -> Path:
     """Write ``PATH.safetensors`` (``SITE.weight``, ``SITE.bias``) then ``PATH.json`` (metadata, the table,
     the tensors' SHA-256), each crash-safe; returns the JSON path."""
-    stem = Path(path)
-    stem = stem.with_suffix("") if stem.suffix in (".json", ".safetensors") else stem
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem = pair_stem(path)
     tensors = {}
     for r in profile.results:
         tensors[f"{r.site}.weight"] = r.probe.weight
         tensors[f"{r.site}.bias"] = torch.tensor([r.probe.bias])
     blob = safetensors_bytes(tensors, {"format": FORMAT})
-    atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+    atomic_write_bytes(with_ext(stem, ".safetensors"), blob)
     index = {"format": FORMAT, "version": 1, "tensors_file": stem.name + ".safetensors",
              "sha256": hashlib.sha256(blob).hexdigest(), "meta": profile.meta, "table": profile.table()}
-    return atomic_write_text(stem.with_suffix(".json"), json.dumps(index, indent=2, default=str))
+    return atomic_write_text(with_ext(stem, ".json"), json.dumps(index, indent=2, default=str))
 
 
 def load_probes(path: str | Path) -> ProbeProfile:
     """Read probes saved by :func:`save_probes` (a path with or without suffix, or a folder holding
     ``probes.json``)."""
     p = Path(path)
-    p = p / "probes.json" if p.is_dir() else (p.with_suffix("") if p.suffix in (".json", ".safetensors") else p)
-    index_file = p if p.suffix == ".json" else p.with_suffix(".json")
+    index_file = p / "probes.json" if p.is_dir() else with_ext(pair_stem(p), ".json")
     if not index_file.exists():
         raise SpecError(f"no saved probes at {str(path)!r} (expected {index_file})")
     index = json.loads(index_file.read_text())

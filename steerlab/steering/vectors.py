@@ -100,24 +100,37 @@ class Directions:
         return v / n
 
     def save(self, path: str | Path) -> Path:
-        """Write ``PATH.safetensors`` and ``PATH.json`` (suffixes added); returns the JSON path."""
-        stem = Path(path)
-        if stem.suffix in (".json", ".safetensors"):
-            stem = stem.with_suffix("")
-        stem.parent.mkdir(parents=True, exist_ok=True)
+        """Write ``PATH.safetensors`` and ``PATH.json`` (suffixes added; a dot in the name stays, as in
+        ``refusal-v0.2``); returns the JSON path."""
+        stem = pair_stem(path)
         blob = safetensors_bytes(self.vectors, {"format": FORMAT, "meta": json.dumps(self.meta, default=str)})
-        atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+        atomic_write_bytes(with_ext(stem, ".safetensors"), blob)
         index = {"format": FORMAT, "version": 1, "tensors_file": stem.name + ".safetensors",
                  "sha256": hashlib.sha256(blob).hexdigest(), "sites": self.sites, "meta": self.meta}
-        return atomic_write_text(stem.with_suffix(".json"), json.dumps(index, indent=2, default=str))
+        return atomic_write_text(with_ext(stem, ".json"), json.dumps(index, indent=2, default=str))
+
+
+def pair_stem(path: str | Path) -> Path:
+    """``PATH`` of a ``PATH.json`` + ``PATH.safetensors`` pair: the path without one of those two suffixes,
+    any other dot kept.
+
+    >>> pair_stem("d/refusal-v0.2").name, pair_stem("d/refusal-v0.2.json").name
+    ('refusal-v0.2', 'refusal-v0.2')
+    """
+    p = Path(path)
+    return p.with_name(p.name[: -len(p.suffix)]) if p.suffix in (".json", ".safetensors") else p
+
+
+def with_ext(stem: Path, ext: str) -> Path:
+    """``stem`` with ``ext`` appended (not :meth:`Path.with_suffix`, which would replace ``.2`` in ``v0.2``)."""
+    return stem.with_name(stem.name + ext)
 
 
 def _candidates(name_or_path: str | Path) -> list[Path]:
     p = Path(name_or_path)
     if p.is_dir():
         return [p / "directions.json"]
-    stem = p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
-    return [stem.with_suffix(".json"), directions_root() / (str(name_or_path) + ".json")]
+    return [with_ext(pair_stem(p), ".json"), directions_root() / (str(pair_stem(name_or_path)) + ".json")]
 
 
 def load_directions(name_or_path: str | Path) -> Directions:
@@ -133,7 +146,10 @@ def load_directions(name_or_path: str | Path) -> Directions:
         raise SteerlabError(f"{index_file} is not valid JSON: {e}") from e
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise SteerlabError(f"{index_file} is not a steerlab directions file (expected format {FORMAT!r})")
-    blob = (index_file.parent / index["tensors_file"]).read_bytes()
+    side = index_file.parent / str(index.get("tensors_file"))
+    if not side.is_file():
+        raise SteerlabError(f"{index_file} names the tensors file {side.name!r}, which is not there")
+    blob = side.read_bytes()
     if hashlib.sha256(blob).hexdigest() != index.get("sha256"):
         raise SteerlabError(f"{index_file}: its tensors file does not match the recorded SHA-256 (a partial write?)")
     tensors = load_bytes(blob)

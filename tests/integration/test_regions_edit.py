@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import steerlab as sl
-from steerlab.errors import SpecError
+from steerlab.errors import SpecError, SteerlabError
 from steerlab.interventions import (
     AddVector,
     ConditionalAdd,
@@ -108,3 +108,29 @@ def test_composes_with_every_type_kv_on_and_off(tiny, arch, alone):
     assert set(cases) == built_in  # (other tests register types of their own in the same registry)
     ivs = [iv for group in cases.values() for iv in group]
     _assert_equivalent(h, ivs)
+
+
+def test_inside_intervene_a_region_edit_is_applied_once(stories):
+    """``sl.intervene`` applies the weight edits once for its block; its calls must not apply them again
+    (a scale of 2 became 4). Checked against the same capture with the edit passed per call, and by hand."""
+    re2 = RegionEdit(params=[B], counts=[64], indices=torch.arange(64), op="scale", value=2.0)
+    prompts = ["Once upon a time"]
+    per_call = sl.capture(stories, prompts, ["final_norm"], interventions=[re2])
+    with sl.intervene(stories, [re2]) as run:
+        inside = run.capture(prompts, ["final_norm"])
+    plain = sl.capture(stories, prompts, ["final_norm"])
+    a, b, p = (c.acts["final_norm"] for c in (per_call, inside, plain))
+    torch.testing.assert_close(b, a, rtol=0, atol=0)
+    torch.testing.assert_close(b, 2 * p, rtol=1e-6, atol=1e-6)  # the norm's weight doubled: its output too
+
+
+def test_an_ended_intervene_block_refuses_calls(stories):
+    """After the block its weight edits are restored, so a call through its context would run unsteered while
+    looking steered: every call is refused with one line instead."""
+    with sl.intervene(stories, [ParamEdit(param=B, op="scale", value=0.1)]) as run:
+        inside = run.forward(["Once upon a time"])
+    for call in (lambda: run.forward(["Once upon a time"]), lambda: run.generate(["Once"], max_new_tokens=2),
+                 lambda: run.capture(["Once"], ["final_norm"])):
+        with pytest.raises(SteerlabError, match="this intervene\\(\\) block has ended"):
+            call()
+    assert inside.shape[0] == 1  # (the call inside the block ran)

@@ -120,11 +120,11 @@ def _fill(folder: Path, files: dict[str, bytes]) -> None:
 def test_atomic_dir_reads_old_or_new_after_a_crash_anywhere(tmp_path, mode, existing):
     def setup(base: Path) -> None:
         if existing:
-            with atomic_dir(base / "out") as d:
+            with atomic_dir(base / "out", own=["a.txt"]) as d:
                 _fill(d, OLD)
 
     def write(base: Path) -> None:
-        with atomic_dir(base / "out") as d:
+        with atomic_dir(base / "out", own=["a.txt"]) as d:  # (the folders' marker file here)
             _fill(d, NEW)
 
     old = OLD if existing else None
@@ -222,7 +222,8 @@ def test_intervention_set_save_loads_old_or_new_after_a_crash_anywhere(tmp_path)
 
 def test_save_keeps_one_side_file_named_by_the_json(tmp_path):
     path = tmp_path / "steer.json"
-    (tmp_path / "steer.safetensors").write_bytes(b"left by an older steerlab")
+    (tmp_path / "steer.safetensors").write_bytes(b"left by an older steerlab")  # named by the spec it wrote
+    path.write_text(json.dumps({"tensors_file": "steer.safetensors", "interventions": []}))
     (tmp_path / "steer.v2.json").write_text("{}")  # another spec's files are not touched
     OLD_SET.save(path)
     NEW_SET.save(path)
@@ -231,6 +232,11 @@ def test_save_keeps_one_side_file_named_by_the_json(tmp_path):
     assert side.startswith("steer.") and side.endswith(".safetensors") and len(side.split(".")[1]) == 16
     InterventionSet([ExpertMask(layer=0, off=[1])]).save(path)  # no tensors: no side file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["steer.json", "steer.v2.json"]
+    # a file of the same stem that no spec named is not the spec's: a model's weights beside a model.json spec
+    (tmp_path / "model.safetensors").write_bytes(b"the user's weights")
+    NEW_SET.save(tmp_path / "model.json")
+    InterventionSet([ExpertMask(layer=0, off=[1])]).save(tmp_path / "model.json")
+    assert (tmp_path / "model.safetensors").read_bytes() == b"the user's weights"
 
 
 def test_corrupt_tensors_file_is_a_spec_error(tmp_path):
@@ -267,3 +273,25 @@ def test_a_writer_never_replaces_or_moves_a_file_of_the_other_kind(tmp_path):
         atomic_write_text(tmp_path / "d", "{}")
     assert mine.read_text() == "the user's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "mine.txt"] and not any((tmp_path / "d").iterdir())
+
+
+def test_a_folder_of_the_users_is_never_replaced(tmp_path):
+    """An existing folder holding none of the writers' marker files (a project folder, ``--out .``) is refused
+    before anything is written, by the folder writer and by a capture; one that holds a marker is replaced."""
+    import steerlab as sl
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match=r"proj is a folder of other files .*expected a new folder"):
+        with atomic_dir(proj):
+            pass
+    h = sl.load("shared:stories260K")
+    with pytest.raises(SpecError, match="folder of other files"):
+        sl.capture(h, ["Hi"], ["blocks.0.resid_post"], out=proj)
+    with pytest.raises(SpecError, match="has no name of its own"):
+        atomic.check_target(".", folder=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"] and (proj / "notes.txt").read_text() == "mine"
+    sl.capture(h, ["Hi"], ["blocks.0.resid_post"], out=tmp_path / "cap")
+    sl.capture(h, ["Hello there"], ["blocks.0.resid_post"], out=tmp_path / "cap")  # its own folder: replaced
+    assert json.loads((tmp_path / "cap" / "capture.json").read_text())["config"]["n_prompts"] == 1

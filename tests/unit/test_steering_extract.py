@@ -127,6 +127,8 @@ def test_probe_profile_save_load(tiny, tmp_path):
     assert [r.site for r in p.results] == ["blocks.0.resid_post", "blocks.2.resid_post"]
     assert p.meta["train_split"] == "train" and p.results[0].n_test == 4
     back = load_probes(save_probes(p, tmp_path / "probes"))
+    dotted = load_probes(save_probes(p, tmp_path / "probes-v1.5"))  # a dot in the name stays
+    assert (tmp_path / "probes-v1.5.json").exists() and dotted.results[0].row() == back.results[0].row()
     for r, q in zip(p.results, back.results, strict=True):
         assert torch.equal(r.probe.weight, q.probe.weight) and r.probe.bias == q.probe.bias
         assert r.row() == q.row()
@@ -153,6 +155,16 @@ def test_directions_round_trip_and_by_name(tmp_path, monkeypatch):
         load_directions("nothing")
     with pytest.raises(SpecError, match="NaN or infinite"):
         Directions({"s": torch.tensor([1.0, float("nan")])})
+    # a dot in the name is part of it: v0.2 and v0.3 are two saves, each loadable by the name it was saved under
+    d.save(tmp_path / "dirs" / "refusal-v0.2")
+    Directions({"blocks.1.resid_post": 3 * v}, {}).save(tmp_path / "dirs" / "refusal-v0.3")
+    assert sorted(p.name for p in (tmp_path / "dirs").glob("refusal-*")) == [
+        "refusal-v0.2.json", "refusal-v0.2.safetensors", "refusal-v0.3.json", "refusal-v0.3.safetensors"]
+    assert torch.equal(load_directions(tmp_path / "dirs" / "refusal-v0.2")["blocks.2.resid_post"], 2 * v)
+    assert torch.equal(load_directions("refusal-v0.3")["blocks.1.resid_post"], 3 * v)
+    (tmp_path / "dirs" / "refusal-v0.3.safetensors").unlink()
+    with pytest.raises(SteerlabError, match="names the tensors file 'refusal-v0.3.safetensors', which is not there"):
+        load_directions("refusal-v0.3")
 
 
 def test_bad_inputs(tiny):
