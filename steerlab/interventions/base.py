@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
@@ -87,6 +87,9 @@ def to_tensor(value: Any, field_name: str) -> torch.Tensor:
     return t
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 class Intervention(BaseModel):
     """Base of every intervention type. ``allow_inf_nan=False``: every float field must be finite."""
 
@@ -94,6 +97,24 @@ class Intervention(BaseModel):
     kind: ClassVar[Kind]
     tensor_fields: ClassVar[tuple[str, ...]] = ()  # filled by register_intervention
     name: str | None = None  # optional label, shown in artifacts and the dashboard
+
+    def __init__(self, **data: Any) -> None:
+        """Built directly (``AddVector(site=..., vector=...)``), a bad value is the same one-line
+        :class:`SpecError` as from a spec file or a request, not pydantic's multi-line report."""
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            kind = getattr(type(self), "model_fields", {}).get("type")
+            raise SpecError(_format_validation(e, kind.default if kind is not None else type(self).__name__)) from None
+
+    @model_validator(mode="after")
+    def _floats_fit_float32(self) -> Intervention:
+        """Every number field must fit float32, the models' dtype (1e39 would become inf mid-run)."""
+        for field in type(self).model_fields:
+            v = getattr(self, field)
+            if isinstance(v, float) and abs(v) > _FLOAT32_MAX:
+                raise ValueError(f"{field}={v!r} does not fit float32; expected |{field}| <= {_FLOAT32_MAX:.3g}")
+        return self
 
     def describe(self) -> str:
         """One line for tables and the dashboard's stack (the type's own details)."""
@@ -164,5 +185,6 @@ def _format_validation(e: ValidationError, kind: str) -> str:
         loc = ".".join(str(x) for x in (kind, *err["loc"]))
         inp = err.get("input")
         shown = repr(inp) if not isinstance(inp, (list, dict)) or len(repr(inp)) < 80 else type(inp).__name__
-        parts.append(f"{loc}: {err['msg']} (got {shown})")
+        # a check of the whole intervention (no field in its location) names its own value in the message
+        parts.append(f"{loc}: {err['msg']}" + (f" (got {shown})" if err["loc"] else ""))
     return f"invalid intervention of type {kind!r}: " + "; ".join(parts)

@@ -35,8 +35,26 @@ def test_wrong_vector_width(stories):
 def test_nan_in_vector():
     with pytest.raises(SpecError, match=r"NaN or infinite values at indices \[\[2\]\]"):
         InterventionSet([{"type": "add_vector", "site": "blocks.0.resid_post", "vector": [1.0, 0.0, float("nan")]}])
-    with pytest.raises(Exception, match="NaN or infinite"):
+    with pytest.raises(SpecError, match="NaN or infinite"):  # built directly: the same one-line SpecError
         AddVector(site="blocks.0.resid_post", vector=torch.tensor([1.0, float("inf")]))
+
+
+@pytest.mark.parametrize(
+    ("build", "expected"),
+    [
+        (lambda: AddVector(site="s", vector=torch.ones(4), positions="generate"), "Input should be 'all', 'prompt'"),
+        (lambda: ExpertMask(layer=-1), "expert_mask.layer: Input should be greater than or equal to 0 (got -1)"),
+        (lambda: ParamEdit(param="p", op="zap"), "param_edit.op: Input should be 'zero', 'scale'"),
+        (lambda: AddVector(site="s", vector=torch.ones(4), scale=1e39), "scale=1e+39 does not fit float32"),
+        (lambda: ParamEdit(param="p", op="set", value=-1e39), "value=-1e+39 does not fit float32"),
+    ],
+)
+def test_an_intervention_built_directly_is_checked_like_a_spec(build, expected):
+    """The classes the README builds directly raise the spec's one-line SpecError, not pydantic's report;
+    numbers beyond float32 (the models' dtype: inf mid-run, or a torch overflow error when applied) too."""
+    with pytest.raises(SpecError) as e:
+        build()
+    assert expected in str(e.value) and "\n" not in str(e.value) and "pydantic.dev" not in str(e.value)
     with pytest.raises(SpecError, match="zero norm"):
         InterventionSet([{"type": "project_out", "site": "blocks.0.resid_post", "direction": [0.0, 0.0]}])
 
