@@ -87,7 +87,7 @@ def to_tensor(value: Any, field_name: str) -> torch.Tensor:
     return t
 
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the largest number a float32 model weight or activation holds
 
 
 class Intervention(BaseModel):
@@ -112,8 +112,8 @@ class Intervention(BaseModel):
         """Every number field must fit float32, the models' dtype (1e39 would become inf mid-run)."""
         for field in type(self).model_fields:
             v = getattr(self, field)
-            if isinstance(v, float) and abs(v) > _FLOAT32_MAX:
-                raise ValueError(f"{field}={v!r} does not fit float32; expected |{field}| <= {_FLOAT32_MAX:.3g}")
+            if isinstance(v, float) and abs(v) > FLOAT32_MAX:
+                raise ValueError(f"{field}={v!r} does not fit float32; expected |{field}| <= {FLOAT32_MAX:.3g}")
         return self
 
     def describe(self) -> str:

@@ -20,12 +20,10 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.base import Intervention, Kind, Positions, register_intervention
+from steerlab.interventions.base import FLOAT32_MAX, Intervention, Kind, Positions, register_intervention
 from steerlab.interventions.positions import StepState
 from steerlab.models.adapters.routing import mask_problem, route, route_by_groups
 from steerlab.models.handle import ModelHandle
-
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 RouterOut = tuple  # (router_logits, topk_weights, topk_indices, ...)
 RouterFn = Callable[[RouterOut, StepState], RouterOut]
@@ -71,9 +69,9 @@ class ExpertMask(Intervention):
     @field_validator("scale")
     @classmethod
     def _finite_scales(cls, v: dict[int, float]) -> dict[int, float]:
-        bad = {e: s for e, s in v.items() if not math.isfinite(s) or abs(s) > _FLOAT32_MAX}
+        bad = {e: s for e, s in v.items() if not math.isfinite(s) or abs(s) > FLOAT32_MAX}
         if bad:
-            raise ValueError(f"scale {bad} must be finite numbers that fit float32 (|s| <= {_FLOAT32_MAX:.3g})")
+            raise ValueError(f"scale {bad} must be finite numbers that fit float32 (|s| <= {FLOAT32_MAX:.3g})")
         return v
 
     def where(self) -> str:
