@@ -64,8 +64,10 @@ OWN_MARKERS = ("artifact.json", "capture.json", "state.json", "config.json", "su
 
 def check_target(path: str | Path, *, folder: bool, own: Sequence[str] | None = None) -> Path:
     """``path`` as a :class:`Path` if a folder (``folder=True``) or a file can be written there; else a
-    one-line :class:`~steerlab.errors.SpecError` naming the obstacle: an ancestor that is a file, or ``path``
-    itself existing as the other kind. Writers check before they write, so nothing of the user's is replaced.
+    one-line :class:`~steerlab.errors.SpecError` naming the obstacle: no name (``.``), an ancestor that is a
+    file, ``path`` itself existing as the other kind, or (with ``own``, the marker files of the writer's
+    folders) an existing folder of other files. Writers check before they write, so nothing of the user's is
+    replaced.
 
     Example:
         >>> import tempfile

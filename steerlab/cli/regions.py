@@ -42,6 +42,16 @@ def _files(items: list[str]) -> dict[str, str]:
     return out
 
 
+def _check_op(op: str, value: float) -> None:
+    """``--op`` and its ``--value`` (perturb, dims)."""
+    from steerlab.errors import SpecError
+
+    if op not in ("zero", "scale", "noise", "set"):
+        raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
+    if op == "noise" and value < 0:
+        raise SpecError(f"--value {value} with --op noise is a standard deviation; expected a number >= 0")
+
+
 def _command(ctx: typer.Context) -> str:
     """The command line that reproduces this call, every option spelled out (from the parsed parameters)."""
     parts = ["steerlab", "regions", ctx.info_name or ""]
@@ -160,10 +170,7 @@ def perturb_cmd(
     from steerlab.regions.artifact import read_importance, write_perturb
     from steerlab.regions.corpus import corpus_texts
 
-    if op not in ("zero", "scale", "noise", "set"):
-        raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
-    if op == "noise" and value < 0:
-        raise SpecError(f"--value {value} with --op noise is a standard deviation; expected a number >= 0")
+    _check_op(op, value)
     _fraction(fraction)
     try:
         seed_list = [int(s) for s in _codes(seeds)]
@@ -215,10 +222,7 @@ def dims_cmd(
     from steerlab.regions.dims import find_dims
     from steerlab.regions.select import in_scope
 
-    if op not in ("zero", "scale", "noise", "set"):
-        raise SpecError(f"--op {op!r} is not one of ['zero', 'scale', 'noise', 'set']")
-    if op == "noise" and value < 0:
-        raise SpecError(f"--value {value} with --op noise is a standard deviation; expected a number >= 0")
+    _check_op(op, value)
     if n_random < 0:
         raise SpecError(f"--random must be an integer >= 0, got {n_random}")
     in_scope("x", [1], scope)

@@ -104,15 +104,17 @@ class Intervention(BaseModel):
         try:
             super().__init__(**data)
         except ValidationError as e:
-            kind = getattr(type(self), "model_fields", {}).get("type")
+            kind = type(self).model_fields.get("type")
             raise SpecError(_format_validation(e, kind.default if kind is not None else type(self).__name__)) from None
 
     @model_validator(mode="after")
     def _floats_fit_float32(self) -> Intervention:
-        """Every number field must fit float32, the models' dtype (1e39 would become inf mid-run)."""
+        """Every number field (and every number of a dict or list field, e.g. ExpertMask's scales) must fit
+        float32, the models' dtype (1e39 would become inf mid-run, or fail in torch when applied)."""
         for field in type(self).model_fields:
             v = getattr(self, field)
-            if isinstance(v, float) and abs(v) > FLOAT32_MAX:
+            numbers = v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]
+            if any(isinstance(x, float) and abs(x) > FLOAT32_MAX for x in numbers):
                 raise ValueError(f"{field}={v!r} does not fit float32; expected |{field}| <= {FLOAT32_MAX:.3g}")
         return self
 

@@ -10,17 +10,16 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.base import FLOAT32_MAX, Intervention, Kind, Positions, register_intervention
+from steerlab.interventions.base import Intervention, Kind, Positions, register_intervention
 from steerlab.interventions.positions import StepState
 from steerlab.models.adapters.routing import mask_problem, route, route_by_groups
 from steerlab.models.handle import ModelHandle
@@ -65,14 +64,6 @@ class ExpertMask(Intervention):
     positions: Positions = "all"
 
     kind: ClassVar[Kind] = "routing"
-
-    @field_validator("scale")
-    @classmethod
-    def _finite_scales(cls, v: dict[int, float]) -> dict[int, float]:
-        bad = {e: s for e, s in v.items() if not math.isfinite(s) or abs(s) > FLOAT32_MAX}
-        if bad:
-            raise ValueError(f"scale {bad} must be finite numbers that fit float32 (|s| <= {FLOAT32_MAX:.3g})")
-        return v
 
     def where(self) -> str:
         return f"layer {self.layer}"
