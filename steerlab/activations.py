@@ -35,9 +35,9 @@ from steerlab.atomic import atomic_dir, resolve_dir
 from steerlab.engines import engine_for, position_ids
 from steerlab.errors import SteerlabError
 from steerlab.generation import check_prompts
-from steerlab.interventions.compile import compile_plan
-from steerlab.interventions.positions import check_positions
+from steerlab.interventions.compile import check_inputs, compile_plan
 from steerlab.models.handle import ModelHandle
+from steerlab.values import as_names
 
 INDEX_FILE = "capture.json"
 
@@ -110,7 +110,7 @@ def _site_width(h: ModelHandle, site: str) -> int:
 def capture(
     h: ModelHandle,
     prompts: list[str] | str,
-    sites: list[str],
+    sites: list[str] | str,
     *,
     interventions: Any = None,
     batch_size: int = 16,
@@ -132,7 +132,7 @@ def capture(
     exceed it raises, naming the estimate and the way out (``out=`` or a larger bound).
     """
     prompts = check_prompts(prompts)
-    sites = list(dict.fromkeys(sites))
+    sites = list(dict.fromkeys(as_names(sites, "sites")))
     if not sites:
         raise SteerlabError("sites is empty; expected at least one site name (see `steerlab info MODEL`)")
     if engine not in ("nnsight", "bridge"):
@@ -144,7 +144,7 @@ def capture(
     plan = compile_plan(h, interventions, sites)  # validates sites and interventions up front
 
     enc_all = h.encode(prompts, chat=chat, system=system)
-    check_positions(plan.selectors, enc_all["attention_mask"])
+    check_inputs(plan, enc_all["attention_mask"])
     n_tokens = int(enc_all["attention_mask"].sum())
     bytes_per_token = sum(_site_width(h, s) for s in sites) * torch.empty((), dtype=dtype).element_size()
     max_pos = enc_all["input_ids"].shape[1]
@@ -157,6 +157,10 @@ def capture(
             "pass out=DIR to stream batches to disk, capture fewer sites, or raise max_memory_mb"
         )
     batch_size = max(1, min(batch_size, int(budget // max(per_prompt, 1))))
+    if plan.input_shapes and batch_size < len(prompts):
+        raise SteerlabError(f"a [batch, pos, d] patch value replaces the activation of all {len(prompts)} prompts at "
+                            f"once, but the capture runs batches of {batch_size}; pass batch_size >= {len(prompts)} "
+                            "(and a max_memory_mb that holds them)")
 
     config = {
         "model": h.spec,

@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +28,11 @@ from torch import Tensor
 
 from steerlab.engines import engine_for, position_ids
 from steerlab.errors import SpecError
-from steerlab.interventions.compile import Plan, compile_plan
-from steerlab.interventions.positions import check_positions
+from steerlab.interventions.compile import Plan, check_inputs, compile_plan
 from steerlab.interventions.spec import as_set
 from steerlab.models.handle import ModelHandle
 from steerlab.sampling import Sampler, make_sampler
+from steerlab.values import check_count
 
 
 @dataclass
@@ -71,16 +72,42 @@ def coerce_sampler(sampler: Sampler | str | dict | None) -> Sampler:
 
 
 def check_prompts(prompts: Any) -> list[str]:
-    """A non-empty list of strings (a single string becomes a list of one)."""
+    """A non-empty list of strings (a single string becomes a list of one), each encodable as UTF-8.
+
+    >>> check_prompts("Once upon a time")
+    ['Once upon a time']
+    >>> check_prompts(["ok", "\\ud800"])
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: prompt 1 is not valid Unicode text (surrogates not allowed at character 0)
+    """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if isinstance(prompts, (bytes, dict)) or not hasattr(prompts, "__iter__"):
+        raise SpecError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
     prompts = list(prompts)
     if not prompts:
         raise SpecError("prompts is empty; expected at least one prompt")
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
     if bad:
         raise SpecError(f"prompts at indices {bad} are not strings")
+    for i, p in enumerate(prompts):
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise SpecError(f"prompt {i} is not valid Unicode text ({e.reason} at character {e.start})") from None
     return prompts
+
+
+def check_seed(seed: Any) -> int:
+    """A seed ``torch.manual_seed`` takes: an integer in [-2**63, 2**64).
+
+    >>> check_seed(1.5)
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: seed must be an integer in [-2**63, 2**64), got 1.5
+    """
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
+        raise SpecError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def _plan(h: ModelHandle, interventions: Any, record: list[str] | None, plan: Plan | None) -> Plan:
@@ -130,8 +157,8 @@ def generate(
         ', there was a little girl'
     """
     prompts = check_prompts(prompts)
-    if isinstance(max_new_tokens, bool) or int(max_new_tokens) != max_new_tokens or max_new_tokens < 1:
-        raise SpecError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    check_count("max_new_tokens", max_new_tokens, 1)
+    seed = check_seed(seed)
     smp = coerce_sampler(sampler)
     compiled = _plan(h, interventions, record, plan)
     if remote is not False:
@@ -139,7 +166,7 @@ def generate(
     from transformers import GenerationConfig, LogitsProcessorList
 
     enc = h.encode(prompts, chat=chat, system=system)
-    check_positions(compiled.selectors, enc["attention_mask"])
+    check_inputs(compiled, enc["attention_mask"], generating=True)
     prompt_len = enc["input_ids"].shape[1]
     eos = h.tokenizer.eos_token_id if stop_at_eos else None
     gc = GenerationConfig(
@@ -259,7 +286,7 @@ def forward(
     """
     enc = as_encoding(h, inputs, attention_mask, chat=chat, system=system)
     compiled = _plan(h, interventions, record, plan)
-    check_positions(compiled.selectors, enc["attention_mask"])
+    check_inputs(compiled, enc["attention_mask"])
     out, records = engine_for(h).forward(enc, compiled, position_ids=position_ids(enc["attention_mask"]))
     return (out.logits, dict(records)) if return_records else out.logits
 
@@ -276,8 +303,17 @@ def as_encoding(
         ids, mask = inputs, attention_mask
     else:
         raise SpecError(f"inputs must be prompts, an encoding dict or a token id tensor, got {type(inputs).__name__}")
-    if ids.ndim != 2:
-        raise SpecError(f"input_ids must have shape [batch, pos], got {tuple(ids.shape)}")
+    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.is_floating_point() or ids.is_complex() or ids.numel() == 0:
+        what = f"shape {tuple(ids.shape)}, dtype {ids.dtype}" if isinstance(ids, Tensor) else type(ids).__name__
+        raise SpecError(f"input_ids must be a non-empty integer tensor of shape [batch, pos], got {what}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= h.vocab_size:
+        raise SpecError(f"input_ids hold token ids {lo}..{hi}; expected ids in 0..{h.vocab_size - 1} ({h.spec})")
     if mask is None:
         mask = torch.ones_like(ids)
+    if not isinstance(mask, Tensor) or tuple(mask.shape) != tuple(ids.shape):
+        what = f"shape {tuple(mask.shape)}" if isinstance(mask, Tensor) else type(mask).__name__
+        raise SpecError(f"attention_mask must be a tensor of the input_ids' shape {tuple(ids.shape)}, got {what}")
+    if not bool(((mask == 0) | (mask == 1)).all()):
+        raise SpecError(f"attention_mask must hold only 0 and 1, got values {sorted(set(mask.unique().tolist()))[:6]}")
     return {"input_ids": ids.to(h.device), "attention_mask": mask.to(h.device)}

@@ -30,7 +30,7 @@ from steerlab._paths import REPO_ROOT, shared_dir
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import is_organism
-from steerlab.values import read_json
+from steerlab.values import check_count, read_json
 
 SUITES_DIR = REPO_ROOT / "suites"
 SUITE_FILE = "suite.json"
@@ -79,7 +79,8 @@ class ProbeSuite:
         return [self.user_template.format(prompt=p) for p in self.prompts(label, split)]
 
     def contrast(self, split: str | None = None, limit: int | None = None) -> tuple[list[str], list[str]]:
-        """``(behavior, control)`` user texts of one split, at most ``limit`` of each."""
+        """``(behavior, control)`` user texts of one split, at most ``limit`` (>= 1, or None: all) of each."""
+        check_count("limit", limit, 1, none_ok=True)
         return self.user_texts(self.behavior, split)[:limit], self.user_texts(self.control, split)[:limit]
 
     def chat_kwargs(self) -> dict[str, Any]:

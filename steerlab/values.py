@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,29 @@ def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -
     """
     if none_ok and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise SpecError(f"{name} must be an integer >= {minimum}{' or None' if none_ok else ''}, got {value!r}")
+
+
+def as_names(value: Any, what: str) -> list[str]:
+    """A list of names from one name or a sequence of them (a string is one name, not its characters).
+
+    >>> as_names("blocks.2.resid_post", "sites"), as_names(("a", "b"), "sites")
+    (['blocks.2.resid_post'], ['a', 'b'])
+    >>> as_names(["a", 3], "sites")
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: sites must be a name or a list of names, got 3 (int) among them
+    """
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (bytes, dict)) or not hasattr(value, "__iter__"):
+        raise SpecError(f"{what} must be a name or a list of names, got {value!r} ({type(value).__name__})")
+    names = list(value)
+    bad = [v for v in names if not isinstance(v, str)]
+    if bad:
+        raise SpecError(f"{what} must be a name or a list of names, got {bad[0]!r} ({type(bad[0]).__name__}) "
+                        "among them")
+    return names
 
 
 def parse_assignments(items: list[str], what: str) -> dict[str, Any]:

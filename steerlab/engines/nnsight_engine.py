@@ -434,8 +434,7 @@ def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n
     :data:`REMOTE_TYPES` compiles; any other raises :class:`SpecError` naming it."""
     from steerlab.errors import SpecError
     from steerlab.interventions import ops
-    from steerlab.interventions.compile import compile_plan
-    from steerlab.interventions.positions import check_positions
+    from steerlab.interventions.compile import check_inputs, compile_plan
     from steerlab.interventions.spec import as_set
 
     ivs = as_set(interventions)
@@ -445,7 +444,7 @@ def remote_program(h: ModelHandle, interventions: Any, enc: dict[str, Tensor], n
                             f"{list(REMOTE_TYPES)}")
     plan = compile_plan(h, ivs)  # validates everything against the model first
     mask, prompt_len = enc["attention_mask"], enc["input_ids"].shape[1]
-    check_positions(plan.selectors, mask)
+    check_inputs(plan, mask, generating=True)
     paths = {id(m): name for name, m in h.model.named_modules()}
     order = _event_order(h.model)
     pad_lens = StepState.start(mask, prompt_len).pad_lens.to(h.device)

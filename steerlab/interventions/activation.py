@@ -132,13 +132,9 @@ class Patch(SiteIntervention):
             return ActOp(_rowwise_patch(val, list(self.positions)), "all")
 
         def full(x: Tensor, m: Any, s: StepState) -> Tensor:
-            if val.ndim == 3 and val.shape != x.shape:
-                raise SpecError(
-                    f"patch value shape {tuple(val.shape)} does not match activation shape {tuple(x.shape)}"
-                )
             return ops.patch(x, val, m)
 
-        return ActOp(full, self.positions)
+        return ActOp(full, self.positions, input_shape=tuple(val.shape[:2]) if val.ndim == 3 else None)
 
     def describe(self) -> str:
         return f"value {tuple(self.value.shape)}"

@@ -32,13 +32,14 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
@@ -51,11 +52,40 @@ Kind = Literal["activation", "routing", "weights"]
 class LastK(BaseModel):
     """``{"last": k}``: the last ``k`` prompt tokens of each row (``k=1`` is the decision position)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     last: int = Field(ge=1)
 
 
-Positions = Literal["all", "prompt", "generated"] | LastK | list[Annotated[int, Field(ge=0)]]
+# an explicit list names at least one position (``[]`` would steer nothing, silently)
+def _plain(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v) is not int:
+        return int(v)
+    return v
+
+
+_PositionList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+Positions = Literal["all", "prompt", "generated"] | LastK | _PositionList
+POSITIONS_HELP = "'all', 'prompt', 'generated', {'last': k} with k >= 1, or a non-empty list of prompt positions >= 0"
+
+
+def check_positions_value(v: Any) -> Any:
+    """``v`` if it is a positions selector (:data:`Positions`), else one ``ValueError`` naming every form."""
+    ok = (
+        v in ("all", "prompt", "generated") if isinstance(v, str)
+        else isinstance(v, LastK) or (isinstance(v, dict) and set(v) == {"last"} and _is_int(v["last"], 1))
+        or (isinstance(v, list) and len(v) > 0 and all(_is_int(p, 0) for p in v))
+    )
+    if not ok:
+        raise ValueError(f"positions must be {POSITIONS_HELP}")
+    return v
+
+
+def _is_int(x: Any, minimum: int) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
 ActFn = Callable[[Tensor, Any, Any], Tensor]  # (activation [b, t, d], position mask, StepState) -> activation
 
 
@@ -64,12 +94,15 @@ class ActOp:
     """One compiled activation edit: ``fn`` applied at the positions selected by ``positions``.
     ``additive`` ops (``x + f(positions)``) may be applied to a summand of a site instead of the sum.
     ``reads_prefix`` ops read the site at earlier positions too (a verdict carried forward), so at the
-    logits site generation computes the logits of every prompt position, not only the last."""
+    logits site generation computes the logits of every prompt position, not only the last. ``input_shape``
+    ``(batch, pos)``: the op replaces the whole activation of an input of that shape, so it runs only in one
+    plain forward of such an input (checked before anything runs: ``compile.check_inputs``)."""
 
     fn: ActFn
     positions: Any
     additive: bool = False
     reads_prefix: bool = False
+    input_shape: tuple[int, int] | None = None
 
 
 def to_tensor(value: Any, field_name: str) -> torch.Tensor:
@@ -93,7 +126,10 @@ FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the largest number a floa
 class Intervention(BaseModel):
     """Base of every intervention type. ``allow_inf_nan=False``: every float field must be finite."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", frozen=True, allow_inf_nan=False)
+    # strict: no quiet coercion (True is not 1.0, "2" is not 2); floats still take ints
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, extra="forbid", frozen=True, allow_inf_nan=False, strict=True
+    )
     kind: ClassVar[Kind]
     tensor_fields: ClassVar[tuple[str, ...]] = ()  # filled by register_intervention
     name: str | None = None  # optional label, shown in artifacts and the dashboard
@@ -106,6 +142,14 @@ class Intervention(BaseModel):
         except ValidationError as e:
             kind = type(self).model_fields.get("type")
             raise SpecError(_format_validation(e, kind.default if kind is not None else type(self).__name__)) from None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain_values(cls, data: Any) -> Any:
+        """Strict fields, Python's spellings: a tuple is a list, a NumPy/torch integer scalar an int."""
+        if not isinstance(data, dict):
+            return data
+        return {k: v if k in cls.tensor_fields else _plain(v) for k, v in data.items()}
 
     @model_validator(mode="after")
     def _floats_fit_float32(self) -> Intervention:
@@ -133,6 +177,11 @@ class SiteIntervention(Intervention):
     kind: ClassVar[Kind] = "activation"
     site: str
     positions: Positions = "all"
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _positions(cls, v: Any) -> Any:
+        return check_positions_value(v)
 
     def compile_op(self, h: ModelHandle, ref: SiteRef, width: int) -> ActOp:
         """Validate against the model (``width`` of the site's last dimension) and build the op."""
@@ -175,10 +224,10 @@ def parse_intervention(data: dict[str, Any]) -> Intervention:
     kind = data.get("type")
     if kind not in _REGISTRY:
         raise SpecError(f"unknown intervention type {kind!r}; expected one of {sorted(_REGISTRY)}")
-    try:
-        return _REGISTRY[kind].model_validate(data)
-    except ValidationError as e:
-        raise SpecError(_format_validation(e, kind)) from e
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise SpecError(f"intervention field names must be strings, got {bad[0]!r}")
+    return _REGISTRY[kind](**data)  # the constructor raises the one-line SpecError
 
 
 def _format_validation(e: ValidationError, kind: str) -> str:
@@ -188,5 +237,5 @@ def _format_validation(e: ValidationError, kind: str) -> str:
         inp = err.get("input")
         shown = repr(inp) if not isinstance(inp, (list, dict)) or len(repr(inp)) < 80 else type(inp).__name__
         # a check of the whole intervention (no field in its location) names its own value in the message
-        parts.append(f"{loc}: {err['msg']}" + (f" (got {shown})" if err["loc"] else ""))
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}" + (f" (got {shown})" if err["loc"] else ""))
     return f"invalid intervention of type {kind!r}: " + "; ".join(parts)

@@ -25,10 +25,11 @@ from torch import Tensor
 
 from steerlab.errors import SpecError, UnknownSiteError
 from steerlab.interventions.base import ActOp, SiteIntervention
-from steerlab.interventions.positions import StepState
+from steerlab.interventions.positions import StepState, check_positions
 from steerlab.interventions.spec import as_set
 from steerlab.models.handle import ModelHandle
 from steerlab.models.sites import MOE_SITES, SiteRef
+from steerlab.values import as_names
 
 _COMPONENT_ORDER = {
     "embed": 0,
@@ -73,6 +74,8 @@ class Plan:
     selectors: list[Any] = field(default_factory=list)  # every position selector, checked per batch
     interventions: Any = None  # the validated InterventionSet it was compiled from (the remote path recompiles it)
     full_logits: bool = False  # an op at the logits site reads earlier positions: generate keeps every position's
+    # ops that replace a whole activation: (the intervention as errors name it, its site, the input's (batch, pos))
+    input_shapes: list[tuple[str, str, tuple[int, int]]] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,7 +116,7 @@ def _as_btd(x: Tensor, state: StepState) -> Tensor:
     return x
 
 
-def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | None = None) -> Plan:
+def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | str | None = None) -> Plan:
     """Validate ``interventions`` and ``record`` against ``h`` and order the work per module.
 
     Raises :class:`SpecError`/:class:`UnknownSiteError` naming the intervention at fault; the
@@ -121,12 +124,14 @@ def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | 
     """
     h.sync()
     ivs = as_set(interventions)
-    record = list(dict.fromkeys(record or []))
+    record = list(dict.fromkeys(as_names(record or [], "record")))
     act_ops: dict[str, tuple[SiteRef, list[ActOp]]] = {}
     mid_ops: dict[int, list[ActOp]] = defaultdict(list)
     groups: dict[tuple[type, Any], list[tuple[int, Any]]] = defaultdict(list)  # routing edits per router
     editors: list[Any] = []
+    input_shapes: list[tuple[str, str, tuple[int, int]]] = []
     for i, iv in enumerate(ivs):
+        label = f"intervention {i}" + (f" ({iv.name})" if getattr(iv, "name", None) else "")
         try:
             if iv.kind == "routing":
                 iv.validate(h)
@@ -135,13 +140,14 @@ def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | 
                 editors.append(iv.editor(h))
             else:
                 ref, op = _compile_act(h, iv)
+                if op.input_shape is not None:
+                    input_shapes.append((label, ref.name, op.input_shape))
                 if ref.component == "resid_mid":
                     mid_ops[ref.layer].append(op)  # type: ignore[index]
                 else:
                     act_ops.setdefault(ref.name, (ref, []))[1].append(op)
         except (SpecError, UnknownSiteError) as e:
-            label = f" ({iv.name})" if getattr(iv, "name", None) else ""
-            raise type(e)(f"intervention {i}{label}: {e}") from None
+            raise type(e)(f"{label}: {e}") from None
     router_edits = [cls.compile_group(h, numbered) for (cls, _), numbered in groups.items()]
     record_refs = [h.site(s) for s in record]
 
@@ -211,7 +217,34 @@ def compile_plan(h: ModelHandle, interventions: Any = None, record: list[str] | 
     full_logits = any(op.reads_prefix for ref, ops_list in act_ops.values() if ref.component == "logits"
                       for op in ops_list)
     return Plan(visits=ordered, editors=editors, records=record, n_interventions=len(ivs), selectors=selectors,
-                interventions=ivs, full_logits=full_logits)
+                interventions=ivs, full_logits=full_logits, input_shapes=input_shapes)
+
+
+def check_inputs(plan: Plan, attention_mask: Tensor, *, generating: bool = False) -> None:
+    """Raise :class:`SpecError`, before anything runs, where ``plan`` cannot run on this batch: a position
+    selector past a row's prompt (:func:`~steerlab.interventions.positions.check_positions`), or an op that
+    replaces a whole activation (a ``[batch, pos, d]`` patch) on an input of another shape, or in generation,
+    whose steps after the first see one new position each.
+
+    Example:
+        >>> import torch, steerlab as sl
+        >>> from steerlab.interventions import Patch
+        >>> h = sl.load("shared:stories260K")
+        >>> plan = compile_plan(h, [Patch(site="blocks.1.resid_post", value=torch.zeros(1, 3, 64))])
+        >>> check_inputs(plan, torch.ones(1, 3))
+        >>> check_inputs(plan, torch.ones(2, 3))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        steerlab.errors.SpecError: intervention 0: the patch value at 'blocks.1.resid_post' is for inputs of ...
+    """
+    check_positions(plan.selectors, attention_mask)
+    for label, site, shape in plan.input_shapes:
+        if generating:
+            raise SpecError(f"{label}: a [batch, pos, d] patch value at {site!r} replaces the whole activation of "
+                            "one plain forward; in generation use a [d] value, or [P, d] with P positions")
+        if tuple(attention_mask.shape) != shape:
+            raise SpecError(f"{label}: the patch value at {site!r} is for inputs of [batch, pos] {list(shape)}, "
+                            f"got {list(attention_mask.shape)}")
 
 
 def _identity(value: Any, state: StepState) -> None:

@@ -62,7 +62,11 @@ class RegionEdit(Intervention):
     @classmethod
     def _indices(cls, v: Any) -> torch.Tensor:
         try:
-            t = v.detach().cpu() if isinstance(v, torch.Tensor) else torch.tensor(v, dtype=torch.long)
+            # no dtype: a float list stays float and is refused below, not truncated to integers
+            if isinstance(v, torch.Tensor):
+                t = v.detach().cpu()
+            else:
+                t = torch.tensor(v) if len(v) else torch.zeros(0, dtype=torch.long)
         except (TypeError, ValueError, RuntimeError) as e:
             raise ValueError(f"indices must be a 1-D integer tensor or list, got {type(v).__name__}: {e}") from e
         if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1:

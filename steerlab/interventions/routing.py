@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.base import Intervention, Kind, Positions, register_intervention
+from steerlab.interventions.base import Intervention, Kind, Positions, check_positions_value, register_intervention
 from steerlab.interventions.positions import StepState
 from steerlab.models.adapters.routing import mask_problem, route, route_by_groups
 from steerlab.models.handle import ModelHandle
@@ -64,6 +64,19 @@ class ExpertMask(Intervention):
     positions: Positions = "all"
 
     kind: ClassVar[Kind] = "routing"
+
+    @field_validator("positions", mode="before")
+    @classmethod
+    def _positions(cls, v: Any) -> Any:
+        return check_positions_value(v)
+
+    @field_validator("scale", mode="before")
+    @classmethod
+    def _expert_keys(cls, v: Any) -> Any:
+        """JSON object keys are strings: ``{"2": 0.5}`` is expert 2 (only decimal integer strings)."""
+        if isinstance(v, dict):
+            return {int(k) if isinstance(k, str) and k.isdecimal() else k: x for k, x in v.items()}
+        return v
 
     def where(self) -> str:
         return f"layer {self.layer}"

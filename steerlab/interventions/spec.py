@@ -49,6 +49,8 @@ __all__ = [
 ]
 
 
+SPEC_FORMAT, SPEC_VERSION = "steerlab.interventions", 1  # what to_json writes and from_json reads
+
 class InterventionSet:
     """An ordered, composable list of interventions; saved as JSON + safetensors."""
 
@@ -86,7 +88,7 @@ class InterventionSet:
                 if isinstance(v, dict):
                     d[f] = {str(k): x for k, x in v.items()}
             out.append(d)
-        return {"format": "steerlab.interventions", "version": 1, "interventions": out}
+        return {"format": SPEC_FORMAT, "version": SPEC_VERSION, "interventions": out}
 
     def digest(self) -> str:
         """A canonical SHA-256 of the set: equal for equal lists (whatever the field or dict key order
@@ -179,6 +181,10 @@ class InterventionSet:
             meta = {"interventions": meta}
         if not isinstance(meta, dict) or not isinstance(meta.get("interventions"), list):
             raise SpecError("intervention spec must be a JSON object with an 'interventions' list (or a bare list)")
+        fmt, version = meta.get("format", SPEC_FORMAT), meta.get("version", SPEC_VERSION)
+        if fmt != SPEC_FORMAT or version != SPEC_VERSION:
+            raise SpecError(f"intervention spec has format {fmt!r} version {version!r}; expected {SPEC_FORMAT!r} "
+                            f"version {SPEC_VERSION} (or neither key, for hand-written JSON)")
         tensors: dict[str, torch.Tensor] = {}
         if meta.get("tensors_file"):
             from safetensors import SafetensorError

@@ -30,6 +30,7 @@ from steerlab.errors import SpecError
 from steerlab.interventions import AddVector, ConditionalAdd, ProjectOut
 from steerlab.models.handle import ModelHandle
 from steerlab.steering.logistic import LinearProbe
+from steerlab.values import as_names
 
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post")
 
@@ -90,19 +91,25 @@ def orthonormal(vectors: Sequence[Tensor] | Tensor) -> Float[Tensor, "k d"]:
 
 
 def ablate_everywhere(
-    h: ModelHandle, vectors: Tensor | Sequence[Tensor], *, components: Sequence[str] = COMPONENTS,
-    layers: Sequence[int] | None = None, name: str | None = None,
+    h: ModelHandle, vectors: Tensor | Sequence[Tensor], *, components: Sequence[str] | str = COMPONENTS,
+    layers: Sequence[int] | int | None = None, name: str | None = None,
 ) -> list[ProjectOut]:
     """Project a direction (``[d]``) or a subspace (``[k, d]`` or a list) out of the residual stream at every
     layer (``components`` of each, where the model has them): the directional ablation of refusal-direction
     work. A subspace is orthonormalized first, so successive projections remove exactly its span."""
     vs = [vectors] if isinstance(vectors, Tensor) and vectors.ndim == 1 else list(vectors)
     basis = orthonormal([_check_vec(h, v, "ablated direction") for v in vs])
+    components = as_names(components, "components")
     bad = [c for c in components if c not in COMPONENTS]
     if bad:
         raise SpecError(f"unknown residual components {bad}; expected some of {list(COMPONENTS)}")
+    n = h.adapter.n_layers
+    layer_list = list(range(n)) if layers is None else [layers] if isinstance(layers, int) else list(layers)
+    wrong = [i for i in layer_list if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n]
+    if wrong:
+        raise SpecError(f"layers {wrong} are not layers of {h.spec}; expected integers in 0..{n - 1}")
     out = []
-    for i in layers if layers is not None else range(h.adapter.n_layers):
+    for i in layer_list:
         for c in components:
             site = f"blocks.{i}.{c}"
             if site in h.sites:

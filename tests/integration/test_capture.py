@@ -37,15 +37,24 @@ def test_streamed_capture_round_trip(stories, tmp_path):
     assert torch.equal(reopened.attention_mask, mem.attention_mask)
 
 
-def test_failed_streamed_capture_leaves_nothing(stories, tmp_path):
+def test_failed_streamed_capture_leaves_nothing(stories, tmp_path, monkeypatch):
     import pytest
 
-    from steerlab.interventions import Patch
+    import steerlab.activations as act
 
-    bad = Patch(site="blocks.1.resid_post", value=torch.zeros(1, 1, 64))
-    with pytest.raises(Exception, match="does not match activation shape"):
-        sl.capture(stories, PROMPTS, ["blocks.1.resid_post"], interventions=[bad], out=tmp_path / "cap")
-    assert list(tmp_path.iterdir()) == []
+    written = []
+
+    def fail_on_second(tensors, path):  # the first shard is written, the second batch fails
+        if written:
+            raise RuntimeError("disk full")
+        written.append(path)
+        real_save(tensors, path)
+
+    real_save = act.save_file
+    monkeypatch.setattr(act, "save_file", fail_on_second)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sl.capture(stories, PROMPTS, ["blocks.1.resid_post"], out=tmp_path / "cap", batch_size=2)
+    assert len(written) == 1 and list(tmp_path.iterdir()) == []
 
 
 def test_records_during_generation(stories):

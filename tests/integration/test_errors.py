@@ -42,7 +42,7 @@ def test_nan_in_vector():
 @pytest.mark.parametrize(
     ("build", "expected"),
     [
-        (lambda: AddVector(site="s", vector=torch.ones(4), positions="generate"), "Input should be 'all', 'prompt'"),
+        (lambda: AddVector(site="s", vector=torch.ones(4), positions="generate"), "positions must be 'all', 'prompt'"),
         (lambda: ExpertMask(layer=-1), "expert_mask.layer: Input should be greater than or equal to 0 (got -1)"),
         (lambda: ParamEdit(param="p", op="zap"), "param_edit.op: Input should be 'zero', 'scale'"),
         (lambda: AddVector(site="s", vector=torch.ones(4), scale=1e39), "scale=1e+39 does not fit float32"),

@@ -181,17 +181,24 @@ def test_serialization_round_trip(stories, tmp_path):
     assert torch.equal(a.sequences, c.sequences)
 
 
-def test_no_leaks_after_errors(stories):
+def test_no_leaks_after_errors(stories, monkeypatch):
     before = _state(stories.model)
     base = sl.forward(stories, PROMPTS)
     hooks = _hook_count(stories.model)
-    # an edit that fails inside the run (a [batch, pos, d] patch of the wrong shape)
-    bad_patch = Patch(site="blocks.1.resid_post", value=torch.zeros(1, 2, 64))
+    # an edit that fails inside the run, after the weight edit is applied (the patch op raises when it runs)
+    from steerlab.interventions import ops
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("failed inside the run")
+
+    bad_patch = Patch(site="blocks.1.resid_post", value=torch.zeros(64))
     param = ParamEdit(param="model.layers.0.mlp.up_proj.weight", op="zero")
-    with pytest.raises(SpecError, match="does not match activation shape"):
-        sl.forward(stories, PROMPTS, interventions=[param, bad_patch])
-    with pytest.raises(SpecError):
-        sl.generate(stories, PROMPTS, interventions=[param, bad_patch], max_new_tokens=4)
+    with monkeypatch.context() as m:
+        m.setattr(ops, "patch", boom)
+        with pytest.raises(RuntimeError, match="failed inside the run"):
+            sl.forward(stories, PROMPTS, interventions=[param, bad_patch])
+        with pytest.raises(RuntimeError, match="failed inside the run"):
+            sl.generate(stories, PROMPTS, interventions=[param, bad_patch], max_new_tokens=4)
     # an exception raised by user code inside the block
     with pytest.raises(RuntimeError, match="user code"):
         with sl.intervene(stories, [param, AddVector(site="blocks.1.resid_post", vector=torch.ones(64))]) as run:
