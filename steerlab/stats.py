@@ -22,6 +22,16 @@ from torch import Tensor
 from steerlab.values import check_count
 
 
+def sigmoid(x: float) -> float:
+    """The logistic function for any finite or infinite ``x``, without overflow (``1 / (1 + exp(-x))``
+    overflows below x = -709).
+
+    >>> sigmoid(0.0), sigmoid(-1e5), sigmoid(1e5), round(sigmoid(2.0), 4)
+    (0.5, 0.0, 1.0, 0.8808)
+    """
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
+
+
 def ratio_permutation_pvalues(
     num: Float[Tensor, "units stats"],
     den: Float[Tensor, " units"],

@@ -26,6 +26,8 @@ st.caption(
     "suite), what selects them, and what happens when they are switched off or forced on (MoTE)."
 )
 
+STATE = ["image", "expert", "sw_result", "k_result"]  # made with one model
+
 # -- reopened from the Runs page -------------------------------------------------------------------
 opened = None
 with shell.guard("Opening the saved run"):
@@ -38,11 +40,13 @@ if opened is not None and st.session_state.get(f"{P}.opened") != label:
     else:
         st.session_state[f"{P}.eval_run"] = label
     st.session_state[f"{P}.opened"] = label
+    shell.forget_on_model_change(P, STATE, model=opened.config.get("model", ""))
     shell.switch_model(opened.config.get("model", ""))
 if opened is not None:
     runs.close_run_button(label)
 
 h = shell.require_model()
+shell.forget_on_model_change(P, STATE)
 if not h.adapter.is_moe:
     st.info(
         f"`{h.spec}` is a dense model ({h.adapter.family}): expert imaging needs an MoE model. Pick "

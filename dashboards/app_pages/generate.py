@@ -22,22 +22,26 @@ with shell.guard("Opening the saved run"):
     opened = runs.requested_run(P)
 if opened is not None:
     label = st.query_params["run"]
+    runs.close_run_button(label)  # drawn first: a run that fails to read can still be closed
     if st.session_state.get(f"{P}.opened") != label:
-        cmp = read_comparison(opened)
-        base = next(iter(cmp.settings.values()))
-        st.session_state[f"{P}.prompts"] = "\n".join(cmp.prompts)
-        st.session_state[f"{P}.max_new"] = int(base.get("max_new_tokens", 32))
-        st.session_state[f"{P}.seed"] = int(base.get("seed", 0))
-        st.session_state[f"{P}.chat"] = bool(base.get("chat", False))
-        samplers.preset(P, base.get("sampler", {}))
-        st.session_state[f"{P}.iv_source"] = "Saved run" if cmp.interventions is not None else "Build here"
-        st.session_state[f"{P}.iv_run"] = label
-        st.session_state[f"{P}.result"] = cmp
-        st.session_state[f"{P}.opened"] = label
-        shell.switch_model(cmp.settings[cmp.labels[0]].get("model", ""))  # regenerate with the run's model
-    runs.close_run_button(label)
+        with shell.guard("Reading the saved run"):
+            cmp = read_comparison(opened)
+            base = next(iter(cmp.settings.values()))
+            st.session_state[f"{P}.prompts"] = "\n".join(cmp.prompts)
+            st.session_state[f"{P}.max_new"] = int(base.get("max_new_tokens", 32))
+            st.session_state[f"{P}.seed"] = int(base.get("seed", 0))
+            st.session_state[f"{P}.chat"] = bool(base.get("chat", False))
+            samplers.preset(P, base.get("sampler", {}))
+            st.session_state[f"{P}.iv_source"] = "Saved run" if cmp.interventions is not None else "Build here"
+            st.session_state[f"{P}.iv_run"] = label
+            run_model = cmp.settings[cmp.labels[0]].get("model", "")
+            st.session_state[f"{P}.result"] = cmp
+            st.session_state[f"{P}.opened"] = label
+            shell.forget_on_model_change(P, ["result"], model=run_model)
+            shell.switch_model(run_model)  # regenerate with the run's model
 
 h = shell.require_model()
+shell.forget_on_model_change(P, ["result"])  # made with another model: cleared, with a caption
 
 # -- settings -----------------------------------------------------------------------------------
 shell.init_state(f"{P}.prompts", "Once upon a time\nThe little dog")

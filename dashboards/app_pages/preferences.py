@@ -8,7 +8,6 @@ judge's verdict and the property contributions behind it); and annotate / judge 
 from __future__ import annotations
 
 import datetime as _dt
-import math
 
 import pandas as pd
 import streamlit as st
@@ -22,6 +21,7 @@ from steerlab.preferences.figures import (
     WeightsView,
     breakdown_figure,
     default_groups,
+    percent,
     shift_figure,
     similarity_heatmap,
     weights_figure,
@@ -132,10 +132,9 @@ with tab_w:
                 row: dict = {"property": prop}
                 for j in judges:
                     mean, lo, hi = view.weights[j].get(group, (view.mean(j, group), None, None))
-                    row[f"{j} %"] = round(100 / (1 + math.exp(-mean[i])), 1)
+                    row[f"{j} %"] = round(percent(mean[i]), 1)
                     if lo is not None and hi is not None:
-                        row[f"{j} 90% interval"] = (f"{100 / (1 + math.exp(-lo[i])):.1f} - "
-                                                    f"{100 / (1 + math.exp(-hi[i])):.1f}")
+                        row[f"{j} 90% interval"] = f"{percent(lo[i]):.1f} - {percent(hi[i]):.1f}"
                 rows.append(row)
             table = pd.DataFrame(rows).sort_values(f"{judges[0]} %", ascending=False)
             st.dataframe(table, hide_index=True, key=f"{P}.weights_table")
@@ -180,7 +179,7 @@ with tab_shift:
         with shell.guard("Drawing the shifts"):
             gs = [g for g in groups_all if g in view.weights[shift_judge]]
             st.plotly_chart(shift_figure(view, shift_judge, gs), key=f"{P}.shift_fig")
-            pct = [[100 / (1 + math.exp(-w)) for w in view.mean(shift_judge, g)] for g in gs]
+            pct = [[percent(w) for w in view.mean(shift_judge, g)] for g in gs]
             spread = pd.DataFrame({"property": view.properties,
                                    "min %": [round(min(c), 1) for c in zip(*pct, strict=True)],
                                    "max %": [round(max(c), 1) for c in zip(*pct, strict=True)]})

@@ -43,6 +43,8 @@ label = st.query_params.get("run")
 if opened is not None and st.session_state.get(f"{P}.opened") != label:
     st.session_state[f"{P}.{'imp_run' if opened.kind == IMPORTANCE_KIND else 'run'}"] = label
     st.session_state[f"{P}.opened"] = label
+    if opened.kind == IMPORTANCE_KIND:  # scores belong to one model: perturb that one
+        shell.switch_model(opened.config.get("model", ""))
 if opened is not None:
     runs.close_run_button(label)
 
@@ -110,6 +112,7 @@ with tab_runs:
 
 with tab_live:
     h = shell.require_model()
+    shell.forget_on_model_change(P, ["result"])
     sig = model_signature(h)
     imps = []
     with shell.guard("Listing importance runs"):
@@ -144,6 +147,10 @@ with tab_live:
     region_kind = c1.selectbox("Region", ["core", "bottom", "random", "monolingual", "single weight"],
                                key=f"{P}.region")  # fmt: skip
     shell.init_state(f"{P}.fraction", min(0.01, imp.keep))
+    if st.session_state[f"{P}.fraction"] > imp.keep:  # the widget would reset it to its minimum, silently
+        st.session_state[f"{P}.fraction"] = min(0.01, imp.keep)
+        st.caption(f"Fraction set to {min(0.01, imp.keep):g}: this importance run keeps the top {imp.keep:g} of "
+                   "each matrix, so no region can be larger.")
     fraction = c2.number_input("Fraction per matrix", min_value=0.0001, max_value=float(imp.keep), step=0.005,
                                format="%.4f", key=f"{P}.fraction")  # fmt: skip
     shell.init_state(f"{P}.scope", "layers")
@@ -184,11 +191,11 @@ with tab_live:
             kw = {"max_new_tokens": int(max_new), "sampler": "greedy"}
             plain = sl.generate(h, [prompt], **kw).texts[0]
             edited = sl.generate(h, [prompt], interventions=[edit], **kw).texts[0]
-            st.session_state[f"{P}.result"] = (edit.describe(), plain, edited)
+            st.session_state[f"{P}.result"] = (edit.describe(), prompt, plain, edited)
     if f"{P}.result" in st.session_state:
-        what, plain, edited = st.session_state[f"{P}.result"]
+        what, made_on, plain, edited = st.session_state[f"{P}.result"]
         a, b = st.columns(2)
-        a.markdown(f"**unmodified** · {prompt}")
+        a.markdown(f"**unmodified** · {made_on}")
         a.code(plain, language=None, wrap_lines=True)
         b.markdown(f"**{what}**")
         b.code(edited, language=None, wrap_lines=True)

@@ -25,24 +25,27 @@ with shell.guard("Opening the saved run"):
     opened = runs.requested_run(P)
 label = st.query_params.get("run")
 first_open = opened is not None and st.session_state.get(f"{P}.opened") != label
+if opened is not None:
+    runs.close_run_button(label)  # drawn first: a run that fails to read can still be closed
 if first_open and opened.kind == COMPARE_KIND:
     st.session_state[f"{P}.compare_run"] = label
     st.session_state[f"{P}.opened"] = label
 if first_open and opened.kind == KIND:
-    diag, top = diagnostics_from_artifact(opened)
-    cfg = opened.config
-    st.session_state[f"{P}.prompt"] = cfg.get("prompt", "")
-    st.session_state[f"{P}.max_new"] = int(cfg.get("max_new_tokens", 32))
-    st.session_state[f"{P}.seed"] = int(cfg.get("seed", 0))
-    samplers.preset(P, cfg.get("sampler") or {})
-    for k in ("alpha", "variant", "top_p", "min_p"):
-        if k in cfg:
-            st.session_state[f"{P}.cmp_{k}"] = cfg[k]
-    st.session_state[f"{P}.result"] = (diag, top)
-    st.session_state[f"{P}.opened"] = label
-    shell.switch_model(cfg.get("model", ""))
-if opened is not None:
-    runs.close_run_button(label)
+    with shell.guard("Reading the saved run"):
+        diag, top = diagnostics_from_artifact(opened)
+        cfg = opened.config
+        st.session_state[f"{P}.prompt"] = cfg.get("prompt", "")
+        st.session_state[f"{P}.max_new"] = int(cfg.get("max_new_tokens", 32))
+        st.session_state[f"{P}.seed"] = int(cfg.get("seed", 0))
+        samplers.preset(P, cfg.get("sampler") or {})
+        for k in ("alpha", "variant", "top_p", "min_p"):
+            if k in cfg:
+                st.session_state[f"{P}.cmp_{k}"] = cfg[k]
+        made_with = {"max_new_tokens": int(cfg.get("max_new_tokens", 32)), "seed": int(cfg.get("seed", 0))}
+        st.session_state[f"{P}.result"] = (diag, top, made_with)
+        st.session_state[f"{P}.opened"] = label
+        shell.forget_on_model_change(P, ["result"], model=cfg.get("model", ""))
+        shell.switch_model(cfg.get("model", ""))
 
 TABS = ["One generation", "Sampler comparison"]
 tab_step, tab_compare = st.tabs(TABS, default=TABS[1] if opened is not None and opened.kind == COMPARE_KIND else None)
@@ -85,6 +88,7 @@ with tab_compare:
 
 with tab_step:
     h = shell.require_model()
+    shell.forget_on_model_change(P, ["result"])  # its token ids are the model's
     shell.init_state(f"{P}.prompt", "Once upon a time")
     prompt = st.text_input("Prompt", key=f"{P}.prompt")
     c1, c2, c3 = st.columns([2, 2, 1])
@@ -120,19 +124,21 @@ with tab_step:
                                           "variant": st.session_state[f"{P}.cmp_variant"]}
             diag, top, _ = diagnose_run(h, prompt, sampler, max_new_tokens=int(max_new), seed=int(seed),
                                         top_p=float(top_p), min_p=float(min_p), **extra)
-            st.session_state[f"{P}.result"] = (diag, top)
+            made_with = {"max_new_tokens": int(max_new), "seed": int(seed)}  # what Save writes, whatever the
+            st.session_state[f"{P}.result"] = (diag, top, made_with)  # widgets say by then
 
     result = st.session_state.get(f"{P}.result")
     if result is not None:
-        diag, top = result
-        st.markdown(f"**Completion** ({diag['steps']} steps, sampler `{(diag.get('sampler') or {}).get('name')}`, "
-                    f"T={diag['temperature']:g}): `{diag.get('text', '')}`")
-        st.plotly_chart(per_step_figure(diag), key=f"{P}.fig_steps")
-        st.dataframe(diagnostics_summary(diag), hide_index=True, width="stretch")
-        step = st.slider("Step", 0, diag["steps"] - 1, 0, key=f"{P}.step") if diag["steps"] > 1 else 0
-        st.plotly_chart(step_cutoff_figure(diag, top, step, h.tokenizer), key=f"{P}.fig_cut")
+        diag, top, made_with = result
+        with shell.guard("Drawing the diagnostics"):
+            st.markdown(f"**Completion** ({diag['steps']} steps, sampler `{(diag.get('sampler') or {}).get('name')}`, "
+                        f"T={diag['temperature']:g}): `{diag.get('text', '')}`")
+            st.plotly_chart(per_step_figure(diag), key=f"{P}.fig_steps")
+            st.dataframe(diagnostics_summary(diag), hide_index=True, width="stretch")
+            step = st.slider("Step", 0, diag["steps"] - 1, 0, key=f"{P}.step") if diag["steps"] > 1 else 0
+            st.plotly_chart(step_cutoff_figure(diag, top, step, h.tokenizer), key=f"{P}.fig_cut")
         if st.button("Save as run", key=f"{P}.save", icon=":material/save:"):
             with shell.guard("Saving the run"):
-                settings = {"model": h.spec, "max_new_tokens": int(max_new), "seed": int(seed)}
+                settings = {"model": h.spec, "max_new_tokens": made_with["max_new_tokens"], "seed": made_with["seed"]}
                 path = runs.save_run("sampling", **diagnostics_artifact(diag, top, settings))
                 st.success(f"Saved to `{path}`; it is listed on the Runs page.", icon=":material/check:")

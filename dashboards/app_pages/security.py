@@ -44,7 +44,7 @@ if not arts:
         "--out runs/security-MODEL` first.",
         icon=":material/info:",
     )
-    st.stop()
+    shell.stop()
 
 root = shell.runs_root()
 labels = [run_label(a, root) for a in arts]

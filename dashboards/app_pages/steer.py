@@ -29,6 +29,8 @@ st.title("Steer")
 st.caption("Directions from contrasting prompt suites (diff-in-means, PCA of paired differences, probe weights), "
            "linear probes per layer, scale sweeps, and generation with a direction added, ablated or conditional.")
 
+STATE = ["directions", "probes", "sweep", "generated", "refusal", "loaded"]  # made with one model
+
 # -- reopened from the Runs page ---------------------------------------------------------------
 opened = None
 with shell.guard("Opening the saved run"):
@@ -47,11 +49,13 @@ if opened is not None and st.session_state.get(f"{P}.opened") != label:
             st.session_state[f"{P}.directions"] = Directions({site: opened.tensors["direction"]}, dict(opened.config))
             st.session_state[f"{P}.refusal"] = opened.metrics
         st.session_state[f"{P}.opened"] = label
+        shell.forget_on_model_change(P, STATE, model=opened.config.get("model", ""))
         shell.switch_model(opened.config.get("model", ""))
 if opened is not None:
     runs.close_run_button(label)
 
 h = shell.require_model()
+shell.forget_on_model_change(P, STATE)
 suites = list_suites()
 shell.init_state(f"{P}.suite", default_suite(h))
 suite_name = st.selectbox("Prompt suite", suites, key=f"{P}.suite")
@@ -138,16 +142,20 @@ with tab_sweep:
                     raise SpecError(f"scales {scales_text!r} must be comma-separated numbers") from e
                 rows = scale_sweep(h, d[site], site, scales, suite, n=int(n), max_new_tokens=24)
                 st.session_state[f"{P}.sweep"] = (rows, {"model": h.spec, "site": site, "suite": suite.name,
+                                                          "behavior": suite.behavior, "control": suite.control,
                                                           "scales": scales, "n": int(n)})
     sw = st.session_state.get(f"{P}.sweep")
     if sw is not None:
         rows, cfg = sw
-        st.plotly_chart(sweep_figure(rows, suite.behavior, suite.control), key=f"{P}.fig_sweep")
+        # the sweep's own labels (a reopened run's, or the suite it ran on), not the suite selected now
+        behavior, control = cfg.get("behavior", suite.behavior), cfg.get("control", suite.control)
+        st.caption(f"suite `{cfg.get('suite')}` · site `{cfg.get('site')}` · {cfg.get('n')} prompts per label")
+        st.plotly_chart(sweep_figure(rows, behavior, control), key=f"{P}.fig_sweep")
         st.dataframe([{k: v for k, v in r.items() if k != "example"} for r in rows], hide_index=True,
                      width="stretch")
         if st.button("Save as run", key=f"{P}.save_sweep", icon=":material/save:"):
             with shell.guard("Saving"):
-                saved = runs.save_run("steer-sweep", **write_sweep_payload(cfg, rows, suite.behavior, suite.control))
+                saved = runs.save_run("steer-sweep", **write_sweep_payload(cfg, rows, behavior, control))
                 st.success(f"Saved to `{saved}`.", icon=":material/check:")
 
 with tab_gen:

@@ -8,7 +8,7 @@ import streamlit as st
 
 from dashboards.lib.shell import init_state, runs_root
 from steerlab.artifacts import list_runs
-from steerlab.errors import SpecError
+from steerlab.errors import SpecError, SteerlabError
 from steerlab.interventions import AddVector, ExpertMask, Intervention, InterventionSet, LastK, ProjectOut, ScaleUnits
 from steerlab.models.handle import ModelHandle
 from steerlab.steering import directions
@@ -51,7 +51,30 @@ def stack_table(ivs: InterventionSet) -> list[dict[str, Any]]:
 
 
 def _builder(h: ModelHandle, prefix: str, prompts: list[str]) -> None:
+    """The new intervention's widgets, then Add / Remove last / Clear. A half-filled new intervention is an
+    error message here, and leaves the stack already built (and its buttons) as they were."""
     stack: list[Any] = st.session_state[f"{prefix}.stack"]
+    new: Any = None
+    try:
+        new = _new_intervention(h, prefix, prompts)
+    except (SteerlabError, OSError) as e:
+        st.error(f"New intervention: {e}", icon=":material/error:")
+    b1, b2, b3, _ = st.columns([1, 1, 1, 3])
+    if b1.button("Add to stack", key=f"{prefix}.iv_add", disabled=new is None, icon=":material/add:"):
+        if not stack:
+            st.session_state[f"{prefix}.stack_model"] = h.spec
+        stack.append(new)
+        st.rerun()
+    if b2.button("Remove last", key=f"{prefix}.iv_pop", disabled=not stack):
+        stack.pop()
+        st.rerun()
+    if b3.button("Clear", key=f"{prefix}.iv_clear", disabled=not stack):
+        stack.clear()
+        st.rerun()
+
+
+def _new_intervention(h: ModelHandle, prefix: str, prompts: list[str]) -> Intervention | None:
+    """The intervention the builder's widgets describe (None until it is complete)."""
     kinds = [k for k in KINDS if k != "expert_mask" or h.adapter.is_moe]
     kind = st.selectbox("Intervention", kinds, format_func=KINDS.get, key=f"{prefix}.iv_kind")
     new: Any = None
@@ -107,16 +130,7 @@ def _builder(h: ModelHandle, prefix: str, prompts: list[str]) -> None:
                 new = AddVector(site=site, positions=positions, vector=vec, scale=scale, name=f"+{scale:g} {label}")
             else:
                 new = ProjectOut(site=site, positions=positions, direction=vec, name=f"ablate {label}")
-    b1, b2, b3, _ = st.columns([1, 1, 1, 3])
-    if b1.button("Add to stack", key=f"{prefix}.iv_add", disabled=new is None, icon=":material/add:"):
-        stack.append(new)
-        st.rerun()
-    if b2.button("Remove last", key=f"{prefix}.iv_pop", disabled=not stack):
-        stack.pop()
-        st.rerun()
-    if b3.button("Clear", key=f"{prefix}.iv_clear", disabled=not stack):
-        stack.clear()
-        st.rerun()
+    return new
 
 
 def intervention_stack(h: ModelHandle, prefix: str, prompts: list[str] | None = None) -> InterventionSet:
@@ -150,6 +164,11 @@ def intervention_stack(h: ModelHandle, prefix: str, prompts: list[str] | None = 
     else:
         _builder(h, prefix, prompts or [])
         ivs = InterventionSet(list(st.session_state[f"{prefix}.stack"]))
+        built_on = st.session_state.get(f"{prefix}.stack_model")
+        if len(ivs) and built_on != h.spec:
+            st.warning(f"This stack was built on `{built_on}`; its vectors come from that model's embeddings or "
+                       f"activations, and are applied to `{h.spec}` as they are. Clear it to start over.",
+                       icon=":material/warning:")
     if len(ivs):
         st.dataframe(stack_table(ivs), hide_index=True, width="stretch")
     else:

@@ -174,6 +174,29 @@ def stop() -> None:
     st.stop()
 
 
+# -- results tied to the model that made them ------------------------------------------------------
+def current_model() -> str:
+    """The spec chosen in the sidebar (may be empty)."""
+    return st.session_state.get("model.key", ("",))[0]
+
+
+def forget_on_model_change(prefix: str, keys: list[str], *, model: str | None = None) -> None:
+    """Forget the page state ``{prefix}.{key}`` made with another model than the chosen one (directions,
+    probes, generations: they belong to the model that made them), with a caption naming what went. A page
+    calls it once per run, after the model is loaded; ``model``: the owner of state just set (a reopened run's
+    model, which the next run switches to)."""
+    owner_key = f"{prefix}._model"
+    if model is not None:
+        st.session_state[owner_key] = model
+        return
+    owner, now = st.session_state.get(owner_key), current_model()
+    if owner is not None and owner != now:
+        gone = [k for k in keys if st.session_state.pop(f"{prefix}.{k}", None) is not None]
+        if gone:
+            st.caption(f"Cleared what was made with `{owner}` ({', '.join(gone)}): the model changed.")
+    st.session_state[owner_key] = now
+
+
 # -- status line ----------------------------------------------------------------------------------
 def process_rss() -> int:
     """Resident memory of this process in bytes (current on Linux, peak elsewhere)."""

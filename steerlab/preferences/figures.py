@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,10 +25,13 @@ import torch
 from steerlab.errors import SteerlabError
 from steerlab.preferences.data import SCENARIOS, PairSet, load_published
 from steerlab.preferences.fit import cluster_order, judge_similarity
+from steerlab.stats import sigmoid
 
 
-def _pct(w: float) -> float:
-    return 100 / (1 + math.exp(-w))
+def percent(w: float) -> float:
+    """A weight (logit) as the percent chance that the property's response wins, for any weight (a property
+    that never varies gets an interval of about +-5e4: the naive form overflows there)."""
+    return 100 * sigmoid(w)
 
 
 @dataclass
@@ -98,11 +100,11 @@ def weights_figure(view: WeightsView, judges: Sequence[str], group: str, *, top:
     fig = go.Figure()
     for k, j in enumerate(judges):
         mean, lo, hi = view.weights[j][group] if group in view.weights.get(j, {}) else (view.mean(j, group), None, None)
-        x = [_pct(mean[i]) for i in order]
+        x = [percent(mean[i]) for i in order]
         err = None
         if lo is not None and hi is not None:
-            err = {"type": "data", "symmetric": False, "array": [_pct(hi[i]) - _pct(mean[i]) for i in order],
-                   "arrayminus": [_pct(mean[i]) - _pct(lo[i]) for i in order]}
+            err = {"type": "data", "symmetric": False, "array": [percent(hi[i]) - percent(mean[i]) for i in order],
+                   "arrayminus": [percent(mean[i]) - percent(lo[i]) for i in order]}
         fig.add_trace(go.Scatter(x=x, y=[view.properties[i] for i in order], mode="markers", name=j, error_x=err,
                                  marker={"size": 9, "symbol": ["circle", "diamond", "square", "x"][k % 4]},
                                  offsetgroup=str(k)))
@@ -129,7 +131,7 @@ def similarity_heatmap(sim: torch.Tensor, judges: Sequence[str], *, cluster: boo
 
 def shift_figure(view: WeightsView, judge: str, groups: Sequence[str]) -> go.Figure:
     """One judge's ``100 * sigmoid(w)`` per property (columns) across groups (rows)."""
-    z = [[_pct(w) for w in view.mean(judge, g)] for g in groups]
+    z = [[percent(w) for w in view.mean(judge, g)] for g in groups]
     fig = go.Figure(go.Heatmap(z=z, x=view.properties, y=list(groups), zmid=50, colorscale="RdBu",
                                reversescale=True, text=[[f"{v:.0f}" for v in row] for row in z],
                                texttemplate="%{text}", colorbar={"title": "%"}))

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from steerlab.errors import SteerlabError
 from steerlab.preferences.data import PairSet
+from steerlab.stats import sigmoid
 
 Method = Literal["nuts", "laplace", "svi"]
 METHODS: tuple[str, ...] = ("nuts", "laplace", "svi")
@@ -309,5 +310,5 @@ def pair_breakdown(x: Tensor, weights: Tensor, properties: Sequence[str]) -> dic
     rows = [{"property": p, "comparison": int(x[i]), "weight": float(weights[i]), "contribution": float(contrib[i])}
             for i, p in enumerate(properties) if x[i] != 0]
     rows.sort(key=lambda r: -abs(r["contribution"]))
-    return {"logit": logit, "p_a": 1 / (1 + math.exp(-logit)), "verdict": "A" if logit > 0 else "B" if logit < 0
+    return {"logit": logit, "p_a": sigmoid(logit), "verdict": "A" if logit > 0 else "B" if logit < 0
             else "tie", "contributions": rows}

@@ -5,8 +5,9 @@ Example:
     >>> rows = [{"kind": "core", "scope": "layers", "ratio": {"eng": 9.0}},
     ...         {"kind": "random", "scope": "layers", "ratio": {"eng": 1.1}},
     ...         {"kind": "random", "scope": "layers", "ratio": {"eng": 1.3}}]
-    >>> [t.name for t in ratio_bars(rows, ["eng"], "layers").data]
-    ['core', 'random (mean of 2)']
+    >>> fig = ratio_bars(rows, ["eng"], "layers")
+    >>> [t.name for t in fig.data], fig.layout.title.text
+    (['core', 'random (mean of 2)'], 'Zeroing regions (layers)')
 """
 
 from __future__ import annotations
@@ -33,8 +34,22 @@ def ratio_bars(rows: list[dict[str, Any]], languages: list[str], scope: str) -> 
         name = kind if len(sel) == 1 else f"{kind} (mean of {len(sel)})"
         fig.add_bar(x=languages, y=mean, name=name, error_y=err)
     fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="perplexity after / before",
-                      title=f"Zeroing regions ({scope})", height=420, margin={"t": 50, "b": 40})  # fmt: skip
+                      title=f"{_edit_title(rows, scope)} ({scope})", height=420, margin={"t": 50, "b": 40})  # fmt: skip
     return fig
+
+
+def _edit_title(rows: list[dict[str, Any]], scope: str) -> str:
+    """What the rows did to their regions: "Zeroing regions", "Scaling regions by 0.5", ..."""
+    edits = {(r.get("op", "zero"), r.get("value")) for r in rows if r.get("scope") == scope}
+    if len(edits) != 1:
+        return "Editing regions"
+    op, value = edits.pop()
+    if op == "zero":
+        return "Zeroing regions"
+    if op in ("scale", "noise", "set") and isinstance(value, (int, float)):
+        return {"scale": f"Scaling regions by {value:g}", "noise": f"Adding N(0, {value:g}²) to regions",
+                "set": f"Setting regions to {value:g}"}[op]
+    return f"Editing regions ({op})"
 
 
 def overlap_heatmap(languages: list[str], jaccard: list[list[float]]) -> go.Figure:

@@ -130,7 +130,9 @@ def _candidates(name_or_path: str | Path) -> list[Path]:
     p = Path(name_or_path)
     if p.is_dir():
         return [p / "directions.json"]
-    return [with_ext(pair_stem(p), ".json"), directions_root() / (str(pair_stem(name_or_path)) + ".json")]
+    # an absolute path joined to the root is itself: each place once
+    return list(dict.fromkeys([with_ext(pair_stem(p), ".json"),
+                               directions_root() / (str(pair_stem(name_or_path)) + ".json")]))
 
 
 def load_directions(name_or_path: str | Path) -> Directions:

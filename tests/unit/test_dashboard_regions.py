@@ -42,7 +42,7 @@ def test_score_then_perturb_core_and_a_single_weight(app, stories, tmp_path):
     app.number_input(key="regions.max_new").set_value(12)
     app.button(key="regions.go").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    what, plain, edited = app.session_state["regions.result"]
+    what, _, plain, edited = app.session_state["regions.result"]
     assert plain == _greedy(stories, "Once upon a time", 12)
     # the core region zeroed by hand: the first round(0.01 * numel) top entries of every parameter in the layers
     saved = {}
@@ -69,7 +69,7 @@ def test_score_then_perturb_core_and_a_single_weight(app, stories, tmp_path):
     app.number_input(key="regions.value").set_value(50.0)
     app.button(key="regions.go").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    what, plain, edited = app.session_state["regions.result"]
+    what, _, plain, edited = app.session_state["regions.result"]
     w = stories.model.model.norm.weight
     old = float(w[3])
     with torch.no_grad():

@@ -45,7 +45,7 @@ def test_diagnostics_are_the_librarys_for_the_chosen_settings(app, stories):
     app.number_input(key="sampling.seed").set_value(4)
     app.button(key="sampling.run").click().run()
     assert not app.exception and not app.error, [e.value for e in app.error]
-    diag, _ = app.session_state["sampling.result"]
+    diag, _, _ = app.session_state["sampling.result"]
     smp = sl.make_sampler("top_h", alpha=0.3, temperature=1.5)  # 1.5: the page's default temperature
     res = sl.generate(stories, ["Once upon a time"], sampler=smp, max_new_tokens=12, seed=4, output_scores=True)
     want = generation_diagnostics(res, 0, top_p=0.5, min_p=0.2)
@@ -73,7 +73,7 @@ def test_other_samplers_compare_against_a_chosen_top_h(app):
     app.number_input(key="sampling.max_new").set_value(6)
     app.button(key="sampling.run").click().run()
     assert not app.exception and not app.error
-    diag, _ = app.session_state["sampling.result"]
+    diag, _, _ = app.session_state["sampling.result"]
     assert diag["sampler"]["name"] == "top_k"
     assert (diag["top_h"]["alpha"], diag["top_h"]["variant"]) == (0.7, "hf")
 
