@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,27 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"cannot serialize {type(obj).__name__} to JSON")
+
+
+def strict_json(obj: Any, indent: int | None = 2) -> str:
+    """``obj`` as strict JSON text (RFC 8259): tensors and paths converted, NaN and infinities written as
+    ``null`` (what a metric that was not computed is), so any JSON parser reads it.
+
+    >>> strict_json({"r": float("nan"), "xs": [1.0, float("inf")]}, indent=None)
+    '{"r": null, "xs": [1.0, null]}'
+    """
+    def walk(v: Any) -> Any:
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        if isinstance(v, (str, int, bool)) or v is None:
+            return v
+        return walk(_jsonable(v))
+
+    return json.dumps(walk(obj), indent=indent, allow_nan=False)
 
 
 def write_artifact(

@@ -70,6 +70,8 @@ def parse_assignments(items: list[str], what: str) -> dict[str, Any]:
         if "=" not in item:
             raise SpecError(f"{what}: {item!r} is not of the form key=value")
         k, v = item.split("=", 1)
+        if k.strip() in out:
+            raise SpecError(f"{what}: {k.strip()!r} is given twice ({item!r}); expected each key once")
         out[k.strip()] = parse_value(v.strip())
     return out
 

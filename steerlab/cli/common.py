@@ -3,7 +3,6 @@ input into a one-line error with exit status 2, and the ranges of the numeric op
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -85,10 +84,10 @@ FRACTION = number(0.0, 0.5)  # a region's fraction per matrix, (0, 0.5]
 
 
 def emit(obj: Any) -> None:
-    """Print ``obj`` as JSON on stdout (tensors and paths converted)."""
-    from steerlab.artifacts import _jsonable
+    """Print ``obj`` as strict JSON on stdout (tensors and paths converted; NaN and infinities as null)."""
+    from steerlab.artifacts import strict_json
 
-    typer.echo(json.dumps(obj, indent=2, default=_jsonable))
+    typer.echo(strict_json(obj))
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:

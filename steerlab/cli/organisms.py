@@ -169,6 +169,8 @@ def eval_cmd(
 
     spec = name if (":" in name or "/" in name) else f"organism:{name}"
     h = sl.load(spec)
+    if localization and not h.adapter.is_moe:
+        raise _err(f"--localization switches experts off; {spec} ({h.adapter.family}) has no routed experts")
     has_record = is_organism(h)
     if write:
         if not has_record:

@@ -87,6 +87,10 @@ def parse_samplers(text: str) -> list[dict[str, Any]]:
     specs = [parse_sampler_spec(s) for s in text.split(",") if s.strip()]
     if not specs:
         raise SpecError(f"no sampler in {text!r}; expected e.g. {DEFAULT_SAMPLERS!r}")
+    labels = [sampler_label(s) for s in specs]
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:  # results are keyed by label: a repeat would be run and then shown as one
+        raise SpecError(f"samplers {twice} are given twice in {text!r}; expected each once")
     return specs
 
 
@@ -97,6 +101,8 @@ def parse_temperatures(text: str) -> list[float]:
         raise SpecError(f"temperatures must be comma-separated numbers, got {text!r}") from e
     if not temps or any(not math.isfinite(t) or t <= 0 for t in temps):
         raise SpecError(f"temperatures must be finite numbers > 0, got {text!r}")
+    if len(set(temps)) < len(temps):
+        raise SpecError(f"temperatures {text!r} repeat a value; expected each once")
     return temps
 
 

@@ -196,7 +196,14 @@ def fit(x: Tensor, y: Tensor, properties: Sequence[str], *, method: Method = "nu
         mode = _mode(u, p, x.dtype)
         q = torch.sigmoid(x @ mode)
         hess = x.T @ (x * (q * (1 - q))[:, None])  # of the likelihood; the Laplace prior is flat off 0
-        cov = torch.linalg.inv(hess + 1e-9 * torch.eye(p, dtype=x.dtype))
+        # ...and has a kink at 0. A weight whose mode sits at the kink (a property that never differs between
+        # A and B, say), and any direction the pairs do not constrain at all (collinear properties), gets the
+        # prior as the Gaussian of its variance 2 b^2: the prior's spread, not an unbounded interval
+        prior_precision = 1.0 / (2.0 * prior_scale**2)
+        hess = hess + torch.diag((mode.abs() < 1e-8).to(x.dtype) * prior_precision)
+        evals, evecs = torch.linalg.eigh((hess + hess.T) / 2)
+        evals = torch.where(evals < 1e-6 * prior_precision, torch.full_like(evals, prior_precision), evals)
+        cov = evecs @ torch.diag(1.0 / evals) @ evecs.T
         cov = (cov + cov.T) / 2
         g = torch.Generator().manual_seed(seed)
         chol = torch.linalg.cholesky(cov)
@@ -275,6 +282,18 @@ def _ranks(r: Tensor) -> Tensor:
         m = r == val
         ranks[m] = ranks[m].mean()
     return ranks
+
+
+def check_varied(weights: Tensor, judges: Sequence[str], groups: Sequence[str]) -> None:
+    """Refuse a judge whose weights (``[groups, judges, properties]``) are one value for every property in a
+    group (all zero: no property moved its verdicts): its correlation with any judge is undefined."""
+    flat = [(judges[j], groups[g]) for g in range(weights.shape[0]) for j in range(weights.shape[1])
+            if float(weights[g, j].max() - weights[g, j].min()) == 0.0]
+    if flat:
+        judge, group = flat[0]
+        raise SteerlabError(f"judge {judge!r} has one weight for every property in group {group!r} (no property "
+                            "moved its verdicts), so its similarity to other judges is undefined; leave it out "
+                            "(--judges: the judges to keep)")
 
 
 def judge_similarity(weights: Tensor, method: Literal["pearson", "spearman"] = "pearson") -> Tensor:

@@ -44,7 +44,7 @@ from steerlab.preferences.data import (
     load_published_pairs,
     read_pairs_jsonl,
 )
-from steerlab.preferences.fit import Method, cluster_order, correlation_matrix, fit, judge_similarity
+from steerlab.preferences.fit import Method, check_varied, cluster_order, correlation_matrix, fit, judge_similarity
 from steerlab.preferences.judges import DPOJudge, Judge, LoglikJudge, agreement, judge_pairs
 
 Progress = Callable[[str, float], None]
@@ -114,6 +114,12 @@ def _parse_questions(items: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _needs_texts(source: str, action: str) -> None:
+    if source == "published":
+        raise SteerlabError(f"the published pairs carry labels only (their texts were not released), so there is "
+                            f"nothing to {action}; use hh_rlhf[:N] or a JSONL file of your own pairs")
+
+
 def run_annotate(source: str, out: str | Path, *, annotators: Sequence[str] = RULE_NAMES,
                  ask: Sequence[str] = (), ask_model: str | None = None, ask_endpoint: str | None = None,
                  endpoint_model: str = "", on_error: Literal["skip", "raise"] = "raise", seed: int = 0,
@@ -121,6 +127,7 @@ def run_annotate(source: str, out: str | Path, *, annotators: Sequence[str] = RU
     """Annotate the pairs of ``source`` with rule annotators (by name) and, for each ``PROPERTY=QUESTION`` in
     ``ask``, a local model's (``ask_model``) or an endpoint's (``ask_endpoint``) yes/no; write a
     ``preference_pairs`` artifact."""
+    _needs_texts(source, "annotate")
     questions = _parse_questions(ask)
     if questions and not (ask_model or ask_endpoint):
         raise SteerlabError("--ask needs --ask-model MODEL or --ask-endpoint URL")
@@ -147,12 +154,20 @@ def run_judge(source: str, out: str | Path, *, judges: Sequence[str | Judge],
     ``preference_pairs`` artifact holding the labels and every verdict's scores."""
     if not judges:
         raise SteerlabError("no judges given; expected --judge loglik:MODEL or dpo:POLICY,REFERENCE")
+    _needs_texts(source, "judge")
     pairs, problems = load_source(source, on_error=on_error, seed=seed)
+    parsed = [parse_judge(spec, max_prompt_tokens=max_prompt_tokens) if isinstance(spec, str) else spec
+              for spec in judges]
+    names = [j.name for j in parsed]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SteerlabError(f"judge names {twice} are given twice; give each judge its own name (NAME=loglik:MODEL)")
+    taken = [n for n in names if n in pairs.judges]
+    if taken:  # judging would replace those labels (a human's, say) with the model's
+        raise SteerlabError(f"judge names {taken} already label pairs of {source!r}; give the model judges other "
+                            "names (NAME=loglik:MODEL)")
     verdicts: dict[str, list[dict[str, Any]]] = {}
-    names = []
-    for k, spec in enumerate(judges):
-        j = parse_judge(spec, max_prompt_tokens=max_prompt_tokens) if isinstance(spec, str) else spec
-        names.append(j.name)
+    for k, j in enumerate(parsed):
         sub = None if progress is None else (lambda s, f, k=k: progress(s, (k + f) / len(judges)))
         pairs, vs = judge_pairs(pairs, j, progress=sub)
         verdicts[j.name] = [v.to_json() for v in vs]
@@ -172,6 +187,10 @@ def run_fit(source: str, out: str | Path, *, judges: Sequence[str] | None = None
     if annotators:
         pairs = annotate(pairs, list(annotators))
     props = list(properties) if properties else pairs.properties
+    unknown = [p for p in props if p not in pairs.properties]
+    if unknown:
+        raise SteerlabError(f"properties {unknown} are not annotated on the pairs of {source!r}; annotated: "
+                            f"{pairs.properties}")
     if not props:
         raise SteerlabError(f"the pairs of {source!r} carry no property annotations; run `steerlab prefs annotate` "
                             "first or pass --annotator")
@@ -228,6 +247,9 @@ def run_compare(sources: Sequence[str], out: str | Path, *, groups: Sequence[str
     write a ``preference_compare`` artifact."""
     if not sources:
         raise SteerlabError("no sources given; expected 'published' and/or preference_fit folders")
+    twice = sorted({s for s in sources if list(sources).count(s) > 1})
+    if twice:
+        raise SteerlabError(f"sources {twice} are given twice; a judge compared with itself says nothing")
     merged: dict[str, dict[str, list[float]]] = {}
     props: list[str] | None = None
     for s in sources:
@@ -252,6 +274,7 @@ def run_compare(sources: Sequence[str], out: str | Path, *, groups: Sequence[str
     if len(js) < 2:
         raise SteerlabError(f"{len(js)} judge(s) to compare; expected at least 2")
     w = torch.tensor([[merged[g][j] for j in js] for g in gs], dtype=torch.float64)
+    check_varied(w, js, gs)
     per_group = {g: correlation_matrix(w[i], method).tolist() for i, g in enumerate(gs)}
     sim = judge_similarity(w, method)
     order = cluster_order(sim)

@@ -35,21 +35,30 @@ from steerlab.values import as_names
 COMPONENTS = ("resid_pre", "resid_mid", "resid_post")
 
 
-def check_scales(scales: Sequence[Any] | Any) -> list[float]:
-    """The scales as floats; a non-number or a NaN/infinite one is a :class:`SpecError` naming it."""
+def check_scales(scales: Sequence[Any] | Any, what: str = "scale") -> list[float]:
+    """The scales as floats; a non-number (a string, a bool) or a NaN/infinite one is a :class:`SpecError`
+    naming it (``what``: the argument's name in the message)."""
     values = list(scales) if isinstance(scales, (list, tuple)) else [scales]
     out = []
     for s in values:
+        if isinstance(s, (str, bytes, bool)):
+            raise SpecError(f"{what} {s!r} is not a number; expected finite numbers")
         try:
             f = float(s)
         except (TypeError, ValueError) as e:
-            raise SpecError(f"scale {s!r} is not a number; expected finite numbers") from e
+            raise SpecError(f"{what} {s!r} is not a number; expected finite numbers") from e
         if not math.isfinite(f):
-            raise SpecError(f"scale {s!r} is not finite; expected finite numbers")
+            raise SpecError(f"{what} {s!r} is not finite; expected finite numbers")
         out.append(f)
     if not out:
-        raise SpecError("no scales given; expected at least one finite number")
+        raise SpecError(f"no {what}s given; expected at least one finite number")
     return out
+
+
+def _check_flag(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"{what} must be True or False, got {value!r}")
+    return value
 
 
 def _check_vec(h: ModelHandle, v: Tensor, what: str) -> Tensor:
@@ -77,7 +86,8 @@ def add(
     (scale,) = check_scales(scale)
     h.site(site)
     v = _check_vec(h, vector, f"vector for {site!r}")
-    return AddVector(site=site, vector=unit(v) if normalize else v, scale=scale, positions=positions, name=name)
+    v = unit(v) if _check_flag(normalize, "normalize") else v
+    return AddVector(site=site, vector=v, scale=scale, positions=positions, name=name)
 
 
 def orthonormal(vectors: Sequence[Tensor] | Tensor) -> Float[Tensor, "k d"]:
@@ -126,11 +136,12 @@ def conditional(
     """Add ``scale * vector`` at the probe's site only where the probe fires (see
     :class:`~steerlab.interventions.ConditionalAdd`)."""
     (scale,) = check_scales(scale)
-    (threshold,) = check_scales(threshold)
+    (threshold,) = check_scales(threshold, "threshold")
     h.site(probe.site)
     v = _check_vec(h, vector, "steering vector")
     w = _check_vec(h, probe.weight, f"probe weight at {probe.site!r}")
-    return ConditionalAdd(site=probe.site, vector=unit(v) if normalize else v, scale=scale, probe_weight=w,
+    v = unit(v) if _check_flag(normalize, "normalize") else v
+    return ConditionalAdd(site=probe.site, vector=v, scale=scale, probe_weight=w,
                           probe_bias=probe.bias, threshold=threshold, mode=mode, positions=positions, name=name)
 
 

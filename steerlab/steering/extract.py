@@ -43,6 +43,7 @@ from steerlab.models.handle import ModelHandle
 from steerlab.steering.logistic import fit_logistic
 from steerlab.steering.vectors import Directions, provenance
 from steerlab.suites import ProbeSuite, load_suite
+from steerlab.values import as_names
 
 Method = Literal["diff_in_means", "pca", "probe"]
 METHODS: tuple[str, ...] = ("diff_in_means", "pca", "probe")
@@ -181,22 +182,24 @@ def collect(
 
 
 def resolve_sites(h: ModelHandle, sites: Sequence[str] | str | None) -> list[str]:
-    """Site names: ``None`` = every ``blocks.*.resid_post``; ``"resid_pre"`` etc. = that component at every
-    layer; a list = those sites (each checked against the model: an unknown one is a ``SpecError``)."""
-    if sites is None:
-        sites = "resid_post"
-    if isinstance(sites, str):
-        if sites in h.sites or "." in sites:
-            h.site(sites)  # an unknown full site name raises UnknownSiteError naming it
-            sites = [sites]
+    """Site names: ``None`` = every ``blocks.*.resid_post``; a component (``"resid_pre"`` etc.) = that component
+    at every layer; a site name = that site; a list = each of its items so resolved, in order, each once (an
+    unknown one is an error naming it)."""
+    items = as_names("resid_post" if sites is None else sites, "sites")
+    if not items:
+        raise SpecError("sites is empty; expected site names or components (see `steerlab info MODEL`)")
+    out: list[str] = []
+    for item in items:
+        if item in h.sites or "." in item:
+            h.site(item)  # an unknown full site name raises UnknownSiteError naming it
+            found = [item]
         else:
-            found = [s for s in h.sites if s.startswith("blocks.") and s.split(".", 2)[2] == sites]
+            found = [s for s in h.sites if s.startswith("blocks.") and s.split(".", 2)[2] == item]
             if not found:
-                raise SpecError(f"unknown site or component {sites!r}; expected a site of `steerlab info MODEL`")
-            return found
-    for s in sites:
-        h.site(s)  # raises UnknownSiteError naming it
-    return list(sites)
+                raise SpecError(f"unknown site or component {item!r}; expected a site of `steerlab info MODEL` or a "
+                                "component such as 'resid_post'")
+        out += [s for s in found if s not in out]
+    return out
 
 
 def suite_prompts(suite: ProbeSuite | str, split: str | None, limit: int | None) -> tuple[list[str], list[str]]:

@@ -44,6 +44,7 @@ from steerlab.steering.extract import Position, check_position, collect, resolve
 from steerlab.steering.logistic import LinearProbe, auroc, fit_logistic
 from steerlab.steering.vectors import pair_stem, provenance, with_ext
 from steerlab.suites import ProbeSuite, load_suite
+from steerlab.values import check_count
 
 FORMAT = "steerlab.linear_probes"
 
@@ -98,7 +99,8 @@ def fit_probe(
     u = u / u.norm().clamp(min=1e-12)
     pa, pb = test_a.float() @ u, test_b.float() @ u
     pooled = ((pa.var(unbiased=False) * len(pa) + pb.var(unbiased=False) * len(pb)) / (len(pa) + len(pb))).sqrt()
-    sep = float((pa.mean() - pb.mean()) / pooled.clamp(min=1e-12))
+    # Cohen's d; undefined (NaN) when the held-out projections do not spread (one prompt per label, say)
+    sep = float((pa.mean() - pb.mean()) / pooled) if float(pooled) > 0 else float("nan")
     return ProbeResult(
         site=site, probe=probe, train_acc=_acc(probe, train_a, train_b), test_acc=_acc(probe, test_a, test_b),
         test_auroc=auroc(probe.logits(torch.cat([test_a, test_b])), labels),
@@ -153,6 +155,9 @@ def probe_profile(
         ['blocks.1.resid_post']
     """
     s = load_suite(suite) if isinstance(suite, str) else suite
+    check_count("limit", limit, 2, none_ok=True)  # a probe and its separation need two prompts per label
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise SpecError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     sites = resolve_sites(h, sites)
     position = check_position(position)
     kw: dict[str, Any] = dict(batch_size=batch_size, progress=progress, **s.chat_kwargs())

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import steerlab as sl
-from steerlab.artifacts import read_artifact
+from steerlab.artifacts import read_artifact, strict_json
 from steerlab.cli.main import app
 from steerlab.steering.interchange import as_interventions, import_gguf
 from steerlab.steering.vectors import Directions, load_directions
@@ -109,7 +109,8 @@ def test_refusal_study_writes_artifact_and_record(tmp_path, stories):
             str(tmp_path / "r"), "--record", str(tmp_path / "rec.json"), "--json"]
     res = _ok(args)
     art = read_artifact(tmp_path / "r")
-    assert art.kind == "steering_refusal" and art.metrics == res["metrics"]
+    # --json prints strict JSON: a metric that is NaN in the artifact (a relative change of a zero rate) is null
+    assert art.kind == "steering_refusal" and json.loads(strict_json(art.metrics)) == res["metrics"]
     rec = json.loads((tmp_path / "rec.json").read_text())
     assert rec["command"].startswith(f"steerlab steer refusal {MODEL} --suite organism-refusal --limit 4")
     assert rec["metrics"]["subspace_rank"] == 1 and len(rec["runs"]["ablate_random"]) == 1

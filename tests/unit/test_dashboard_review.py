@@ -6,6 +6,7 @@ weights that overflowed, a region fraction reset without a word, a blank status 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -132,7 +133,10 @@ def test_weights_of_a_property_that_never_varies_render(monkeypatch, tmp_path):
     _clean(at)  # was: Drawing the weights failed: OverflowError: math range error
     table = next(d.value for d in at.dataframe if "human %" in d.value)
     code = table[table["property"] == "code"].iloc[0]
-    assert code["human %"] == pytest.approx(50.0) and code["human 90% interval"] == "0.0 - 100.0"
+    lo, hi = (float(v) for v in code["human 90% interval"].split(" - "))
+    assert code["human %"] == pytest.approx(50.0)  # the prior's 90% interval, +-b ln 10: 44.3% - 55.7%
+    assert lo == pytest.approx(100 / (1 + math.exp(0.1 * math.log(10))), abs=0.6)
+    assert hi == pytest.approx(100 - 100 / (1 + math.exp(0.1 * math.log(10))), abs=0.6)
 
 
 def test_security_page_without_runs_keeps_the_status_line(monkeypatch, tmp_path):

@@ -106,3 +106,19 @@ def test_pair_breakdown_by_hand():
     assert b["contributions"][1]["contribution"] == pytest.approx(-0.2)
     assert b["logit"] == pytest.approx(0.3) and b["p_a"] == pytest.approx(1 / (1 + math.exp(-0.3)))
     assert b["verdict"] == "A"
+
+
+def test_laplace_interval_of_a_property_the_pairs_say_nothing_about_is_the_priors():
+    """A property that never differs (an all-zero column) has no likelihood curvature: its posterior is the
+    Laplace(0, b) prior, whose 90% interval is +-b ln 10 = +-0.230 (by hand). Collinear columns: the
+    unconstrained direction keeps the prior's spread too (was about +-5e4 for both)."""
+    x = torch.cat([X, torch.zeros(N, 1)], 1)
+    r = fit(x, Y, ["p", "never"], method="laplace")
+    assert r.mean[1].item() == 0.0
+    assert r.lo[1].item() == pytest.approx(-B * math.log(10), abs=0.02)
+    assert r.hi[1].item() == pytest.approx(B * math.log(10), abs=0.02)
+    mode = math.log(0.7 / 0.3)  # the varying property is as before (test above)
+    assert r.mean[0].item() == pytest.approx(mode, abs=1e-5)
+    assert r.hi[0].item() - r.lo[0].item() == pytest.approx(2 * 1.6449 / math.sqrt(N * 0.21), abs=0.04)
+    twin = fit(torch.cat([X, X], 1), Y, ["p", "same p"], method="laplace")
+    assert (twin.hi - twin.lo).max().item() < 2.0
