@@ -213,7 +213,7 @@ def process_rss() -> int:
 def switch_model(spec: str) -> None:
     """Make ``spec`` the chosen model and rerun (the picker is drawn before any page runs, so its
     value can only change at the top of the next run). No-op when it is already chosen."""
-    current = st.session_state.get("model.key", ("",))[0]
+    current = current_model()
     if not spec or current == spec:
         return
     from steerlab.models.load import resolve_spec

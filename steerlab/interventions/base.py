@@ -56,7 +56,6 @@ class LastK(BaseModel):
     last: int = Field(ge=1)
 
 
-# an explicit list names at least one position (``[]`` would steer nothing, silently)
 def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
@@ -65,6 +64,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
+# an explicit list names at least one position (``[]`` would steer nothing, silently)
 _PositionList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 Positions = Literal["all", "prompt", "generated"] | LastK | _PositionList
 POSITIONS_HELP = "'all', 'prompt', 'generated', {'last': k} with k >= 1, or a non-empty list of prompt positions >= 0"
