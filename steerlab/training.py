@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
 from steerlab.engines import position_ids
 from steerlab.errors import SpecError
+from steerlab.values import check_count
 
 Batch = Mapping[str, Any]
 """``{"input_ids": [b, s], "attention_mask": [b, s], "target_mask": [b, s] (optional), ...}``."""
@@ -247,13 +248,15 @@ def train(
         raise SpecError(f"seed={seed!r}; expected an integer")
     check_grad_clip(grad_clip)
     _check_positive("eps", eps)
-    if not math.isfinite(weight_decay) or weight_decay < 0:
+    if (isinstance(weight_decay, bool) or not isinstance(weight_decay, int | float) or not math.isfinite(weight_decay)
+            or weight_decay < 0):
         raise SpecError(f"weight_decay={weight_decay!r}; expected a finite number >= 0")
-    if warmup < 0 or checkpoint_every <= 0 or eval_every < 0:
-        raise SpecError(
-            f"warmup={warmup}, checkpoint_every={checkpoint_every}, eval_every={eval_every}; "
-            "expected warmup >= 0, checkpoint_every > 0, eval_every >= 0"
-        )
+    if (not isinstance(betas, tuple | list) or len(betas) != 2
+            or not all(isinstance(b, int | float) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+        raise SpecError(f"betas={betas!r}; expected two numbers in [0, 1)")
+    check_count("warmup", warmup, 0)
+    check_count("checkpoint_every", checkpoint_every, 1)
+    check_count("eval_every", eval_every, 0)
     named = dict(model.named_parameters())
     name_of = {id(p): n for n, p in named.items()}
     if params is None:  # a loaded ModelHandle freezes everything: then train everything
@@ -284,6 +287,8 @@ def train(
     frozen = {n: named[n].detach().clone() for n in masks}
     opt = torch.optim.AdamW(ps, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     extra = [weight_decay, betas, grad_clip, warmup, sorted(masks)] + ([] if eps == ADAM_EPS else [{"eps": eps}])
+    if masks:  # what the masks hold, not only which parameters they name: another mask is another run
+        extra.append({n: hashlib.sha256(m.cpu().numpy().tobytes()).hexdigest()[:16] for n, m in sorted(masks.items())})
     extra += [] if run_key is None else [run_key]  # (a default eps leaves older checkpoints' fingerprints as they were)
     fp = _fingerprint(names, [tuple(p.shape) for p in ps], steps, lr, seed, extra)
     result = TrainResult(params=names)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from steerlab.activations import capture
 from steerlab.errors import SteerlabError
-from steerlab.generation import generate
+from steerlab.generation import check_prompts, check_seed, generate
 from steerlab.models.handle import ModelHandle
 from steerlab.stats import benjamini_hochberg, ratio_permutation_pvalues
 from steerlab.suites import load_suite
@@ -121,6 +121,7 @@ def routing_counts(
     layers, n_exp, _ = _moe_sites(h)
     if not texts:
         raise SteerlabError("no prompts to image; expected at least one")
+    texts = check_prompts(texts)  # one string is one prompt, not its characters
     sites_i = [f"blocks.{i}.moe.topk_indices" for i in layers]
     sites_w = [f"blocks.{i}.moe.topk_weights" for i in layers]
     n = len(texts)
@@ -220,6 +221,8 @@ class FtriResult:
     def ranking(self, rank_by: str = "diff", direction: str = "behavior") -> list[tuple[int, int]]:
         """``(layer, expert)`` pairs, most distinctive first: ``behavior`` experts fire more on the
         behavior set, ``control`` experts more on the control set."""
+        if direction not in ("behavior", "control"):
+            raise SteerlabError(f"direction {direction!r}; expected 'behavior' or 'control'")
         s = self.score(rank_by)
         s = s if direction == "behavior" else -s
         order = s.flatten().argsort(descending=True).tolist()
@@ -233,6 +236,7 @@ class FtriResult:
 
     def table(self, top: int = 20, rank_by: str = "diff") -> list[dict[str, Any]]:
         """The top experts with every statistic (JSON-able)."""
+        check_count("top", top, 1)
         rows = []
         for layer, e in self.ranking(rank_by)[:top]:
             j = self.layers.index(layer)
@@ -302,6 +306,9 @@ def image(
     """Image the experts that separate ``behavior`` prompts from ``control`` prompts (under
     ``interventions``, if given)."""
     check_count("n_permutations", n_permutations, 0)  # before routing, not after
+    seed = check_seed(seed)
+    behavior = [behavior] if isinstance(behavior, str) else list(behavior)  # one string is one prompt
+    control = [control] if isinstance(control, str) else list(control)
     layers, n_exp, top_k = _moe_sites(h)
     kw = dict(
         scope=scope,

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from steerlab.errors import SteerlabError
 from steerlab.interventions import ExpertMask
+from steerlab.values import check_count
 
 Experts = list[tuple[int, int]]
 
@@ -44,6 +45,7 @@ def off_masks(experts: Experts, renormalize: bool = False, positions: Any = "all
 
 def on_masks(experts: Experts, top_k: int, renormalize: bool = False, positions: Any = "all") -> list[ExpertMask]:
     """Force ``experts`` on, keeping at most ``top_k`` per layer in the order given (best-ranked first)."""
+    check_count("top_k", top_k, 1)
     return [
         ExpertMask(layer=layer, on=sorted(es[:top_k]), renormalize=renormalize, positions=positions)
         for layer, es in _by_layer(experts).items()
@@ -52,6 +54,7 @@ def on_masks(experts: Experts, top_k: int, renormalize: bool = False, positions:
 
 def forceable(experts: Experts, top_k: int) -> Experts:
     """The subset :func:`on_masks` can actually force (at most ``top_k`` per layer)."""
+    check_count("top_k", top_k, 1)
     return [(layer, e) for layer, es in _by_layer(experts).items() for e in es[:top_k]]
 
 
@@ -79,8 +82,21 @@ def random_controls(
     whose rate is closest to the chosen one's."""
     if not chosen:
         raise SteerlabError("no experts chosen; expected at least one (layer, expert) pair")
+    check_count("n_experts", n_experts, 2)
+    check_count("n", n, 0)
+    check_count("window", window, 1)
+    check_count("seed", seed, 0)
+    out_of_range = [(la, e) for la, e in chosen if not 0 <= e < n_experts]
+    if out_of_range:
+        raise SteerlabError(f"experts {out_of_range} are out of range; expected expert ids in 0..{n_experts - 1}")
     rng = random.Random(seed)
     per_layer = _by_layer(chosen)
+    if base_freq is not None:
+        order = layers or sorted(per_layer)
+        missing = [la for la in per_layer if la not in order]
+        if missing or base_freq.shape != (len(order), n_experts):
+            raise SteerlabError(f"base_freq of shape {tuple(base_freq.shape)} for layers {order}; expected "
+                                f"[{len(order)}, {n_experts}] rows covering the chosen layers {sorted(per_layer)}")
     for layer, es in per_layer.items():
         if 2 * len(es) > n_experts:
             raise SteerlabError(

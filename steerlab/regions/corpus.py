@@ -24,6 +24,7 @@ import torch
 from steerlab._paths import shared_dir
 from steerlab.errors import SpecError
 from steerlab.models.handle import ModelHandle
+from steerlab.values import check_count
 
 Part = Literal["score", "eval"]
 # NTREX-128 files present in the shared data (newstest2019-ref.CODE.txt; English is the source side)
@@ -76,6 +77,7 @@ def corpus_texts(
     """
     if part not in ("score", "eval"):
         raise SpecError(f"corpus part {part!r} is not one of ['score', 'eval']")
+    check_count("n_eval" if part == "eval" else "n", n, 1, none_ok=True)  # texts[:-60] would drop passages
     files = dict(files or {})
     if lang in files:
         path = Path(files[lang])
@@ -111,10 +113,9 @@ def token_batches(
     """Right-padded batches of ``batch_size`` passages (each cut to ``max_len`` tokens, BOS as the model
     adds it), tokenized lazily, until ``token_budget`` real tokens have been yielded (the last batch is
     cut to fit). Raises :class:`SpecError` if the texts hold no tokens."""
-    if token_budget < 1 or batch_size < 1 or max_len < 2:
-        raise SpecError(
-            f"token_budget={token_budget}, batch_size={batch_size}, max_len={max_len}; expected >= 1, >= 1, >= 2"
-        )
+    check_count("token_budget", token_budget, 1)
+    check_count("batch_size", batch_size, 1)
+    check_count("max_len", max_len, 2)
     pad = h.tokenizer.pad_token_id if h.tokenizer.pad_token_id is not None else 0
     left, produced = token_budget, False
     for start in range(0, len(texts), batch_size):

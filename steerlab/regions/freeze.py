@@ -33,6 +33,7 @@ from steerlab.regions.corpus import corpus_texts, token_batches
 from steerlab.regions.importance import Importance
 from steerlab.regions.select import Region, core_region, random_region
 from steerlab.training import train
+from steerlab.values import check_count
 
 
 @dataclass
@@ -93,6 +94,9 @@ def freeze_train(
     frozen, a random region frozen) and track every language's held-out loss; see the module docstring."""
     if imp.signature != model_signature(h):
         raise SpecError(f"importance made for {imp.model!r}; {h.spec!r} is another model")
+    for name, value, least in (("steps", steps, 1), ("n_eval", n_eval, 1), ("random_seed", random_seed, 0),
+                               ("seed", seed, 0), ("eval_every", eval_every, 0)):
+        check_count(name, value, least)  # named here: the token budget and batch size are made from them
     langs = list(dict.fromkeys([train_lang, *other_langs]))
     texts = corpus_texts(train_lang, "score")
     batches = list(token_batches(h, texts, token_budget=steps * batch_size * max_len, batch_size=batch_size,

@@ -31,7 +31,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
-import math
+import numbers
 import os
 import tempfile
 import time
@@ -59,8 +59,8 @@ Method = Literal["taylor", "fisher"]
 
 def check_fraction(fraction: float, what: str = "fraction") -> float:
     """``fraction`` if it lies in (0, 0.5], else :class:`SpecError` naming it."""
-    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 0.5) or math.isnan(fraction):
-        raise SpecError(f"{what} must be in (0, 0.5], got {fraction}")
+    if isinstance(fraction, bool) or not (isinstance(fraction, numbers.Real) and 0 < fraction <= 0.5):
+        raise SpecError(f"{what} must be in (0, 0.5], got {fraction!r}")
     return float(fraction)
 
 

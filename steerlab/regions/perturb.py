@@ -41,6 +41,7 @@ from steerlab.regions.select import (
     random_region,
 )
 from steerlab.scoring import response_nll
+from steerlab.values import as_names
 
 
 def language_nll(
@@ -142,6 +143,8 @@ def perturb(
     ``control_scopes`` (default: ``scopes``); each scoring language's monolingual region (first scope) if
     ``monolingual``. Every region is edited with ``op``/``value`` and scored on ``eval_langs``."""
     fraction = check_fraction(fraction)
+    scopes = as_names(scopes, "scopes")
+    control_scopes = None if control_scopes is None else as_names(control_scopes, "control_scopes")
     bad = [s for s in scopes if s not in SCOPES]
     if bad or not scopes:
         raise SpecError(f"scopes {list(scopes)} must be a non-empty subset of {list(SCOPES)}")

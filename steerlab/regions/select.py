@@ -34,6 +34,7 @@ from steerlab.errors import SpecError
 from steerlab.interventions.regions import RegionEdit, model_signature
 from steerlab.models.handle import ModelHandle
 from steerlab.regions.importance import Importance, check_fraction, keep_count
+from steerlab.values import check_count
 
 Scope = Literal["matrices", "layers", "all"]
 SCOPES: tuple[str, ...] = ("matrices", "layers", "all")
@@ -115,6 +116,7 @@ def _prefix(imp: Importance, source: dict[str, Tensor], fraction: float, scope: 
 
 def core_region(imp: Importance, fraction: float = 0.01, scope: str = "layers") -> Region:
     """The top ``fraction`` per matrix of the importance summed over languages."""
+    check_fraction(fraction)
     return Region(
         f"core {fraction:g} {scope}",
         _prefix(imp, imp.top, fraction, scope),
@@ -127,6 +129,7 @@ def core_region(imp: Importance, fraction: float = 0.01, scope: str = "layers") 
 
 def bottom_region(imp: Importance, fraction: float = 0.01, scope: str = "layers") -> Region:
     """The bottom ``fraction`` per matrix of the summed importance."""
+    check_fraction(fraction)
     return Region(
         f"bottom {fraction:g} {scope}",
         _prefix(imp, imp.bottom, fraction, scope),
@@ -151,6 +154,8 @@ def sample_indices(numel: int, k: int, gen: torch.Generator) -> Tensor:
 
 def random_region(imp: Importance, fraction: float = 0.01, seed: int = 0, scope: str = "layers") -> Region:
     """Random entries with the same count per matrix as :func:`core_region` (seeded per matrix)."""
+    check_fraction(fraction)
+    check_count("seed", seed, 0)
     counts = {n: t.numel() for n, t in _prefix(imp, imp.top, fraction, scope).items()}
     out = {}
     for j, (n, k) in enumerate(counts.items()):
@@ -186,6 +191,7 @@ def language_region(imp: Importance, lang: str, fraction: float = 0.01, scope: s
 
 def monolingual_region(imp: Importance, lang: str, fraction: float = 0.01, scope: str = "layers") -> Region:
     """``lang``'s top set minus every other language's top set, per matrix (the paper's monolingual region)."""
+    check_fraction(fraction)
     mine = _prefix(imp, _lang(imp, lang), fraction, scope)
     others = [_prefix(imp, imp.lang_top[o], fraction, scope) for o in imp.languages if o != lang]
     out = {}

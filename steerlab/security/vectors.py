@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -87,8 +88,9 @@ class VectorConfig:
         if self.kind == "lora":
             if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
                 raise SpecError(f"rank={self.rank!r}; expected a positive integer")
-            if not self.alpha > 0:
-                raise SpecError(f"alpha={self.alpha!r}; expected a number > 0")
+            if (isinstance(self.alpha, bool) or not isinstance(self.alpha, int | float) or not math.isfinite(self.alpha)
+                    or self.alpha <= 0):
+                raise SpecError(f"alpha={self.alpha!r}; expected a finite number > 0")
             if not self.target_modules and not self.target_parameters:
                 raise SpecError("target_modules and target_parameters are both empty; expected modules to adapt")
 
@@ -155,6 +157,12 @@ def _lora_config(h: ModelHandle, config: VectorConfig) -> Any:
             f"target_modules={config.target_modules!r} match no linear module of {h.spec}; "
             f"expected names from {reachable_modules(h)['linear']}"
         )
+    if not isinstance(config.target_modules, str) and tuple(config.target_modules) != DEFAULT_TARGETS:
+        # the defaults name every architecture's projections (absent ones skipped); a user's list means each name
+        missed = [t for t in config.target_modules if not any(n.rsplit(".", 1)[-1] == t for n in names)]
+        if missed:
+            raise SpecError(f"target_modules {missed} match no linear module of {h.spec} (the others do); "
+                            f"expected names from {reachable_modules(h)['linear']}")
     params = [n for n, _ in h.model.named_parameters()]
     for t in config.target_parameters:
         if not any(n == t or n.endswith(f".{t}") for n in params):
@@ -230,15 +238,21 @@ class SecurityVector:
         """
         self.config.check()
         self.check_fits(h)
+        # a vector already on (this one or another) is refused before anything changes: tearing down after the
+        # error would switch the outer one off
+        if any("lora_" in n for n, _ in h.model.named_parameters()):
+            raise SteerlabError(f"{h.spec} already carries LoRA layers; expected a model without a vector switched on")
+        if hasattr(h.model, ADD_MODULE):
+            raise SteerlabError(f"{h.spec} already carries an add vector; expected one vector switched on at a time")
         before = {n: p.requires_grad for n, p in h.model.named_parameters()}
         had_config = hasattr(h.model, "peft_config")
         params: dict[str, nn.Parameter] = {}
-        hooks: list[Any] = []
+        hooks: list[Any] = []  # filled as each hook is registered, so an error midway leaves none behind
         try:
             if self.config.kind == "lora":
                 params = self._inject_lora(h)
             else:
-                params, hooks = self._hook_add(h)
+                params = self._hook_add(h, hooks)
             for p in params.values():
                 p.requires_grad_(trainable)
             h.sync()
@@ -304,11 +318,8 @@ class SecurityVector:
                     m.unmerge()
 
     def _inject_lora(self, h: ModelHandle) -> dict[str, nn.Parameter]:
-        from peft import inject_adapter_in_model
-
-        if any("lora_" in n for n, _ in h.model.named_parameters()):
-            raise SteerlabError(f"{h.spec} already carries LoRA layers; expected a model without a vector switched on")
         import peft.utils.transformers_weight_conversion as conv
+        from peft import inject_adapter_in_model
 
         try:
             # peft remaps v4 names ending in gate_proj/up_proj/down_proj (DeepSeek's shared experts too) onto the
@@ -338,12 +349,17 @@ class SecurityVector:
 
     def _layers(self, h: ModelHandle) -> list[int]:
         layers = list(range(h.adapter.n_layers)) if self.config.layers is None else list(self.config.layers)
-        bad = [i for i in layers if not 0 <= i < h.adapter.n_layers]
+        bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < h.adapter.n_layers]
         if bad:
-            raise SpecError(f"layers {bad} out of range; expected 0..{h.adapter.n_layers - 1}")
+            raise SpecError(f"layers {bad} out of range; expected integers in 0..{h.adapter.n_layers - 1}")
+        twice = sorted({i for i in layers if layers.count(i) > 1})
+        if twice:
+            raise SpecError(f"layers {twice} are given twice; expected each layer once")
         return layers
 
-    def _hook_add(self, h: ModelHandle) -> tuple[dict[str, nn.Parameter], list[Any]]:
+    def _hook_add(self, h: ModelHandle, hooks: list[Any]) -> dict[str, nn.Parameter]:
+        """Register the add vector on ``h`` (its parameters under the model, a hook per layer appended to
+        ``hooks`` as it is made); returns the parameters."""
         layers = self._layers(h)
         holder = nn.Module()  # registered on the model while on, so its parameters are the model's
         holder.suspended = False  # set by suspended(): the hooks add nothing
@@ -359,10 +375,7 @@ class SecurityVector:
             p = nn.Parameter(t.detach().clone().to(device=h.device, dtype=h.dtype))
             holder.register_parameter(f"layer{i}", p)
             params[name] = p
-        if hasattr(h.model, ADD_MODULE):
-            raise SteerlabError(f"{h.spec} already carries an add vector; expected one vector switched on at a time")
         h.model.add_module(ADD_MODULE, holder)
-        hooks = []
         for i, p in zip(layers, params.values(), strict=True):
 
             def hook(mod: nn.Module, args: Any, out: Any, p: nn.Parameter = p) -> Any:
@@ -373,7 +386,7 @@ class SecurityVector:
                 return out + p
 
             hooks.append(h.adapter.layers[i].layer.register_forward_hook(hook))
-        return params, hooks
+        return params
 
     def interventions(self) -> InterventionSet:
         """The ``add`` vector as :class:`AddVector` interventions (the registry path for generation)."""
