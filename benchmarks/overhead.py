@@ -5,6 +5,9 @@ and is reported as the median of the per-round ratios (with their min and max, a
 time of each side), so drift in machine speed cancels out. Wall-clock and process CPU time are both
 measured; the floors are checked on the median wall-clock ratio.
 
+Every generating side runs under ``torch.inference_mode`` (as ``sl.generate``'s engine does) and every
+forward under ``torch.no_grad`` (as ``sl.forward`` does): the same autograd mode on both sides.
+
 Both sides do the same work, asserted on the warm-up outputs: greedy, KV cache, exactly ``--tokens``
 new tokens per row (EOS does not stop either side), and for the cases that change nothing
 (``generate_plain``, ``generate_zero_mask``, ``forward_*``'s shapes) the very same token ids.
@@ -30,17 +33,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
 import steerlab as sl
+from steerlab.atomic import atomic_write_text
 from steerlab.engines import engine_for
 from steerlab.interventions import AddVector, ExpertMask
 from steerlab.models.load import list_models
@@ -156,7 +161,7 @@ def bench_model(name: str, batches: list[int], tokens: int, rounds: int, beside:
         pad = h.tokenizer.pad_token_id
 
         def raw_generate(enc: dict = enc, pad: int = pad) -> Any:
-            with torch.no_grad():
+            with torch.inference_mode():  # as sl.generate's engine runs generation: the same autograd mode
                 return h.model.generate(
                     **enc, max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=pad
                 )
@@ -207,7 +212,7 @@ def _nnsight_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with (
-                torch.no_grad(),
+                torch.inference_mode(),
                 lm.generate(
                     dict(enc), max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=pad
                 ) as tracer,
@@ -230,7 +235,7 @@ def _bridge_generate(h: Any, enc: dict, layer: int, vec: torch.Tensor, tokens: i
         return x + vec
 
     def run() -> Any:
-        with torch.no_grad(), bridge.hooks(fwd_hooks=[(name, hook)]):
+        with torch.inference_mode(), bridge.hooks(fwd_hooks=[(name, hook)]):
             return bridge.generate(
                 enc["input_ids"],
                 max_new_tokens=tokens,
@@ -277,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = sorted(k for k, limit in checked.items() if ratios[k] > limit)
     report = {
         "benchmark": "overhead",
+        "command": shlex.join(["python", *sys.argv]),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "settings": {
             "tokens": args.tokens,
             "rounds": args.rounds,
@@ -298,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         for k, v in report["cases"].items():
             r = v["ratios"]
             print(f"{k:45s} {r['median']:.3f}x [{r['min']:.3f}..{r['max']:.3f}]  cpu {v['cpu_ratios']['median']:.3f}x")

@@ -25,13 +25,18 @@ runs a worker there that answers over a pipe. Both sides load the same HF folder
    per-round wall ratios swing with other processes (0.38-1.26 in the SmolLM2 record), which neither side's work
    explains; the CPU time of the single thread doing the work and each side's fastest round do not; the median wall
    ratio is reported beside them.
-3. **Extraction time per 1,000 prompts**: ``extract_directions`` (diff-in-means at every ``resid_post``) on
+3. **Extraction time per 1,000 prompts** (``--extract-rounds`` rounds per side, the order alternating; the
+   token count both sides consumed asserted equal): ``extract_directions`` (diff-in-means at every ``resid_post``) on
    1,000 prompts of the ``organism-refusal`` suite (500 per label), against steering-vectors'
    ``train_steering_vector`` on the same 500 pairs at every layer, given the very texts steerlab's side runs
    (the suite asks for the chat template, so on a model that has one both sides get the templated text; the
    record's ``chat_template`` says the suite asked, ``tokens_per_prompt_mean`` what the texts came to).
 
-Exit status 1 when the logits differ by more than 1e-4, the ids differ, or the floor fails.
+Both sides generate under ``torch.inference_mode`` (steerlab's engine does; so does the worker), neither stops
+at EOS and neither runs a logits processor the other does not.
+
+Exit status 1 when the logits differ by more than 1e-4, the ids or the extraction's tokens differ, or the floor
+fails.
 
 Usage: python benchmarks/steering.py [--venv /tmp/sv] [--model PATH] [--rounds N] [--tokens N] [--json PATH|-]
 """
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -49,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from steerlab.atomic import atomic_write_text
 
 PROMPTS = ["Once upon a time, there was a little girl who", "The old man walked slowly to the",
            "Tom and his dog went to the park and", "Lily found a shiny red ball under the",
@@ -79,7 +87,9 @@ for line in sys.stdin:
                                     read_token_index=-1, show_progress=False, batch_size=cmd.get("batch_size", 1))
         secs = time.perf_counter() - t0
         if cmd.get("keep", True): sv = out
-        reply({"seconds": secs, "layers": {str(k): v.tolist() for k, v in out.layer_activations.items()}})
+        n_tokens = sum(len(tok(a)["input_ids"]) + len(tok(b)["input_ids"]) for a, b in cmd["pairs"])
+        reply({"seconds": secs, "n_tokens": n_tokens,
+               "layers": {str(k): v.tolist() for k, v in out.layer_activations.items()}})
     elif cmd["op"] == "logits":  # token ids come from steerlab's side: both models see the same input
         enc = {k: torch.tensor(cmd[k]) for k in ("input_ids", "attention_mask")}
         pos = (enc["attention_mask"].cumsum(-1) - 1).masked_fill(enc["attention_mask"] == 0, 1)
@@ -103,8 +113,10 @@ for line in sys.stdin:
         n = cmd["tokens"]
         t0, c0 = time.perf_counter(), time.thread_time()
         enc = tok(cmd["prompts"], return_tensors="pt", padding=True)
-        with torch.no_grad(), sv.apply(model, multiplier=mult):
-            out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+        # inference mode, as steerlab's engine generates; no EOS (steerlab's side: stop_at_eos=False), so both
+        # make exactly n tokens without an extra logits processor on either side
+        with torch.inference_mode(), sv.apply(model, multiplier=mult):
+            out = model.generate(**enc, max_new_tokens=n, do_sample=False, eos_token_id=None,
                                  pad_token_id=tok.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         texts = tok.batch_decode(new, skip_special_tokens=True)
@@ -186,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--extract", type=int, default=1000, help="prompts for the extraction timing (0: skip)")
+    ap.add_argument("--extract-rounds", type=int, default=3, help="extraction rounds per side (order alternates)")
     ap.add_argument("--json", nargs="?", const="-", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -200,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     h = sl.load(model)
     folder = model if Path(model).is_dir() else hf_folder(h, model)
     w = Worker(py, folder)
-    report: dict[str, Any] = {"model": model, "hf_folder": folder, "layer": LAYER, "multiplier": MULTIPLIER,
+    report: dict[str, Any] = {"command": shlex.join(["python", *sys.argv]),
+                              "model": model, "hf_folder": folder, "layer": LAYER, "multiplier": MULTIPLIER,
                               "tokens": args.tokens, "rounds": args.rounds, "packages": SV_PACKAGES, "failures": []}
     try:
         # 1. interchange: their vector, their logits, reproduced here
@@ -277,17 +291,36 @@ def main(argv: list[str] | None = None) -> int:
             # the very texts steerlab's side runs (through the chat template when the suite asks and the model
             # has one): both sides see the same tokens
             pos, neg = (s.model_inputs(h, label, "train")[: args.extract // 2] for label in (s.behavior, s.control))
-            t0 = time.perf_counter()
-            extract_directions(h, s, "resid_post", limit=args.extract // 2, batch_size=32)
-            ours_s = time.perf_counter() - t0
-            theirs_s = w.ask(op="train", pairs=list(zip(pos, neg, strict=False)), layers=None, keep=False,
-                             batch_size=32)["seconds"]
+            users = [t for label in (s.behavior, s.control) for t in s.user_texts(label, "train")[: args.extract // 2]]
+            ours_tokens = int(h.encode(users, **s.chat_kwargs())["attention_mask"].sum())
+
+            def ours_extract() -> float:
+                t0 = time.perf_counter()
+                extract_directions(h, s, "resid_post", limit=args.extract // 2, batch_size=32)
+                return time.perf_counter() - t0
+
+            def theirs_extract() -> float:
+                r = w.ask(op="train", pairs=list(zip(pos, neg, strict=True)), layers=None, keep=False, batch_size=32)
+                if r["n_tokens"] != ours_tokens:  # the same texts to the token on both sides
+                    report["failures"].append(f"extraction: steering-vectors saw {r['n_tokens']} tokens, steerlab "
+                                              f"{ours_tokens}")
+                return r["seconds"]
+
+            ours_t, theirs_t = [], []
+            for i in range(args.extract_rounds):
+                if i % 2 == 0:
+                    ours_t.append(ours_extract())
+                    theirs_t.append(theirs_extract())
+                else:
+                    theirs_t.append(theirs_extract())
+                    ours_t.append(ours_extract())
             n = len(pos) + len(neg)
-            report["extraction"] = {"prompts": n, "steerlab_s_per_1000": round(ours_s * 1000 / n, 2),
-                                    "steering_vectors_s_per_1000": round(theirs_s * 1000 / n, 2),
+            report["extraction"] = {"prompts": n, "rounds": args.extract_rounds, "tokens": ours_tokens,
+                                    "steerlab_s_per_1000": _spread([t * 1000 / n for t in ours_t]),
+                                    "steering_vectors_s_per_1000": _spread([t * 1000 / n for t in theirs_t]),
+                                    "ratio": _spread([a / b for a, b in zip(ours_t, theirs_t, strict=True)]),
                                     "sites": "every resid_post / every decoder layer",
-                                    "tokens_per_prompt_mean": round(statistics.mean(
-                                        len(h.tokenizer(t)["input_ids"]) for t in pos + neg), 1),
+                                    "tokens_per_prompt_mean": round(ours_tokens / n, 1),
                                     "chat_template": bool(s.chat)}
     finally:
         w.close()
@@ -296,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2))
     else:
         if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+            atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
         print(json.dumps({k: v for k, v in report.items() if k not in ("packages",)}, indent=1))
     return 1 if report["failures"] else 0
 
