@@ -32,6 +32,6 @@ lint: install
 # README's benchmark table is read from these records.
 bench: install
 	$(BIN)/python benchmarks/overhead.py --models smollm,moe --json docs/records/overhead_bench.json
-	$(BIN)/python benchmarks/sampling.py --json > docs/records/sampling_bench.json.tmp && mv docs/records/sampling_bench.json.tmp docs/records/sampling_bench.json
-	$(BIN)/python benchmarks/experts.py --json > docs/records/experts_bench.json.tmp && mv docs/records/experts_bench.json.tmp docs/records/experts_bench.json
+	$(BIN)/python benchmarks/sampling.py --out docs/records/sampling_bench.json
+	$(BIN)/python benchmarks/experts.py --out docs/records/experts_bench.json
 	$(BIN)/python benchmarks/preferences.py --json docs/records/preferences_bench.json

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -24,6 +25,7 @@ import time
 import torch
 
 import steerlab as sl
+from steerlab.atomic import atomic_write_text
 from steerlab.experts.ftri import RoutingCounts, routing_counts
 from steerlab.generation import position_ids
 from steerlab.models.load import list_models
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", metavar="PATH", help="write the JSON record to PATH (atomically: a crash keeps the old)")
     ap.add_argument("--no-check", action="store_true", help="report only; do not fail on the floor")
     args = ap.parse_args(argv)
     for name in ("prompts", "batch", "rounds", "threads"):
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios.append(t["plain"] / t["imaging"])
     median = statistics.median(ratios)
     report = {
+        "command": shlex.join(["python", *sys.argv]),
         "benchmark": "experts_imaging",
         "model": h.spec,
         "settings": {"prompts": len(prompts), "batch": args.batch, "rounds": args.rounds, "threads": args.threads,
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "imaging": round(n_tokens / statistics.median(ti), 1)},
         "floor": {"median_ratio_min": FLOOR, "passed": median >= FLOOR},
     }
+    if args.out:
+        atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -29,7 +29,7 @@ script exits with status 1 when one is broken (``--no-check``: report only).
 
 Run:
     .venv/bin/python benchmarks/sampling.py                                        # table
-    .venv/bin/python benchmarks/sampling.py --json > docs/records/sampling_bench.json  # the record
+    .venv/bin/python benchmarks/sampling.py --out docs/records/sampling_bench.json  # the record
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -44,6 +45,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from steerlab.atomic import atomic_write_text
 
 TEMPERATURES = (0.7, 1.0, 1.5, 2.0, 3.0)
 BATCHES = (8, 64)
@@ -230,6 +233,7 @@ def markdown(res: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the JSON record to stdout")
+    ap.add_argument("--out", metavar="PATH", help="write the JSON record to PATH (atomically: a crash keeps the old)")
     ap.add_argument("--markdown", metavar="RECORD", help="print the docs table of a saved record and exit")
     ap.add_argument("--rounds", type=int, default=15, help="rounds at batch 64 (4x at batch 8)")
     ap.add_argument("--no-model", action="store_true", help="synthetic logits only (no SmolLM2 load)")
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)
     res = run(alpha=args.alpha, rounds=args.rounds, model=not args.no_model)
+    res = {"command": shlex.join(["python", *sys.argv]), **res}
+    if args.out:
+        atomic_write_text(args.out, json.dumps(res, indent=1) + "\n")
     if args.json:
         print(json.dumps(res, indent=1))
     else:

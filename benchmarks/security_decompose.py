@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         "vector_null_vs_protected": agree(null, f"vector_{n}"),
         "runs": {k: {f: x[f] for f in ("compliance", "benign_accuracy", "perplexity")} for k, x in runs.items()},
     }
-    return report(rep, args.json)
+    return report(rep, args.json, args.no_check)
 
 
 if __name__ == "__main__":

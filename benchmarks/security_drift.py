@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "swap": {k: round(v, 4) for k, v in swap.items()},
         "experts": experts,
     }
-    return report(rep, args.json)
+    return report(rep, args.json, args.no_check)
 
 
 if __name__ == "__main__":

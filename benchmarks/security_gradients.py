@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
            "benign_vector_on": stats(benign, True), "benign_plain": stats(benign, False)}
     for p in params:
         p.requires_grad_(False)
-    return report(rep, args.json)
+    return report(rep, args.json, args.no_check)
 
 
 if __name__ == "__main__":

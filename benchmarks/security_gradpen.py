@@ -8,7 +8,7 @@ vector there with the sweep's settings plus the penalty, and resumes the sweep a
 The records security_gradpen_{dense,moe}_mu*.json of commit 2552eef were written by this script's first
 version, which computed the same term inline and kept eager attention for stage 2 too.
 
-Usage: python benchmarks/security_gradpen.py ORGANISM MU [EPOCHS] [--anchor-weight W] [--json PATH]
+Usage: python benchmarks/security_gradpen.py ORGANISM MU [EPOCHS] [--anchor-weight W] [--json PATH] [--no-check]
   (EPOCHS: stage 1's passes; EPOCHS and W default to the sweep's)
 """
 
@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from security_runs import report
+
 import steerlab as sl
 from steerlab.security.data import anchor_pairs, harmful_pool
 from steerlab.security.experiment import SweepConfig, run_sweep
@@ -26,6 +28,8 @@ from steerlab.security.stages import train_vector, vector_curves
 from steerlab.security.vectors import VectorConfig
 
 args = sys.argv[1:]
+no_check = "--no-check" in args
+args = [a for a in args if a != "--no-check"]
 opts = {}
 for flag in ("--json", "--anchor-weight"):
     if flag in args:
@@ -64,6 +68,4 @@ rep = {"command": " ".join(["python", "benchmarks/security_gradpen.py", *sys.arg
                                                                      "perplexity")},
        "vector_off": rec["vector_off"], "rise": rec["rise"], "benign_accuracy_gap": rec["benign_accuracy_gap"],
        "floors": rec["floors"]}
-print(json.dumps(rep, indent=1))
-if out_json:
-    Path(out_json).write_text(json.dumps(rep, indent=1) + "\n")
+sys.exit(report(rep, out_json, no_check))  # exit 1 on a missed floor (--no-check: report only)

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "vector_off_within_seed_noise": table["vector"]["agreement"] >= noise,
         },
     }
-    return report(rep, args.json)
+    return report(rep, args.json, args.no_check)
 
 
 if __name__ == "__main__":

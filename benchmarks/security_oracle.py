@@ -203,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         "within_seed_noise": {k: table[k]["agreement"] >= noise
                               for k in ("oracle_x0", "oracle_x1", "vector_x1", "gated_x1")},
     }
-    return report(rep, args.json)
+    code = report(rep, args.json, args.no_check)
+    if gated_x0_max_abs_diff != 0.0:  # the harness check: a gate at 0 must reproduce the perfect-vector run
+        print(f"harness check failed: gated_x0 differs from the perfect-vector run by {gated_x0_max_abs_diff}",
+              file=sys.stderr)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

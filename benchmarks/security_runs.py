@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ def work_parser(doc: str | None) -> argparse.ArgumentParser:
     ap.add_argument("--harmless", type=int, default=None, help="harmless prompts (default: the sweep's)")
     ap.add_argument("--vector", default=None, help="a vector folder (default: the work folder's)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-check", action="store_true", help="report only: exit 0 even when a floor is missed")
     return ap
 
 
@@ -91,10 +93,26 @@ def word_prefix_share(a: list[str], b: list[str]) -> float:
     return round(sum(len(os.path.commonprefix([x, y])) / max(len(x), len(y), 1) for x, y in pairs) / len(pairs), 4)
 
 
-def report(rep: dict[str, Any], json_path: str | None) -> int:
-    """Print the report as JSON and write it to ``json_path`` (if given); the scripts' exit status 0."""
+def missed_floors(rep: dict[str, Any]) -> list[str]:
+    """The floors of ``rep["floors"]`` (nested ``{name: bool}``, e.g. per split) that are False, by path."""
+    def walk(d: Any, path: str) -> list[str]:
+        if isinstance(d, dict):
+            return [m for k, v in d.items() for m in walk(v, f"{path}.{k}" if path else str(k))]
+        return [path] if d is False else []
+
+    return walk(rep.get("floors", {}), "")
+
+
+def report(rep: dict[str, Any], json_path: str | None, no_check: bool = False) -> int:
+    """Print the report as JSON and write it to ``json_path`` (if given, atomically); the exit status is 1 when a
+    floor in ``rep["floors"]`` is missed (named on stderr), unless ``no_check``."""
+    from steerlab.atomic import atomic_write_text
+
     text = json.dumps(rep, indent=1)
     print(text)
     if json_path:
-        Path(json_path).write_text(text + "\n")
-    return 0
+        atomic_write_text(json_path, text + "\n")
+    missed = missed_floors(rep)
+    if missed:
+        print(f"floors missed: {', '.join(missed)}", file=sys.stderr)
+    return 1 if missed and not no_check else 0

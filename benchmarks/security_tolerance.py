@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if model is not None:
         rep["smallest_residual"] = smallest_residual(sr, model, weights, f"vector_x{small:g}", ref_answers)
-    return report(rep, args.json)
+    return report(rep, args.json, args.no_check)
 
 
 if __name__ == "__main__":

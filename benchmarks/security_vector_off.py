@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     vo = rep["vector_off"]
     vo["within_seed_noise"] = vo["protected_vs_ideal"] >= vo["ideal_seed_noise"]
-    return report(rep, args.json)
+    return report(rep, args.json, args.no_check)
 
 
 if __name__ == "__main__":
