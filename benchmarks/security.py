@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             times[side].append(time.perf_counter() - t)
             steps[side] = res.steps
             changed[side] = sorted(k for k, p in h.model.named_parameters() if not torch.equal(p, before[k]))
-    assert steps["plain"] == steps["vector"] == a.steps, steps
-    assert changed["plain"] == changed["vector"], "the two sides updated different parameters"
+        # every round, not only the last: the same steps and the same parameters updated on both sides
+        assert steps["plain"] == steps["vector"] == a.steps, (r, steps)
+        assert changed["plain"] == changed["vector"], f"round {r}: the two sides updated different parameters"
     assert all(torch.equal(frozen[k], vector.tensors[k]) for k in frozen), "the vector moved"
     ratios = [v / p for v, p in zip(times["vector"], times["plain"], strict=True)]
     out = {
