@@ -32,6 +32,7 @@ from steerlab.interventions.compile import Plan, check_inputs, compile_plan
 from steerlab.interventions.spec import as_set
 from steerlab.models.handle import ModelHandle
 from steerlab.sampling import Sampler, make_sampler
+from steerlab.sampling.base import check_logits
 from steerlab.values import check_count
 
 
@@ -184,7 +185,9 @@ def generate(
         output_logits=output_scores,
         return_dict_in_generate=True,
     )
-    processors = LogitsProcessorList([] if smp.greedy else [smp.as_logits_processor()])
+    # greedy decoding has no sampler to see the logits: a NaN (an edit that overflowed) would be argmax'ed into a
+    # token; the check makes it the same one-line error a sampler raises
+    processors = LogitsProcessorList([_NaNCheck()] if smp.greedy else [smp.as_logits_processor()])
     if remote is not False:
         out = _generate_remote(h, enc, compiled, remote, int(max_new_tokens), eos, output_scores)
         records: dict[str, list[Tensor]] = {}
@@ -225,6 +228,14 @@ def generate(
         scores=scores,
         records=dict(records),
     )
+
+
+class _NaNCheck:
+    """A logits processor that refuses NaN logits (:func:`steerlab.sampling.base.check_logits`), unchanged else."""
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        check_logits(scores)
+        return scores
 
 
 def _check_remote(remote: Any, smp: Sampler, plan: Plan, streamer: Any, use_cache: bool) -> None:

@@ -186,3 +186,17 @@ def test_a_spec_of_another_format_or_version_is_refused(stories, tmp_path):
     hand = tmp_path / "hand.json"  # hand-written JSON names neither
     hand.write_text(json.dumps({"interventions": [{"type": "add_vector", "site": SITE, "vector": [0.0] * 64}]}))
     assert len(InterventionSet.load(hand)) == 1
+
+
+def test_nan_logits_are_an_error_under_greedy_decoding_too(stories):
+    """A weight edit that overflows (the final norm set to 3e38) makes NaN logits: a sampler refused them, greedy
+    decoding took their argmax as a token; now both raise the same one-line error."""
+    from steerlab.interventions import ParamEdit
+
+    iv = [ParamEdit(param="model.norm.weight", op="set", value=3e38)]
+    assert torch.isnan(sl.forward(stories, ["Once upon"], interventions=iv)).any()
+    for sampler in ("greedy", "top_p"):
+        with pytest.raises(SpecError) as e:
+            sl.generate(stories, ["Once upon"], interventions=iv, sampler=sampler, max_new_tokens=3)
+        assert one_line(e) == "NaN in logits at batch rows [0]; expected finite or -inf logits"
+    assert sl.generate(stories, ["Once upon"], max_new_tokens=3).texts == ["a time,"]  # the edit is gone

@@ -439,3 +439,13 @@ def test_a_bug_of_ours_is_a_json_500_and_the_server_keeps_serving(stories, monke
         assert _post(c, prompt="Once upon a time", max_tokens=4, temperature=0).json()["choices"][0]["text"] == (
             ", there was a"
         )
+
+
+def test_nan_logits_are_a_422_greedy_or_sampled(client):
+    """An edit that makes NaN logits (the final norm set to 3e38) was a 200 with empty text under greedy decoding
+    and a 422 when sampling; both are the 422 now, and the next request is unsteered."""
+    iv = [{"type": "param_edit", "param": "model.norm.weight", "op": "set", "value": 3e38}]
+    for temperature in (0, 1):
+        r = _post(client, prompt="Once upon", max_tokens=3, temperature=temperature, steerlab={"interventions": iv})
+        _err(r, 422, "steerlab.interventions", "NaN in logits")
+    assert _post(client, prompt="Once upon", max_tokens=3, temperature=0).json()["choices"][0]["text"] == "a time,"
