@@ -28,6 +28,9 @@ from steerlab.security.stages import train_vector, vector_curves
 from steerlab.security.vectors import VectorConfig
 
 args = sys.argv[1:]
+if "-h" in args or "--help" in args or len([a for a in args if not a.startswith("--")]) < 2:
+    print(__doc__)
+    sys.exit(0 if ("-h" in args or "--help" in args) else 2)
 no_check = "--no-check" in args
 args = [a for a in args if a != "--no-check"]
 opts = {}

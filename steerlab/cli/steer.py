@@ -238,13 +238,21 @@ def export_gguf_cmd(
     direction: str = typer.Argument(..., help="Saved directions: a path, an artifact folder or a name."),
     out: Path = typer.Option(..., "--out", help="GGUF file to write.", **OUT_FILE),
     model_hint: str = typer.Option(None, "--model-hint", help="controlvector.model_hint (default: model_type)."),
+    sites: str = typer.Option(None, "--sites", help="Comma-separated saved sites to export (default: all of them)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Write saved directions as a llama.cpp control vector (direction.N = output of block N, N >= 1)."""
+    from steerlab.errors import SpecError
     from steerlab.steering.interchange import export_gguf, gguf_layer
-    from steerlab.steering.vectors import load_directions
+    from steerlab.steering.vectors import Directions, load_directions
 
     d = load_directions(direction)
+    if sites is not None:
+        want = [s.strip() for s in sites.split(",") if s.strip()]
+        unknown = [s for s in want if s not in d.sites]
+        if unknown or not want:
+            raise SpecError(f"--sites {sites!r}: {unknown or 'no site'} not in the saved directions; saved: {d.sites}")
+        d = Directions({s: d[s] for s in want}, dict(d.meta))
     path = export_gguf(d, out, model_hint=model_hint)
     layers = sorted(gguf_layer(s) for s in d.sites)
     if as_json:

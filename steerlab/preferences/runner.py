@@ -257,10 +257,12 @@ def run_compare(sources: Sequence[str], out: str | Path, *, groups: Sequence[str
         if props is not None and p != props:
             raise SteerlabError(f"{s} fits properties {p}; expected the same properties as the first source {props}")
         props = p
+        # a judge of this source is renamed SOURCE:judge when an earlier source has a judge of that name (the
+        # same judge in several groups of one source is one judge, not a clash)
+        earlier = {j for per in merged.values() for j in per}
         for g, per in w.items():
             for j, v in per.items():
-                name = j if all(j not in m for m in merged.values()) else f"{Path(s).name}:{j}"
-                merged.setdefault(g, {})[name] = v
+                merged.setdefault(g, {})[j if j not in earlier else f"{Path(s).name}:{j}"] = v
     all_judges = list(dict.fromkeys(j for per in merged.values() for j in per))
     js = list(judges) if judges else all_judges
     unknown = [j for j in js if j not in all_judges]

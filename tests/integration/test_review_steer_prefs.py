@@ -137,3 +137,11 @@ def test_the_published_pairs_have_no_texts_to_annotate_or_judge(tmp_path):
     with pytest.raises(SteerlabError, match="nothing to judge"):
         run_judge("published", tmp_path / "j", judges=["m=loglik:shared:stories260K"])
     assert not (tmp_path / "a").exists() and not (tmp_path / "j").exists()
+
+
+def test_compare_one_source_keeps_its_judge_names_across_groups(tmp_path):
+    """The name-clash rule renamed a source's own judges in its second group ('published:human'), so comparing
+    the published weights without --judges found no group every judge was fitted in."""
+    run_compare(["published"], tmp_path / "c", groups=["Advice"])
+    data = json.loads((tmp_path / "c" / "artifact.json").read_text())["data"]
+    assert len(data["judges"]) == 33 and not any(":" in j for j in data["judges"])
