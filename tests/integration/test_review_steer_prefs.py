@@ -145,3 +145,19 @@ def test_compare_one_source_keeps_its_judge_names_across_groups(tmp_path):
     run_compare(["published"], tmp_path / "c", groups=["Advice"])
     data = json.loads((tmp_path / "c" / "artifact.json").read_text())["data"]
     assert len(data["judges"]) == 33 and not any(":" in j for j in data["judges"])
+
+
+def test_export_gguf_takes_the_sites_to_export(tmp_path):
+    from steerlab.steering.vectors import Directions
+
+    d = Directions({f"blocks.{i}.resid_pre": torch.randn(64) for i in range(5)}, {"model": "shared:stories260K"})
+    d.save(tmp_path / "dirs")
+    r = runner.invoke(app, ["steer", "export-gguf", str(tmp_path / "dirs"), "--out", str(tmp_path / "a.gguf")])
+    assert r.exit_code == 2 and "is the embedding output" in r.stderr  # all sites: blocks.0.resid_pre has no layer
+    r = runner.invoke(app, ["steer", "export-gguf", str(tmp_path / "dirs"), "--sites",
+                            "blocks.3.resid_pre,blocks.4.resid_pre", "--out", str(tmp_path / "b.gguf"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["layers"] == [2, 3]  # blocks.N.resid_pre is block N-1's output
+    r = runner.invoke(app, ["steer", "export-gguf", str(tmp_path / "dirs"), "--sites", "blocks.9.resid_pre",
+                            "--out", str(tmp_path / "c.gguf")])
+    assert r.exit_code == 2 and "not in the saved directions" in r.stderr and not (tmp_path / "c.gguf").exists()
