@@ -238,11 +238,11 @@ class SecurityVector:
         """
         self.config.check()
         self.check_fits(h)
-        # a vector already on (this one or another) is refused before anything changes: tearing down after the
-        # error would switch the outer one off
-        if any("lora_" in n for n, _ in h.model.named_parameters()):
+        # a vector of this kind already on is refused before anything changes: tearing down after the error would
+        # switch the outer one off (a LoRA vector's exit unwraps every LoRA layer, an add vector's removes the holder)
+        if self.config.kind == "lora" and any("lora_" in n for n, _ in h.model.named_parameters()):
             raise SteerlabError(f"{h.spec} already carries LoRA layers; expected a model without a vector switched on")
-        if hasattr(h.model, ADD_MODULE):
+        if self.config.kind == "add" and hasattr(h.model, ADD_MODULE):
             raise SteerlabError(f"{h.spec} already carries an add vector; expected one vector switched on at a time")
         before = {n: p.requires_grad for n, p in h.model.named_parameters()}
         had_config = hasattr(h.model, "peft_config")

@@ -142,3 +142,19 @@ def test_regions_counts_and_fractions(stories):
     import numpy as np
 
     assert core_region(imp, np.float32(0.01)).size() == core_region(imp, 0.01).size()
+
+
+def test_a_lora_and_an_add_vector_can_be_on_together_and_both_come_off(llama):
+    h, ids = llama
+    lora = new_vector(h, VectorConfig(rank=2, target_modules=["q_proj"]))
+    add = new_vector(h, VectorConfig(kind="add", layers=[1]))
+    for t in [*lora.tensors.values(), *add.tensors.values()]:
+        torch.nn.init.normal_(t, std=0.5)
+    base = h.model(**ids).logits.clone()
+    with lora.on(h):
+        only_lora = h.model(**ids).logits.clone()
+        with add.on(h):
+            both = h.model(**ids).logits.clone()
+        assert torch.equal(h.model(**ids).logits, only_lora) and not torch.equal(both, only_lora)
+    assert torch.equal(h.model(**ids).logits, base) and _hooks(h.model) == 0
+    assert not any("lora_" in n for n, _ in h.model.named_parameters())
