@@ -9,7 +9,8 @@ one invocation, and reports tokens per second of the whole machine:
     .venv/bin/python benchmarks/organisms_threads.py --steps 20 --json
 
 ``parallel_vs_sequential_ratio`` > 1 means one thread per process is faster (what
-``steerlab organisms build`` does by default). Timings are noisy on a shared machine.
+``steerlab organisms build`` does by default). One run per way, no floor: a diagnostic, not a benchmark with a
+spread; the tokens of each organism are asserted equal both ways. Timings are noisy on a shared machine.
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         with ctx.Pool(1) as pool:
             seq.append(pool.apply(_steps, (n, args.steps, 2)))
+    # the same work both ways: each organism trains on the same tokens in parallel and in sequence
+    assert [t for _, t in par] == [t for _, t in seq], f"unequal work: tokens {par} vs {seq}"
     train_seq = sum(s for s, _ in seq)
-    train_par = max(s for s, _ in par)
+    train_par = max(s for s, _ in par)  # the training intervals only (corpus and tokenizer building excluded)
     tokens = sum(t for _, t in par)
     out = {
         "steps": args.steps,
