@@ -274,12 +274,14 @@ def finetune(
     adam_eps: float = ADAM_EPS,
     eval_pairs: dict[str, Sequence[Pair]] | None = None,
     checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 50,
     progress: bool = True,
     merge: bool = True,
     null_parts: Collection[str] = (),
     part_scale: Mapping[str, float] | None = None,
 ) -> TrainResult:
-    """Stage 2: full fine-tuning of ``h`` on ``pairs`` with ``vector`` (if any) on and frozen.
+    """Stage 2: full fine-tuning of ``h`` on ``pairs`` with ``vector`` (if any) on and frozen (``checkpoint_dir``:
+    a resumable checkpoint every ``checkpoint_every`` steps, as :func:`steerlab.training.train`).
 
     ``h.model`` is trained in place; the vector is off when this returns. ``eval_pairs={part: pairs}``
     are scored (with the vector on, as training sees them) at step 0, every tenth of the run and at the end.
@@ -316,6 +318,7 @@ def finetune(
         eval_batches=evals,
         eval_every=max(1, n // 10),
         checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
         progress=progress,
         desc="fine-tune" + (" (vector on)" if vector is not None else ""),
     )

@@ -158,3 +158,31 @@ def test_a_lora_and_an_add_vector_can_be_on_together_and_both_come_off(llama):
         assert torch.equal(h.model(**ids).logits, only_lora) and not torch.equal(both, only_lora)
     assert torch.equal(h.model(**ids).logits, base) and _hooks(h.model) == 0
     assert not any("lora_" in n for n, _ in h.model.named_parameters())
+
+
+def test_finetune_checkpoints_every_n_steps_and_resumes_bit_for_bit(tmp_path, monkeypatch):
+    import steerlab.training as training
+    from steerlab.security.data import benign_pairs
+    from steerlab.security.stages import finetune
+
+    pairs = benign_pairs(16, "train", 0)
+    kw = dict(steps=4, batch_size=4, lr=1e-3, seed=0, progress=False, checkpoint_every=2)
+    whole = tiny_model("llama")
+    finetune(whole, pairs, **kw)
+    h = tiny_model("llama")
+    calls = {"n": 0}
+    real = training.lm_loss
+
+    def fail_at_step_3(model, b):
+        calls["n"] += 1
+        if calls["n"] == 4:  # steps 0-2 run and step 2's checkpoint is written; step 3 fails
+            raise RuntimeError("interrupted")
+        return real(model, b)
+
+    monkeypatch.setattr(training, "lm_loss", fail_at_step_3)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        finetune(h, pairs, checkpoint_dir=tmp_path / "ck", **kw)
+    monkeypatch.setattr(training, "lm_loss", real)
+    res = finetune(h, pairs, checkpoint_dir=tmp_path / "ck", **kw)
+    assert res.resumed_from == 2
+    assert all(torch.equal(a, b) for a, b in zip(h.model.parameters(), whole.model.parameters(), strict=True))
