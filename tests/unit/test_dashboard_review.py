@@ -143,3 +143,25 @@ def test_security_page_without_runs_keeps_the_status_line(monkeypatch, tmp_path)
     at = _app(monkeypatch, tmp_path, "security")
     assert any("No `security_sweep` artifact" in i.value for i in at.info)
     assert [c.value for c in at.sidebar.caption if "stories260K" in c.value]
+
+
+def test_regions_says_when_it_lowers_the_fraction_and_reopens_an_importance_run_on_its_model(
+        monkeypatch, tmp_path, stories):
+    from steerlab.regions.artifact import write_importance
+    from steerlab.regions.importance import score_importance
+
+    runs_dir = tmp_path / "runs"
+    write_importance(runs_dir / "wide", score_importance(stories, ["eng"], token_budget=64, keep=0.05, progress=False))
+    write_importance(runs_dir / "narrow", score_importance(stories, ["eng"], token_budget=64, keep=0.005,
+                                                           progress=False))
+    at = _app(monkeypatch, tmp_path, "regions")
+    at.selectbox(key="regions.imp_run").set_value("wide").run()
+    at.number_input(key="regions.fraction").set_value(0.02).run()
+    at.selectbox(key="regions.imp_run").set_value("narrow").run()
+    _clean(at)
+    assert at.number_input(key="regions.fraction").value == pytest.approx(0.005)  # was reset to 0.0001, silently
+    assert any("Fraction set to 0.005" in c.value for c in at.caption)
+    # reopened from another model, the importance run switches the page to its own model
+    other = _app(monkeypatch, tmp_path, "regions", model="organism:dense", run="wide")
+    _clean(other)
+    assert other.session_state["model.key"][0] == "shared:stories260K"
