@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
@@ -66,7 +66,6 @@ def _plain(v: Any) -> Any:
 
 # an explicit list names at least one position (``[]`` would steer nothing, silently)
 _PositionList = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-Positions = Literal["all", "prompt", "generated"] | LastK | _PositionList
 POSITIONS_HELP = "'all', 'prompt', 'generated', {'last': k} with k >= 1, or a non-empty list of prompt positions >= 0"
 
 
@@ -84,6 +83,11 @@ def check_positions_value(v: Any) -> Any:
 
 def _is_int(x: Any, minimum: int) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= minimum
+
+
+# one message naming every form (checked before pydantic's union, which would report each branch)
+Positions = Annotated[Literal["all", "prompt", "generated"] | LastK | _PositionList,
+                      BeforeValidator(check_positions_value)]
 
 
 ActFn = Callable[[Tensor, Any, Any], Tensor]  # (activation [b, t, d], position mask, StepState) -> activation
@@ -177,11 +181,6 @@ class SiteIntervention(Intervention):
     kind: ClassVar[Kind] = "activation"
     site: str
     positions: Positions = "all"
-
-    @field_validator("positions", mode="before")
-    @classmethod
-    def _positions(cls, v: Any) -> Any:
-        return check_positions_value(v)
 
     def compile_op(self, h: ModelHandle, ref: SiteRef, width: int) -> ActOp:
         """Validate against the model (``width`` of the site's last dimension) and build the op."""

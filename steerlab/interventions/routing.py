@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from steerlab.errors import SpecError
-from steerlab.interventions.base import Intervention, Kind, Positions, check_positions_value, register_intervention
+from steerlab.interventions.base import Intervention, Kind, Positions, register_intervention
 from steerlab.interventions.positions import StepState
 from steerlab.models.adapters.routing import mask_problem, route, route_by_groups
 from steerlab.models.handle import ModelHandle
@@ -64,11 +64,6 @@ class ExpertMask(Intervention):
     positions: Positions = "all"
 
     kind: ClassVar[Kind] = "routing"
-
-    @field_validator("positions", mode="before")
-    @classmethod
-    def _positions(cls, v: Any) -> Any:
-        return check_positions_value(v)
 
     @field_validator("scale", mode="before")
     @classmethod
