@@ -8,7 +8,9 @@
 * **Resumable**: with ``checkpoint_dir`` the trained parameters, the optimizer state and the curves
   are written every ``checkpoint_every`` steps and at the end through :func:`steerlab.atomic.atomic_dir`
   (old checkpoint or new one, whole, after a crash at any point); a second call with the same
-  arguments continues from it, and the result equals the uninterrupted run bit for bit.
+  arguments continues from it, and the result equals the uninterrupted run bit for bit. The checkpoint
+  keeps a digest of every batch it trained on; a resume whose batches differ is refused (naming the
+  first batch that differs) before anything is loaded into the model.
 * **Gradient masks**: ``grad_mask={name: bool tensor}`` (``True`` where an entry may train) zeroes
   the gradient of the other entries and restores them after every optimizer step, so they stay
   bit-identical even under AdamW weight decay.
@@ -159,6 +161,21 @@ class _Source:
                 return b
 
 
+def _digest(b: Batch) -> str:
+    """A short digest of one batch: every tensor (dtype, shape, bytes) and plain value under its key."""
+    h = hashlib.sha256()
+    for k in sorted(b, key=str):
+        v = b[k]
+        if isinstance(v, Tensor):
+            t = v.detach().cpu().contiguous().reshape(-1)
+            t = t.to(torch.uint8) if t.dtype == torch.bool else t
+            h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(f"{k}|{v!r}|".encode() if isinstance(v, str | int | float | bool | None) else f"{k}|?|".encode())
+    return h.hexdigest()[:16]
+
+
 def _fingerprint(names: list[str], shapes: list[tuple[int, ...]], steps: int, lr: float, seed: int, extra: Any) -> str:
     text = json.dumps([names, shapes, steps, repr(lr), seed, extra], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -294,8 +311,9 @@ def train(
     result = TrainResult(params=names)
     start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    digests: list[str] = []  # one per trained batch, kept in the checkpoint: a resume on other data is refused
     if ckpt is not None and (resolve_dir(ckpt) / "state.json").exists():
-        start = _load_checkpoint(resolve_dir(ckpt), fp, named, names, opt, result)
+        start = _load_checkpoint(resolve_dir(ckpt), fp, named, names, opt, result, source, digests)
         result.resumed_from = start
 
     from tqdm.auto import tqdm
@@ -324,6 +342,7 @@ def train(
         for step in range(start, steps):
             batch = source.get(step)
             _check_batch(batch, step)
+            digests.append(_digest(batch))
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
             with torch.random.fork_rng(devices=[]):
@@ -353,7 +372,7 @@ def train(
             elif eval_batches and done == steps:
                 evaluate(done)
             if ckpt is not None and (done % checkpoint_every == 0 or done == steps):
-                _save_checkpoint(ckpt, fp, named, names, opt, result)
+                _save_checkpoint(ckpt, fp, named, names, opt, result, digests)
             bar.update(1)
             bar.set_postfix(loss=round(float(loss.detach()), 4), refresh=False)
         result.steps = steps
@@ -369,7 +388,13 @@ def train(
 
 
 def _save_checkpoint(
-    ckpt: Path, fp: str, named: dict[str, nn.Parameter], names: list[str], opt: torch.optim.Optimizer, r: TrainResult
+    ckpt: Path,
+    fp: str,
+    named: dict[str, nn.Parameter],
+    names: list[str],
+    opt: torch.optim.Optimizer,
+    r: TrainResult,
+    digests: list[str],
 ) -> None:
     from safetensors.torch import save_file
 
@@ -378,12 +403,24 @@ def _save_checkpoint(
     with atomic_dir(ckpt) as tmp:
         save_file(cpu_copies({n: named[n] for n in names}), str(tmp / "params.safetensors"))
         (tmp / "optimizer.pt").write_bytes(buf.getvalue())
-        (tmp / "state.json").write_text(json.dumps({"fingerprint": fp, "step": r.steps, "result": r.to_json()}))
+        (tmp / "state.json").write_text(json.dumps(
+            {"fingerprint": fp, "step": r.steps, "batches": digests, "result": r.to_json()}
+        ))
 
 
 def _load_checkpoint(
-    ckpt: Path, fp: str, named: dict[str, nn.Parameter], names: list[str], opt: torch.optim.Optimizer, r: TrainResult
+    ckpt: Path,
+    fp: str,
+    named: dict[str, nn.Parameter],
+    names: list[str],
+    opt: torch.optim.Optimizer,
+    r: TrainResult,
+    source: _Source,
+    digests: list[str],
 ) -> int:
+    """Load the checkpoint into the parameters and the optimizer, after checking the run's fingerprint and
+    that batches ``0 .. step-1`` are the ones it trained on (drawn here; ``digests`` gets theirs). Nothing
+    is loaded when a check fails."""
     from safetensors.torch import load_file
 
     state = json.loads((ckpt / "state.json").read_text())
@@ -392,6 +429,17 @@ def _load_checkpoint(
             f"checkpoint {ckpt} is of another run (fingerprint {state.get('fingerprint')}, this run {fp}); "
             "expected the same parameters, steps, lr, seed and optimizer settings, or a fresh checkpoint_dir"
         )
+    step = int(state["step"])
+    kept = state.get("batches")  # absent in checkpoints written before batches were kept: not checked
+    for k in range(step):
+        b = source.get(k)
+        _check_batch(b, k)
+        digests.append(_digest(b))
+        if kept is not None and (k >= len(kept) or digests[k] != kept[k]):
+            raise SpecError(
+                f"checkpoint {ckpt} was trained on other data: batch {k} differs from the one it saw; "
+                "expected the same batches in the same order, or a fresh checkpoint_dir"
+            )
     tensors = load_file(str(ckpt / "params.safetensors"))
     with torch.no_grad():
         for n in names:
@@ -399,4 +447,4 @@ def _load_checkpoint(
     opt.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
     loaded = TrainResult.from_json(state["result"])
     r.losses, r.eval_losses, r.steps = loaded.losses, loaded.eval_losses, loaded.steps
-    return int(state["step"])
+    return step

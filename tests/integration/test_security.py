@@ -355,7 +355,8 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("cmd", ["train-vector", "finetune"])
 def test_an_interrupted_command_resumes_bit_for_bit(runs, tmp_path, cmd):
     """Killed after step 5 of 8 (a checkpoint every step), the command leaves its checkpoint and no output;
-    started again it trains steps 5-7 only and writes what an uninterrupted run writes, bit for bit."""
+    started again it trains steps 5-7 only (after checking that batches 0-4 are the checkpoint's) and writes what
+    an uninterrupted run writes, bit for bit."""
     import steerlab.security.stages as stages
 
     root = runs[0]
@@ -365,7 +366,12 @@ def test_an_interrupted_command_resumes_bit_for_bit(runs, tmp_path, cmd):
         "finetune": ["security", "finetune", MODEL, "--n-harmful", "8", "--n-benign", "8", "--vector",
                      str(root / "vec"), *size],
     }[cmd]
-    real_train, steps_run = stages.train, []
+    real_train, steps_run, opt_steps = stages.train, [], []  # batches drawn, optimizer steps taken
+    real_step = torch.optim.AdamW.step
+
+    def counted_step(self, *a, **k):
+        opt_steps.append(1)
+        return real_step(self, *a, **k)
 
     def train(model, batches, *, stop_at=None, **kw):
         def source(step):
@@ -378,19 +384,22 @@ def test_an_interrupted_command_resumes_bit_for_bit(runs, tmp_path, cmd):
 
     def invoke(out, stop_at=None):
         steps_run.clear()
-        with mock.patch.object(stages, "train", lambda m, b, **kw: train(m, b, stop_at=stop_at, **kw)):
+        opt_steps.clear()
+        with mock.patch.object(stages, "train", lambda m, b, **kw: train(m, b, stop_at=stop_at, **kw)), \
+                mock.patch.object(torch.optim.AdamW, "step", counted_step):
             try:
                 return runner.invoke(app, [*argv, "--out", str(out)])
             except KeyboardInterrupt:
                 return None
 
     full = tmp_path / "full"
-    assert invoke(full).exit_code == 0 and steps_run == list(range(8))
+    assert invoke(full).exit_code == 0 and steps_run == list(range(8)) and len(opt_steps) == 8
     cut = tmp_path / "cut"
     r = invoke(cut, stop_at=5)
     assert r is None or r.exit_code != 0
     assert not cut.exists() and (tmp_path / ".cut.ckpt").is_dir()  # a checkpoint, nothing half-written
-    assert invoke(cut).exit_code == 0 and steps_run == [5, 6, 7]  # resumed: steps 0-4 not run again
+    # resumed: steps 0-4 not trained again (their batches are drawn once more, to check they are the checkpoint's)
+    assert invoke(cut).exit_code == 0 and steps_run == list(range(8)) and len(opt_steps) == 3
     assert not (tmp_path / ".cut.ckpt").exists()
     a, b = _weights(full), _weights(cut)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -95,6 +95,35 @@ def test_resume_equals_uninterrupted(tmp_path):
         train(tiny_model("llama", seed=0).model, _batches(h3), **kw, eps=1e-6, checkpoint_dir=tmp_path / "a")
 
 
+def test_resume_on_other_data_is_refused_and_loads_nothing(tmp_path):
+    """A checkpoint keeps a digest of each batch it trained on: resuming with another batch among them is refused,
+    naming the batch, before the checkpoint touches the model; the checkpoint stays as it was."""
+    kw = dict(steps=6, lr=1e-2, seed=3, progress=False, checkpoint_every=2)
+    h = tiny_model("llama", seed=0)
+
+    def interrupted(step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return _batches(h)[step % 4]
+
+    with pytest.raises(KeyboardInterrupt):
+        train(h.model, interrupted, **kw, checkpoint_dir=tmp_path / "c")
+    state = (tmp_path / "c" / "state.json").read_bytes()
+    h2 = tiny_model("llama", seed=0)
+    before = _state(h2.model)
+    orig = _batches(h2)
+    other = orig[1:] + orig[:1]  # every batch shifted by one: batch 0 already differs
+    same_first = [orig[0], orig[2], orig[3], orig[0]]  # batch 0 the same, batch 1 another
+    for data, k in ((other, 0), (same_first, 1)):
+        with pytest.raises(SpecError, match=f"other data: batch {k} differs"):
+            train(h2.model, data, **kw, checkpoint_dir=tmp_path / "c")
+        assert all(torch.equal(before[n], p) for n, p in _state(h2.model).items())
+        assert (tmp_path / "c" / "state.json").read_bytes() == state
+    # the same batches from an iterator (drawn once, in order) resume
+    r = train(h2.model, iter([_batches(h2)[s % 4] for s in range(6)]), **kw, checkpoint_dir=tmp_path / "c")
+    assert r.resumed_from == 2 and r.steps == 6
+
+
 def test_eps_is_adams_one_step_update():
     """One step of the loop with ``eps`` moves a weight by AdamW's first update, computed here by hand from
     the gradient: ``lr * g / (|g| + eps)`` (bias-corrected first step, no weight decay, no clipping)."""
