@@ -107,6 +107,13 @@ class Sampler:
         """Temperature, then truncation. Output is float32 with ``-inf`` for removed tokens."""
         check_logits(logits)
         scaled = logits.float() / self.temperature
+        bad = torch.isposinf(scaled) | torch.isnan(scaled)  # NaN: 0 / a temperature that is 0 in float32
+        if bad.any():
+            rows = bad.any(-1).nonzero().flatten().tolist()
+            raise SpecError(
+                f"+inf in logits / temperature at batch rows {rows}; expected finite or -inf logits "
+                f"(a tiny temperature can overflow float32, got temperature={self.temperature!r})"
+            )
         return self.truncate(scaled)
 
     def sample(

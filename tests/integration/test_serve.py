@@ -187,6 +187,10 @@ BAD = [
     ("max_tokens as a string", {"max_tokens": "4"}, 422, "max_tokens", "valid integer"),
     ("max_tokens as a boolean", {"max_tokens": True}, 422, "max_tokens", "valid integer"),
     ("temperature NaN", {"temperature": float("nan")}, 422, "temperature", "finite number"),
+    # logits / 1e-300 overflow float32: was a 500 from torch.multinomial
+    ("temperature tiny", {"temperature": 1e-300}, 422, None, "a tiny temperature can overflow float32"),
+    ("sampler temperature tiny", {"steerlab": {"sampler": {"name": "top_p", "params": {"temperature": 1e-300}}}},
+     422, None, "a tiny temperature can overflow float32"),
 ]
 
 

@@ -361,6 +361,16 @@ def test_extreme_logits_and_temperatures(variant):
         TopH(variant=variant, temperature=1e-3).filter_logits(x)  # 3e38 / 1e-3 overflows float32
 
 
+@pytest.mark.parametrize("name", ["temperature", "top_k", "top_p", "min_p"])
+def test_a_temperature_that_overflows_float32_is_a_spec_error(name):
+    """logits / 1e-300 is +inf (and 0 / 0 NaN) in float32: a SpecError naming the rows, not NaN probabilities
+    that ``torch.multinomial`` refuses with a RuntimeError."""
+    x = torch.tensor([[2.0, -1.0, 0.0], [1.0, 1.0, 1.0]])
+    with pytest.raises(SpecError, match=r"\+inf in logits / temperature at batch rows \[0, 1\]"):
+        make_sampler(name, temperature=1e-300).sample(x)
+    assert torch.isfinite(make_sampler(name, temperature=1e-3).filter_logits(x)).any(-1).all()
+
+
 def test_inputs_are_not_modified_and_outputs_are_fresh():
     x = torch.randn(3, 200)
     x_copy = x.clone()
