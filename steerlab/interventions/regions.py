@@ -26,7 +26,7 @@ import hashlib
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from steerlab.errors import SpecError
 from steerlab.interventions.base import Intervention, Kind, register_intervention
@@ -53,7 +53,7 @@ class RegionEdit(Intervention):
     indices: torch.Tensor
     op: Literal["zero", "scale", "noise", "set"] = "zero"
     value: float = 0.0
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), lt=2**64)  # the range torch.Generator.manual_seed takes
     signature: str | None = None
 
     kind: ClassVar[Kind] = "weights"
@@ -81,6 +81,9 @@ class RegionEdit(Intervention):
             raise ValueError(f"{len(self.params)} params but {len(self.counts)} counts; expected one count per param")
         if any(c < 0 for c in self.counts) or sum(self.counts) != self.indices.numel():
             raise ValueError(f"counts {self.counts[:5]}... sum to {sum(self.counts)}; expected {self.indices.numel()}")
+        if self.seed + len(self.params) > 2**64:  # params[j] is seeded with seed + j
+            raise ValueError(f"seed {self.seed} + {len(self.params) - 1} (one more per param) is over 2**64 - 1, "
+                             "the largest seed torch takes; expected a smaller seed")
         return self
 
     def where(self) -> str:

@@ -47,7 +47,7 @@ class ParamEdit(Intervention):
     param: str
     op: Literal["zero", "scale", "noise", "set", "add"]
     value: float = 0.0
-    seed: int = 0
+    seed: int = Field(default=0, ge=-(2**63), lt=2**64)  # the range torch.Generator.manual_seed takes
     indices: list[Annotated[int, Field(ge=0)]] | None = None
     mask: torch.Tensor | None = None
     delta: torch.Tensor | None = None

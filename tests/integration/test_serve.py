@@ -187,6 +187,14 @@ BAD = [
     ("max_tokens as a string", {"max_tokens": "4"}, 422, "max_tokens", "valid integer"),
     ("max_tokens as a boolean", {"max_tokens": True}, 422, "max_tokens", "valid integer"),
     ("temperature NaN", {"temperature": float("nan")}, 422, "temperature", "finite number"),
+    # a noise seed torch.Generator.manual_seed cannot take: was a 500 from the worker
+    ("param_edit seed", {"steerlab": {"interventions": [
+        {"type": "param_edit", "param": "model.norm.weight", "op": "noise", "value": 0.1, "seed": 2**64}]}},
+     422, "steerlab.interventions[0]", "less than 18446744073709551616"),
+    ("region_edit seed", {"steerlab": {"interventions": [
+        {"type": "region_edit", "params": ["model.norm.weight", "model.layers.0.input_layernorm.weight"],
+         "counts": [1, 1], "indices": [0, 1], "op": "noise", "value": 0.1, "seed": 2**64 - 1}]}},
+     422, "steerlab.interventions[0]", "seed 18446744073709551615 + 1 (one more per param) is over 2**64 - 1"),
     # logits / 1e-300 overflow float32: was a 500 from torch.multinomial
     ("temperature tiny", {"temperature": 1e-300}, 422, None, "a tiny temperature can overflow float32"),
     ("sampler temperature tiny", {"steerlab": {"sampler": {"name": "top_p", "params": {"temperature": 1e-300}}}},
