@@ -524,14 +524,10 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
     async def next_event() -> tuple[str, int]:
         return await asyncio.wait_for(events.get(), max(deadline - time.monotonic(), 0.001))
 
-    def meta(res: Any) -> dict[str, Any]:
-        return {"seed": job.seed, "sampler": job.sampler.config(), "interventions_digest": job.digest,
-                "batch_size": res.batch_size}
-
-    if not req.stream:
+    async def event_before_answering() -> tuple[str, int]:
+        """``next_event`` while nothing has been sent: a timeout is a 504, a client gone cancels the job."""
         try:
-            while (await next_event())[0] != "done":
-                pass
+            return await next_event()
         except TimeoutError:
             job.cancel()
             raise ApiError(504, f"the request did not finish within {svc.config.timeout_s:g} s (--timeout)", None,
@@ -539,6 +535,14 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
         except asyncio.CancelledError:
             job.cancel()
             raise
+
+    def meta(res: Any) -> dict[str, Any]:
+        return {"seed": job.seed, "sampler": job.sampler.config(), "interventions_digest": job.digest,
+                "batch_size": res.batch_size}
+
+    if not req.stream:
+        while (await event_before_answering())[0] != "done":
+            pass
         res = _result(job)
         usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids),
                  "total_tokens": res.prompt_tokens + len(res.token_ids)}
@@ -562,6 +566,12 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
             obj = "chat.completion.chunk"
         return {"data": json.dumps({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})}
 
+    # the stream starts with the first token: an error found before it (e.g. a position past the prompt) is
+    # answered with its status, as without streaming, not a 200 stream holding one error event
+    pending = [await event_before_answering()]
+    if pending[0][0] == "done":
+        _result(job)  # raises the job's error, if it has one
+
     async def stream() -> AsyncIterator[dict[str, str]]:
         ids: list[int] = []
         sent = ""
@@ -569,7 +579,7 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
             if kind == "chat":
                 yield chunk("", None, first=True)
             while True:
-                ev, tok = await next_event()
+                ev, tok = pending.pop() if pending else await next_event()
                 if ev == "tok":
                     ids.append(tok)
                     text = svc.decode(ids)

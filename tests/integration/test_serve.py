@@ -107,6 +107,22 @@ def test_stream_concatenates_to_the_completion(client):
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
 
+def test_a_stream_that_fails_before_its_first_token_keeps_the_status(client):
+    """A stream's error found before any token is answered with its status and OpenAI's error body, as without
+    streaming (it was a 200 event stream holding one error event, a chat one after the role chunk); the server
+    then streams the plain text."""
+    past = {"interventions": [{"type": "add_vector", "site": "blocks.1.resid_post", "vector": [0.5] * 64,
+                               "positions": [100]}]}
+    chat = {"messages": [{"role": "user", "content": "Tell me a story"}]}
+    for path, body in (("/v1/completions", {"prompt": "Once upon a time"}), ("/v1/chat/completions", chat)):
+        r = _post(client, path, **body, max_tokens=4, temperature=0, stream=True, steerlab=past)
+        _err(r, 422, "steerlab.interventions", "position 100 in positions [100] is past the end of prompt row 0")
+        _err(_post(client, path, **body, max_tokens=4, temperature=1e-300, stream=True), 422, None, "overflow float32")
+    r = _post(client, prompt="Once upon a time", max_tokens=4, temperature=0, stream=True)
+    chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    assert r.status_code == 200 and "".join(c["choices"][0]["text"] for c in chunks) == ", there was a"
+
+
 def test_chat_uses_the_template_and_seeded_sampling_repeats(client, stories):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me a story"}]
     a = _post(client, "/v1/chat/completions", messages=msgs, max_tokens=8, temperature=0)
