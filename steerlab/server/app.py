@@ -172,6 +172,11 @@ _REFUSED = {
     "functions": "function calls are not supported",
     "response_format": "only plain text is generated",
     "best_of": "n > 1 is not supported",
+    "stop": "stop sequences are not supported",
+    "frequency_penalty": "penalties are not applied",
+    "presence_penalty": "penalties are not applied",
+    "logit_bias": "logit_bias is not applied",
+    "suffix": "a suffix (insertion) is not supported",
 }
 
 
@@ -186,14 +191,13 @@ class _Common(BaseModel):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: StrictBool = False
     n: StrictInt = Field(default=1, ge=1, le=1)
-    stop: None = Field(default=None, description="stop sequences are not supported")
     steerlab: SteerlabOptions | None = None
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> _Common:
         for name, why in _REFUSED.items():
             v = (self.model_extra or {}).get(name)
-            off = v in (None, False, 0, [], {}) or (name == "response_format" and v == {"type": "text"})
+            off = v in (None, False, 0, "", [], {}) or (name == "response_format" and v == {"type": "text"})
             if not off:
                 raise ApiError(422, f"{name}: {why} by this server (got {v!r})", name)
         return self

@@ -186,7 +186,12 @@ BAD = [
     ("negative max_tokens", {"max_tokens": 0}, 422, "max_tokens", "greater than or equal to 1"),
     ("temperature", {"temperature": -1}, 422, "temperature", "greater than or equal to 0"),
     ("n", {"n": 2}, 422, "n", "less than or equal to 1"),
-    ("stop", {"stop": ["\n"]}, 422, "stop", "None"),
+    ("stop", {"stop": ["\n"]}, 422, "stop", "stop: stop sequences are not supported by this server (got ['\\n'])"),
+    # sampling fields that were accepted and silently ignored
+    ("frequency_penalty", {"frequency_penalty": 1.5}, 422, "frequency_penalty", "penalties are not applied"),
+    ("presence_penalty", {"presence_penalty": -1}, 422, "presence_penalty", "penalties are not applied"),
+    ("logit_bias", {"logit_bias": {"5": 100}}, 422, "logit_bias", "logit_bias is not applied"),
+    ("suffix", {"suffix": "The end."}, 422, "suffix", "a suffix (insertion) is not supported"),
     ("two prompts", {"prompt": ["a", "b"]}, 422, "prompt", "expected one prompt"),
     ("missing prompt", {"prompt": None}, 422, "prompt", ""),
     ("max_tokens over limit", {"max_tokens": 25}, 413, "max_tokens", "limit of 24"),
@@ -227,6 +232,15 @@ def test_bad_requests_get_their_answer_and_the_server_keeps_serving(client, case
     _err(r, status, param, fragment)
     ok = _post(client, prompt="Once upon a time", max_tokens=4, temperature=0)
     assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == ", there was a"
+
+
+def test_unsupported_openai_fields_left_at_their_defaults_are_accepted(client):
+    """Clients that send every field with its default value are served (the refused fields are refused only when
+    they would change the answer)."""
+    defaults = {"stop": [], "frequency_penalty": 0, "presence_penalty": 0.0, "logit_bias": {}, "suffix": "",
+                "logprobs": None, "n": 1, "user": "someone"}
+    r = _post(client, prompt="Once upon a time", max_tokens=4, temperature=0, **defaults)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == ", there was a", r.text
 
 
 def test_malformed_json_and_chat_shapes(client):
