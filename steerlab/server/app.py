@@ -159,7 +159,7 @@ class SteerlabOptions(BaseModel):
     interventions: list[dict[str, Any] | str] = Field(default_factory=list)
     presets: list[str] = Field(default_factory=list)
     sampler: str | dict[str, Any] | None = None
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
 # OpenAI fields steerlab does not support: refused (422) when set to anything but "off", not ignored
@@ -328,6 +328,9 @@ class Service:
         try:
             if opts is not None and opts.sampler is not None:
                 s = opts.sampler
+                if isinstance(s, dict) and set(s) - {"name", "params"}:  # a typo ("param") must not mean defaults
+                    raise SpecError(f"unknown keys {sorted(set(s) - {'name', 'params'})}; expected 'name' and "
+                                    "optionally 'params'")
                 smp = make_sampler(s) if isinstance(s, str) else make_sampler(s.get("name"), **s.get("params", {}))
                 return smp, seed
         except (SpecError, TypeError, AttributeError) as e:

@@ -183,6 +183,10 @@ BAD = [
     ("bad sampler", {"steerlab": {"sampler": "nope"}}, 422, "steerlab.sampler", "unknown sampler 'nope'"),
     ("bad sampler param", {"steerlab": {"sampler": {"name": "top_h", "params": {"alpha": 7}}}}, 422,
      "steerlab.sampler", "alpha"),
+    # were ignored (the sampler's defaults ran) / read as the number 5
+    ("sampler key typo", {"steerlab": {"sampler": {"name": "top_h", "param": {"alpha": 0.1}}}}, 422,
+     "steerlab.sampler", "unknown keys ['param']; expected 'name' and optionally 'params'"),
+    ("steerlab seed as a string", {"steerlab": {"seed": "5"}}, 422, "steerlab.seed", "valid integer"),
     ("negative max_tokens", {"max_tokens": 0}, 422, "max_tokens", "greater than or equal to 1"),
     ("temperature", {"temperature": -1}, 422, "temperature", "greater than or equal to 0"),
     ("n", {"n": 2}, 422, "n", "less than or equal to 1"),
