@@ -125,20 +125,30 @@ class RowSampler(Sampler):
 
     The output is one-hot (0 at the drawn token, ``-inf`` elsewhere), so Hugging Face's own draw is
     certain and a row's tokens depend only on its logits, its sampler and its seed, not on the batch.
+    A row whose sampler refuses its logits (a :class:`SteerlabError`, e.g. a tiny temperature that
+    overflows float32 at some step) keeps the error in ``errors[i]`` and ends (``eos`` from then on);
+    its batch mates go on.
     """
 
     name = "per_row"
 
-    def __init__(self, samplers: list[Sampler], seeds: list[int]) -> None:
+    def __init__(self, samplers: list[Sampler], seeds: list[int], eos: int | None = None) -> None:
         self.temperature = 1.0
         self.samplers = samplers
         self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.eos = eos
+        self.errors: list[SteerlabError | None] = [None] * len(samplers)
 
     def filter_logits(self, logits: Tensor) -> Tensor:
         out = torch.full(logits.shape, float("-inf"), dtype=torch.float32)
         for i, (smp, gen) in enumerate(zip(self.samplers, self.generators, strict=True)):
-            tok = smp.sample(logits[i : i + 1].float().cpu(), generator=gen)
-            out[i, int(tok)] = 0.0
+            tok = self.eos or 0
+            if self.errors[i] is None:
+                try:
+                    tok = int(smp.sample(logits[i : i + 1].float().cpu(), generator=gen))
+                except SteerlabError as e:  # this row's own input: the row ends with its error
+                    self.errors[i] = e
+            out[i, tok] = 0.0
         return out.to(logits.device)
 
     def params(self) -> dict[str, Any]:
@@ -267,8 +277,9 @@ class Scheduler:
         h = self.handle
         first = jobs[0]
         greedy = all(j.sampler.greedy for j in jobs)
-        sampler: Sampler | str = "greedy" if greedy else RowSampler([j.sampler for j in jobs], [j.seed for j in jobs])
         eos = h.tokenizer.eos_token_id
+        rows = None if greedy else RowSampler([j.sampler for j in jobs], [j.seed for j in jobs], eos)
+        sampler: Sampler | str = rows if rows is not None else "greedy"
         self.batches.put((len(jobs), first.digest))
         if self.remote:
             self._run_remote(jobs)
@@ -303,6 +314,9 @@ class Scheduler:
             return
         prompt_len = out.prompt_ids.shape[1]
         for i, j in enumerate(jobs):
+            if rows is not None and rows.errors[i] is not None:
+                j._finish(error=rows.errors[i])
+                continue
             row = out.sequences[i, prompt_len:].tolist()[: j.max_new_tokens]
             reason = "length"
             if eos is not None and eos in row:

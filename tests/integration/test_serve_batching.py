@@ -10,6 +10,7 @@ draws from its own generator). A batch whose clients all went away stops early.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -194,5 +195,40 @@ def test_one_rows_bad_positions_fail_only_that_row(stories):
                 assert j.wait(60).text == want and j.wait(60).batch_size == 1
         sizes = [n for n, _ in _drain(sched.batches)]
         assert sizes == [1, 3, 1, 1, 1]  # the first job, the batch of three, then each of its rows alone
+    finally:
+        sched.close()
+
+
+def test_a_row_whose_sampler_fails_mid_batch_fails_only_that_row(stories):
+    """Temperature 5.5e-38 keeps stories260K's first logits / T under float32's limit and overflows a few tokens
+    later, after tokens were handed out (so the batch does not rerun each row alone). That row's error used to
+    fail its sampled batch mate; now the row ends with its own error and the mate gets its one-at-a-time text."""
+    from steerlab.sampling import make_sampler
+
+    def jobs() -> list[Job]:
+        return [Job(prompt="Once upon a time", interventions=InterventionSet(), max_new_tokens=8,
+                    sampler=make_sampler("temperature", temperature=t), seed=1) for t in (5.5e-38, 1.0)]
+
+    sched = Scheduler(stories, max_batch=4, queue_length=8)
+    try:
+        alone = []
+        for j in jobs():
+            alone.append(sched.submit(j))
+            with pytest.raises(SteerlabError) if len(alone) == 1 else contextlib.nullcontext():
+                alone[-1].wait(60)
+        with pytest.raises(SteerlabError, match="a tiny temperature can overflow float32"):
+            alone[0].wait(60)
+        with sl.engine_for(stories).lock:  # hold the worker back (busy with a first job) so the two wait together
+            first = sched.submit(Job(prompt="x", interventions=InterventionSet(), max_new_tokens=1, chat=True))
+            deadline = time.monotonic() + 30
+            while sched.stats().get("running", 0) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            together = [sched.submit(j) for j in jobs()]
+        first.wait(60)
+        with pytest.raises(SteerlabError, match="a tiny temperature can overflow float32"):
+            together[0].wait(60)
+        got = together[1].wait(60)
+        assert got.batch_size == 2 and got.token_ids == alone[1].wait(60).token_ids and len(got.token_ids) == 8
+        assert [n for n, _ in _drain(sched.batches)] == [1, 1, 1, 2]
     finally:
         sched.close()
