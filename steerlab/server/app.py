@@ -162,6 +162,14 @@ class SteerlabOptions(BaseModel):
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
 
 
+class StreamOptions(BaseModel):
+    """The ``stream_options`` field of a streamed request (OpenAI's; no obfuscation field is ever sent)."""
+
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool = False
+    include_obfuscation: StrictBool = False
+
+
 # OpenAI fields steerlab does not support: refused (422) when set to anything but "off", not ignored
 _REFUSED = {
     "logprobs": "logprobs are not returned",
@@ -190,6 +198,7 @@ class _Common(BaseModel):
     min_p: float | None = Field(default=None, ge=0, le=1)
     seed: StrictInt | None = Field(default=None, ge=0, le=2**63 - 1)
     stream: StrictBool = False
+    stream_options: StreamOptions | None = None
     n: StrictInt = Field(default=1, ge=1, le=1)
     steerlab: SteerlabOptions | None = None
 
@@ -200,6 +209,8 @@ class _Common(BaseModel):
             off = v in (None, False, 0, "", [], {}) or (name == "response_format" and v == {"type": "text"})
             if not off:
                 raise ApiError(422, f"{name}: {why} by this server (got {v!r})", name)
+        if self.stream_options is not None and not self.stream:
+            raise ApiError(422, "stream_options: only allowed when stream is true", "stream_options")
         return self
 
 
@@ -547,12 +558,14 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
         return {"seed": job.seed, "sampler": job.sampler.config(), "interventions_digest": job.digest,
                 "batch_size": res.batch_size}
 
+    def usage(res: Any) -> dict[str, int]:
+        return {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids),
+                "total_tokens": res.prompt_tokens + len(res.token_ids)}
+
     if not req.stream:
         while (await event_before_answering())[0] != "done":
             pass
         res = _result(job)
-        usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": len(res.token_ids),
-                 "total_tokens": res.prompt_tokens + len(res.token_ids)}
         if kind == "completion":
             choice = {"index": 0, "text": res.text, "finish_reason": res.finish_reason, "logprobs": None}
             obj = "text_completion"
@@ -560,18 +573,25 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
             choice = {"index": 0, "message": {"role": "assistant", "content": res.text},
                       "finish_reason": res.finish_reason, "logprobs": None}
             obj = "chat.completion"
-        return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage,
+        return {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], "usage": usage(res),
                 "steerlab": meta(res)}
+
+    # with stream_options.include_usage, OpenAI's last chunk before [DONE] has no choices and the usage; the
+    # others carry "usage": null
+    with_usage = req.stream_options is not None and req.stream_options.include_usage
+    chunk_obj = "text_completion" if kind == "completion" else "chat.completion.chunk"
+
+    def event(choices: list[dict[str, Any]], use: dict[str, int] | None = None) -> dict[str, str]:
+        body = {"id": rid, "object": chunk_obj, "created": created, "model": model, "choices": choices}
+        return {"data": json.dumps({**body, "usage": use} if with_usage else body)}
 
     def chunk(delta: str, finish: str | None, first: bool = False) -> dict[str, str]:
         if kind == "completion":
             choice: dict[str, Any] = {"index": 0, "text": delta, "finish_reason": finish, "logprobs": None}
-            obj = "text_completion"
         else:
             d: dict[str, Any] = {"role": "assistant", "content": delta} if first else {"content": delta}
             choice = {"index": 0, "delta": d if (delta or first) else {}, "finish_reason": finish, "logprobs": None}
-            obj = "chat.completion.chunk"
-        return {"data": json.dumps({"id": rid, "object": obj, "created": created, "model": model, "choices": [choice]})}
+        return event([choice])
 
     # the stream starts with the first token: an error found before it (e.g. a position past the prompt) is
     # answered with its status, as without streaming, not a 200 stream holding one error event
@@ -603,6 +623,8 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
                     return
                 rest = res.text[len(sent):] if res.text.startswith(sent) else ""
                 yield chunk(rest, res.finish_reason)
+                if with_usage:
+                    yield event([], usage(res))
                 yield {"data": "[DONE]"}
                 return
         except TimeoutError:

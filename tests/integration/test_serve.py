@@ -107,6 +107,33 @@ def test_stream_concatenates_to_the_completion(client):
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
 
+def _events(r) -> list[dict]:
+    datas = [line[len("data: "):] for line in r.text.splitlines() if line.startswith("data: ")]
+    assert r.status_code == 200 and datas[-1] == "[DONE]", r.text
+    return [json.loads(d) for d in datas[:-1]]
+
+
+def test_stream_options_include_usage_ends_with_a_usage_chunk(client):
+    """``stream_options: {"include_usage": true}`` was ignored; as OpenAI, the last chunk before [DONE] has no
+    choices and the non-streamed answer's usage (the others ``"usage": null``); without it there is no usage at
+    all. ``stream_options`` without ``stream`` or with an unknown key is a 422 naming it."""
+    chat = {"messages": [{"role": "user", "content": "Tell me a story"}]}
+    for path, body in (("/v1/completions", {"prompt": "The dog"}), ("/v1/chat/completions", chat)):
+        body = {**body, "max_tokens": 6, "temperature": 0}
+        whole = _post(client, path, **body).json()
+        chunks = _events(_post(client, path, **body, stream=True, stream_options={"include_usage": True}))
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == whole["usage"]
+        assert chunks[-1]["object"] == chunks[0]["object"] and chunks[-1]["id"] == chunks[0]["id"]
+        assert all(c["usage"] is None and len(c["choices"]) == 1 for c in chunks[:-1])
+        for off in ({"include_usage": False}, None):
+            chunks = _events(_post(client, path, **body, stream=True, stream_options=off))
+            assert all("usage" not in c and len(c["choices"]) == 1 for c in chunks)
+        _err(_post(client, path, **body, stream_options={"include_usage": True}), 422, "stream_options",
+             "only allowed when stream is true")
+        _err(_post(client, path, **body, stream=True, stream_options={"include_usage": True, "usage": 1}), 422,
+             "stream_options.usage", "Extra inputs")
+
+
 def test_a_stream_that_fails_before_its_first_token_keeps_the_status(client):
     """A stream's error found before any token is answered with its status and OpenAI's error body, as without
     streaming (it was a 200 event stream holding one error event, a chat one after the role chunk); the server
@@ -368,6 +395,9 @@ def test_openai_client_unchanged(stories):
         streamed = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0,
                                              stream=True)
         assert "".join(ch.choices[0].text for ch in streamed) == want
+        *_, last = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0,
+                                             stream=True, stream_options={"include_usage": True})
+        assert last.choices == [] and last.usage == c.usage
         chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=6,
                                               temperature=0, extra_body={"steerlab": {"interventions": [
                                                   {"type": "scale_units", "site": "blocks.0.mlp_out",
@@ -379,6 +409,10 @@ def test_openai_client_unchanged(stories):
         plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
                                                max_tokens=6, temperature=0)
         assert "".join(pieces) == plain.choices[0].message.content
+        *_, last = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                  max_tokens=6, temperature=0, stream=True,
+                                                  stream_options={"include_usage": True})
+        assert last.choices == [] and last.usage == plain.usage
         with pytest.raises(openai.UnprocessableEntityError, match="unknown preset"):
             client.completions.create(model=MODEL, prompt="x", extra_body={"steerlab": {"presets": ["nope"]}})
         with pytest.raises(openai.AuthenticationError):
