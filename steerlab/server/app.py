@@ -2,8 +2,8 @@
 
 ``create_app(handle, config, presets)`` returns a FastAPI app: ``POST /v1/completions`` and
 ``POST /v1/chat/completions`` (streamed as server-sent events with ``"stream": true``),
-``GET /v1/models``, ``GET /health`` and ``GET /v1/steerlab/presets``. A request may carry a
-``steerlab`` object::
+``GET /v1/models`` (and ``/v1/models/{id}``), ``GET /health`` and ``GET /v1/steerlab/presets``.
+A request may carry a ``steerlab`` object::
 
     {"interventions": [{"type": "add_vector", "site": "blocks.2.resid_post", "vector": [...], "scale": 4},
                        "my-preset"],          # inline intervention dicts or preset names, in order
@@ -479,10 +479,18 @@ def create_app(
         stats = svc.scheduler.stats() if svc.scheduler else {}
         return {"status": "ok", "model": config.model_name, **stats}
 
+    served = {"id": config.model_name, "object": "model", "created": 0, "owned_by": "steerlab"}
+
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [
-            {"id": config.model_name, "object": "model", "created": 0, "owned_by": "steerlab"}]}
+        return {"object": "list", "data": [served]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict[str, Any]:
+        if model_id != config.model_name:
+            raise ApiError(404, f"model {model_id!r} is not served here; expected {config.model_name!r}", "model",
+                           "model_not_found")
+        return served
 
     @app.get("/v1/steerlab/presets")
     async def list_presets() -> dict[str, Any]:

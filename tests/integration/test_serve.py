@@ -175,6 +175,11 @@ def test_models_health_and_presets(stories, tmp_path):
     with TestClient(app) as c:
         assert c.get("/health").json()["status"] == "ok"
         assert [m["id"] for m in c.get("/v1/models").json()["data"]] == [MODEL]
+        # GET /v1/models/{id} was a 404 for every id (the openai client's models.retrieve failed)
+        assert c.get(f"/v1/models/{MODEL}").json() == c.get("/v1/models").json()["data"][0]
+        for unknown in ("gpt-4", "org/model"):
+            err = _err(c.get(f"/v1/models/{unknown}"), 404, "model", f"model {unknown!r} is not served here")
+            assert err["type"] == "model_not_found"
         listed = c.get("/v1/steerlab/presets").json()["data"]
         assert [p["name"] for p in listed] == ["happy"] and listed[0]["interventions"][0]["type"] == "add_vector"
         by_name = _post(c, prompt="Lily", max_tokens=8, temperature=0, steerlab={"presets": ["happy"]}).json()
@@ -292,7 +297,7 @@ def test_malformed_json_and_chat_shapes(client):
     _err(_post(client, "/v1/chat/completions", messages=long), 413, "messages", "over this server's limit")
     _err(_post(client, "/v1/chat/completions", messages=[{"role": "user", "content": 7}]), 422, "messages[0].content")
     # routes and methods that do not exist answer in OpenAI's shape too
-    _err(client.get("/v1/models/stories"), 404, None, "GET /v1/models/stories: Not Found")
+    _err(client.get("/v1/nope"), 404, None, "GET /v1/nope: Not Found")
     _err(client.get("/v1/completions"), 405, None, "Method Not Allowed")
     parts = [{"role": "user", "content": [{"type": "text", "text": "Tell me "}, {"type": "text", "text": "a story"}]}]
     assert _post(client, "/v1/chat/completions", messages=parts, max_tokens=3, temperature=0).status_code == 200
@@ -389,6 +394,9 @@ def test_openai_client_unchanged(stories):
     with serve_in_thread(app) as url:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         assert [m.id for m in client.models.list()] == [MODEL]
+        assert client.models.retrieve(MODEL) == client.models.list().data[0]
+        with pytest.raises(openai.NotFoundError, match="'gpt-4' is not served here"):
+            client.models.retrieve("gpt-4")
         c = client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=0)
         want = stories.tokenizer.decode(greedy_by_hand(stories, "Once upon a time", 10))
         assert c.choices[0].text == want and c.usage.completion_tokens == 10
