@@ -207,6 +207,8 @@ class _Common(BaseModel):
         for name, why in _REFUSED.items():
             v = (self.model_extra or {}).get(name)
             off = v in (None, False, 0, "", [], {}) or (name == "response_format" and v == {"type": "text"})
+            if name == "logprobs":  # completions' 0 asks for the sampled token's logprob: only null and chat's false
+                off = v is None or v is False
             if not off:
                 raise ApiError(422, f"{name}: {why} by this server (got {v!r})", name)
         if self.stream_options is not None and not self.stream:

@@ -238,6 +238,8 @@ BAD = [
     ("not an intervention", {"steerlab": {"interventions": [5]}}, 422, "steerlab.interventions[0]", ""),
     ("lone surrogate", {"prompt": "a\ud800b"}, 422, "prompt", "not valid Unicode text"),
     ("logprobs", {"logprobs": 2}, 422, "logprobs", "logprobs are not returned"),
+    # OpenAI's logprobs 0 is the sampled token's logprob, not "off": was accepted and no logprobs returned
+    ("logprobs 0", {"logprobs": 0}, 422, "logprobs", "logprobs: logprobs are not returned by this server (got 0)"),
     ("echo", {"echo": True}, 422, "echo", "not echoed"),
     ("tools", {"tools": [{"type": "function"}]}, 422, "tools", "not supported"),
     ("stream as a string", {"stream": "yes"}, 422, "stream", "valid boolean"),
@@ -277,6 +279,9 @@ def test_unsupported_openai_fields_left_at_their_defaults_are_accepted(client):
                 "logprobs": None, "n": 1, "user": "someone"}
     r = _post(client, prompt="Once upon a time", max_tokens=4, temperature=0, **defaults)
     assert r.status_code == 200 and r.json()["choices"][0]["text"] == ", there was a", r.text
+    chat = {"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 2, "temperature": 0}
+    assert _post(client, "/v1/chat/completions", **chat, logprobs=False, top_logprobs=0).status_code == 200
+    _err(_post(client, "/v1/chat/completions", **chat, logprobs=True), 422, "logprobs", "logprobs are not returned")
 
 
 def test_malformed_json_and_chat_shapes(client):
