@@ -57,7 +57,7 @@ from steerlab.interventions import InterventionSet
 from steerlab.interventions.compile import compile_plan
 from steerlab.models.handle import ModelHandle
 from steerlab.sampling import Sampler, make_sampler
-from steerlab.server.scheduler import Job, QueueFull, Scheduler
+from steerlab.server.scheduler import Job, QueueFull, SamplerRefused, Scheduler
 
 # ---------------------------------------------------------------------------------------------
 # configuration, errors, presets
@@ -397,7 +397,7 @@ class Service:
         """What the remote path cannot run is a 422 before queueing (see ``docs/scale.md``): it generates
         greedily, and runs every intervention type of the registry's built-ins."""
         if not smp.greedy:
-            param = "steerlab.sampler" if req.steerlab and req.steerlab.sampler else "temperature"
+            param = _sampler_param(req)
             raise ApiError(422, f"{param}: this server runs remotely and generates greedily; send temperature 0",
                            param)
         for i, iv in enumerate(ivs):
@@ -575,7 +575,7 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
     if not req.stream:
         while (await event_before_answering())[0] != "done":
             pass
-        res = _result(job)
+        res = _result(job, req)
         if kind == "completion":
             choice = {"index": 0, "text": res.text, "finish_reason": res.finish_reason, "logprobs": None}
             obj = "text_completion"
@@ -607,7 +607,7 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
     # answered with its status, as without streaming, not a 200 stream holding one error event
     pending = [await event_before_answering()]
     if pending[0][0] == "done":
-        _result(job)  # raises the job's error, if it has one
+        _result(job, req)  # raises the job's error, if it has one
 
     async def stream() -> AsyncIterator[dict[str, str]]:
         ids: list[int] = []
@@ -627,7 +627,7 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
                         sent = text
                     continue
                 try:
-                    res = _result(job)
+                    res = _result(job, req)
                 except ApiError as e:
                     yield {"data": json.dumps({"error": {"message": e.message, "code": e.status}})}
                     return
@@ -647,9 +647,16 @@ async def _answer(svc: Service, job: Job, req: _Common, kind: str) -> Any:
     return EventSourceResponse(stream())
 
 
-def _result(job: Job) -> Any:
+def _sampler_param(req: _Common) -> str:
+    """The field that chose the request's sampler."""
+    return "steerlab.sampler" if req.steerlab and req.steerlab.sampler is not None else "temperature"
+
+
+def _result(job: Job, req: _Common) -> Any:
     try:
         return job.wait(0)
+    except SamplerRefused as e:  # finite logits the sampler's own setting refused (a tiny temperature)
+        raise ApiError(422, f"{_sampler_param(req)}: {e}", _sampler_param(req)) from None
     except SteerlabError as e:  # the request's input, found while generating: its interventions when it has any
         param = "steerlab.interventions" if len(job.interventions) else None
         raise ApiError(422, f"{param}: {e}" if param else str(e), param) from None

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from steerlab.engines import engine_for
-from steerlab.errors import SteerlabError
+from steerlab.errors import SpecError, SteerlabError
 from steerlab.generation import generate
 from steerlab.interventions import InterventionSet
 from steerlab.models.handle import ModelHandle
@@ -43,6 +43,11 @@ from steerlab.sampling import Sampler, make_sampler
 
 class QueueFull(SteerlabError):
     """The scheduler's queue is full (answered 429)."""
+
+
+class SamplerRefused(SpecError):
+    """A row's sampler refused logits that held no NaN and no ``+inf``: its own setting is at fault (a tiny
+    temperature that overflows float32), not the model's output (or the request's interventions)."""
 
 
 class Cancelled(Exception):
@@ -127,7 +132,7 @@ class RowSampler(Sampler):
     certain and a row's tokens depend only on its logits, its sampler and its seed, not on the batch.
     A row whose sampler refuses its logits (a :class:`SteerlabError`, e.g. a tiny temperature that
     overflows float32 at some step) keeps the error in ``errors[i]`` and ends (``eos`` from then on);
-    its batch mates go on.
+    its batch mates go on. The error is a :class:`SamplerRefused` when the logits held no NaN or ``+inf``.
     """
 
     name = "per_row"
@@ -144,10 +149,12 @@ class RowSampler(Sampler):
         for i, (smp, gen) in enumerate(zip(self.samplers, self.generators, strict=True)):
             tok = self.eos or 0
             if self.errors[i] is None:
+                row = logits[i : i + 1].float().cpu()
                 try:
-                    tok = int(smp.sample(logits[i : i + 1].float().cpu(), generator=gen))
+                    tok = int(smp.sample(row, generator=gen))
                 except SteerlabError as e:  # this row's own input: the row ends with its error
-                    self.errors[i] = e
+                    fine = not (torch.isnan(row) | torch.isposinf(row)).any() and bool(torch.isfinite(row).any())
+                    self.errors[i] = SamplerRefused(str(e)) if fine else e
             out[i, tok] = 0.0
         return out.to(logits.device)
 

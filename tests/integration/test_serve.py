@@ -144,7 +144,8 @@ def test_a_stream_that_fails_before_its_first_token_keeps_the_status(client):
     for path, body in (("/v1/completions", {"prompt": "Once upon a time"}), ("/v1/chat/completions", chat)):
         r = _post(client, path, **body, max_tokens=4, temperature=0, stream=True, steerlab=past)
         _err(r, 422, "steerlab.interventions", "position 100 in positions [100] is past the end of prompt row 0")
-        _err(_post(client, path, **body, max_tokens=4, temperature=1e-300, stream=True), 422, None, "overflow float32")
+        _err(_post(client, path, **body, max_tokens=4, temperature=1e-300, stream=True), 422, "temperature",
+             "overflow float32")
     r = _post(client, prompt="Once upon a time", max_tokens=4, temperature=0, stream=True)
     chunks = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
     assert r.status_code == 200 and "".join(c["choices"][0]["text"] for c in chunks) == ", there was a"
@@ -196,6 +197,7 @@ def test_a_preset_that_does_not_fit_the_model_is_refused(stories, tmp_path):
         load_presets(tmp_path, stories)
 
 
+ZERO_VECTOR = {"type": "add_vector", "site": "blocks.1.resid_post", "vector": [0.0] * 64}
 BAD = [
     # (id, body changes, status, param, message fragment)
     ("unknown preset", {"steerlab": {"presets": ["nope"]}}, 422, "steerlab.presets[0]", "unknown preset 'nope'"),
@@ -254,10 +256,16 @@ BAD = [
         {"type": "region_edit", "params": ["model.norm.weight", "model.layers.0.input_layernorm.weight"],
          "counts": [1, 1], "indices": [0, 1], "op": "noise", "value": 0.1, "seed": 2**64 - 1}]}},
      422, "steerlab.interventions[0]", "seed 18446744073709551615 + 1 (one more per param) is over 2**64 - 1"),
-    # logits / 1e-300 overflow float32: was a 500 from torch.multinomial
-    ("temperature tiny", {"temperature": 1e-300}, 422, None, "a tiny temperature can overflow float32"),
+    # logits / 1e-300 overflow float32: was a 500 from torch.multinomial; the field that chose the sampler is named,
+    # also next to interventions (they were named: the logits were finite, the temperature overflowed them)
+    ("temperature tiny", {"temperature": 1e-300}, 422, "temperature", "a tiny temperature can overflow float32"),
     ("sampler temperature tiny", {"steerlab": {"sampler": {"name": "top_p", "params": {"temperature": 1e-300}}}},
-     422, None, "a tiny temperature can overflow float32"),
+     422, "steerlab.sampler", "a tiny temperature can overflow float32"),
+    ("temperature tiny with interventions", {"temperature": 1e-300, "steerlab": {"interventions": [ZERO_VECTOR]}},
+     422, "temperature", "temperature: +inf in logits / temperature"),
+    ("sampler temperature tiny with interventions", {"steerlab": {
+        "interventions": [ZERO_VECTOR], "sampler": {"name": "top_h", "params": {"temperature": 1e-300}}}},
+     422, "steerlab.sampler", "steerlab.sampler: +inf in logits / temperature"),
 ]
 
 
