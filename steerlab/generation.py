@@ -18,7 +18,8 @@ Example:
 from __future__ import annotations
 
 import numbers
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,21 @@ def check_seed(seed: Any) -> int:
     return int(seed)
 
 
+@contextmanager
+def seeded_rng(seed: int) -> Iterator[None]:
+    """torch's global generators seeded with ``seed`` for the block and restored after it, also on error.
+
+    The CPU generator, and each CUDA device's once CUDA is initialized. An uninitialized CUDA is left alone:
+    ``torch.manual_seed`` would queue a seed that lands on CUDA's generators whenever it starts later.
+    """
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        for d in cuda:
+            torch.cuda.default_generators[d].manual_seed(seed)
+        yield
+
+
 def _plan(h: ModelHandle, interventions: Any, record: list[str] | None, plan: Plan | None) -> Plan:
     return plan if plan is not None else compile_plan(h, interventions, record)
 
@@ -193,9 +209,7 @@ def generate(
         records: dict[str, list[Tensor]] = {}
     else:
         # greedy decoding draws nothing: only a sampler's run forks and seeds the global generator
-        with nullcontext() if smp.greedy else torch.random.fork_rng(devices=[]):
-            if not smp.greedy:
-                torch.manual_seed(seed)
+        with nullcontext() if smp.greedy else seeded_rng(seed):
             out, records = engine_for(h).generate(
                 enc, compiled, generation_config=gc, logits_processor=processors, streamer=streamer
             )

@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
 from steerlab.engines import position_ids
 from steerlab.errors import SpecError
+from steerlab.generation import seeded_rng
 from steerlab.values import check_count
 
 Batch = Mapping[str, Any]
@@ -345,8 +346,7 @@ def train(
             digests.append(_digest(batch))
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed * 1_000_003 + step)
+            with seeded_rng(seed * 1_000_003 + step):
                 part = str(part_of(batch)) if part_of is not None else "train"
                 with torch.enable_grad():
                     loss, terms = _terms(loss_fn(model, batch), part)

@@ -49,6 +49,7 @@ from torch import nn
 from steerlab.artifacts import read_artifact, write_artifact
 from steerlab.atomic import resolve_dir
 from steerlab.errors import SpecError, SteerlabError
+from steerlab.generation import seeded_rng
 from steerlab.interventions import AddVector, InterventionSet
 from steerlab.models.handle import ModelHandle
 
@@ -432,8 +433,7 @@ def new_vector(
     if config.kind == "add":
         v.tensors = {f"blocks.{i}.resid_post": torch.zeros(h.d_model) for i in v._layers(h)}
         return v
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded_rng(seed):
         with v.on(h, trainable=True):
             pass
     return v
