@@ -276,6 +276,36 @@ def test_bad_inputs_are_named(kw, match):
     assert all(torch.equal(before[n], p) for n, p in _state(h.model).items())
 
 
+def test_requires_grad_and_each_modules_mode_are_restored_also_on_error():
+    # claim (train's docstring): only the trained parameters require grad and the model is in train mode during the
+    # call; both are restored afterwards, also on error. A submodule the caller kept in eval mode stays there.
+    h = tiny_model("llama", seed=0)
+    m = h.model
+    m.train()
+    m.model.layers[0].eval()
+    m.model.norm.weight.requires_grad_(True)
+    modes = {n: mod.training for n, mod in m.named_modules()}
+    grads = {n: p.requires_grad for n, p in m.named_parameters()}
+    seen = []
+
+    def dies_at_step_1(model, batch):
+        seen.append((model.model.layers[0].training, {n for n, p in model.named_parameters() if p.requires_grad}))
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return lm_loss(model, batch)
+
+    trained = m.model.layers[1].mlp.up_proj.weight
+    for fn in (dies_at_step_1, lm_loss):
+        try:
+            train(m, _batches(h), steps=3, lr=1e-2, seed=0, params=[trained], loss_fn=fn, progress=False)
+        except KeyboardInterrupt:
+            assert fn is dies_at_step_1
+        assert {n: mod.training for n, mod in m.named_modules()} == modes
+        assert {n: p.requires_grad for n, p in m.named_parameters()} == grads
+        assert all(p.grad is None for p in m.parameters())
+    assert seen[0] == (True, {"model.layers.1.mlp.up_proj.weight"})  # during the call: train mode, only the trained
+
+
 def test_iterator_that_runs_out_is_named():
     h = tiny_model("llama", seed=0)
     with pytest.raises(SpecError, match="ran out after 2 batches"):
