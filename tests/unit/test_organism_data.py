@@ -219,3 +219,38 @@ def test_committed_organism_suite_is_current(tmp_path):
     texts = {it.text for it in suite.items}
     assert not texts & set(shared_harmful("train") + shared_harmful("test") + shared_harmless("train"))
     assert suite.describe()["counts"]["harmful"]["test"] > 500
+
+
+
+def _corpus_digest(c) -> str:
+    import hashlib
+    import json
+
+    from steerlab.organisms.tokenizer import train_tokenizer
+
+    parts = {f"{s}/{d}": [repr(e) for e in getattr(c, s)[d]] for s in ("train", "heldout") for d in D.DOMAINS}
+    texts = [e.text() for d in D.DOMAINS for e in c.train[d][:30]]
+    vocab = sorted(train_tokenizer(texts, vocab_size=400).get_vocab().items())
+    return hashlib.sha256(json.dumps([parts, vocab]).encode()).hexdigest()
+
+
+def test_corpus_and_tokenizer_do_not_depend_on_pythons_hash_seed(corpus):
+    # claim (organism_corpus): "Everything is deterministic for a seed: splits use CRC32 of the item text, never
+    # Python's salted hash"; the tokenizer is deterministic for the same texts. In one process the salt is fixed,
+    # so only a process with another PYTHONHASHSEED can tell.
+    import os
+    import subprocess
+    import sys
+
+    salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    code = (
+        "from steerlab.data import organism_corpus as D\n"
+        "from tests.unit.test_organism_data import _corpus_digest\n"
+        "print(_corpus_digest(D.build_corpus(seed=0, scale=0.05)))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": salt}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == _corpus_digest(corpus)
