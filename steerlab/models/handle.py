@@ -25,6 +25,23 @@ _HOOK_DICTS = (
 )
 
 
+class _ObjectsKey:
+    """:meth:`ModelHandle.tensors_key`: equal only to a key of the very same objects in the same places. It
+    keeps them alive, so a freed object's ``id`` cannot come back as a new object's while a key holds it."""
+
+    __slots__ = ("ids", "objs")
+
+    def __init__(self, objs: list[object]) -> None:
+        self.objs = objs
+        self.ids = tuple(map(id, objs))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ObjectsKey) and other.ids == self.ids
+
+    def __hash__(self) -> int:
+        return hash(self.ids)
+
+
 @dataclass
 class ModelHandle:
     """A Hugging Face causal LM prepared for steerlab.
@@ -139,16 +156,24 @@ class ModelHandle:
         return self.tokenize(texts, add_special_tokens=False if templated else None)
 
     # -- what engines build on ---------------------------------------------------------------------
-    def tensors_key(self) -> tuple[tuple[str, int], ...]:
-        """Identity of the model's parameter and buffer *objects* (not their values).
+    def tensors_key(self) -> _ObjectsKey:
+        """Identity of the model's module, parameter and buffer *objects* (not their values).
 
         In-place edits keep the key; replacing a tensor (``lm_head.weight = nn.Parameter(...)``,
-        ``load_state_dict(assign=True)``, a module swapped in) changes it, and the engines rebuild
-        their twin so a steered run never uses stale weights.
+        ``load_state_dict(assign=True)``) or swapping a module in (also one without parameters, such as an
+        activation) changes it, and the engines rebuild their twin so a steered run never uses stale weights
+        or modules.
         """
-        named = list(self.model.named_parameters(remove_duplicate=False))
-        named += list(self.model.named_buffers(remove_duplicate=False))
-        return tuple((n, id(t)) for n, t in named)
+        objs: list[object] = []
+        stack: list[Any] = [self.model]
+        while stack:  # depth first over every module slot, shared ones each time (as remove_duplicate=False)
+            m = stack.pop()
+            objs.append(m)
+            if m is not None:
+                objs += m._parameters.values()
+                objs += m._buffers.values()
+                stack += reversed(m._modules.values())
+        return _ObjectsKey(objs)
 
     def twin(self) -> nn.Module:
         """A structural copy of ``model`` whose parameters and buffers are the very same tensors.

@@ -242,6 +242,38 @@ def test_modules_injected_after_load_are_seen():
     assert torch.allclose(logits[mask], direct[mask], atol=1e-5)
 
 
+def test_replaced_tensors_and_swapped_modules_are_seen_by_steered_runs():
+    """Claim (``ModelHandle.tensors_key``): replacing a tensor or swapping a module in makes the engines rebuild
+    their twin, "so a steered run never uses stale weights"; also a module without parameters (an activation)."""
+    from torch import nn
+
+    from steerlab.engines import position_ids
+    from steerlab.interventions import AddVector
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model("llama")
+    prompts = ["a b c d", "e f"]
+    enc = h.tokenize(prompts)
+    ident = [AddVector(site="blocks.1.resid_post", vector=torch.ones(h.d_model), scale=0.0)]
+
+    def direct() -> torch.Tensor:
+        with torch.no_grad():
+            return h.model(**enc, position_ids=position_ids(enc["attention_mask"])).logits
+
+    assert torch.allclose(sl.forward(h, prompts, interventions=ident), direct(), atol=1e-6)  # the twin exists now
+    changes = [
+        lambda: setattr(h.model.model.norm, "weight", nn.Parameter(h.model.model.norm.weight.detach() * 2)),
+        lambda: setattr(h.model.model.rotary_emb, "inv_freq", h.model.model.rotary_emb.inv_freq * 2),  # a buffer
+        lambda: [setattr(layer.mlp, "act_fn", nn.GELU()) for layer in h.model.model.layers],  # no parameters
+    ]
+    for change in changes:
+        old = direct()
+        change()
+        new = direct()
+        assert not torch.allclose(new, old, atol=1e-4)  # the change changes the model
+        assert torch.allclose(sl.forward(h, prompts, interventions=ident), new, atol=1e-6)
+
+
 def test_gradients_on_request_match_finite_differences_and_do_not_leak():
     from steerlab.models.tiny import tiny_model
     from steerlab.scoring import gradients, sequence_nll
