@@ -8,8 +8,9 @@ shared randomness), then measures per prompt:
 - coherence: the per-token negative log-likelihood of each completion under a *judge*, the unmodified
   model at temperature 1 by default (or another model: ``judge=``), reported as perplexity
   ``exp(mean NLL)``; lower = more coherent. When the judge is the generating model itself and no
-  intervention is active, the NLL is read from the raw logits of the generation (identical to a
-  forward pass, at no extra cost); otherwise the judge runs one forward pass per batch;
+  intervention is active, the NLL is read from the raw logits of the generation (a forward pass's values up
+  to float rounding, tested within 1e-4 nats, at no extra cost); otherwise the judge runs one forward pass per
+  batch;
 - the completion length in tokens.
 
 Each metric is averaged over prompts with a 95% percentile-bootstrap CI (prompts are the unit of
