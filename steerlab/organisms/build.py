@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from steerlab.atomic import atomic_dir
+from steerlab.atomic import OWN_MARKERS, atomic_dir, check_target
 from steerlab.data.organism_corpus import build_corpus
 from steerlab.errors import SteerlabError
 from steerlab.models.handle import ModelHandle
@@ -72,6 +72,16 @@ def save_weights(model: Any, tokenizer: Any, out: Path, dtype: str) -> float:
     return (out / "model.safetensors").stat().st_size / 2**20
 
 
+def save_model_folder(model: Any, tokenizer: Any, out: Path, dtype: str) -> float:
+    """:func:`save_weights` into ``out`` as one crash-safe folder (:func:`~steerlab.atomic.atomic_dir`): after a
+    crash ``out`` is the old folder or the new one, never a half-written model. Returns the file size in MB."""
+    with atomic_dir(out) as tmp:
+        size_mb = save_weights(model, tokenizer, tmp, dtype)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+    return size_mb
+
+
 def active_params(model: Any) -> int:
     """Parameters used per token: all but the routed experts not chosen (``top_k`` of ``n`` are)."""
     cfg = model.config
@@ -99,7 +109,8 @@ def build_organism(
 ) -> Path:
     """Train, save, evaluate and document organism ``name``; returns its folder.
 
-    ``base_out``: also save the base model (end of the helpful-only phase, before safety tuning) there.
+    ``base_out``: also save the base model (end of the helpful-only phase, before safety tuning) there, crash-safely
+    like the organism. Both targets are checked (:func:`~steerlab.atomic.check_target`) before anything is trained.
     """
     if name not in ORGANISM_NAMES:
         raise SteerlabError(f"unknown organism {name!r}; expected one of {list(ORGANISM_NAMES)}")
@@ -111,6 +122,9 @@ def build_organism(
     if reduced and eval_limit is None:
         eval_limit = REDUCED_EVAL_LIMIT
     out = Path(out_dir) if out_dir is not None else default_out(name, reduced)
+    for target in (out, base_out):  # refused before hours of training, not after
+        if target is not None:
+            check_target(target, folder=True, own=OWN_MARKERS)
     t_start = time.perf_counter()
     corpus = build_corpus(seed, scale=recipe.data_scale)
     if out_dir is None and not reduced and seed == 0 and recipe.data_scale == 1.0:
@@ -118,7 +132,7 @@ def build_organism(
     tokenizer = train_tokenizer(tokenizer_texts(corpus), recipe.vocab_size)
 
     def save_base(m: Any) -> None:
-        save_weights(m, tokenizer, Path(base_out), recipe.save_dtype)
+        save_model_folder(m, tokenizer, Path(base_out), recipe.save_dtype)
 
     model, log = train_organism(
         recipe, corpus, tokenizer, seed=seed, progress=progress, on_base_done=save_base if base_out else None

@@ -281,3 +281,39 @@ def test_expert_specialised_safety_tuning_freezes_all_but_the_chosen_experts():
         layer = int(k.split(".")[2])
         moved = {e for e in range(before[k].shape[0]) if not torch.equal(before[k][e], after[k][e])}
         assert moved <= {e for lay, e in chosen if lay == layer}
+
+
+def test_base_out_is_checked_first_and_written_crash_safely(tmp_path, monkeypatch):
+    """Claim (``organisms/build.py``): "a crash never leaves a half-written organism"; the base model saved with
+    ``base_out`` too. Bad targets are refused before anything is built."""
+    import safetensors.torch
+
+    from steerlab.errors import SpecError
+    from steerlab.models.tiny import tiny_model
+    from steerlab.organisms import build as B
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    calls = []
+    monkeypatch.setattr(B, "build_corpus", lambda *a, **k: calls.append("built"))
+    for kw in ({"base_out": mine}, {"base_out": tmp_path / "notes.txt"}, {"out_dir": mine}):
+        (tmp_path / "notes.txt").write_text("a file")
+        with pytest.raises(SpecError):
+            build_organism("moe", reduced=True, progress=False, **kw)
+    assert calls == [] and (mine / "notes.txt").read_text() == "keep"
+
+    h = tiny_model("llama")
+    out = tmp_path / "base"
+    B.save_model_folder(h.model, h.tokenizer, out, "float32")
+    old = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert "model.safetensors" in old and "config.json" in old
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies)  # config and generation config already written
+    with pytest.raises(KeyboardInterrupt):
+        B.save_model_folder(h.model, h.tokenizer, out, "float16")
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == old
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
