@@ -245,3 +245,42 @@ def test_cli_image_and_evaluate(tiny, tmp_path):
     assert metrics["k"] == 2 and metrics["n_controls"] == 2
     r = runner.invoke(app, ["experts", "evaluate", "shared:stories260K", "--k", "1", "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "no routed experts" in r.output
+
+
+@pytest.mark.parametrize("arch", ["qwen2_moe", "deepseek_v3"])
+def test_shared_experts_are_never_switched(tiny, arch):
+    """Claim (docs/experts.md, ``experts/switching.py``): "Shared experts are never switched". A mask that switches
+    routed experts off, forces one on and zeroes a gate leaves the layer's shared expert computing exactly what it
+    computes unmasked, while the layer's output changes; a mask on an earlier layer does change it (the hook sees
+    the steered run)."""
+    from steerlab.engines import engine_for
+    from steerlab.interventions import ExpertMask
+
+    h = tiny(arch)
+    first, last = h.adapter.moe_layers[0], h.adapter.moe_layers[-1]
+    assert first < last and h.adapter.layers[last].has_shared_expert
+
+    def shared(model):
+        mlp = model.get_submodule(f"model.layers.{last}.mlp")
+        return next(getattr(mlp, n) for n in ("shared_expert", "shared_experts") if hasattr(mlp, n))
+
+    def run(masks):
+        seen = []
+        # a run computes on the plain model or on the engine's twin (same weights): hook both
+        hooks = [shared(m).register_forward_hook(lambda m, a, o: seen.append(o.detach().clone()))
+                 for m in (h.model, engine_for(h).lm._module)]
+        try:
+            logits = sl.forward(h, PROMPTS[:2], interventions=masks)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        assert len(seen) == 1
+        return logits, seen[0]
+
+    base, base_shared = run(None)
+    for masks in ([ExpertMask(layer=last, off=[0, 1], on=[2], scale={3: 0.0})], [ExpertMask(layer=last, off=[0, 1])]):
+        masked, masked_shared = run(masks)
+        assert not torch.allclose(masked, base, atol=1e-4)
+        assert torch.equal(masked_shared, base_shared)
+    for masks in ([ExpertMask(layer=first, off=[0, 1], scale={2: 0.5})], [ExpertMask(layer=first, off=[0, 1])]):
+        assert not torch.equal(run(masks)[1], base_shared)  # an earlier layer's mask reaches it: the hooks see the run
