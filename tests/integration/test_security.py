@@ -282,6 +282,11 @@ def test_data_sources_are_disjoint_from_held_out_prompts():
     assert len(prompts) > 900 and not texts & held_out and not prompts & set(harmless_prompts())
     assert not prompts & harmful
     assert not prompts & {p.prompt for p in benign_pairs(100, "test")}
+    # "never the benign skill's items" (anchor_pairs): the train items of every skill too, not only the test split
+    from steerlab.security.data import SKILLS
+
+    skill_items = {p.prompt for sk in SKILLS for split in ("train", "test") for p in benign_pairs(300, split, skill=sk)}
+    assert not prompts & skill_items and not any(p.startswith(tuple(SKILLS.values())) for p in prompts)
     domains = {d for d, exs in corpus.train.items() for e in exs if e.prompt in prompts}
     assert domains == {"stories", "arithmetic", "code", "facts", "harmless"}  # every non-harmful domain
 
