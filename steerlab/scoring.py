@@ -160,10 +160,11 @@ def nll_from_scores(result: GenerationResult) -> list[float]:
 def gradients(h: ModelHandle, params: Iterable[str] | None = None) -> Iterator[dict[str, nn.Parameter]]:
     """A block in which the named parameters (all by default) require gradients and grad mode is on.
 
-    On exit every parameter's ``requires_grad`` is back to what it was and the gradients the block
-    accumulated are dropped, also on error. Inference (``sl.generate``, ``sl.forward``, captures,
-    engines) runs under ``no_grad`` inside the block too, so gradients never leak into it; compute
-    differentiable losses with :func:`sequence_nll`.
+    The block starts with no gradient on any parameter (a ``.grad`` there before is set aside, so the block's
+    gradients are its own); on exit every parameter's ``requires_grad`` and ``.grad`` are back to what they were
+    and the gradients the block accumulated are dropped, also on error. Inference (``sl.generate``,
+    ``sl.forward``, captures, engines) runs under ``no_grad`` inside the block too, so gradients never leak
+    into it; compute differentiable losses with :func:`sequence_nll`.
 
     Example:
         >>> from steerlab.models.tiny import tiny_model
@@ -180,17 +181,19 @@ def gradients(h: ModelHandle, params: Iterable[str] | None = None) -> Iterator[d
     missing = [n for n in names if n not in named]
     if missing:
         raise SpecError(f"unknown parameters {missing[:5]}; expected names from model.named_parameters()")
-    before = {n: p.requires_grad for n, p in named.items()}
+    before = {n: (p.requires_grad, p.grad) for n, p in named.items()}
     chosen = {n: named[n] for n in names}
     try:
+        for p in named.values():
+            p.grad = None
         for p in chosen.values():
             p.requires_grad_(True)
         with torch.enable_grad():
             yield chosen
     finally:
         for n, p in named.items():
-            p.requires_grad_(before[n])
-            p.grad = None
+            p.requires_grad_(before[n][0])
+            p.grad = before[n][1]
 
 
 def sequence_nll(h: ModelHandle, enc: dict[str, Tensor], target_mask: Tensor | None = None) -> Tensor:

@@ -300,6 +300,35 @@ def test_gradients_on_request_match_finite_differences_and_do_not_leak():
     assert abs(g - (up - down) / (2 * eps)) < 1e-2 * max(1.0, abs(g))
 
 
+def test_gradients_block_starts_clean_and_gives_back_a_gradient_that_was_there():
+    """Claim (``scoring.gradients``): on exit every parameter is back to what it was and the block's gradients are
+    dropped, also on error; a ``.grad`` left by the caller's own training neither leaks into the block's gradient
+    nor is lost."""
+    from steerlab.models.tiny import tiny_model
+    from steerlab.scoring import gradients, sequence_nll
+
+    h = tiny_model("llama")
+    enc = h.tokenize(["a b c d e", "f g"])
+    w, other = h.model.model.norm.weight, h.model.lm_head.weight
+    with gradients(h, ["model.norm.weight"]) as ps:
+        sequence_nll(h, enc).backward()
+        ref = ps["model.norm.weight"].grad.clone()
+    old_w, old_other = torch.full_like(w, 7.0), torch.full_like(other, -3.0)
+    w.grad, other.grad = old_w.clone(), old_other.clone()
+    for fail in (False, True):
+        try:
+            with gradients(h, ["model.norm.weight"]) as ps:
+                assert w.grad is None and other.grad is None
+                sequence_nll(h, enc).backward()
+                assert torch.equal(ps["model.norm.weight"].grad, ref)  # the block's own gradient
+                if fail:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            assert fail
+        assert torch.equal(w.grad, old_w) and torch.equal(other.grad, old_other)
+        assert not w.requires_grad and not other.requires_grad
+
+
 def test_scoring_takes_empty_input():
     from steerlab.models.tiny import tiny_model
     from steerlab.scoring import judge_nll, response_nll
