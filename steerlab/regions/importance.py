@@ -218,7 +218,8 @@ def direct_vocab_grads(h: ModelHandle, params: Mapping[str, Tensor]) -> Iterator
     """Within the block, a plain ``nn.Embedding`` input embedding and a bias-free ``nn.Linear`` LM head whose
     weights are in ``params`` add their weight gradients straight into ``.grad`` (the same sums autograd
     forms; tied weights included). Their forwards are swapped on the module instances and restored on exit,
-    also on error. Yields the names of the modules swapped. For gradients that are summed over batches
+    also on error; a module whose instance already has its own ``forward`` (e.g. an accelerate hook's) is left
+    alone (plain autograd). Yields the names of the modules swapped. For gradients that are summed over batches
     (|theta * G|), not for per-batch squares (Fisher: the batch gradient of a tied matrix must be whole)."""
     model = h.model
     chosen = {id(p) for p in params.values()}
@@ -231,6 +232,7 @@ def direct_vocab_grads(h: ModelHandle, params: Mapping[str, Tensor]) -> Iterator
     try:
         if (
             type(emb) is nn.Embedding
+            and "forward" not in emb.__dict__  # a forward already set on the instance (a hook's) is kept and run
             and id(emb.weight) in chosen
             and emb.max_norm is None
             and not emb.scale_grad_by_freq
@@ -239,7 +241,12 @@ def direct_vocab_grads(h: ModelHandle, params: Mapping[str, Tensor]) -> Iterator
             e = emb
             e.forward = lambda ids: _EmbeddingIntoGrad.apply(ids, e.weight, e.padding_idx)  # type: ignore[method-assign]
             swapped.append(e)
-        if type(head) is nn.Linear and head.bias is None and id(head.weight) in chosen:
+        if (
+            type(head) is nn.Linear
+            and head.bias is None
+            and "forward" not in head.__dict__
+            and id(head.weight) in chosen
+        ):
             lm = head
             lm.forward = lambda x: _LinearIntoGrad.apply(x, lm.weight)  # type: ignore[method-assign]
             swapped.append(lm)
@@ -262,6 +269,8 @@ def plain_head(h: ModelHandle, params: Mapping[str, Tensor]) -> tuple[nn.Module,
     head = get_out() if callable(get_out) else None
     base = getattr(model, "base_model", None)
     if type(head) is not nn.Linear or head.bias is not None or not isinstance(base, nn.Module) or base is model:
+        return None
+    if "forward" in head.__dict__:  # the instance computes its own way (e.g. an accelerate hook): not F.linear
         return None
     if id(head.weight) not in {id(p) for p in params.values()}:
         return None

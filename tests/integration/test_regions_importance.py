@@ -248,3 +248,29 @@ def test_fused_head_nll_and_grads_equal_autograd_over_chunks(stories, monkeypatc
     assert abs(loss - float(ref_loss.detach())) < 1e-4 * float(ref_loss.detach())
     for n in ref:  # float32 summation order differs: entries within 1e-5 of the matrix's largest gradient
         torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-5 * float(ref[n].abs().max()))
+
+
+def test_a_forward_already_set_on_the_instance_is_kept_and_run():
+    """Claim (``direct_vocab_grads``): the forwards it swaps are "restored on exit" and the gradients are "the
+    same sums autograd forms". A module whose instance already carries its own ``forward`` (as accelerate's hooks
+    do) is not swapped: its forward runs, the gradients equal autograd's, and it is still there afterwards."""
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model("llama")
+    emb, head = h.model.get_input_embeddings(), h.model.lm_head
+
+    def own(m, factor):
+        cls_forward = type(m).forward
+        m.forward = lambda x: cls_forward(m, x) * factor  # computes differently from the class's forward
+        return m.forward
+
+    fe, fh = own(emb, 1.5), own(head, 0.5)
+    ids = torch.tensor([[1, 5, 9, 12, 5, 7], [1, 3, 4, 8, 0, 0]])
+    batches = [{"input_ids": ids, "attention_mask": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])}]
+    ref, _ = _grads(h, batches, direct=False)
+    got, swapped = _grads(h, batches, direct=True)
+    assert swapped == []
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-5, atol=1e-7)
+    assert emb.__dict__["forward"] is fe and head.__dict__["forward"] is fh
+    assert I.plain_head(h, dict(h.model.named_parameters())) is None  # the fused head would skip the own forward
