@@ -175,7 +175,7 @@ class InterventionSet:
 
     @classmethod
     def from_json(cls, meta: Any, base_dir: Path | None = None) -> InterventionSet:
-        """Build a set from :meth:`to_json` output (``tensors_file`` resolved against ``base_dir``)
+        """Build a set from :meth:`to_json` output (``tensors_file``, a bare file name, resolved against ``base_dir``)
         or a bare list of intervention dicts. Raises :class:`SpecError` naming what is wrong."""
         if isinstance(meta, list):
             meta = {"interventions": meta}
@@ -190,7 +190,14 @@ class InterventionSet:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            side = (base_dir or Path(".")) / meta["tensors_file"]
+            name = meta["tensors_file"]
+            # a file beside the spec, as save writes it: a spec cannot make its reader open a file elsewhere
+            if not isinstance(name, str) or Path(name).name != name or name in (".", "..") or "\\" in name:
+                raise SpecError(
+                    f"tensors_file {name!r} is not a file name; expected the name of a safetensors file beside the "
+                    "spec, as InterventionSet.save writes it"
+                )
+            side = (base_dir or Path(".")) / name
             if not side.exists():
                 raise SpecError(f"tensors file {str(side)!r} named by the spec does not exist")
             try:

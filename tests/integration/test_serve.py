@@ -197,7 +197,31 @@ def test_a_preset_that_does_not_fit_the_model_is_refused(stories, tmp_path):
         load_presets(tmp_path, stories)
 
 
+def test_a_preset_reads_no_file_outside_its_folder(stories, tmp_path):
+    """Claim (``load_presets``, docs/serving.md): every NAME.json with its safetensors side file; "nothing else is
+    read". A spec whose ``tensors_file`` names a path (a folder up, a subfolder, an absolute path) is refused."""
+    import json
+
+    from steerlab.errors import SpecError
+
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    (presets / "sub").mkdir()
+    saved = InterventionSet([AddVector(site="blocks.2.resid_post", vector=torch.ones(64))]).save(tmp_path / "v.json")
+    side = json.loads(saved.read_text())["tensors_file"]
+    (presets / "sub" / side).write_bytes((tmp_path / side).read_bytes())
+    for name in (f"../{side}", f"sub/{side}", str(tmp_path / side)):
+        (presets / "p.json").write_text(json.dumps({**json.loads(saved.read_text()), "tensors_file": name}))
+        with pytest.raises(SpecError, match="is not a file name"):
+            load_presets(presets, stories)
+    (presets / "sub" / side).rename(presets / side)  # beside the spec, as save writes it: read
+    (presets / "p.json").write_text(saved.read_text())
+    assert torch.equal(load_presets(presets, stories)["p"].items[0].vector, torch.ones(64))
+
+
 ZERO_VECTOR = {"type": "add_vector", "site": "blocks.1.resid_post", "vector": [0.0] * 64}
+
+
 BAD = [
     # (id, body changes, status, param, message fragment)
     ("unknown preset", {"steerlab": {"presets": ["nope"]}}, 422, "steerlab.presets[0]", "unknown preset 'nope'"),
