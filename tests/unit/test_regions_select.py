@@ -50,6 +50,20 @@ def test_scopes():
         in_scope(W, [1], "everything")
 
 
+def test_layer_scope_by_name_is_the_adapters_decoder_layers_on_every_tiny_architecture():
+    # the regions' scopes read parameter names (the adapter docstring says where names are read instead of the
+    # adapter): on every architecture steerlab builds tiny, "layers" holds exactly the parameters of the adapter's
+    # decoder layers, and "matrices" exactly their 2-D ones
+    from steerlab.models.tiny import TINY_CONFIGS
+
+    for arch in TINY_CONFIGS:
+        h = tiny_model(arch)
+        inside = {id(p) for layer in h.adapter.layers for p in layer.layer.parameters()}
+        for name, p in h.model.named_parameters():
+            assert in_scope(name, list(p.shape), "layers") == (id(p) in inside), (arch, name)
+            assert in_scope(name, list(p.shape), "matrices") == (id(p) in inside and p.ndim >= 2), (arch, name)
+
+
 def test_core_bottom_are_per_matrix_prefixes():
     imp = _imp()
     core = core_region(imp, 0.01, "layers")

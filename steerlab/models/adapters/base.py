@@ -2,7 +2,11 @@
 
 An :class:`Adapter` resolves, for one loaded Hugging Face model, the modules behind each site
 (decoder layers, attention, MLP / MoE block, the second norm, routers) and the routing rule of
-each MoE layer. Analyses never look at module names; they ask the adapter.
+each MoE layer. Analyses find sites, layers and routers through the adapter, not by module name. Names are
+read where they are the interface: LoRA targets (``steerlab.security.vectors``; peft matches modules by name),
+the regions' parameter scopes (``steerlab.regions.select.in_scope``: a parameter inside a numbered
+``layers``/``h``/``blocks`` container, tested to equal the adapter's decoder layers on every tiny
+architecture) and the organisms' routed-parameter count.
 """
 
 from __future__ import annotations
