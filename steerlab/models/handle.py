@@ -46,8 +46,11 @@ class _ObjectsKey:
 class ModelHandle:
     """A Hugging Face causal LM prepared for steerlab.
 
-    ``model`` is the plain HF model (eval mode, never rewritten); ``adapter`` knows its layout;
-    interventions and captures attach PyTorch hooks to its modules only while they run.
+    ``model`` is the plain HF model (eval mode); ``adapter`` knows its layout. Runs never rewrite or hook it:
+    steered runs and captures compute on a structural twin with the very same weights (:meth:`twin`), and
+    parameter edits are put back after each run (tested). Blocks that change it on purpose (a security
+    vector's ``on``, the regions' direct vocabulary gradients, eager attention for the gradient penalty)
+    restore it on exit.
 
     Example:
         >>> import steerlab as sl

@@ -301,6 +301,36 @@ def test_replaced_tensors_and_swapped_modules_are_seen_by_steered_runs():
         assert torch.allclose(sl.forward(h, prompts, interventions=ident), new, atol=1e-6)
 
 
+def test_runs_leave_the_handles_model_plain():
+    """Claim (``ModelHandle``): runs never rewrite or hook ``h.model``. After steered generations (records too),
+    captures, forwards and an ``intervene`` block with activation edits, expert masks and a parameter edit, every
+    module is the same object, in the same mode, with no forward of its own and no hook; weights are unchanged."""
+    from steerlab.interventions import AddVector, ExpertMask, ParamEdit
+    from steerlab.models.tiny import tiny_model
+
+    h = tiny_model("qwen2_moe")
+
+    def snap():
+        return [(n, id(m), m.training, "forward" in m.__dict__, len(m._forward_hooks), len(m._forward_pre_hooks),
+                 len(m._backward_hooks)) for n, m in h.model.named_modules()]
+
+    before, weights = snap(), {n: p.detach().clone() for n, p in h.model.named_parameters()}
+    layer = h.adapter.moe_layers[-1]
+    ivs = [AddVector(site="blocks.1.resid_post", vector=torch.ones(h.d_model), scale=2.0),
+           ExpertMask(layer=layer, off=[0], scale={1: 0.5}),
+           ParamEdit(param="model.norm.weight", op="scale", value=0.5)]
+    plain = sl.forward(h, ["a b"])
+    sl.generate(h, ["a b c"], interventions=ivs, max_new_tokens=3, record=["blocks.0.resid_post"])
+    sl.capture(h, ["a b"], ["blocks.0.resid_post", f"blocks.{layer}.moe.topk_indices"], interventions=ivs)
+    assert not torch.allclose(sl.forward(h, ["a b"], interventions=ivs), plain)
+    with sl.intervene(h, ivs) as run:
+        run.forward(["a"])
+        run.generate(["a"], max_new_tokens=2)
+    assert snap() == before
+    assert all(torch.equal(p, weights[n]) for n, p in h.model.named_parameters())
+    assert torch.equal(sl.forward(h, ["a b"]), plain)
+
+
 def test_gradients_on_request_match_finite_differences_and_do_not_leak():
     from steerlab.models.tiny import tiny_model
     from steerlab.scoring import gradients, sequence_nll
