@@ -117,6 +117,20 @@ def test_random_controls_are_matched():
         random_controls([(0, e) for e in range(8)], 8, 1)
 
 
+def test_fisher_greater_is_the_exact_one_sided_test():
+    """Claim (``stats.fisher_greater``): the one-sided Fisher *exact* test; every table of a grid of sample sizes
+    (up to the organism's 807 prompts per set) against scipy's ``fisher_exact(alternative="greater")``."""
+    stats = pytest.importorskip("scipy.stats")
+    for a_n, b_n in [(5, 5), (10, 7), (3, 12), (40, 30)]:
+        for a in range(a_n + 1):
+            for b in range(b_n + 1):
+                ref = stats.fisher_exact([[a, a_n - a], [b, b_n - b]], alternative="greater").pvalue
+                assert math.isclose(fisher_greater(a, a_n, b, b_n), ref, rel_tol=1e-9, abs_tol=1e-300), (a, a_n, b, b_n)
+    for a, b in [(400, 380), (420, 380), (807, 0), (0, 807)]:
+        ref = stats.fisher_exact([[a, 807 - a], [b, 807 - b]], alternative="greater").pvalue
+        assert math.isclose(fisher_greater(a, 807, b, 807), ref, rel_tol=1e-9, abs_tol=1e-300)
+
+
 def test_statistics():
     g = torch.Generator().manual_seed(0)
     same = RoutingCounts(
