@@ -145,6 +145,16 @@ def test_statistics():
     shifted.sel[:, 0, 0] += 3
     p2 = permutation_pvalues(same, shifted, 400)
     assert p2[0, 0] <= 1 / 401 + 1e-6
+    # "the tokens of one prompt are never treated as independent samples": one long prompt of set a whose 500
+    # tokens all pick expert 0 is one sample; 10 prompts a side of 3 tokens that pick it once each
+    sel = torch.zeros(20, 1, 2)
+    sel[:, 0, 0], sel[:, 0, 1] = 1.0, 2.0
+    tokens = torch.full((20,), 3.0)
+    sel[0, 0] = torch.tensor([500.0, 0.0])
+    tokens[0] = 500.0
+    a, b = RoutingCounts(sel[:10], torch.zeros(10, 1, 2), tokens[:10]), RoutingCounts(sel[10:], sel[10:], tokens[10:])
+    assert a.freq()[0, 0] > 0.9 and b.freq()[0, 0] < 0.4  # by token, a picks expert 0 far more often
+    assert permutation_pvalues(a, b, 400)[0, 0] > 0.3  # by prompt, one outlier: half the relabellings move it
     q = benjamini_hochberg(torch.tensor([0.01, 0.04, 0.03, 0.5]))
     # sorted p: 0.01, 0.03, 0.04, 0.5 -> p*m/rank: 0.04, 0.06, 0.0533, 0.5 -> cumulative min from the top
     assert torch.allclose(q, torch.tensor([0.04, 0.04 * 4 / 3, 0.04 * 4 / 3, 0.5]), atol=1e-6)
