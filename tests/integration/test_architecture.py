@@ -107,6 +107,23 @@ def test_engines_name_no_architecture():
             assert text is None or not arch.search(text), f"{f.name}:{n.lineno}: {text!r}"
 
 
+def test_the_documented_layers_are_the_contracts():
+    """Claim (docs/architecture.md): "Each line is a layer of the contract, top to bottom, exactly as
+    ``pyproject.toml`` writes it"."""
+    import re
+    import tomllib
+
+    contract = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c["layers"] for c in contract if c["type"] == "layers")
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text[text.index("```\nshells") + 4 : text.index("```", text.index("```\nshells") + 4)]
+    documented = []
+    for line in block.strip("\n").splitlines():
+        names = re.sub(r"\(.*\)", "", line[14:]).replace("dashboards/", "dashboards").split("|")
+        documented.append(" | ".join(n.strip() for n in names))
+    assert documented == [" | ".join(n.strip() for n in layer.split("|")) for layer in layers]
+
+
 def test_contract_passes_here_and_fails_on_an_upward_import(tmp_path):
     copy = tmp_path / "repo"
     copy.mkdir()
