@@ -119,6 +119,10 @@ def test_probe_numbers_by_hand():
     assert r.separation == pytest.approx(float((pa.mean() - pb.mean()) / sd), rel=1e-5)
     # chance is the majority rate of the held-out split
     assert fit_probe(a[:150], b[:150], a[150:], b[150:180], site="s").chance == pytest.approx(50 / 80)
+    # "lbfgs solves it to tolerance deterministically" (steering/logistic.py): a refit gives the same probe, bit for bit
+    again = fit_probe(c[:200], e[:200], c[200:], e[200:], n_shuffles=5)
+    assert torch.equal(again.probe.weight, ctrl.probe.weight) and again.probe.bias == ctrl.probe.bias
+    assert again.row() == ctrl.row()
 
 
 def test_probe_profile_save_load(tiny, tmp_path):
