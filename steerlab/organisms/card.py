@@ -274,7 +274,10 @@ def render_card(record: dict[str, Any]) -> str:
 
 
 def write_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``eval.json`` and ``README.md`` atomically into ``out_dir``."""
+    """Write ``eval.json``, then ``README.md`` (rendered from it), into ``out_dir``, each file atomically; not the
+    pair: a crash between the two leaves the new ``eval.json`` beside the old ``README.md`` (rewrite the card with
+    ``render_card(read_record(out_dir))``). A build writes both into its temporary folder, so there the pair is
+    atomic too."""
     out_dir = Path(out_dir)
     atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=1, default=str) + "\n")
     return atomic_write_text(out_dir / "README.md", render_card(record))
