@@ -103,7 +103,8 @@ def check_target(path: str | Path, *, folder: bool, own: Sequence[str] | None = 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a crash at any point leaves ``path`` holding its old
     content or ``data``, whole: written to a temporary sibling, fsynced, renamed over ``path``
-    (``os.replace``, atomic), then the folder is fsynced (the new content is durable on return).
+    (``os.replace``, atomic), then the folder is fsynced (the new content is durable on return). A replaced
+    file keeps its permission bits; a new one gets ``0644`` (as :func:`atomic_dir`'s folders get ``0755``).
     A crash before the rename may leave a hidden ``.NAME.*.tmp`` file behind.
 
     Example:
@@ -115,6 +116,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file owner-only (0600); the file keeps the mode it had, a new one gets 0644
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_file() else 0o644)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

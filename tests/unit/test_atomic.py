@@ -295,3 +295,16 @@ def test_a_folder_of_the_users_is_never_replaced(tmp_path):
     sl.capture(h, ["Hi"], ["blocks.0.resid_post"], out=tmp_path / "cap")
     sl.capture(h, ["Hello there"], ["blocks.0.resid_post"], out=tmp_path / "cap")  # its own folder: replaced
     assert json.loads((tmp_path / "cap" / "capture.json").read_text())["config"]["n_prompts"] == 1
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_new_one_is_readable(tmp_path):
+    # atomic_write_bytes writes through mkstemp, which makes files owner-only; a replaced file keeps its mode
+    path = tmp_path / "out.json"
+    atomic.atomic_write_text(path, "new")
+    assert path.stat().st_mode & 0o777 == 0o644
+    for mode in (0o640, 0o664):
+        path.chmod(mode)
+        atomic.atomic_write_text(path, "again")
+        assert path.stat().st_mode & 0o777 == mode and path.read_text() == "again"
+    atomic.atomic_save_tensors(tmp_path / "t.safetensors", {"x": torch.ones(2)})
+    assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o644
