@@ -37,12 +37,12 @@ import torch
 from safetensors.torch import load as load_bytes
 from torch import Tensor
 
-from steerlab.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
+from steerlab.atomic import safetensors_bytes
 from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.handle import ModelHandle
 from steerlab.steering.extract import Position, check_position, collect, resolve_sites, suite_prompts
 from steerlab.steering.logistic import LinearProbe, auroc, fit_logistic
-from steerlab.steering.vectors import pair_stem, provenance, with_ext
+from steerlab.steering.vectors import pair_stem, provenance, with_ext, write_pair
 from steerlab.suites import ProbeSuite, load_suite
 from steerlab.values import check_count
 
@@ -176,17 +176,17 @@ def probe_profile(
 
 def save_probes(profile: ProbeProfile, path: str | Path) -> Path:
     """Write ``PATH.safetensors`` (``SITE.weight``, ``SITE.bias``) then ``PATH.json`` (metadata, the table,
-    the tensors' SHA-256), each crash-safe; returns the JSON path."""
+    the tensors' SHA-256), each crash-safe, the old pair kept whole on error (:func:`write_pair`); returns the
+    JSON path."""
     stem = pair_stem(path)
     tensors = {}
     for r in profile.results:
         tensors[f"{r.site}.weight"] = r.probe.weight
         tensors[f"{r.site}.bias"] = torch.tensor([r.probe.bias])
     blob = safetensors_bytes(tensors, {"format": FORMAT})
-    atomic_write_bytes(with_ext(stem, ".safetensors"), blob)
     index = {"format": FORMAT, "version": 1, "tensors_file": stem.name + ".safetensors",
              "sha256": hashlib.sha256(blob).hexdigest(), "meta": profile.meta, "table": profile.table()}
-    return atomic_write_text(with_ext(stem, ".json"), json.dumps(index, indent=2, default=str))
+    return write_pair(stem, blob, index)
 
 
 def load_probes(path: str | Path) -> ProbeProfile:

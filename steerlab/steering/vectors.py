@@ -33,7 +33,7 @@ from safetensors.torch import load as load_bytes
 from torch import Tensor
 
 from steerlab._paths import REPO_ROOT
-from steerlab.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
+from steerlab.atomic import atomic_write_bytes, atomic_write_text, check_target, safetensors_bytes
 from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.handle import ModelHandle
 
@@ -104,10 +104,9 @@ class Directions:
         ``refusal-v0.2``); returns the JSON path."""
         stem = pair_stem(path)
         blob = safetensors_bytes(self.vectors, {"format": FORMAT, "meta": json.dumps(self.meta, default=str)})
-        atomic_write_bytes(with_ext(stem, ".safetensors"), blob)
         index = {"format": FORMAT, "version": 1, "tensors_file": stem.name + ".safetensors",
                  "sha256": hashlib.sha256(blob).hexdigest(), "sites": self.sites, "meta": self.meta}
-        return atomic_write_text(with_ext(stem, ".json"), json.dumps(index, indent=2, default=str))
+        return write_pair(stem, blob, index)
 
 
 def pair_stem(path: str | Path) -> Path:
@@ -124,6 +123,27 @@ def pair_stem(path: str | Path) -> Path:
 def with_ext(stem: Path, ext: str) -> Path:
     """``stem`` with ``ext`` appended (not :meth:`Path.with_suffix`, which would replace ``.2`` in ``v0.2``)."""
     return stem.with_name(stem.name + ext)
+
+
+def write_pair(stem: Path, blob: bytes, index: dict[str, Any]) -> Path:
+    """Write ``STEM.safetensors`` (``blob``) then ``STEM.json`` (``index``, which names the tensors file and its
+    SHA-256), each crash-safe; returns the JSON path. Both paths are checked before anything is written, and an
+    error while the JSON is written puts the old tensors file back (or removes the new one), so the old pair stays
+    readable and whole."""
+    side, index_file = with_ext(stem, ".safetensors"), with_ext(stem, ".json")
+    check_target(side, folder=False)
+    check_target(index_file, folder=False)
+    text = json.dumps(index, indent=2, default=str)
+    old = side.read_bytes() if side.is_file() else None
+    atomic_write_bytes(side, blob)
+    try:
+        return atomic_write_text(index_file, text)
+    except BaseException:
+        if old is None:
+            side.unlink(missing_ok=True)
+        else:
+            atomic_write_bytes(side, old)
+        raise
 
 
 def _candidates(name_or_path: str | Path) -> list[Path]:

@@ -1,0 +1,157 @@
+"""Fault injection: an error or an interrupt in the middle of an entry point loses nothing.
+
+Each test makes an inner function raise (``KeyboardInterrupt`` or a ``RuntimeError`` at its Nth call) and checks
+what the project promises: the model's weights bit for bit, no hook, instance ``forward`` or module left behind,
+``requires_grad`` and ``training`` flags as before, the global RNG untouched, the output either absent or the old
+one intact (no partial or temporary files beside it), and a following call the same as on a fresh model.
+:func:`snapshot` and :func:`assert_same` are the reusable check.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.modules.module as torch_module
+from torch import nn
+
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called",
+              "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks",
+              "_load_state_dict_post_hooks")
+GLOBAL_HOOKS = sorted(n for n in dir(torch_module) if n.startswith("_global_") and isinstance(getattr(torch_module, n),
+                                                                                               dict))
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything of ``model`` (and torch's global state) an entry point must leave as it found it."""
+    mods = dict(model.named_modules(remove_duplicate=False))
+    named = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "tensor ids": {n: id(t) for n, t in named},
+        "modules": {n: (type(m), id(m)) for n, m in mods.items()},
+        "hooks": {n: {a: list(getattr(m, a, {})) for a in HOOK_DICTS} for n, m in mods.items()},
+        "grad hooks": {n: list(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+                       for n, p in model.named_parameters()},
+        "global hooks": {g: list(getattr(torch_module, g)) for g in GLOBAL_HOOKS},
+        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
+        "grad is None": {n: p.grad is None for n, p in model.named_parameters()},
+        "training": {n: m.training for n, m in mods.items()},
+        "instance forward": {n: "forward" in m.__dict__ for n, m in mods.items()},
+        "module attributes": {n: sorted(m.__dict__) for n, m in mods.items()},
+        "grad mode": torch.is_grad_enabled(),
+        "inference mode": torch.is_inference_mode_enabled(),
+        "rng": torch.get_rng_state(),
+    }
+
+
+def differences(a: dict[str, Any], b: dict[str, Any], *, rng: bool = True) -> list[str]:
+    """What differs between two :func:`snapshot` s, one line each (empty: nothing)."""
+    out = []
+    if a["state"].keys() != b["state"].keys():
+        out.append(f"state_dict keys differ: {sorted(set(a['state']) ^ set(b['state']))[:5]}")
+    for k in a["state"].keys() & b["state"].keys():
+        x, y = a["state"][k], b["state"][k]
+        if x.shape != y.shape or x.dtype != y.dtype or not torch.equal(x, y):
+            out.append(f"tensor {k} changed")
+    for key in a:
+        if key in ("state", "rng") or a[key] == b[key]:
+            continue
+        if isinstance(a[key], dict):
+            changed = sorted(k for k in set(a[key]) | set(b[key]) if a[key].get(k) != b[key].get(k))
+            out.append(f"{key} changed at {changed[:5]}")
+        else:
+            out.append(f"{key}: {a[key]} -> {b[key]}")
+    if rng and not torch.equal(a["rng"], b["rng"]):
+        out.append("the global torch RNG state changed")
+    return out
+
+
+def assert_same(before: dict[str, Any], model: nn.Module, *, rng: bool = True) -> None:
+    diffs = differences(before, snapshot(model), rng=rng)
+    assert not diffs, diffs
+
+
+def listing(folder: Path) -> dict[str, bytes | None]:
+    """Every file (its bytes) and folder (None) under ``folder``, by relative path, hidden ones included."""
+    out: dict[str, bytes | None] = {}
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), folder) + "/"] = None
+        for f in files:
+            out[os.path.relpath(os.path.join(root, f), folder)] = Path(root, f).read_bytes()
+    return out
+
+
+def fail_at(n: int, orig: Callable[..., Any], exc: BaseException | None = None) -> Callable[..., Any]:
+    """``orig``, except that its ``n``-th call (1-based) raises ``exc`` (default a RuntimeError)."""
+    calls = [0]
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        if calls[0] == n:
+            raise exc if exc is not None else RuntimeError(f"injected failure at call {n}")
+        return orig(*args, **kwargs)
+
+    return wrapped
+
+
+def inject(target: Any, name: str, n: int, exc: BaseException | None = None) -> Any:
+    """``mock.patch.object`` making ``target.name``'s ``n``-th call raise."""
+    return mock.patch.object(target, name, fail_at(n, getattr(target, name), exc))
+
+
+def fail_writing(suffix: str, exc: BaseException | None = None) -> Any:
+    """Make the crash-safe write (:mod:`steerlab.atomic`'s final ``os.replace``) of the first file named ``*suffix``
+    raise, as a full disk or an interrupt would there."""
+    orig = os.replace
+
+    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(dst).endswith(suffix):
+            raise exc if exc is not None else OSError(28, "No space left on device (injected)")
+        return orig(src, dst, *args, **kwargs)
+
+    return mock.patch("steerlab.atomic.os.replace", replace)
+
+
+# -- saved directions and probes: a PATH.safetensors + PATH.json pair --------------------------------------
+def test_directions_save_interrupted_keeps_the_old_pair(tmp_path):
+    from steerlab.steering.vectors import Directions, load_directions
+
+    Directions({"blocks.1.resid_post": torch.ones(4)}, {"v": 1}).save(tmp_path / "dir")
+    old = listing(tmp_path)
+    with fail_writing(".json", KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
+        Directions({"blocks.1.resid_post": torch.full((4,), 2.0)}, {"v": 2}).save(tmp_path / "dir")
+    assert listing(tmp_path) == old
+    assert load_directions(tmp_path / "dir").vectors["blocks.1.resid_post"].tolist() == [1.0] * 4
+
+
+def test_directions_save_refused_json_target_writes_nothing(tmp_path):
+    from steerlab.errors import SpecError
+    from steerlab.steering.vectors import Directions
+
+    (tmp_path / "x.json").mkdir()
+    with pytest.raises(SpecError, match="is a folder"):
+        Directions({"blocks.1.resid_post": torch.ones(4)}).save(tmp_path / "x")
+    assert listing(tmp_path) == {"x.json/": None}
+
+
+def test_save_probes_interrupted_keeps_the_old_pair(tmp_path):
+    from steerlab.steering.linear_probes import ProbeProfile, fit_probe, load_probes, save_probes
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(12, 4, generator=g) + 2, torch.randn(12, 4, generator=g) - 2
+    prof = ProbeProfile([fit_probe(a, b, a, b, site="blocks.1.resid_post")], {"v": 1})
+    save_probes(prof, tmp_path / "p")
+    old = listing(tmp_path)
+    prof2 = ProbeProfile([fit_probe(b, a, b, a, site="blocks.1.resid_post")], {"v": 2})
+    with fail_writing(".json", KeyboardInterrupt()), pytest.raises(KeyboardInterrupt):
+        save_probes(prof2, tmp_path / "p")
+    assert listing(tmp_path) == old
+    assert load_probes(tmp_path / "p").meta == {"v": 1}
