@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -155,3 +156,40 @@ def test_save_probes_interrupted_keeps_the_old_pair(tmp_path):
         save_probes(prof2, tmp_path / "p")
     assert listing(tmp_path) == old
     assert load_probes(tmp_path / "p").meta == {"v": 1}
+
+
+# -- organisms build --base-out ------------------------------------------------------------------------------
+def test_organism_base_out_is_written_whole_or_not_at_all(tmp_path, tiny):
+    """An error while the base model is saved (``--base-out``) leaves no partial folder there, and an older base
+    model folder stays as it was."""
+    import steerlab.organisms.build as build
+
+    h = tiny("llama")
+    saved = snapshot(h.model)
+
+    def fake_train(recipe, corpus, tokenizer, seed=0, progress=True, on_base_done=None):
+        on_base_done(h.model)
+        raise RuntimeError("training failed after the base phase")
+
+    def run(base: Path, fail_tokenizer_save: bool) -> None:
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(build, "build_corpus", lambda *a, **k: None))
+            stack.enter_context(mock.patch.object(build, "tokenizer_texts", lambda *a, **k: []))
+            stack.enter_context(mock.patch.object(build, "train_tokenizer", lambda *a, **k: h.tokenizer))
+            stack.enter_context(mock.patch.object(build, "train_organism", fake_train))
+            if fail_tokenizer_save:
+                stack.enter_context(inject(type(h.tokenizer), "save_pretrained", 1, KeyboardInterrupt()))
+            build.build_organism("dense", out_dir=tmp_path / "out", reduced=True, threads=None, progress=False,
+                                 base_out=base)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "base", fail_tokenizer_save=True)
+    assert listing(tmp_path) == {}  # nothing: no partial base folder, no temporary one beside it
+    with pytest.raises(RuntimeError, match="after the base phase"):
+        run(tmp_path / "base", fail_tokenizer_save=False)  # the base folder is written whole
+    old = listing(tmp_path)
+    assert {"base/config.json", "base/model.safetensors"} <= set(old)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "base", fail_tokenizer_save=True)
+    assert listing(tmp_path) == old
+    assert_same(saved, h.model, rng=False)
