@@ -274,10 +274,12 @@ def render_card(record: dict[str, Any]) -> str:
 
 
 def write_card(out_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``eval.json``, then ``README.md`` (rendered from it), into ``out_dir``, each file atomically; not the
-    pair: a crash between the two leaves the new ``eval.json`` beside the old ``README.md`` (rewrite the card with
-    ``render_card(read_record(out_dir))``). A build writes both into its temporary folder, so there the pair is
+    """Write ``eval.json``, then ``README.md`` (rendered from it), into ``out_dir``, each file atomically; both texts
+    are made before either is written, so a record the card cannot render leaves the old pair as it was. Not the pair
+    as one: a crash between the two writes leaves the new ``eval.json`` beside the old ``README.md`` (rewrite the card
+    with ``render_card(read_record(out_dir))``). A build writes both into its temporary folder, so there the pair is
     atomic too."""
     out_dir = Path(out_dir)
-    atomic_write_text(out_dir / "eval.json", json.dumps(record, indent=1, default=str) + "\n")
-    return atomic_write_text(out_dir / "README.md", render_card(record))
+    text, card = json.dumps(record, indent=1, default=str) + "\n", render_card(record)
+    atomic_write_text(out_dir / "eval.json", text)
+    return atomic_write_text(out_dir / "README.md", card)

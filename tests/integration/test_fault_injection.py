@@ -193,3 +193,14 @@ def test_organism_base_out_is_written_whole_or_not_at_all(tmp_path, tiny):
         run(tmp_path / "base", fail_tokenizer_save=True)
     assert listing(tmp_path) == old
     assert_same(saved, h.model, rng=False)
+
+
+def test_write_card_that_fails_to_render_keeps_the_old_pair(tmp_path):
+    import steerlab.organisms.card as card
+
+    (tmp_path / "eval.json").write_text('{"old": true}\n')
+    (tmp_path / "README.md").write_text("old card\n")
+    old = listing(tmp_path)
+    with inject(card, "render_card", 1), pytest.raises(RuntimeError, match="injected"):
+        card.write_card(tmp_path, {"name": "dense"})
+    assert listing(tmp_path) == old
