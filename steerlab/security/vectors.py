@@ -37,7 +37,7 @@ import json
 import math
 import subprocess
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,7 +251,10 @@ class SecurityVector:
         hooks: list[Any] = []  # filled as each hook is registered, so an error midway leaves none behind
         try:
             if self.config.kind == "lora":
-                params = self._inject_lora(h)
+                # peft draws its initial A from the global RNG; a vector with tensors overwrites them, so it draws
+                # from a forked one and leaves the caller's as it was
+                with torch.random.fork_rng(devices=[]) if self.tensors else nullcontext():
+                    params = self._inject_lora(h)
             else:
                 params = self._hook_add(h, hooks)
             for p in params.values():

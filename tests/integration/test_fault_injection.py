@@ -204,3 +204,31 @@ def test_write_card_that_fails_to_render_keeps_the_old_pair(tmp_path):
     with inject(card, "render_card", 1), pytest.raises(RuntimeError, match="injected"):
         card.write_card(tmp_path, {"name": "dense"})
     assert listing(tmp_path) == old
+
+
+# -- security vectors -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["lora", "add"])
+def test_security_vector_on_interrupted_leaves_the_model_and_the_rng(stories, kind):
+    """Switching a saved vector on and off, also when the block is interrupted, leaves the model as it was and
+    draws nothing from the caller's RNG (peft's LoRA init did)."""
+    import steerlab as sl
+    from steerlab.security.vectors import VectorConfig, new_vector
+
+    h = stories
+    cfg = VectorConfig(rank=2, target_modules=["q_proj", "down_proj"]) if kind == "lora" else VectorConfig(
+        kind="add", layers=[0, 1])
+    v = new_vector(h, cfg, seed=0)
+    v.tensors = {n: t + 0.05 for n, t in v.tensors.items()}
+    ref = sl.generate(h, ["Once upon a time"], max_new_tokens=5).texts
+    with v.on(h):
+        steered = sl.generate(h, ["Once upon a time"], max_new_tokens=5).texts
+    before = snapshot(h.model)
+    with pytest.raises(KeyboardInterrupt), v.on(h, trainable=True):
+        raise KeyboardInterrupt
+    assert_same(before, h.model)
+    with pytest.raises(RuntimeError, match="injected"), inject(type(h), "sync", 1), v.on(h):  # after the switch-on
+        pass
+    assert_same(before, h.model)
+    assert sl.generate(h, ["Once upon a time"], max_new_tokens=5).texts == ref
+    with v.on(h):
+        assert sl.generate(h, ["Once upon a time"], max_new_tokens=5).texts == steered
