@@ -232,3 +232,67 @@ def test_security_vector_on_interrupted_leaves_the_model_and_the_rng(stories, ki
     assert sl.generate(h, ["Once upon a time"], max_new_tokens=5).texts == ref
     with v.on(h):
         assert sl.generate(h, ["Once upon a time"], max_new_tokens=5).texts == steered
+
+
+# -- the core entry points (these held; kept as regression checks) -------------------------------------------
+PROMPTS = ["Once upon a time", "The cat sat"]
+
+
+def _steer(h: Any) -> list[Any]:
+    from steerlab.interventions import AddVector
+    from steerlab.interventions.weights import ParamEdit
+
+    return [ParamEdit(param="model.layers.1.mlp.down_proj.weight", op="scale", value=3.0),
+            AddVector(site="blocks.2.resid_post", vector=torch.linspace(-1, 1, h.d_model), scale=4.0)]
+
+
+@pytest.mark.parametrize("call", ["generate", "sampled", "forward", "intervene", "capture"])
+def test_core_calls_interrupted_mid_run_leave_the_model(stories, tmp_path, call):
+    import steerlab as sl
+    from steerlab.interventions import ops
+
+    h, steer = stories, _steer(stories)
+    sampler = {"name": "top_k", "params": {"k": 5}}
+    ref = (sl.generate(h, PROMPTS, max_new_tokens=6).texts,
+           sl.generate(h, PROMPTS, steer, sampler=sampler, max_new_tokens=6, seed=3).texts)
+    before = snapshot(h.model)
+    runs = {
+        "generate": lambda: sl.generate(h, PROMPTS, steer, max_new_tokens=6),  # the edit fails at step 3
+        "sampled": lambda: sl.generate(h, PROMPTS, steer, sampler=sampler, max_new_tokens=6, seed=1),
+        "forward": lambda: sl.forward(h, PROMPTS, steer),
+        "capture": lambda: sl.capture(h, PROMPTS * 2, ["blocks.1.resid_post"], interventions=steer, batch_size=1,
+                                      out=tmp_path / "cap"),
+    }
+    n = 3  # the third edit: a later generation step, or the second capture batch
+    if call == "intervene":
+        with pytest.raises(KeyboardInterrupt), sl.intervene(h, steer) as run:
+            run.generate(PROMPTS, max_new_tokens=3)
+            raise KeyboardInterrupt
+    else:  # a one-forward call: the model's own MLP fails in the middle of the pass
+        target = (type(h.model.model.layers[0].mlp), "forward") if call == "forward" else (ops, "add_vector")
+        with pytest.raises(KeyboardInterrupt), inject(*target, n, KeyboardInterrupt()):
+            runs[call]()
+    assert_same(before, h.model)
+    assert listing(tmp_path) == {}
+    assert (sl.generate(h, PROMPTS, max_new_tokens=6).texts,
+            sl.generate(h, PROMPTS, steer, sampler=sampler, max_new_tokens=6, seed=3).texts) == ref
+
+
+@pytest.mark.parametrize("method", ["taylor", "fisher"])
+def test_importance_interrupted_mid_language_leaves_the_model_and_no_scratch(stories, tmp_path, method):
+    import steerlab.regions.importance as importance
+
+    texts = {"aa": ["Once upon a time there was a cat.", "The dog ran to the park.", "Lily saw a big red ball."],
+             "bb": ["Tom had a toy car.", "The sun was hot and the sky was blue.", "They ate cake at the party."]}
+    files = {}
+    for lang, lines in texts.items():
+        files[lang] = tmp_path / f"{lang}.txt"
+        files[lang].write_text("\n".join(lines + lines[:1]))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    before = snapshot(stories.model)
+    with pytest.raises(KeyboardInterrupt), inject(importance, "nll_backward", 3, KeyboardInterrupt()):
+        importance.score_importance(stories, ["aa", "bb"], method=method, files=files, token_budget=10_000,
+                                    batch_size=1, progress=False, scratch=scratch)
+    assert_same(before, stories.model)
+    assert listing(scratch) == {}
