@@ -76,6 +76,20 @@ def parse_assignments(items: list[str], what: str) -> dict[str, Any]:
     return out
 
 
+def check_file_name(name: Any, what: str, beside: str) -> str:
+    """``name`` if it is a bare file name (no folder part, not absolute, not ``.``/``..``), else a one-line
+    :class:`SpecError`: a saved index names its side file by name, so it cannot make its reader open a file
+    elsewhere.
+
+    >>> check_file_name("../x", "tensors_file", "it")
+    Traceback (most recent call last):
+    steerlab.errors.SpecError: tensors_file '../x' is not a file name; expected the name of a file beside it
+    """
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise SpecError(f"{what} {name!r} is not a file name; expected the name of a file beside {beside}")
+    return name
+
+
 def read_json(path: Path, subject: str, error: type[Exception] = SpecError) -> Any:
     """The JSON value in ``path``; raises ``error`` naming ``subject`` (the file as the caller calls it)
     and the fault when it is not valid JSON or cannot be read (missing files are the caller's to explain).

@@ -31,7 +31,7 @@ from steerlab.interventions.activation import AddVector, Patch, ProjectOut, Scal
 from steerlab.interventions.base import Intervention, LastK, Positions, parse_intervention
 from steerlab.interventions.routing import ExpertMask
 from steerlab.interventions.weights import ParamEdit
-from steerlab.values import read_json
+from steerlab.values import check_file_name, read_json
 
 __all__ = [
     "AddVector",
@@ -190,13 +190,7 @@ class InterventionSet:
             from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            name = meta["tensors_file"]
-            # a file beside the spec, as save writes it: a spec cannot make its reader open a file elsewhere
-            if not isinstance(name, str) or Path(name).name != name or name in (".", "..") or "\\" in name:
-                raise SpecError(
-                    f"tensors_file {name!r} is not a file name; expected the name of a safetensors file beside the "
-                    "spec, as InterventionSet.save writes it"
-                )
+            name = check_file_name(meta["tensors_file"], "tensors_file", "the spec, as InterventionSet.save writes it")
             side = (base_dir or Path(".")) / name
             if not side.exists():
                 raise SpecError(f"tensors file {str(side)!r} named by the spec does not exist")

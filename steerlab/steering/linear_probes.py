@@ -44,7 +44,7 @@ from steerlab.steering.extract import Position, check_position, collect, resolve
 from steerlab.steering.logistic import LinearProbe, auroc, fit_logistic
 from steerlab.steering.vectors import pair_stem, provenance, with_ext, write_pair
 from steerlab.suites import ProbeSuite, load_suite
-from steerlab.values import check_count
+from steerlab.values import check_count, check_file_name
 
 FORMAT = "steerlab.linear_probes"
 
@@ -196,10 +196,16 @@ def load_probes(path: str | Path) -> ProbeProfile:
     index_file = p / "probes.json" if p.is_dir() else with_ext(pair_stem(p), ".json")
     if not index_file.exists():
         raise SpecError(f"no saved probes at {str(path)!r} (expected {index_file})")
-    index = json.loads(index_file.read_text())
-    if index.get("format") != FORMAT:
+    try:
+        index = json.loads(index_file.read_text())
+    except json.JSONDecodeError as e:
+        raise SteerlabError(f"{index_file} is not valid JSON: {e}") from e
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise SteerlabError(f"{index_file} is not a steerlab linear-probes file (expected format {FORMAT!r})")
-    blob = (index_file.parent / index["tensors_file"]).read_bytes()
+    side = index_file.parent / check_file_name(index.get("tensors_file"), "tensors_file", str(index_file))
+    if not side.is_file():
+        raise SteerlabError(f"{index_file} names the tensors file {side.name!r}, which is not there")
+    blob = side.read_bytes()
     if hashlib.sha256(blob).hexdigest() != index.get("sha256"):
         raise SteerlabError(f"{index_file}: its tensors file does not match the recorded SHA-256 (a partial write?)")
     t = load_bytes(blob)

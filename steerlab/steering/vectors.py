@@ -36,6 +36,7 @@ from steerlab._paths import REPO_ROOT
 from steerlab.atomic import atomic_write_bytes, atomic_write_text, check_target, safetensors_bytes
 from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.handle import ModelHandle
+from steerlab.values import check_file_name
 
 FORMAT = "steerlab.directions"
 
@@ -168,7 +169,7 @@ def load_directions(name_or_path: str | Path) -> Directions:
         raise SteerlabError(f"{index_file} is not valid JSON: {e}") from e
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise SteerlabError(f"{index_file} is not a steerlab directions file (expected format {FORMAT!r})")
-    side = index_file.parent / str(index.get("tensors_file"))
+    side = index_file.parent / check_file_name(index.get("tensors_file"), "tensors_file", str(index_file))
     if not side.is_file():
         raise SteerlabError(f"{index_file} names the tensors file {side.name!r}, which is not there")
     blob = side.read_bytes()

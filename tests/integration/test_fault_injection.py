@@ -158,6 +158,41 @@ def test_save_probes_interrupted_keeps_the_old_pair(tmp_path):
     assert load_probes(tmp_path / "p").meta == {"v": 1}
 
 
+def test_saved_directions_and_probes_read_no_file_outside_their_folder(tmp_path):
+    """An index whose ``tensors_file`` names a path (a folder up, a subfolder, an absolute path) is refused by name,
+    as an intervention spec's is; a missing or malformed side of a probes pair is a one-line error, not a raw one."""
+    import json
+
+    from steerlab.errors import SpecError, SteerlabError
+    from steerlab.steering.linear_probes import ProbeProfile, fit_probe, load_probes, save_probes
+    from steerlab.steering.vectors import Directions, load_directions
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(12, 4, generator=g) + 2, torch.randn(12, 4, generator=g) - 2
+    (tmp_path / "in").mkdir()
+    Directions({"blocks.1.resid_post": torch.ones(4)}).save(tmp_path / "in" / "dir")
+    save_probes(ProbeProfile([fit_probe(a, b, a, b, site="blocks.1.resid_post")], {}), tmp_path / "in" / "p")
+    for stem, load in (("dir", load_directions), ("p", load_probes)):
+        index = tmp_path / "in" / f"{stem}.json"
+        good = json.loads(index.read_text())
+        side = good["tensors_file"]
+        (tmp_path / "in" / "sub").mkdir(exist_ok=True)
+        (tmp_path / "in" / "sub" / side).write_bytes((tmp_path / "in" / side).read_bytes())
+        (tmp_path / side).write_bytes((tmp_path / "in" / side).read_bytes())
+        for name in (f"../{side}", f"sub/{side}", str(tmp_path / side), None):
+            index.write_text(json.dumps({**good, "tensors_file": name}))
+            with pytest.raises(SpecError, match="is not a file name"):
+                load(tmp_path / "in" / stem)
+        index.write_text(json.dumps({**good, "tensors_file": "gone.safetensors"}))
+        with pytest.raises(SteerlabError, match="which is not there"):
+            load(tmp_path / "in" / stem)
+        index.write_text("{not json")
+        with pytest.raises(SteerlabError, match="is not valid JSON"):
+            load(tmp_path / "in" / stem)
+        index.write_text(json.dumps(good))
+        assert load(tmp_path / "in" / stem) is not None
+
+
 # -- organisms build --base-out ------------------------------------------------------------------------------
 def test_organism_base_out_is_written_whole_or_not_at_all(tmp_path, tiny):
     """An error while the base model is saved (``--base-out``) leaves no partial folder there, and an older base
