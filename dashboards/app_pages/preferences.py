@@ -258,9 +258,7 @@ with tab_run:
                 "annotate, judge and fit. Each step writes a run under the runs folder.")
     up = st.file_uploader("Upload a pairs JSONL", type=["jsonl", "json"], key=f"{P}.upload")
     if up is not None and st.session_state.get(f"{P}.uploaded") != up.name:
-        dest = shell.runs_root() / "uploads" / up.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(up.getvalue())
+        dest = shell.save_upload(up.name, up.getvalue())
         st.session_state[f"{P}.uploaded"] = up.name
         st.session_state[f"{P}.data_source"] = str(dest)
     shell.init_state(f"{P}.data_source", "hh_rlhf:40")

@@ -35,6 +35,17 @@ def runs_root() -> Path:
     return Path(os.environ.get(ENV_RUNS) or "runs").expanduser().resolve()
 
 
+def save_upload(name: str, data: bytes) -> Path:
+    """Write an uploaded file under ``runs_root()/uploads`` crash-safely, as its base name only: the name comes
+    from the browser, so a path in it (``../x``, ``C:\\x``, ``/etc/x``) cannot place the file elsewhere."""
+    from steerlab.atomic import atomic_write_bytes
+
+    base = Path(str(name).replace("\\", "/")).name
+    if not base or base.startswith("."):
+        base = "upload" + (base or "")
+    return atomic_write_bytes(runs_root() / "uploads" / base, data)
+
+
 def initial_model() -> str:
     """The model shown first: ``steerlab dashboard --model`` if given, else the embedded default."""
     from steerlab.models.load import default_model

@@ -110,3 +110,21 @@ def test_cli_dashboard_command_binds_localhost_and_checks_its_input(tmp_path):
     assert bad.exit_code == 2 and "--port must be in 1..65535, got 70000" in bad.output
     bad = runner.invoke(app, ["dashboard", "--dry-run", "--model", "shared:nope"])
     assert bad.exit_code == 2 and "no shared model 'nope'" in bad.output
+
+
+def test_an_upload_is_saved_under_the_runs_folder_by_its_base_name_only(monkeypatch, tmp_path):
+    """The uploaded file's name comes from the browser: a path in it cannot place the file outside
+    runs/uploads, and a rewrite replaces the file whole."""
+    from dashboards.lib.shell import save_upload
+
+    monkeypatch.setenv("STEERLAB_RUNS", str(tmp_path / "runs"))
+    uploads = tmp_path / "runs" / "uploads"
+    for name, base in (("../../evil.jsonl", "evil.jsonl"), ("/etc/x.jsonl", "x.jsonl"),
+                       ("C:\\Users\\me\\p.jsonl", "p.jsonl"), ("..", "upload.."), ("", "upload"),
+                       (".hidden.jsonl", "upload.hidden.jsonl"), ("pairs.jsonl", "pairs.jsonl")):
+        assert save_upload(name, b"{}\n") == uploads / base
+    save_upload("pairs.jsonl", b"new\n")
+    assert (uploads / "pairs.jsonl").read_bytes() == b"new\n"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file()) == sorted(
+        Path("runs/uploads") / b for b in ("evil.jsonl", "x.jsonl", "p.jsonl", "upload..", "upload",
+                                            "upload.hidden.jsonl", "pairs.jsonl"))
