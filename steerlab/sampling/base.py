@@ -88,6 +88,25 @@ def check_logits(logits: Tensor) -> None:
         raise SpecError(f"NaN in logits at batch rows {rows}; expected finite or -inf logits")
 
 
+def _refuse_non_finite(logits: Tensor, scaled: Tensor, temperature: float) -> None:
+    """The one-line error for logits whose tempered rows are not all usable (the slow path of a failed check)."""
+    for bad, what in (
+        (torch.isposinf(logits).any(-1), "+inf in logits"),
+        (torch.isposinf(scaled).any(-1), "+inf in logits / temperature"),
+        (torch.isnan(scaled).any(-1), "NaN in logits / temperature"),  # 0 / a temperature that is 0 in float32
+        (torch.isneginf(logits).all(-1), "every logit is -inf"),
+        (torch.isneginf(scaled).all(-1), "every logit / temperature is -inf"),
+    ):
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            tiny = "/ temperature" in what
+            raise SpecError(
+                f"{what} at batch rows {rows}; expected finite or -inf logits, at least one finite per row"
+                + (f" (a tiny temperature can overflow float32, got temperature={temperature!r})" if tiny else "")
+            )
+    raise SpecError(f"logits / temperature are not finite; expected finite or -inf logits (T={temperature!r})")
+
+
 class Sampler:
     """Base class. Subclasses set ``name`` and implement :meth:`truncate`."""
 
@@ -105,15 +124,15 @@ class Sampler:
     # -- shared machinery ---------------------------------------------------------------------
     def filter_logits(self, logits: Float[Tensor, "batch vocab"]) -> Float[Tensor, "batch vocab"]:
         """Temperature, then truncation. Output is float32 with ``-inf`` for removed tokens."""
-        check_logits(logits)
+        if logits.ndim != 2:
+            check_logits(logits)  # the shape's error
         scaled = logits.float() / self.temperature
-        bad = torch.isposinf(scaled) | torch.isnan(scaled)  # NaN: 0 / a temperature that is 0 in float32
-        if bad.any():
-            rows = bad.any(-1).nonzero().flatten().tolist()
-            raise SpecError(
-                f"+inf in logits / temperature at batch rows {rows}; expected finite or -inf logits "
-                f"(a tiny temperature can overflow float32, got temperature={self.temperature!r})"
-            )
+        # one reduction per step: a row's max is finite unless the row holds NaN or +inf, or nothing but -inf
+        # (what a finite row becomes when a tiny temperature turns every logit below 0 into -inf)
+        top = scaled.amax(-1) if scaled.shape[-1] else scaled.new_zeros(scaled.shape[0])
+        if not bool(torch.isfinite(top).all()):
+            check_logits(logits)  # NaN in the logits themselves: that error
+            _refuse_non_finite(logits, scaled, self.temperature)
         return self.truncate(scaled)
 
     def sample(

@@ -131,8 +131,9 @@ class RowSampler(Sampler):
     The output is one-hot (0 at the drawn token, ``-inf`` elsewhere), so Hugging Face's own draw is
     certain and a row's tokens depend only on its logits, its sampler and its seed, not on the batch.
     A row whose sampler refuses its logits (a :class:`SteerlabError`, e.g. a tiny temperature that
-    overflows float32 at some step) keeps the error in ``errors[i]`` and ends (``eos`` from then on);
-    its batch mates go on. The error is a :class:`SamplerRefused` when the logits held no NaN or ``+inf``.
+    overflows float32 at some step) keeps the error in ``errors[i]`` and ends: its streamer closes the row,
+    and the filler token it is given from then on (``eos``, or 0 without one) is never sent; its batch mates go on.
+    The error is a :class:`SamplerRefused` when the logits held no NaN or ``+inf``.
     """
 
     name = "per_row"
@@ -165,8 +166,9 @@ class RowSampler(Sampler):
 class _RowStreamer:
     """A transformers streamer (``put``/``end``) that hands each row's new token to its job."""
 
-    def __init__(self, jobs: list[Job], eos: int | None) -> None:
+    def __init__(self, jobs: list[Job], eos: int | None, errors: list[Any] | None = None) -> None:
         self.jobs, self.eos = jobs, eos
+        self.errors = errors  # a RowSampler's: a row whose sampler refused is closed, its filler tokens unsent
         self.n = [0] * len(jobs)
         self.open = [True] * len(jobs)
         self.prompt_seen = False
@@ -180,6 +182,9 @@ class _RowStreamer:
         for i, tok in enumerate(value.reshape(len(self.jobs), -1)[:, -1].tolist()):
             job = self.jobs[i]
             if not self.open[i]:
+                continue
+            if self.errors is not None and self.errors[i] is not None:
+                self.open[i] = False
                 continue
             if (self.eos is not None and tok == self.eos) or self.n[i] >= job.max_new_tokens:
                 self.open[i] = False
@@ -291,7 +296,7 @@ class Scheduler:
         if self.remote:
             self._run_remote(jobs)
             return
-        streamer = _RowStreamer(jobs, eos)
+        streamer = _RowStreamer(jobs, eos, rows.errors if rows is not None else None)
         try:
             out = generate(
                 h,

@@ -232,3 +232,27 @@ def test_a_row_whose_sampler_fails_mid_batch_fails_only_that_row(stories):
         assert [n for n, _ in _drain(sched.batches)] == [1, 1, 1, 2]
     finally:
         sched.close()
+
+
+@pytest.mark.parametrize("eos", [2, None])
+def test_a_refused_row_streams_no_filler_tokens(eos):
+    """A row whose sampler refuses its logits gets a filler token from then on (EOS, or 0 when the tokenizer has
+    none); its streamer closes the row, so none of them reaches the client, with or without an EOS id. Its logits
+    here are all below 0, which a temperature of 1e-300 turns into -inf for every token (a 500 from
+    torch.multinomial before)."""
+    from steerlab.sampling import make_sampler
+    from steerlab.server.scheduler import RowSampler, SamplerRefused, _RowStreamer
+
+    sent: list[list[int]] = [[], []]
+    jobs = [Job(prompt="p", interventions=InterventionSet(), max_new_tokens=4, on_token=sent[i].append,
+                sampler=make_sampler("temperature", temperature=t)) for i, t in enumerate((1e-300, 1.0))]
+    rows = RowSampler([j.sampler for j in jobs], [0, 0], eos)
+    streamer = _RowStreamer(jobs, eos, rows.errors)
+    streamer.put(torch.zeros(2, 3, dtype=torch.long))  # the prompt
+    logits = torch.tensor([[-3.0, -5.0, -4.0, -6.0], [1.0, 5.0, 0.0, -1.0]])
+    for _ in range(3):
+        out = rows.filter_logits(logits)
+        streamer.put(out.argmax(-1))
+    assert isinstance(rows.errors[0], SamplerRefused) and "every logit / temperature is -inf" in str(rows.errors[0])
+    assert rows.errors[1] is None
+    assert sent[0] == [] and len(sent[1]) == 3

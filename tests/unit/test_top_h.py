@@ -513,3 +513,22 @@ def test_hf_logits_processor_form():
     x = torch.randn(2, 300)
     assert torch.equal(proc(None, x), TopHLogitsWarper(0.4)(None, x / 2.0))
     assert isinstance(make_sampler("top_h").as_logits_processor(), TopHLogitsProcessor)
+
+
+@pytest.mark.parametrize("name", ["temperature", "top_k", "top_p", "min_p", "top_h"])
+def test_rows_that_leave_nothing_to_draw_are_spec_errors(name):
+    """A row of logits all below 0 becomes -inf everywhere at temperature 1e-40 (so softmax gives NaN and
+    torch.multinomial a RuntimeError); so does a row that is -inf already. Each is a SpecError naming the row.
+    (1e-40 is a float32 subnormal; 1e-300 is 0 in float32, where a logit of 0 gives 0 / 0 = NaN.)"""
+    neg = torch.tensor([[0.0, -2.0, -0.5], [-3.0, -5.0, -4.0]])  # row 0: its max, 0, stays finite
+    with pytest.raises(SpecError, match=r"every logit (/ temperature )?is -inf at batch rows \[1\]"):
+        make_sampler(name, temperature=1e-40).sample(neg)
+    if name != "top_h":  # top-H validates its own rows (its own messages)
+        with pytest.raises(SpecError, match=r"NaN in logits / temperature at batch rows \[0\]"):
+            make_sampler(name, temperature=1e-300).sample(neg)
+    dead = torch.tensor([[1.0, 2.0, 0.5], [float("-inf")] * 3])
+    with pytest.raises(SpecError, match=r"every logit is -inf at batch rows \[1\]"):
+        make_sampler(name).sample(dead)
+    with pytest.raises(SpecError, match=r"\+inf in logits( / temperature)? at batch rows \[0\]"):
+        make_sampler(name).sample(torch.tensor([[float("inf"), 0.0, 1.0]]))
+    assert make_sampler(name, temperature=1e-3).sample(neg).shape == (2,)
