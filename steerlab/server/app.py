@@ -88,14 +88,17 @@ class ServerConfig:
 
 
 class ApiError(Exception):
-    """An answer other than 200, in OpenAI's error shape."""
+    """An answer other than 200, in OpenAI's error shape (``code``: OpenAI's string code where it has one, such as
+    ``model_not_found``; else the status)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 code: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
 
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        code = self.code if self.code is not None else self.status
+        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": code}}
         return JSONResponse(body, status_code=self.status)
 
 
@@ -368,7 +371,7 @@ class Service:
         cfg = self.config
         if req.model != cfg.model_name:
             raise ApiError(404, f"model {req.model!r} is not served here; expected {cfg.model_name!r}", "model",
-                           "model_not_found")
+                           code="model_not_found")
         default = cfg.max_new_tokens if chat else min(16, cfg.max_new_tokens)  # OpenAI's defaults
         n_new = max_tokens if max_tokens is not None else default
         if n_new > cfg.max_new_tokens:
@@ -491,7 +494,7 @@ def create_app(
     async def model(model_id: str) -> dict[str, Any]:
         if model_id != config.model_name:
             raise ApiError(404, f"model {model_id!r} is not served here; expected {config.model_name!r}", "model",
-                           "model_not_found")
+                           code="model_not_found")
         return served
 
     @app.get("/v1/steerlab/presets")
