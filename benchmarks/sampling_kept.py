@@ -2,7 +2,8 @@
 
 For each vocabulary size and temperature, the number of tokens each variant keeps per row, counted from
 its output (``filter_logits``: the finite entries), on the same ``[rows, vocab]`` logits
-(``benchmarks/sampling.py``'s ``lm_like_logits``, seed 0). Deterministic: the record is the same on every run.
+(``benchmarks/sampling.py``'s ``lm_like_logits``, seed 0). Nothing is timed, so the counts do not depend on the
+machine's load.
 ``docs/sampling.md``'s kept-set table is read from it.
 
 Run:
