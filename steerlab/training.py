@@ -10,7 +10,8 @@
   (old checkpoint or new one, whole, after a crash at any point); a second call with the same
   arguments continues from it, and the result equals the uninterrupted run bit for bit. The checkpoint
   keeps a digest of every batch it trained on; a resume whose batches differ is refused (naming the
-  first batch that differs) before anything is loaded into the model.
+  first batch that differs) before anything is loaded into the model. To check them, a resume from step
+  ``k`` draws batches ``0 .. k-1`` again (a callable source is called for them, an iterator consumed).
 * **Gradient masks**: ``grad_mask={name: bool tensor}`` (``True`` where an entry may train) zeroes
   the gradient of the other entries and restores them after every optimizer step, so they stay
   bit-identical even under AdamW weight decay.
@@ -163,18 +164,34 @@ class _Source:
 
 
 def _digest(b: Batch) -> str:
-    """A short digest of one batch: every tensor (dtype, shape, bytes) and plain value under its key."""
+    """A short digest of one batch: every tensor (dtype, shape, bytes; a sparse one as its dense values) and
+    plain value under its key; lists, tuples and dicts are walked item by item (other objects count as ``?``)."""
     h = hashlib.sha256()
     for k in sorted(b, key=str):
-        v = b[k]
-        if isinstance(v, Tensor):
-            t = v.detach().cpu().contiguous().reshape(-1)
-            t = t.to(torch.uint8) if t.dtype == torch.bool else t
-            h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        else:
-            h.update(f"{k}|{v!r}|".encode() if isinstance(v, str | int | float | bool | None) else f"{k}|?|".encode())
+        _feed(h, str(k), b[k])
     return h.hexdigest()[:16]
+
+
+def _feed(h: Any, k: str, v: Any) -> None:
+    if isinstance(v, Tensor):
+        t = v.detach().cpu()
+        t = t.to_dense() if t.layout != torch.strided else t
+        t = t.contiguous().reshape(-1)
+        t = t.to(torch.uint8) if t.dtype == torch.bool else t
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(v, str | int | float | bool | None):
+        h.update(f"{k}|{v!r}|".encode())
+    elif isinstance(v, list | tuple):
+        h.update(f"{k}|{type(v).__name__}[{len(v)}]|".encode())
+        for i, x in enumerate(v):
+            _feed(h, f"{k}[{i}]", x)
+    elif isinstance(v, Mapping):
+        h.update(f"{k}|dict[{len(v)}]|".encode())
+        for kk in sorted(v, key=repr):
+            _feed(h, f"{k}[{kk!r}]", v[kk])
+    else:
+        h.update(f"{k}|?|".encode())
 
 
 def _fingerprint(names: list[str], shapes: list[tuple[int, ...]], steps: int, lr: float, seed: int, extra: Any) -> str:
@@ -343,7 +360,8 @@ def train(
         for step in range(start, steps):
             batch = source.get(step)
             _check_batch(batch, step)
-            digests.append(_digest(batch))
+            if ckpt is not None:  # the digests are only kept in a checkpoint
+                digests.append(_digest(batch))
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
             with seeded_rng(seed * 1_000_003 + step):

@@ -124,6 +124,26 @@ def test_resume_on_other_data_is_refused_and_loads_nothing(tmp_path):
     assert r.resumed_from == 2 and r.steps == 6
 
 
+def test_batch_digests_only_with_a_checkpoint_and_cover_lists_dicts_and_sparse_tensors(monkeypatch):
+    """Digests are kept only in a checkpoint: without one none is computed (a CUDA batch is not copied to the
+    host every step). Lists, tuples and dicts of plain values are hashed by value; a sparse tensor by its values."""
+    import steerlab.training as T
+
+    calls = []
+    real = T._digest
+    monkeypatch.setattr(T, "_digest", lambda b: calls.append(1) or real(b))
+    h = tiny_model("llama", seed=0)
+    train(h.model, _batches(h, 2), steps=2, lr=1e-2, seed=0, progress=False)
+    assert calls == []
+    b = _batches(h, 1)[0]
+    assert real({**b, "meta": [1, 2]}) != real({**b, "meta": [1, 3]})
+    assert real({**b, "meta": ("a", {"x": 1})}) != real({**b, "meta": ("a", {"x": 2})})
+    assert real({**b, "meta": {"x": 1, "y": 2}}) == real({**b, "meta": {"y": 2, "x": 1}})
+    dense = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    assert real({**b, "s": dense.to_sparse()}) == real({**b, "s": dense.to_sparse()})
+    assert real({**b, "s": dense.to_sparse()}) != real({**b, "s": (dense * 2).to_sparse()})
+
+
 def test_eps_is_adams_one_step_update():
     """One step of the loop with ``eps`` moves a weight by AdamW's first update, computed here by hand from
     the gradient: ``lr * g / (|g| + eps)`` (bias-corrected first step, no weight decay, no clipping)."""
