@@ -22,7 +22,7 @@ import torch
 
 from steerlab.atomic import OWN_MARKERS, atomic_dir, check_target
 from steerlab.data.organism_corpus import build_corpus
-from steerlab.errors import SteerlabError
+from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.handle import ModelHandle
 from steerlab.models.load import load
 from steerlab.organisms.card import write_card
@@ -110,7 +110,8 @@ def build_organism(
     """Train, save, evaluate and document organism ``name``; returns its folder.
 
     ``base_out``: also save the base model (end of the helpful-only phase, before safety tuning) there, crash-safely
-    like the organism. Both targets are checked (:func:`~steerlab.atomic.check_target`) before anything is trained.
+    like the organism. Both targets are checked (:func:`~steerlab.atomic.check_target`) before anything is trained,
+    and refused when one is or holds the other.
     """
     if name not in ORGANISM_NAMES:
         raise SteerlabError(f"unknown organism {name!r}; expected one of {list(ORGANISM_NAMES)}")
@@ -125,6 +126,10 @@ def build_organism(
     for target in (out, base_out):  # refused before hours of training, not after
         if target is not None:
             check_target(target, folder=True, own=OWN_MARKERS)
+    if base_out is not None:
+        a, b = out.resolve(), Path(base_out).resolve()
+        if a == b or a in b.parents or b in a.parents:
+            raise SpecError(f"base_out {base_out} and out_dir {out} overlap; expected two separate folders")
     t_start = time.perf_counter()
     corpus = build_corpus(seed, scale=recipe.data_scale)
     if out_dir is None and not reduced and seed == 0 and recipe.data_scale == 1.0:

@@ -302,6 +302,13 @@ def test_base_out_is_checked_first_and_written_crash_safely(tmp_path, monkeypatc
         with pytest.raises(SpecError):
             build_organism("moe", reduced=True, progress=False, **kw)
     assert calls == [] and (mine / "notes.txt").read_text() == "keep"
+    # base_out the organism's folder, inside it or holding it: refused by both names before anything is built
+    out = tmp_path / "o" / "org"
+    for base in (out, out / "base", tmp_path / "o", tmp_path / "x" / ".." / "o" / "org"):
+        with pytest.raises(SpecError, match="overlap") as e:
+            build_organism("moe", reduced=True, progress=False, out_dir=out, base_out=base)
+        assert str(base) in str(e.value) and str(out) in str(e.value)
+    assert calls == []
 
     h = tiny_model("llama")
     out = tmp_path / "base"
