@@ -55,7 +55,7 @@ from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
 from steerlab.engines import position_ids
 from steerlab.errors import SpecError
 from steerlab.generation import seeded_rng
-from steerlab.values import check_count
+from steerlab.values import check_count, derive_seed
 
 Batch = Mapping[str, Any]
 """``{"input_ids": [b, s], "attention_mask": [b, s], "target_mask": [b, s] (optional), ...}``."""
@@ -364,7 +364,7 @@ def train(
                 digests.append(_digest(batch))
             for g in opt.param_groups:
                 g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup else lr
-            with seeded_rng(seed * 1_000_003 + step):
+            with seeded_rng(derive_seed(seed, step)):
                 part = str(part_of(batch)) if part_of is not None else "train"
                 with torch.enable_grad():
                     loss, terms = _terms(loss_fn(model, batch), part)

@@ -37,6 +37,17 @@ def check_count(name: str, value: Any, minimum: int, *, none_ok: bool = False) -
         raise SpecError(f"{name} must be an integer >= {minimum}{' or None' if none_ok else ''}, got {value!r}")
 
 
+def derive_seed(seed: int, k: int) -> int:
+    """The seed of part ``k`` (a step, a matrix) of a run seeded with ``seed``: ``seed * 1_000_003 + k``, kept as it
+    is where torch's generators take it (``[-2**63, 2**64)``), else reduced modulo ``2**64`` (a huge seed works).
+
+    >>> derive_seed(3, 2), derive_seed(2**62, 0) < 2**64
+    (3000011, True)
+    """
+    v = seed * 1_000_003 + k
+    return v if -(2**63) <= v < 2**64 else v % 2**64
+
+
 def as_names(value: Any, what: str) -> list[str]:
     """A list of names from one name or a sequence of them (a string is one name, not its characters).
 

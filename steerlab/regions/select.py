@@ -34,7 +34,7 @@ from steerlab.errors import SpecError
 from steerlab.interventions.regions import RegionEdit, model_signature
 from steerlab.models.handle import ModelHandle
 from steerlab.regions.importance import Importance, check_fraction, keep_count
-from steerlab.values import check_count
+from steerlab.values import check_count, derive_seed
 
 Scope = Literal["matrices", "layers", "all"]
 SCOPES: tuple[str, ...] = ("matrices", "layers", "all")
@@ -159,7 +159,7 @@ def random_region(imp: Importance, fraction: float = 0.01, seed: int = 0, scope:
     counts = {n: t.numel() for n, t in _prefix(imp, imp.top, fraction, scope).items()}
     out = {}
     for j, (n, k) in enumerate(counts.items()):
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + j)
+        gen = torch.Generator().manual_seed(derive_seed(seed, j))
         out[n] = sample_indices(int(torch.tensor(imp.shapes[n]).prod()), k, gen)
     return Region(
         f"random {fraction:g} {scope} seed {seed}",

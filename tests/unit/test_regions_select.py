@@ -96,6 +96,21 @@ def test_random_controls_have_identical_counts_and_differ_by_seed():
     assert all(torch.equal(again.indices[n], regs[2].indices[n]) for n in regs[2].indices)
 
 
+def test_random_region_takes_a_huge_seed_and_keeps_small_seeds_results():
+    """The per-matrix seed ``seed * 1_000_003 + j`` overflowed torch's seed range for a huge seed; now reduced
+    modulo 2**64 there, and unchanged where it was valid (a small seed's region is the one it always was)."""
+    from steerlab.regions.select import sample_indices
+
+    imp = _imp()
+    huge = random_region(imp, 0.05, seed=2**62, scope="all")
+    assert huge.counts() == core_region(imp, 0.05, "all").counts()
+    small = random_region(imp, 0.05, seed=2, scope="all")
+    for j, n in enumerate(small.indices):
+        gen = torch.Generator().manual_seed(2 * 1_000_003 + j)
+        numel = int(torch.tensor(imp.shapes[n]).prod())
+        assert torch.equal(small.indices[n], sample_indices(numel, len(small.indices[n]), gen))
+
+
 def test_monolingual_is_set_difference_and_jaccard_by_hand():
     imp = _imp()
     mono = monolingual_region(imp, "aa", 0.05, "matrices")  # aa: 7 3 9 11 12..17; bb has 3 9; cc has 11

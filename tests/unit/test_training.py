@@ -144,6 +144,21 @@ def test_batch_digests_only_with_a_checkpoint_and_cover_lists_dicts_and_sparse_t
     assert real({**b, "s": dense.to_sparse()}) != real({**b, "s": (dense * 2).to_sparse()})
 
 
+def test_huge_seed_trains_and_small_seeds_keep_their_step_seeds():
+    """The step seed ``seed * 1_000_003 + step`` overflowed torch's seed range for a huge seed (a RuntimeError);
+    it is now reduced modulo 2**64 there and left as it was wherever it was valid."""
+    from steerlab.values import derive_seed
+
+    h = tiny_model("llama", seed=0)
+    r = train(h.model, _batches(h, 2), steps=2, lr=1e-2, seed=2**62, progress=False)
+    assert r.steps == 2
+    for seed, k in ((0, 0), (3, 5), (-7, 2), (2**40, 9)):
+        assert derive_seed(seed, k) == seed * 1_000_003 + k
+    for seed in (2**62, 2**80, -(2**70)):
+        assert 0 <= derive_seed(seed, 1) < 2**64 and derive_seed(seed, 1) == (seed * 1_000_003 + 1) % 2**64
+        torch.Generator().manual_seed(derive_seed(seed, 1))
+
+
 def test_eps_is_adams_one_step_update():
     """One step of the loop with ``eps`` moves a weight by AdamW's first update, computed here by hand from
     the gradient: ``lr * g / (|g| + eps)`` (bias-corrected first step, no weight decay, no clipping)."""
