@@ -20,9 +20,9 @@ import ctypes
 import errno
 import functools
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that a crash at any point leaves ``path`` holding its old
     content or ``data``, whole: written to a temporary sibling, fsynced, renamed over ``path``
     (``os.replace``, atomic), then the folder is fsynced (the new content is durable on return). A replaced
-    file keeps its permission bits; a new one gets ``0644`` (as :func:`atomic_dir`'s folders get ``0755``).
+    file keeps its permission bits; a new one gets those of any new file (``0666`` less the umask, e.g. ``0644``).
     A crash before the rename may leave a hidden ``.NAME.*.tmp`` file behind.
 
     Example:
@@ -114,20 +114,32 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """
     path = check_target(path, folder=False)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = path.stat().st_mode & 0o7777 if path.is_file() else None
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd, tmp = _fresh(path, lambda t: os.open(t, flags, 0o666))  # 0666 less the umask, as open() gives
     try:
-        # mkstemp makes the file owner-only (0600); the file keeps the mode it had, a new one gets 0644
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.is_file() else 0o644)
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.chmod(tmp, mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync(path.parent)
     return path
+
+
+def _fresh(path: Path, make: Callable[[Path], Any]) -> tuple[Any, Path]:
+    """``make`` (creating exclusively) a hidden sibling ``.NAME.<random>.tmp`` of ``path`` not there yet."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return make(tmp), tmp
+        except FileExistsError:
+            continue
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -234,6 +246,8 @@ def atomic_dir(out_dir: str | Path, own: Sequence[str] = OWN_MARKERS) -> Iterato
     existing folder of other files, i.e. one holding none of ``own`` (by default any steerlab writer's marker,
     :data:`OWN_MARKERS`), so a mistyped ``--out .`` cannot replace a folder of the user's.
 
+    The new folder keeps the old one's permission bits, or gets those of any new folder (``0777`` less the umask).
+
     Not guaranteed: two writers of one ``out_dir`` at once (one may fail); a crash may leave a hidden
     ``.NAME.*.tmp`` folder behind (never read; safe to delete).
 
@@ -249,9 +263,11 @@ def atomic_dir(out_dir: str | Path, own: Sequence[str] = OWN_MARKERS) -> Iterato
     _recover(out_dir)
     check_target(out_dir, folder=True, own=own)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    tmp.chmod(0o755)
+    mode = out_dir.stat().st_mode & 0o7777 if out_dir.is_dir() else None
+    _, tmp = _fresh(out_dir, lambda t: os.mkdir(t, 0o777))  # 0777 less the umask, as mkdir gives
     try:
+        if mode is not None:  # a replaced folder keeps its permission bits
+            tmp.chmod(mode)
         yield tmp
         _fsync_tree(tmp)
         if not out_dir.exists():

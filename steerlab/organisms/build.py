@@ -77,9 +77,17 @@ def save_model_folder(model: Any, tokenizer: Any, out: Path, dtype: str) -> floa
     crash ``out`` is the old folder or the new one, never a half-written model. Returns the file size in MB."""
     with atomic_dir(out) as tmp:
         size_mb = save_weights(model, tokenizer, tmp, dtype)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
+        _plain_modes(tmp)
     return size_mb
+
+
+def _plain_modes(folder: Path) -> None:
+    """Give each file in ``folder`` the folder's permission bits less execute: what ``open()`` gives under the
+    umask that :func:`~steerlab.atomic.atomic_dir` made the folder with (safetensors writes its file ``0600``)."""
+    mode = folder.stat().st_mode & 0o666
+    for f in folder.iterdir():
+        if f.is_file():
+            f.chmod(mode)
 
 
 def active_params(model: Any) -> int:
@@ -183,8 +191,7 @@ def build_organism(
         evaluate_into(record, h, corpus, eval_limit=eval_limit, localization=localization, progress=progress)
         record["build"]["eval_seconds"] = round(time.perf_counter() - t_eval, 1)
         write_card(tmp, record)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
+        _plain_modes(tmp)
     return out
 
 
@@ -223,6 +230,4 @@ def refresh_card(path: str | Path, *, eval_limit: int | None = None, progress: b
     evaluate_into(record, h, corpus, eval_limit=eval_limit, progress=progress)
     record["build"]["eval_seconds"] = round(time.perf_counter() - t0, 1)
     write_card(path, record)
-    for f in ("eval.json", "README.md"):
-        (path / f).chmod(0o644)
     return path

@@ -297,8 +297,19 @@ def test_a_folder_of_the_users_is_never_replaced(tmp_path):
     assert json.loads((tmp_path / "cap" / "capture.json").read_text())["config"]["n_prompts"] == 1
 
 
-def test_a_replaced_file_keeps_its_mode_and_a_new_one_is_readable(tmp_path):
-    # atomic_write_bytes writes through mkstemp, which makes files owner-only; a replaced file keeps its mode
+@pytest.fixture
+def umask():
+    """Set the process umask for a test (``umask(0o077)``); the old one is restored after it."""
+    old = os.umask(0o022)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+def test_a_replaced_file_keeps_its_mode_and_a_new_one_is_readable(tmp_path, umask):
+    # a replaced file keeps its mode; a new one gets what open() gives under the umask (0644 under 022)
+    umask(0o022)
     path = tmp_path / "out.json"
     atomic.atomic_write_text(path, "new")
     assert path.stat().st_mode & 0o777 == 0o644
@@ -308,3 +319,34 @@ def test_a_replaced_file_keeps_its_mode_and_a_new_one_is_readable(tmp_path):
         assert path.stat().st_mode & 0o777 == mode and path.read_text() == "again"
     atomic.atomic_save_tensors(tmp_path / "t.safetensors", {"x": torch.ones(2)})
     assert (tmp_path / "t.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(("mask", "file_mode", "dir_mode"), [(0o077, 0o600, 0o700), (0o022, 0o644, 0o755)])
+def test_new_files_and_folders_follow_the_umask_and_replaced_ones_keep_their_mode(tmp_path, umask, mask, file_mode,
+                                                                                   dir_mode):
+    """A user's umask holds for what the writers make (a umask-077 user gets no world-readable outputs); a file or
+    folder replaced keeps its mode, whatever the umask."""
+    from steerlab.models.tiny import tiny_model
+    from steerlab.organisms.build import save_model_folder
+
+    umask(mask)
+    f = atomic.atomic_write_text(tmp_path / "a.json", "x")
+    assert f.stat().st_mode & 0o777 == file_mode
+    f.chmod(0o640)
+    atomic.atomic_write_text(f, "y")
+    assert f.stat().st_mode & 0o777 == 0o640 and f.read_text() == "y"
+    with atomic_dir(tmp_path / "run") as tmp:
+        (tmp / "state.json").write_text("{}")
+    assert (tmp_path / "run").stat().st_mode & 0o777 == dir_mode
+    (tmp_path / "run").chmod(0o750)
+    with atomic_dir(tmp_path / "run") as tmp:
+        atomic.atomic_write_text(tmp / "state.json", "{}")
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o750
+    assert (tmp_path / "run" / "state.json").stat().st_mode & 0o777 == file_mode
+    h = tiny_model("llama")
+    save_model_folder(h.model, h.tokenizer, tmp_path / "model", "float32")
+    assert (tmp_path / "model").stat().st_mode & 0o777 == dir_mode
+    assert {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "model").iterdir()} == {
+        p.name: file_mode for p in (tmp_path / "model").iterdir()
+    }
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
