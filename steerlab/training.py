@@ -259,10 +259,10 @@ def train(
 
     ``lr`` is constant after a linear ``warmup``; ``betas`` and ``eps`` are AdamW's (``eps`` is added to the
     root of each weight's running mean squared gradient, so gradients well below it move that weight little).
-    During the call only the trained parameters require
-    grad and the model is in train mode; both are restored afterwards (each module's mode), also on error (the parameter
-    values keep what was trained). See the module docstring for determinism, resume, ``grad_mask``
-    and the curves. ``run_key`` (JSON-able) names what else defines the run (e.g. a loss term's weight):
+    During the call only the trained parameters require grad, no parameter holds a ``.grad`` from before, and the
+    model is in train mode; all three are restored afterwards (each module's mode, each parameter's ``.grad``), also
+    on error (the parameter values keep what was trained). See the module docstring for determinism, resume,
+    ``grad_mask`` and the curves. ``run_key`` (JSON-able) names what else defines the run (e.g. a loss term's weight):
     a checkpoint of another ``run_key`` is refused like one of another ``lr``.
 
     Example:
@@ -337,6 +337,7 @@ def train(
     from tqdm.auto import tqdm
 
     before_grad = {n: p.requires_grad for n, p in named.items()}
+    before_grads = {n: p.grad for n, p in named.items()}  # set aside: the caller's gradients are given back
     was_training = {m: m.training for m in model.modules()}  # per module: a submodule kept in eval stays so
     t0 = time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc=desc, disable=not progress, mininterval=2.0)
@@ -351,6 +352,7 @@ def train(
 
     try:
         for p in named.values():
+            p.grad = None
             p.requires_grad_(False)
         for p in ps:
             p.requires_grad_(True)
@@ -399,7 +401,7 @@ def train(
         opt.zero_grad(set_to_none=True)
         for n, p in named.items():
             p.requires_grad_(before_grad[n])
-            p.grad = None
+            p.grad = before_grads[n]
         for m, mode in was_training.items():
             m.training = mode
     result.seconds = time.perf_counter() - t0

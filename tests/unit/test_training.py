@@ -341,6 +341,28 @@ def test_requires_grad_and_each_modules_mode_are_restored_also_on_error():
     assert seen[0] == (True, {"model.layers.1.mlp.up_proj.weight"})  # during the call: train mode, only the trained
 
 
+def test_a_gradient_the_caller_had_is_given_back_also_on_error():
+    """train sets the parameters' ``.grad`` aside and gives them back (the training's own gradients are dropped),
+    as ``scoring.gradients`` does."""
+    h = tiny_model("llama", seed=0)
+    trained, other = h.model.model.norm.weight, h.model.model.layers[0].mlp.up_proj.weight
+    g1, g2 = torch.full_like(trained, 3.0), torch.full_like(other, 5.0)
+    trained.grad, other.grad = g1, g2
+
+    def dies(model, batch):
+        assert trained.grad is None and other.grad is None  # the steps' gradients are their own
+        raise KeyboardInterrupt
+
+    for fn in (lm_loss, dies):
+        try:
+            train(h.model, _batches(h), steps=2, lr=1e-2, seed=0, params=[trained], loss_fn=fn, progress=False)
+        except KeyboardInterrupt:
+            assert fn is dies
+        assert trained.grad is g1 and other.grad is g2
+        assert bool((g1 == 3.0).all()) and bool((g2 == 5.0).all())
+        assert all(p.grad is None for p in h.model.parameters() if p is not trained and p is not other)
+
+
 def test_iterator_that_runs_out_is_named():
     h = tiny_model("llama", seed=0)
     with pytest.raises(SpecError, match="ran out after 2 batches"):
