@@ -117,15 +117,24 @@ def check_seed(seed: Any) -> int:
 def seeded_rng(seed: int) -> Iterator[None]:
     """torch's global generators seeded with ``seed`` for the block and restored after it, also on error.
 
-    The CPU generator, and each CUDA device's once CUDA is initialized. An uninitialized CUDA is left alone:
-    ``torch.manual_seed`` would queue a seed that lands on CUDA's generators whenever it starts later.
+    The CPU generator, each CUDA device's once CUDA is initialized, and Apple's MPS generator where MPS is
+    available. An uninitialized CUDA is left alone: ``torch.manual_seed`` would queue a seed that lands on CUDA's
+    generators whenever it starts later.
     """
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    mps = torch.backends.mps.is_available()
     with torch.random.fork_rng(devices=cuda):
-        torch.default_generator.manual_seed(seed)
-        for d in cuda:
-            torch.cuda.default_generators[d].manual_seed(seed)
-        yield
+        mps_state = torch.mps.get_rng_state() if mps else None
+        try:
+            torch.default_generator.manual_seed(seed)
+            for d in cuda:
+                torch.cuda.default_generators[d].manual_seed(seed)
+            if mps:
+                torch.mps.manual_seed(seed)
+            yield
+        finally:
+            if mps_state is not None:
+                torch.mps.set_rng_state(mps_state)
 
 
 def _plan(h: ModelHandle, interventions: Any, record: list[str] | None, plan: Plan | None) -> Plan:
