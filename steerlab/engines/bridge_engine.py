@@ -40,17 +40,18 @@ class BridgeEngine:
         self.handle = handle
         self.lock = threading.RLock()
         self._bridge: Any = None
-        self._key: tuple = ()
+        self._key: object | None = None  # handle.tensors_key() when the twin was built
 
     @property
     def bridge(self) -> Any:
         """A ``TransformerBridge`` over this model's weights (shared, not copied).
 
         The bridge wraps modules in place, so it is built on the handle's twin, whose parameters and
-        buffers are the very tensors of ``handle.model``; it is rebuilt when one of them is replaced.
+        buffers are the very tensors of ``handle.model``; it is rebuilt when one of them is replaced or a module of
+        ``handle.model`` is swapped for another.
         """
         key = self.handle.tensors_key()
-        if self._bridge is None or key != self._key:
+        if self._bridge is None or self._key is None or key != self._key:
             from transformer_lens.model_bridge import TransformerBridge
 
             h = self.handle

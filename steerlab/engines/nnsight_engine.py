@@ -152,7 +152,7 @@ class NNsightEngine:
         self.handle = handle
         self.lock = threading.RLock()
         self._lm: Any = None
-        self._key: tuple = ()
+        self._key: object | None = None  # handle.tensors_key() when the twin was built
         self._gen_out: dict[str, Any] = {}
         self._candidates: list[tuple[torch.nn.Module, Any]] = []
 
@@ -164,7 +164,7 @@ class NNsightEngine:
         ``handle.model`` the plain Hugging Face model for unsteered runs and for users' own code.
         """
         key = self.handle.tensors_key()
-        if self._lm is None or key != self._key:  # a tensor of the model was replaced: rebuild the twin
+        if self._lm is None or self._key is None or key != self._key:  # a tensor or module was swapped: rebuild
             from nnsight.modeling.transformers import TransformersModel
 
             with warnings.catch_warnings():
