@@ -27,11 +27,11 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from steerlab.atomic import atomic_dir, resolve_dir
+from steerlab.atomic import atomic_dir, resolve_dir, save_tensors_file
 from steerlab.engines import engine_for, position_ids
 from steerlab.errors import SteerlabError
 from steerlab.generation import check_prompts
@@ -184,8 +184,8 @@ def capture(
             ids, mask = enc["input_ids"].cpu(), enc["attention_mask"].cpu()
             acts = {s: _zero_padding(a.cpu(), mask, dtype) for s, a in acts.items()}
             if tmp is not None:
-                save_file(
-                    {**acts, "__input_ids__": ids, "__attention_mask__": mask}, str(tmp / f"shard-{b:05d}.safetensors")
+                save_tensors_file(
+                    tmp / f"shard-{b:05d}.safetensors", {**acts, "__input_ids__": ids, "__attention_mask__": mask}
                 )
             else:
                 for s in sites:

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from steerlab._version import __version__
-from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
+from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir, save_tensors_file
 from steerlab.errors import SteerlabError
 from steerlab.values import read_json
 
@@ -182,7 +182,7 @@ def write_artifact(
     with atomic_dir(out_dir) as tmp:
         files = [META_FILE]
         if tensors:
-            save_file(cpu_copies(tensors), str(tmp / TENSOR_FILE))
+            save_tensors_file(tmp / TENSOR_FILE, cpu_copies(tensors))
             files.append(TENSOR_FILE)
         for name, content in (extra_files or {}).items():
             mode = "wb" if isinstance(content, bytes) else "w"

@@ -154,6 +154,19 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict | None = 
     return save(cpu_copies(tensors), metadata=metadata)
 
 
+def save_tensors_file(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
+    """``safetensors.torch.save_file`` (contiguous CPU tensors: :func:`cpu_copies`) with the permission bits
+    ``open()`` would give under the umask: safetensors makes its file ``0600`` whatever the umask. The bits are
+    read off the file's folder (made with mode ``0777`` under the umask, as :func:`atomic_dir` makes its
+    folders), less execute. For a file inside an :func:`atomic_dir` block (not crash-safe by itself)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    path.chmod(path.parent.stat().st_mode & 0o666)
+    return path
+
+
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> Path:
     """Save tensors to a safetensors file with the guarantee of :func:`atomic_write_bytes`."""
     return atomic_write_bytes(path, safetensors_bytes(tensors, metadata))

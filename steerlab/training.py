@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir
+from steerlab.atomic import atomic_dir, cpu_copies, resolve_dir, save_tensors_file
 from steerlab.engines import position_ids
 from steerlab.errors import SpecError
 from steerlab.generation import seeded_rng
@@ -417,12 +417,10 @@ def _save_checkpoint(
     r: TrainResult,
     digests: list[str],
 ) -> None:
-    from safetensors.torch import save_file
-
     buf = io.BytesIO()
     torch.save(opt.state_dict(), buf)
     with atomic_dir(ckpt) as tmp:
-        save_file(cpu_copies({n: named[n] for n in names}), str(tmp / "params.safetensors"))
+        save_tensors_file(tmp / "params.safetensors", cpu_copies({n: named[n] for n in names}))
         (tmp / "optimizer.pt").write_bytes(buf.getvalue())
         (tmp / "state.json").write_text(json.dumps(
             {"fingerprint": fp, "step": r.steps, "batches": digests, "result": r.to_json()}

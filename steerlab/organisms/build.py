@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from steerlab.atomic import OWN_MARKERS, atomic_dir, check_target
+from steerlab.atomic import OWN_MARKERS, atomic_dir, check_target, save_tensors_file
 from steerlab.data.organism_corpus import build_corpus
 from steerlab.errors import SpecError, SteerlabError
 from steerlab.models.handle import ModelHandle
@@ -56,8 +56,6 @@ def save_weights(model: Any, tokenizer: Any, out: Path, dtype: str) -> float:
     """Save config, tokenizer and ``model.safetensors``; 2-D weights in ``dtype`` except router
     weights, which stay float32 like the norms and the correction biases. Returns the file size in MB.
     The config keeps ``dtype=float32``, so the model loads and computes in float32."""
-    from safetensors.torch import save_file
-
     target = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     state = {}
     for k, v in model.state_dict().items():
@@ -67,7 +65,7 @@ def save_weights(model: Any, tokenizer: Any, out: Path, dtype: str) -> float:
     model.config.dtype = torch.float32
     model.config.save_pretrained(out)
     model.generation_config.save_pretrained(out)
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    save_tensors_file(out / "model.safetensors", state, metadata={"format": "pt"})
     tokenizer.save_pretrained(out)
     return (out / "model.safetensors").stat().st_size / 2**20
 
@@ -77,17 +75,7 @@ def save_model_folder(model: Any, tokenizer: Any, out: Path, dtype: str) -> floa
     crash ``out`` is the old folder or the new one, never a half-written model. Returns the file size in MB."""
     with atomic_dir(out) as tmp:
         size_mb = save_weights(model, tokenizer, tmp, dtype)
-        _plain_modes(tmp)
     return size_mb
-
-
-def _plain_modes(folder: Path) -> None:
-    """Give each file in ``folder`` the folder's permission bits less execute: what ``open()`` gives under the
-    umask that :func:`~steerlab.atomic.atomic_dir` made the folder with (safetensors writes its file ``0600``)."""
-    mode = folder.stat().st_mode & 0o666
-    for f in folder.iterdir():
-        if f.is_file():
-            f.chmod(mode)
 
 
 def active_params(model: Any) -> int:
@@ -191,7 +179,6 @@ def build_organism(
         evaluate_into(record, h, corpus, eval_limit=eval_limit, localization=localization, progress=progress)
         record["build"]["eval_seconds"] = round(time.perf_counter() - t_eval, 1)
         write_card(tmp, record)
-        _plain_modes(tmp)
     return out
 
 

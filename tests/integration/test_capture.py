@@ -44,14 +44,14 @@ def test_failed_streamed_capture_leaves_nothing(stories, tmp_path, monkeypatch):
 
     written = []
 
-    def fail_on_second(tensors, path):  # the first shard is written, the second batch fails
+    def fail_on_second(path, tensors):  # the first shard is written, the second batch fails
         if written:
             raise RuntimeError("disk full")
         written.append(path)
-        real_save(tensors, path)
+        real_save(path, tensors)
 
-    real_save = act.save_file
-    monkeypatch.setattr(act, "save_file", fail_on_second)
+    real_save = act.save_tensors_file
+    monkeypatch.setattr(act, "save_tensors_file", fail_on_second)
     with pytest.raises(RuntimeError, match="disk full"):
         sl.capture(stories, PROMPTS, ["blocks.1.resid_post"], out=tmp_path / "cap", batch_size=2)
     assert len(written) == 1 and list(tmp_path.iterdir()) == []

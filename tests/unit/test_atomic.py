@@ -350,3 +350,23 @@ def test_new_files_and_folders_follow_the_umask_and_replaced_ones_keep_their_mod
         p.name: file_mode for p in (tmp_path / "model").iterdir()
     }
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize(("mask", "file_mode"), [(0o077, 0o600), (0o022, 0o644)])
+def test_tensor_files_of_artifacts_captures_and_checkpoints_follow_the_umask(tmp_path, umask, mask, file_mode):
+    """safetensors writes its file 0600 whatever the umask; an artifact's tensors, a capture's shards and a training
+    checkpoint's parameters get what open() gives under the umask, as every other file beside them."""
+    import steerlab as sl
+    from steerlab.artifacts import write_artifact
+    from steerlab.models.tiny import tiny_model
+    from steerlab.training import train
+
+    umask(mask)
+    h = tiny_model("llama")
+    write_artifact(tmp_path / "art", kind="test", config={}, tensors={"x": torch.ones(3)})
+    sl.capture(h, ["a b c"], ["blocks.0.resid_post"], out=tmp_path / "cap")
+    train(h.model, [h.tokenize(["a b c"])], params=[h.model.model.norm.weight], steps=1, lr=1e-3, seed=0,
+          checkpoint_dir=tmp_path / "ckpt", progress=False)
+    files = [p for d in ("art", "cap", "ckpt") for p in (tmp_path / d).iterdir()]
+    assert any(p.suffix == ".safetensors" for p in files) and len({p.parent for p in files}) == 3
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: file_mode for p in files}
