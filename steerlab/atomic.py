@@ -279,9 +279,9 @@ def atomic_dir(out_dir: str | Path, own: Sequence[str] = OWN_MARKERS) -> Iterato
     mode = out_dir.stat().st_mode & 0o7777 if out_dir.is_dir() else None
     _, tmp = _fresh(out_dir, lambda t: os.mkdir(t, 0o777))  # 0777 less the umask, as mkdir gives
     try:
-        if mode is not None:  # a replaced folder keeps its permission bits
-            tmp.chmod(mode)
         yield tmp
+        if mode is not None:  # a replaced folder keeps its permission bits (set after the writes: 0555 stays 0555)
+            tmp.chmod(mode)
         _fsync_tree(tmp)
         if not out_dir.exists():
             os.replace(tmp, out_dir)

@@ -370,3 +370,19 @@ def test_tensor_files_of_artifacts_captures_and_checkpoints_follow_the_umask(tmp
     files = [p for d in ("art", "cap", "ckpt") for p in (tmp_path / d).iterdir()]
     assert any(p.suffix == ".safetensors" for p in files) and len({p.parent for p in files}) == 3
     assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: file_mode for p in files}
+
+
+def test_a_read_only_folder_is_replaced_and_stays_read_only(tmp_path):
+    """The replaced folder's mode is given to the new one after its files are written, so a read-only folder
+    (0555) can still be rewritten by its owner and comes back read-only."""
+    with atomic_dir(tmp_path / "run") as tmp:
+        (tmp / "state.json").write_text("old")
+    (tmp_path / "run").chmod(0o555)
+    try:
+        with atomic_dir(tmp_path / "run") as tmp:
+            assert tmp.stat().st_mode & 0o200  # writable while written (root would write anyway: check the mode)
+            (tmp / "state.json").write_text("new")
+        assert (tmp_path / "run" / "state.json").read_text() == "new"
+        assert (tmp_path / "run").stat().st_mode & 0o777 == 0o555
+    finally:
+        (tmp_path / "run").chmod(0o755)
