@@ -28,11 +28,14 @@ Example:
 from __future__ import annotations
 
 import math
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -42,6 +45,7 @@ from pyro.ops.stats import effective_sample_size, split_gelman_rubin
 from torch import Tensor
 
 from steerlab.errors import SteerlabError
+from steerlab.generation import seeded_rng
 from steerlab.preferences.data import PairSet
 from steerlab.stats import sigmoid
 
@@ -158,23 +162,51 @@ def fit(x: Tensor, y: Tensor, properties: Sequence[str], *, method: Method = "nu
     """Fit ``P(A wins) = sigmoid(x . w)`` with ``w ~ Laplace(0, prior_scale)``; see the module docstring.
 
     ``x``: ``[pairs, properties]`` comparisons; ``y``: 1 where A is preferred. ``progress(stage, fraction)`` is
-    called as the fit advances (the dashboard's bar); ``progress_bar`` shows pyro's tqdm bar (the CLI).
+    called as the fit advances (the dashboard's bar); ``progress_bar`` shows pyro's tqdm bar (the CLI). The
+    caller's global generators (torch's, Python's, NumPy's) are as they were after the fit, also on error.
     """
     _check(x, y, properties, method, prior_scale, level)
+    with seeded_rng(seed), _own_python_rngs():
+        return _fit(x, y, properties, method, prior_scale, level, chains, warmup, samples, svi_steps, seed, progress,
+                    progress_bar)
+
+
+@contextmanager
+def _own_python_rngs() -> Iterator[None]:
+    """Python's and NumPy's global generators (which :func:`_seed` seeds, as ``pyro.set_rng_seed`` does) restored
+    after the block."""
+    py, npy = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
+def _seed(seed: int) -> None:
+    """``pyro.set_rng_seed`` on torch's CPU generator only (inside :func:`fit`'s block, which restores them all)."""
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _fit(x: Tensor, y: Tensor, properties: Sequence[str], method: Method, prior_scale: float, level: float,
+         chains: int, warmup: int, samples: int, svi_steps: int, seed: int, progress: Progress | None,
+         progress_bar: bool) -> FitResult:
     x, y = x.double(), y.double()
     p = x.shape[1]
     u = _potential(x, y, prior_scale)
     t0 = time.perf_counter()
     rhat = ess = None
     settings: dict[str, Any] = {"seed": seed}
-    pyro.set_rng_seed(seed)
+    _seed(seed)
     if method == "nuts":
         if chains < 1 or warmup < 1 or samples < 2:
             raise SteerlabError(f"chains={chains}, warmup={warmup}, samples={samples}; expected >= 1, >= 1, >= 2")
         settings.update(chains=chains, warmup=warmup, samples=samples)
         per_chain = []
         for c in range(chains):
-            pyro.set_rng_seed(seed + c)
+            _seed(seed + c)
             init = 0.3 * torch.randn(p, dtype=x.dtype)  # dispersed starts, so R-hat can see disagreement
             total = warmup + samples
 

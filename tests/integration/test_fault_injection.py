@@ -331,3 +331,36 @@ def test_importance_interrupted_mid_language_leaves_the_model_and_no_scratch(sto
                                     batch_size=1, progress=False, scratch=scratch)
     assert_same(before, stories.model)
     assert listing(scratch) == {}
+
+
+# -- preferences ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["laplace", "svi", "nuts"])
+def test_preferences_fit_leaves_the_callers_global_rngs(method):
+    """A Bayesian judge fit draws from its own seed: torch's, Python's and NumPy's global generators are as the
+    caller left them, after a fit and after an interrupted one (``pyro.set_rng_seed`` reseeded all three)."""
+    import random
+
+    import numpy as np
+
+    from steerlab.preferences import fit as prefs_fit
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 3, generator=g)
+    y = (x[:, 0] > 0).float()
+    kw = {"laplace": {}, "svi": {"svi_steps": 20}, "nuts": {"chains": 2, "warmup": 5, "samples": 5}}[method]
+
+    def rngs() -> tuple[Any, ...]:
+        return torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
+
+    def same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+        return torch.equal(a[0], b[0]) and a[1] == b[1] and bool((a[2] == b[2]).all())
+
+    torch.manual_seed(123), random.seed(5), np.random.seed(7)
+    before = rngs()
+    ref = prefs_fit.fit(x, y, ["a", "b", "c"], method=method, seed=3, **kw)
+    assert same(before, rngs())
+    with pytest.raises(KeyboardInterrupt), inject(prefs_fit, "_intervals", 1, KeyboardInterrupt()):  # after drawing
+        prefs_fit.fit(x, y, ["a", "b", "c"], method=method, seed=3, **kw)
+    assert same(before, rngs())
+    again = prefs_fit.fit(x, y, ["a", "b", "c"], method=method, seed=3, **kw)
+    assert torch.equal(again.mean, ref.mean) and torch.equal(again.samples, ref.samples)
