@@ -4,6 +4,7 @@ input into a one-line error with exit status 2, and the ranges of the numeric op
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -56,9 +57,10 @@ def number(low: float | None = None, high: float | None = None, *, low_open: boo
 
 def _target(folder: bool) -> dict[str, Any]:
     """Keyword arguments of ``typer.Option`` checking an output path while the command line is parsed, before
-    any work: a folder (``folder=True``) or a file can be written there (:func:`steerlab.atomic.check_target`)."""
+    any work: a folder (``folder=True``) or a file can be written there (:func:`steerlab.atomic.check_target`),
+    and a command's ``--record`` file is not its ``--out`` folder (whichever of the two is checked second sees it)."""
 
-    def check(param: typer.CallbackParam, value: Any) -> Any:
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: Any) -> Any:
         if value is not None:
             from steerlab.atomic import OWN_MARKERS, check_target
 
@@ -66,6 +68,11 @@ def _target(folder: bool) -> dict[str, Any]:
                 check_target(value, folder=folder, own=OWN_MARKERS if folder else None)
             except SpecError as e:
                 raise SpecError(f"{max(param.opts, key=len)} {value}: {e}") from None
+            other = ctx.params.get("record" if folder else "out")
+            if param.name in ("out", "record") and other is not None:
+                out, record = (value, other) if folder else (other, value)
+                if Path(out).resolve() == Path(record).resolve():
+                    raise SpecError(f"--record {record} is the --out folder; expected a file outside it")
         return value
 
     return {"callback": check}

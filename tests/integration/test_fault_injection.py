@@ -364,3 +364,52 @@ def test_preferences_fit_leaves_the_callers_global_rngs(method):
     assert same(before, rngs())
     again = prefs_fit.fit(x, y, ["a", "b", "c"], method=method, seed=3, **kw)
     assert torch.equal(again.mean, ref.mean) and torch.equal(again.samples, ref.samples)
+
+
+# -- CLI commands writing --out DIR and --record FILE ------------------------------------------------------------
+PROBE_ARGS = ["steer", "probe", "shared:stories260K", "--suite", "organism-refusal", "--sites", "blocks.1.resid_post",
+              "--limit", "4"]
+
+
+def _one_line_error(r: Any, expected: str) -> None:
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    assert "Traceback" not in r.output and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("order", ["out first", "record first"])
+def test_cli_record_that_is_the_out_folder_is_refused_before_any_work(tmp_path, order):
+    """``--out X --record X`` wrote the artifact X after the whole run, then failed on the record (X is a
+    folder): now a one-line error while the command line is parsed, nothing written."""
+    from typer.testing import CliRunner
+
+    from steerlab.cli.main import app
+
+    pair = [["--out", str(tmp_path / "same")], ["--record", str(tmp_path / "." / "same")]]
+    with inject(torch.nn.Module, "__call__", 1):  # no forward pass may run
+        r = CliRunner().invoke(app, PROBE_ARGS + [*pair[order != "out first"], *pair[order == "out first"]])
+    _one_line_error(r, "is the --out folder")
+    assert listing(tmp_path) == {}
+
+
+def test_cli_probe_interrupted_or_failing_to_write_keeps_the_old_out_and_record(tmp_path, stories):
+    """An error mid-run, or while the artifact folder is written, leaves the earlier ``--out`` and ``--record`` as
+    they were (no temporary folder beside them) and the model as it was; the next call writes both."""
+    from typer.testing import CliRunner
+
+    import steerlab.atomic as atomic
+    from steerlab.cli.main import app
+
+    args = PROBE_ARGS + ["--out", str(tmp_path / "p"), "--record", str(tmp_path / "rec.json"), "--json"]
+    runner = CliRunner()
+    assert runner.invoke(app, args).exit_code == 0
+    old, before = listing(tmp_path), snapshot(stories.model)
+    mlp = type(stories.model.model.layers[0].mlp)
+    with inject(mlp, "forward", 5):
+        r = runner.invoke(app, [*args, "--seed", "1"])
+    assert isinstance(r.exception, RuntimeError) and listing(tmp_path) == old
+    with inject(atomic, "_fsync_tree", 1):  # the new folder is whole, not yet swapped in
+        r = runner.invoke(app, [*args, "--seed", "1"])
+    assert isinstance(r.exception, RuntimeError) and listing(tmp_path) == old
+    assert_same(before, stories.model, rng=False)
+    assert runner.invoke(app, [*args, "--seed", "1"]).exit_code == 0
+    assert listing(tmp_path).keys() == old.keys() and listing(tmp_path) != old
