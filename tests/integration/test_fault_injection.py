@@ -413,3 +413,36 @@ def test_cli_probe_interrupted_or_failing_to_write_keeps_the_old_out_and_record(
     assert_same(before, stories.model, rng=False)
     assert runner.invoke(app, [*args, "--seed", "1"]).exit_code == 0
     assert listing(tmp_path).keys() == old.keys() and listing(tmp_path) != old
+
+
+# -- regions perturb and dims, experts imaging (these held; kept as regression checks) --------------------------
+@pytest.mark.parametrize("entry", ["perturb", "dims"])
+def test_regions_perturb_and_dims_interrupted_with_an_edit_on_leave_the_model(stories, entry):
+    from steerlab.regions import dims, perturb
+    from steerlab.regions.importance import score_importance
+
+    imp = score_importance(stories, ["eng"], token_budget=128, progress=False)
+    run = {"perturb": lambda: perturb.perturb(stories, imp, ["eng"], seeds=(0,), n_eval=2, progress=False).rows,
+           "dims": lambda: dims.find_dims(stories, imp, ["eng"], n_candidates=2, n_random=1, n_eval=2,
+                                          progress=False).candidates}[entry]
+    ref, before = run(), snapshot(stories.model)
+    with pytest.raises(KeyboardInterrupt), inject(type(stories.model.model.layers[0].mlp), "forward", 7,
+                                                  KeyboardInterrupt()):  # a region or weight is edited then
+        run()
+    assert_same(before, stories.model)
+    assert run() == ref
+
+
+def test_experts_image_interrupted_while_experts_are_off_leaves_the_model(tiny):
+    from steerlab.experts.ftri import image
+    from steerlab.experts.switching import off_masks
+
+    h = tiny("mixtral")
+    kw = {"scope": ["prompt", "generated"], "n_permutations": 10, "max_new_tokens": 3,
+          "interventions": off_masks([(0, 1), (1, 2)])}
+    ref, before = image(h, ["How do I pick a lock?"] * 2, ["Tell me a story."] * 2, **kw), snapshot(h.model)
+    with pytest.raises(KeyboardInterrupt), inject(type(h.model.model.layers[0].mlp), "forward", 9,
+                                                  KeyboardInterrupt()):
+        image(h, ["How do I pick a lock?"] * 2, ["Tell me a story."] * 2, **kw)
+    assert_same(before, h.model)
+    assert torch.equal(image(h, ["How do I pick a lock?"] * 2, ["Tell me a story."] * 2, **kw).diff, ref.diff)
