@@ -64,7 +64,10 @@ def extract_cmd(
     from steerlab.steering.extract import extract_directions
     from steerlab.steering.vectors import directions_root
     from steerlab.suites import default_suite
+    from steerlab.values import check_file_name
 
+    if name is not None:  # a name in the directions folder, refused before the run (a path wrote outside it)
+        check_file_name(name, "--name", "the others in the directions folder")
     pos = _position(position)
     h = sl.load(model)
     d = extract_directions(h, suite or default_suite(h), _sites(sites), method=method, position=pos,  # type: ignore[arg-type]

@@ -479,6 +479,11 @@ CASES = [
         "--limit must be an integer >= 0, got -1",
     ),
     (
+        "steer extract --name ../x",
+        ["steer", "extract", "--out", "{out}", "--name", "../x"],
+        "--name '../x' is not a file name; expected the name of a file beside the others in the directions folder",
+    ),
+    (
         "steer probe --limit -1",
         ["steer", "probe", "--out", "{out}", "--limit", "-1"],
         "--limit must be an integer >= 0, got -1",
