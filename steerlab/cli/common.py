@@ -71,8 +71,10 @@ def _target(folder: bool) -> dict[str, Any]:
             other = ctx.params.get("record" if folder else "out")
             if param.name in ("out", "record") and other is not None:
                 out, record = (value, other) if folder else (other, value)
-                if Path(out).resolve() == Path(record).resolve():
-                    raise SpecError(f"--record {record} is the --out folder; expected a file outside it")
+                o, r = Path(out).resolve(), Path(record).resolve()
+                if o == r or o in r.parents:  # inside it, the next run's --out would delete the record
+                    where = "is" if o == r else "is inside"
+                    raise SpecError(f"--record {record} {where} the --out folder; expected a file outside it")
         return value
 
     return {"callback": check}

@@ -376,18 +376,20 @@ def _one_line_error(r: Any, expected: str) -> None:
     assert "Traceback" not in r.output and r.stderr.count("\n") == 1 and expected in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("record", ["same", "same/r.json"])
 @pytest.mark.parametrize("order", ["out first", "record first"])
-def test_cli_record_that_is_the_out_folder_is_refused_before_any_work(tmp_path, order):
+def test_cli_record_that_is_the_out_folder_is_refused_before_any_work(tmp_path, order, record):
     """``--out X --record X`` wrote the artifact X after the whole run, then failed on the record (X is a
-    folder): now a one-line error while the command line is parsed, nothing written."""
+    folder); ``--record X/r.json`` put the record where the next run's ``--out X`` deletes it: now each is a
+    one-line error while the command line is parsed, nothing written."""
     from typer.testing import CliRunner
 
     from steerlab.cli.main import app
 
-    pair = [["--out", str(tmp_path / "same")], ["--record", str(tmp_path / "." / "same")]]
+    pair = [["--out", str(tmp_path / "same")], ["--record", str(tmp_path / "." / record)]]
     with inject(torch.nn.Module, "__call__", 1):  # no forward pass may run
         r = CliRunner().invoke(app, PROBE_ARGS + [*pair[order != "out first"], *pair[order == "out first"]])
-    _one_line_error(r, "is the --out folder")
+    _one_line_error(r, "is the --out folder" if record == "same" else "is inside the --out folder")
     assert listing(tmp_path) == {}
 
 
