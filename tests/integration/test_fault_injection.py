@@ -448,3 +448,65 @@ def test_experts_image_interrupted_while_experts_are_off_leaves_the_model(tiny):
         image(h, ["How do I pick a lock?"] * 2, ["Tell me a story."] * 2, **kw)
     assert_same(before, h.model)
     assert torch.equal(image(h, ["How do I pick a lock?"] * 2, ["Tell me a story."] * 2, **kw).diff, ref.diff)
+
+
+# -- steering sweep and refusal study, interrupted while a direction is added or ablated ------------------------
+def _sweep_and_refusal(h: Any, entry: str) -> Any:
+    from steerlab.steering.ablation import refusal_study
+    from steerlab.steering.sweep import scale_sweep
+
+    if entry == "sweep":
+        return scale_sweep(h, torch.linspace(-1, 1, h.d_model), "blocks.2.resid_post", [0.0, 6.0], "organism-refusal",
+                           n=2, max_new_tokens=3)
+    return refusal_study(h, "organism-refusal", layers=[1, 2], n_positions=1, limit=4, n_select=2, select_tokens=3,
+                         max_rank=2, subspace_pool=2, scales=(1.0,), n_random=1, n_test=2, max_new_tokens=3,
+                         capability_n=2)["metrics"]
+
+
+@pytest.mark.parametrize(("entry", "op", "n"), [("sweep", "add_vector", 5), ("refusal", "project_out", 7),
+                                               ("refusal", "add_vector", 3), ("refusal", "project_out", 300)])
+def test_steer_sweep_and_refusal_interrupted_mid_run_leave_the_model(stories, entry, op, n):
+    """Interrupted (or failing) while a direction is added or ablated (the ``n``-th such edit: a later generation
+    step, a selection candidate, an addition scale, a random control), the scale sweep and the refusal study leave
+    the model as it was (weights, hooks, flags, RNG) and the next run the same as the first."""
+    import json
+
+    from steerlab.interventions import ops
+
+    def run() -> str:
+        out = _sweep_and_refusal(stories, entry)
+        return json.dumps(out if entry == "sweep" else {k: v for k, v in out.items() if k != "seconds"},
+                          sort_keys=True)
+
+    ref, before = run(), snapshot(stories.model)
+    with pytest.raises(KeyboardInterrupt), inject(ops, op, n, KeyboardInterrupt()):
+        run()
+    assert_same(before, stories.model)
+    with pytest.raises(RuntimeError, match="injected"), inject(ops, op, n + 1):
+        run()
+    assert_same(before, stories.model)
+    assert run() == ref
+
+
+# -- decoding compare ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("target", "n"), [("add_vector", 4), ("add_vector", 20), ("judge_nll", 2), ("_fsync_tree", 1)])
+def test_decoding_compare_interrupted_keeps_the_model_and_the_old_out(stories, tmp_path, target, n):
+    """``run_compare`` with an edit and a vector on, interrupted while sampling (a later batch, the per-step
+    diagnosis), while the judge scores, or once the new folder is whole but not yet swapped in: the model as it
+    was, the earlier artifact folder intact (no temporary folder beside it), and the next run the same."""
+    import steerlab.atomic as atomic
+    import steerlab.decoding.compare as compare
+    from steerlab.interventions import ops
+
+    cfg = compare.CompareConfig(model=stories.spec, prompts=PROMPTS, samplers=[{"name": "top_k", "params": {"k": 5}}],
+                                temperatures=[0.7, 1.3], samples=2, max_new_tokens=4, batch_size=2, embed=False,
+                                interventions=_steer(stories))
+    ref = compare.run_compare(cfg, tmp_path / "cmp", progress=False, handle=stories).data["samples"]
+    old, before = listing(tmp_path), snapshot(stories.model)
+    where = {"add_vector": ops, "judge_nll": compare, "_fsync_tree": atomic}[target]
+    with pytest.raises(KeyboardInterrupt), inject(where, target, n, KeyboardInterrupt()):
+        compare.run_compare(cfg, tmp_path / "cmp", progress=False, handle=stories)
+    assert_same(before, stories.model)
+    assert listing(tmp_path) == old
+    assert compare.run_compare(cfg, tmp_path / "cmp", progress=False, handle=stories).data["samples"] == ref
+    assert_same(before, stories.model)
