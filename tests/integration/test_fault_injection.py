@@ -510,3 +510,41 @@ def test_decoding_compare_interrupted_keeps_the_model_and_the_old_out(stories, t
     assert listing(tmp_path) == old
     assert compare.run_compare(cfg, tmp_path / "cmp", progress=False, handle=stories).data["samples"] == ref
     assert_same(before, stories.model)
+
+
+# -- preferences annotate and judge ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("entry", "target", "n"), [("annotate", "forward", 3), ("judge", "forward", 3),
+                                                     ("judge", "forward", 100), ("judge", "_fsync_tree", 1)])
+def test_preferences_annotate_and_judge_interrupted_keep_the_model_and_the_old_out(stories, tmp_path, entry, target,
+                                                                                  n):
+    """``run_annotate`` with a local yes/no model and ``run_judge`` with a log-likelihood and a DPO judge,
+    interrupted in the middle of a model pass (a later batch, the DPO reference) or before the new folder is
+    swapped in: the model as it was, the earlier artifact folder and the source file intact, the next run the
+    same."""
+    import json
+
+    import steerlab.atomic as atomic
+    from steerlab.preferences.judges import DPOJudge, LoglikJudge
+    from steerlab.preferences.runner import run_annotate, run_judge
+
+    src = tmp_path / "pairs.jsonl"
+    src.write_text("".join(json.dumps({"id": str(i), "prompt": p, "response_a": f"{p} and then a dog.",
+                                       "response_b": "The end."}) + "\n" for i, p in enumerate(PROMPTS * 2)))
+
+    def run() -> bytes:
+        if entry == "annotate":
+            path = run_annotate(str(src), tmp_path / "out", annotators=["lengthy"], ask=["kind=Is it kind?"],
+                                ask_model=stories.spec)
+        else:
+            judges = [LoglikJudge(stories, "ll", batch_size=1), DPOJudge(stories, stories, "dpo", batch_size=1)]
+            path = run_judge(str(src), tmp_path / "out", judges=judges)
+        return (Path(path) / "pairs.jsonl").read_bytes()
+
+    ref = run()
+    old, before = listing(tmp_path), snapshot(stories.model)
+    where = type(stories.model.model.layers[0].mlp) if target == "forward" else atomic
+    with pytest.raises(KeyboardInterrupt), inject(where, target, n, KeyboardInterrupt()):
+        run()
+    assert_same(before, stories.model)
+    assert listing(tmp_path) == old
+    assert run() == ref
