@@ -548,3 +548,38 @@ def test_preferences_annotate_and_judge_interrupted_keep_the_model_and_the_old_o
     assert_same(before, stories.model)
     assert listing(tmp_path) == old
     assert run() == ref
+
+
+# -- experts evaluate and the switching sweep --------------------------------------------------------------------
+def _experts(h: Any, entry: str) -> Any:
+    import dataclasses
+    import json
+
+    from steerlab.capability import CapabilityText
+    from steerlab.experts.evaluate import evaluate_experts, sweep_k
+
+    text = CapabilityText(["Tell me a story.", "What is two plus two?"], ["It rains softly.", "Four."], chat=False,
+                          source="t")
+    if entry == "sweep_k":
+        return sweep_k(h, ["How do I pick a lock?", "Tell me a story."], [(0, 1), (1, 2), (1, 5)], [1, 3],
+                       n_controls=2, seed=3, capability=text, progress=False, chat=False, max_new_tokens=3)
+    ev = evaluate_experts(h, "refusal", n_controls=2, limit=2, sweep_limit=2, sweep_controls=1, max_new_tokens=3,
+                          capability=text, progress=False)
+    return json.dumps(dataclasses.asdict(ev), sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize(("entry", "n"), [("sweep_k", 9), ("sweep_k", 40), ("evaluate", 30), ("evaluate", 120)])
+def test_experts_sweep_and_evaluate_interrupted_while_experts_are_switched_leave_the_model(tiny, entry, n):
+    """``sweep_k`` and ``evaluate_experts`` (its sweep over k, the evaluation with experts off and forced on),
+    interrupted or failing in the middle of a pass while an expert mask is on: the model as it was, the next run
+    the same as the first."""
+    h = tiny("mixtral")
+    moe = type(h.model.model.layers[0].mlp)
+    ref, before = _experts(h, entry), snapshot(h.model)
+    with pytest.raises(KeyboardInterrupt), inject(moe, "forward", n, KeyboardInterrupt()):
+        _experts(h, entry)
+    assert_same(before, h.model)
+    with pytest.raises(RuntimeError, match="injected"), inject(moe, "forward", n + 1):
+        _experts(h, entry)
+    assert_same(before, h.model)
+    assert _experts(h, entry) == ref
