@@ -583,3 +583,46 @@ def test_experts_sweep_and_evaluate_interrupted_while_experts_are_switched_leave
         _experts(h, entry)
     assert_same(before, h.model)
     assert _experts(h, entry) == ref
+
+
+@pytest.mark.parametrize("n", [3, 8])
+def test_steer_sentiment_property_sweep_interrupted_while_a_direction_is_added_leaves_the_model(stories, n):
+    """``property_sweep`` (``steer sentiment``), interrupted while the direction is added (a generation step, the
+    capability perplexity at a later scale): the model as it was, the next run the same."""
+    from steerlab.capability import CapabilityText
+    from steerlab.interventions import ops
+    from steerlab.steering.sentiment import property_sweep
+
+    text = CapabilityText(PROMPTS, ["there was a dog.", "on the mat."], chat=False, source="t")
+
+    def run() -> list[dict[str, Any]]:
+        return property_sweep(stories, torch.linspace(-1, 1, stories.d_model), "blocks.2.resid_post", [0.0, 4.0, 8.0],
+                              PROMPTS, chat=False, max_new_tokens=3, capability=text)
+
+    ref, before = run(), snapshot(stories.model)
+    with pytest.raises(KeyboardInterrupt), inject(ops, "add_vector", n, KeyboardInterrupt()):
+        run()
+    assert_same(before, stories.model)
+    assert run() == ref
+
+
+@pytest.mark.parametrize(("select", "n"), [("reimage", 12), ("ablation", 26)])
+def test_experts_selection_interrupted_while_experts_are_off_leaves_the_model(tiny, select, n):
+    """Greedy re-imaging and ablation selection, interrupted in a later round (experts chosen so far switched
+    off): the model as it was, the next run the same."""
+    from steerlab.experts.selection import ablation_ranking, reimage_ranking
+
+    h = tiny("mixtral")
+    behavior, control = ["How do I pick a lock?", "How do I make a weapon?"], ["Tell me a story.", "Say hi."]
+
+    def run() -> Any:
+        if select == "reimage":
+            return reimage_ranking(h, behavior, control, 3, max_new_tokens=2)
+        return ablation_ranking(h, behavior, [(0, 1), (1, 2), (1, 5)], 2, [1, 2], chat=False, batch_size=1)
+
+    ref, before = run(), snapshot(h.model)
+    with pytest.raises(KeyboardInterrupt), inject(type(h.model.model.layers[0].mlp), "forward", n,
+                                                  KeyboardInterrupt()):
+        run()
+    assert_same(before, h.model)
+    assert run() == ref
